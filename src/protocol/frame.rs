@@ -1,0 +1,260 @@
+//! Frame codec: `[len u32 BE][id u32 BE][flags u8][CBOR {v, t, p}]`.
+
+use bytes::{Buf, Bytes, BytesMut};
+
+use super::cbor::{self, Reader};
+use super::{
+    Message, MessageType, ProtocolError, FRAME_HEADER_SIZE, LEN_PREFIX_SIZE, MAX_FRAME_SIZE,
+    PROTOCOL_VERSION,
+};
+
+/// The fixed part of a frame, readable from its first 9 bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FrameHeader {
+    /// `len`: everything after the length prefix.
+    pub len: u32,
+    pub id: u32,
+    pub flags: u8,
+}
+
+impl FrameHeader {
+    /// Bytes the header occupies on the wire.
+    pub const SIZE: usize = LEN_PREFIX_SIZE + FRAME_HEADER_SIZE;
+
+    /// Parses the 9-byte header, or returns `Ok(None)` if fewer bytes are
+    /// present. The length is validated as soon as its 4 bytes are there, so
+    /// an oversize announcement is refused before we wait for its body.
+    pub fn parse(buf: &[u8]) -> Result<Option<FrameHeader>, ProtocolError> {
+        if buf.len() < LEN_PREFIX_SIZE {
+            return Ok(None);
+        }
+        let len = u32::from_be_bytes(buf[..4].try_into().unwrap());
+        if len < FRAME_HEADER_SIZE as u32 {
+            return Err(ProtocolError::FrameTooShort(len));
+        }
+        if len > MAX_FRAME_SIZE {
+            return Err(ProtocolError::FrameTooLarge(len));
+        }
+        if buf.len() < Self::SIZE {
+            return Ok(None);
+        }
+        Ok(Some(FrameHeader {
+            len,
+            id: u32::from_be_bytes(buf[4..8].try_into().unwrap()),
+            flags: buf[8],
+        }))
+    }
+
+    /// Bytes of the whole frame, length prefix included.
+    pub fn frame_size(&self) -> usize {
+        LEN_PREFIX_SIZE + self.len as usize
+    }
+
+    pub fn body_len(&self) -> usize {
+        self.len as usize - FRAME_HEADER_SIZE
+    }
+}
+
+/// A frame whose header is parsed but whose body is not yet decoded.
+#[derive(Debug, Clone)]
+pub struct RawFrame {
+    pub id: u32,
+    pub flags: u8,
+    pub body: Bytes,
+}
+
+impl RawFrame {
+    /// Decodes the CBOR body `{v, t, p}` into a message.
+    ///
+    /// Tolerant as the upstream decoder is: `v`'s value, unknown keys and
+    /// trailing bytes are ignored, and `p` may be an array of integers. `p`
+    /// stays a zero-copy slice of `body` whenever it is a definite byte string.
+    pub fn decode(self) -> Result<Message, ProtocolError> {
+        let body = &self.body[..];
+        let bad = |e: cbor::CborError| ProtocolError::BadBody(e.to_string());
+        let mut r = Reader::new(body);
+        let mut map = r.read_map().map_err(bad)?;
+        let mut message_type = None;
+        let mut payload = None;
+        while r.next_item(&mut map).map_err(bad)? {
+            let key = r.read_text().map_err(bad)?;
+            match &*key {
+                "t" => message_type = Some(MessageType::from_wire(&r.read_text().map_err(bad)?)),
+                "p" => {
+                    payload = Some(match r.read_bytes().map_err(bad)? {
+                        std::borrow::Cow::Borrowed(s) => self.body.slice_ref(s),
+                        std::borrow::Cow::Owned(v) => Bytes::from(v),
+                    })
+                }
+                _ => r.skip().map_err(bad)?,
+            }
+        }
+        let message_type =
+            message_type.ok_or_else(|| ProtocolError::BadBody("missing field \"t\"".into()))?;
+        let payload =
+            payload.ok_or_else(|| ProtocolError::BadBody("missing field \"p\"".into()))?;
+        Ok(Message {
+            id: self.id,
+            flags: self.flags,
+            message_type,
+            payload,
+        })
+    }
+}
+
+/// Appends one encoded frame to `out`.
+///
+/// Panics only if the frame would exceed `u32` length; callers bound payloads
+/// by [`MAX_FRAME_SIZE`] first (see [`encoded_len`]).
+pub fn encode_frame(out: &mut Vec<u8>, message_type: &str, id: u32, flags: u8, payload: &[u8]) {
+    encode_frame_with(out, message_type, id, flags, payload.len(), |o| {
+        o.extend_from_slice(payload)
+    });
+}
+
+/// Like [`encode_frame`], but the payload (exactly `payload_len` bytes) is
+/// written by `write_payload` straight into `out`, so typed payloads are
+/// encoded without an intermediate buffer.
+pub fn encode_frame_with(
+    out: &mut Vec<u8>,
+    message_type: &str,
+    id: u32,
+    flags: u8,
+    payload_len: usize,
+    write_payload: impl FnOnce(&mut Vec<u8>),
+) {
+    let start = out.len();
+    out.extend_from_slice(&[0; 4]);
+    out.extend_from_slice(&id.to_be_bytes());
+    out.push(flags);
+    cbor::write_map_head(out, 3);
+    cbor::write_text(out, "v");
+    cbor::write_u64(out, PROTOCOL_VERSION);
+    cbor::write_text(out, "t");
+    cbor::write_text(out, message_type);
+    cbor::write_text(out, "p");
+    cbor::write_bytes_head(out, payload_len);
+    let before = out.len();
+    write_payload(out);
+    assert_eq!(out.len() - before, payload_len, "payload length mismatch");
+    let len = u32::try_from(out.len() - start - LEN_PREFIX_SIZE).expect("frame over 4 GiB");
+    out[start..start + 4].copy_from_slice(&len.to_be_bytes());
+}
+
+/// `len` of the frame `encode_frame` would produce, to check the size limit
+/// before encoding anything.
+pub fn encoded_len(message_type: &str, payload_len: usize) -> usize {
+    // id + flags + map head + "v" 1 + "t" <type> + "p" <payload>
+    FRAME_HEADER_SIZE
+        + 1
+        + 2
+        + 1
+        + 2
+        + cbor::bytes_head_len(message_type.len())
+        + message_type.len()
+        + 2
+        + cbor::bytes_head_len(payload_len)
+        + payload_len
+}
+
+/// Reads the 4-byte `id_offset` that opens the handshake.
+pub fn parse_handshake_offset(buf: &[u8]) -> Option<u32> {
+    buf.get(..4)
+        .map(|b| u32::from_be_bytes(b.try_into().unwrap()))
+}
+
+/// Incremental frame splitter: feed it bytes as they arrive and take whole
+/// frames out. A partial frame waits for more input.
+#[derive(Default)]
+pub struct FrameDecoder {
+    buf: BytesMut,
+}
+
+impl FrameDecoder {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Appends received bytes.
+    pub fn extend(&mut self, data: &[u8]) {
+        self.buf.extend_from_slice(data);
+    }
+
+    /// Bytes received but not yet returned as frames.
+    pub fn buffered(&self) -> usize {
+        self.buf.len()
+    }
+
+    /// The next complete frame, `Ok(None)` if more bytes are needed, or the
+    /// reason the stream is malformed (after which it cannot be resynchronised).
+    pub fn next_frame(&mut self) -> Result<Option<RawFrame>, ProtocolError> {
+        let Some(h) = FrameHeader::parse(&self.buf)? else {
+            return Ok(None);
+        };
+        if self.buf.len() < h.frame_size() {
+            self.buf.reserve(h.frame_size() - self.buf.len());
+            return Ok(None);
+        }
+        self.buf.advance(FrameHeader::SIZE);
+        let body = self.buf.split_to(h.body_len()).freeze();
+        Ok(Some(RawFrame {
+            id: h.id,
+            flags: h.flags,
+            body,
+        }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn header_errors_are_distinct() {
+        assert_eq!(
+            FrameHeader::parse(&[0, 0, 0, 4]),
+            Err(ProtocolError::FrameTooShort(4))
+        );
+        assert_eq!(
+            FrameHeader::parse(&[0, 0x40, 0, 1]),
+            Err(ProtocolError::FrameTooLarge(MAX_FRAME_SIZE + 1))
+        );
+        assert_eq!(FrameHeader::parse(&[0, 0, 0, 5, 0, 0]), Ok(None));
+        let mut d = FrameDecoder::new();
+        d.extend(&[0, 0, 0, 6, 0, 0, 0, 1, 0, 0xff]);
+        assert!(matches!(
+            d.next_frame().unwrap().unwrap().decode(),
+            Err(ProtocolError::BadBody(_))
+        ));
+    }
+
+    #[test]
+    fn partial_frames_wait_for_more_bytes() {
+        let mut out = Vec::new();
+        encode_frame(&mut out, "core.exec.stdout", 7, 0, b"\xa1\x64data\x41x");
+        let mut d = FrameDecoder::new();
+        for b in &out[..out.len() - 1] {
+            d.extend(std::slice::from_ref(b));
+            assert!(d.next_frame().unwrap().is_none());
+        }
+        d.extend(&out[out.len() - 1..]);
+        let m = d.next_frame().unwrap().unwrap().decode().unwrap();
+        assert_eq!(m.id, 7);
+        assert_eq!(m.message_type, MessageType::ExecStdout);
+        assert_eq!(encoded_len("core.exec.stdout", 8), out.len() - 4);
+    }
+
+    #[test]
+    fn unknown_types_are_kept() {
+        let mut out = Vec::new();
+        encode_frame(&mut out, "core.future.thing", 3, 0x40, b"");
+        let mut d = FrameDecoder::new();
+        d.extend(&out);
+        let m = d.next_frame().unwrap().unwrap().decode().unwrap();
+        assert_eq!(
+            m.message_type,
+            MessageType::Unknown("core.future.thing".into())
+        );
+        assert_eq!(m.flags, 0x40);
+    }
+}

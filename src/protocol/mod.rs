@@ -1,0 +1,78 @@
+//! The microsandbox 0.3.14 agent-relay wire protocol: frames, message types
+//! and payloads. Pure data transformation, no I/O, so that the client core,
+//! the development relay and the fuzz targets share one implementation.
+
+pub mod cbor;
+mod frame;
+mod message;
+pub mod payload;
+
+pub use frame::{
+    encode_frame, encode_frame_with, encoded_len, parse_handshake_offset, FrameDecoder,
+    FrameHeader, RawFrame,
+};
+pub use message::{Message, MessageType};
+
+/// Bytes of `len` before the rest of a frame.
+pub const LEN_PREFIX_SIZE: usize = 4;
+/// `id` and `flags`: the part of a frame counted by `len` that is not CBOR.
+pub const FRAME_HEADER_SIZE: usize = 5;
+/// Largest `len` either side may send or accept.
+pub const MAX_FRAME_SIZE: u32 = 4 * 1024 * 1024;
+/// Largest file chunk carried by one `core.fs.data`.
+pub const FS_CHUNK_SIZE: usize = 3 * 1024 * 1024;
+/// Clients one relay serves at once.
+pub const MAX_CLIENTS: u32 = 16;
+/// Size of every client's correlation-id range (`u32::MAX / 16`).
+pub const ID_RANGE_STEP: u32 = u32::MAX / MAX_CLIENTS;
+/// The `v` the encoder writes into every frame body.
+pub const PROTOCOL_VERSION: u64 = 1;
+
+/// Last frame of a session (`core.exec.exited`, `core.fs.response`).
+pub const FLAG_TERMINAL: u8 = 0x01;
+/// Opens a session (`core.exec.request`, `core.fs.request`).
+pub const FLAG_SESSION_START: u8 = 0x02;
+/// `core.shutdown`.
+pub const FLAG_SHUTDOWN: u8 = 0x04;
+
+/// Why bytes from the peer could not be understood.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ProtocolError {
+    /// `len` below the 5 bytes of id and flags.
+    FrameTooShort(u32),
+    /// `len` above [`MAX_FRAME_SIZE`].
+    FrameTooLarge(u32),
+    /// The frame body is not valid CBOR, or not the `{v, t, p}` map.
+    BadBody(String),
+    /// A payload whose CBOR does not have the shape its type requires.
+    BadPayload {
+        message_type: &'static str,
+        detail: String,
+    },
+    /// The first frame of the handshake was not `core.ready`.
+    NotReady(String),
+}
+
+impl std::fmt::Display for ProtocolError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ProtocolError::FrameTooShort(len) => {
+                write!(f, "frame length {len} is shorter than the 5-byte header")
+            }
+            ProtocolError::FrameTooLarge(len) => write!(
+                f,
+                "frame length {len} exceeds the {MAX_FRAME_SIZE}-byte limit"
+            ),
+            ProtocolError::BadBody(d) => write!(f, "malformed frame body: {d}"),
+            ProtocolError::BadPayload {
+                message_type,
+                detail,
+            } => write!(f, "malformed {message_type} payload: {detail}"),
+            ProtocolError::NotReady(t) => {
+                write!(f, "handshake frame is {t:?}, expected core.ready")
+            }
+        }
+    }
+}
+
+impl std::error::Error for ProtocolError {}
