@@ -5,4 +5,5 @@
 //!   backpressure) on a private tokio runtime; no C in it.
 //! - `ffi`: the `extern "C"` surface, a thin layer over the two above.
 
+pub mod client;
 pub mod protocol;

@@ -107,9 +107,8 @@ impl RawFrame {
 /// Panics only if the frame would exceed `u32` length; callers bound payloads
 /// by [`MAX_FRAME_SIZE`] first (see [`encoded_len`]).
 pub fn encode_frame(out: &mut Vec<u8>, message_type: &str, id: u32, flags: u8, payload: &[u8]) {
-    encode_frame_with(out, message_type, id, flags, payload.len(), |o| {
-        o.extend_from_slice(payload)
-    });
+    encode_frame_head(out, message_type, id, flags, payload.len());
+    out.extend_from_slice(payload);
 }
 
 /// Like [`encode_frame`], but the payload (exactly `payload_len` bytes) is
@@ -123,8 +122,24 @@ pub fn encode_frame_with(
     payload_len: usize,
     write_payload: impl FnOnce(&mut Vec<u8>),
 ) {
-    let start = out.len();
-    out.extend_from_slice(&[0; 4]);
+    encode_frame_head(out, message_type, id, flags, payload_len);
+    let before = out.len();
+    write_payload(out);
+    assert_eq!(out.len() - before, payload_len, "payload length mismatch");
+}
+
+/// Appends everything of a frame up to its payload bytes; the caller sends
+/// exactly `payload_len` payload bytes after it (possibly from another
+/// buffer, with vectored I/O, so large payloads are never copied).
+pub fn encode_frame_head(
+    out: &mut Vec<u8>,
+    message_type: &str,
+    id: u32,
+    flags: u8,
+    payload_len: usize,
+) {
+    let len = u32::try_from(encoded_len(message_type, payload_len)).expect("frame over 4 GiB");
+    out.extend_from_slice(&len.to_be_bytes());
     out.extend_from_slice(&id.to_be_bytes());
     out.push(flags);
     cbor::write_map_head(out, 3);
@@ -134,11 +149,6 @@ pub fn encode_frame_with(
     cbor::write_text(out, message_type);
     cbor::write_text(out, "p");
     cbor::write_bytes_head(out, payload_len);
-    let before = out.len();
-    write_payload(out);
-    assert_eq!(out.len() - before, payload_len, "payload length mismatch");
-    let len = u32::try_from(out.len() - start - LEN_PREFIX_SIZE).expect("frame over 4 GiB");
-    out[start..start + 4].copy_from_slice(&len.to_be_bytes());
 }
 
 /// `len` of the frame `encode_frame` would produce, to check the size limit

@@ -8,8 +8,8 @@ mod message;
 pub mod payload;
 
 pub use frame::{
-    encode_frame, encode_frame_with, encoded_len, parse_handshake_offset, FrameDecoder,
-    FrameHeader, RawFrame,
+    encode_frame, encode_frame_head, encode_frame_with, encoded_len, parse_handshake_offset,
+    FrameDecoder, FrameHeader, RawFrame,
 };
 pub use message::{Message, MessageType};
 

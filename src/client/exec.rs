@@ -1,0 +1,223 @@
+//! Running a command in the guest: one session per process, keyed by its
+//! correlation id.
+
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+
+use super::error::{Error, Result};
+use super::subscription::{Pulled, Subscription};
+use super::Client;
+use crate::protocol::payload::{
+    Data, ExecExited, ExecRequest, ExecResize, ExecSignal, ExecStarted, Payload,
+};
+use crate::protocol::{Message, MessageType};
+
+/// One thing that happened to a running process.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ExecEvent {
+    Started {
+        pid: u32,
+    },
+    Stdout(Bytes),
+    Stderr(Bytes),
+    /// The last event: the exit code, `-1` for a signal death or a failed spawn.
+    Exited {
+        code: i32,
+    },
+}
+
+/// A process started in the guest.
+///
+/// Thread safety: `Send + Sync`. One thread may wait on events while others
+/// write stdin, signal or resize. Dropping it stops listening; the process
+/// keeps running until it exits or the connection closes (the relay then
+/// kills it).
+pub struct Exec {
+    client: Client,
+    sub: Subscription,
+}
+
+impl Exec {
+    /// Sends the request; events follow through [`next_event`](Self::next_event).
+    pub fn start(client: &Client, request: &ExecRequest, timeout: Duration) -> Result<Exec> {
+        if request.cmd.is_empty() {
+            return Err(Error::InvalidArgument("empty command".into()));
+        }
+        let sub = client.subscribe_new()?;
+        let payload = request.to_bytes();
+        client.send_parts(
+            &MessageType::ExecRequest,
+            sub.id(),
+            &[&payload],
+            Instant::now() + timeout,
+        )?;
+        Ok(Exec {
+            client: client.clone(),
+            sub,
+        })
+    }
+
+    pub fn id(&self) -> u32 {
+        self.sub.id()
+    }
+
+    pub fn subscription(&self) -> &Subscription {
+        &self.sub
+    }
+
+    /// The next event within `timeout` (`None`: no limit; zero: don't block).
+    /// `Ended` after `Exited` was delivered. Frames of unknown or unrelated
+    /// types are skipped (they are counted by the client).
+    pub fn next_event(&self, timeout: Option<Duration>) -> Result<Pulled<ExecEvent>> {
+        let deadline = timeout.map(|t| Instant::now() + t);
+        loop {
+            let left = deadline.map(|d| d.saturating_duration_since(Instant::now()));
+            match self.sub.recv_timeout(left)? {
+                Pulled::Item(m) => {
+                    if let Some(ev) = self.decode(&m)? {
+                        return Ok(Pulled::Item(ev));
+                    }
+                }
+                Pulled::Nothing => return Ok(Pulled::Nothing),
+                Pulled::Ended => return Ok(Pulled::Ended),
+            }
+        }
+    }
+
+    /// Async form of [`next_event`](Self::next_event) without a timeout;
+    /// `None` once the process has exited and that was delivered.
+    pub async fn next_event_async(&self) -> Result<Option<ExecEvent>> {
+        while let Some(m) = self.sub.recv().await? {
+            if let Some(ev) = self.decode(&m)? {
+                return Ok(Some(ev));
+            }
+        }
+        Ok(None)
+    }
+
+    fn decode(&self, m: &Message) -> Result<Option<ExecEvent>> {
+        let ev = match m.message_type {
+            MessageType::ExecStarted => {
+                ExecStarted::decode(&m.payload).map(|p| ExecEvent::Started { pid: p.pid })
+            }
+            MessageType::ExecStdout => Data::decode(&m.payload).map(|d| ExecEvent::Stdout(d.data)),
+            MessageType::ExecStderr => Data::decode(&m.payload).map(|d| ExecEvent::Stderr(d.data)),
+            MessageType::ExecExited => {
+                ExecExited::decode(&m.payload).map(|p| ExecEvent::Exited { code: p.code })
+            }
+            _ => return Ok(None),
+        };
+        ev.map(Some).map_err(|e| self.client.fail_protocol(e))
+    }
+
+    /// Writes to the process's stdin. An empty slice is ignored (use
+    /// [`close_stdin`](Self::close_stdin)); large input is split into frames.
+    pub fn write_stdin(&self, data: &[u8], timeout: Duration) -> Result<()> {
+        let deadline = Instant::now() + timeout;
+        for chunk in data.chunks(STDIN_CHUNK) {
+            send_data(
+                &self.client,
+                &MessageType::ExecStdin,
+                self.id(),
+                chunk,
+                deadline,
+            )?;
+        }
+        Ok(())
+    }
+
+    /// Closes the process's stdin (an empty stdin frame).
+    pub fn close_stdin(&self, timeout: Duration) -> Result<()> {
+        send_data(
+            &self.client,
+            &MessageType::ExecStdin,
+            self.id(),
+            &[],
+            Instant::now() + timeout,
+        )
+    }
+
+    pub fn signal(&self, signal: i32, timeout: Duration) -> Result<()> {
+        let p = ExecSignal { signal }.to_bytes();
+        self.client
+            .send(&MessageType::ExecSignal, self.id(), &p, timeout)
+    }
+
+    pub fn resize(&self, rows: u16, cols: u16, timeout: Duration) -> Result<()> {
+        let p = ExecResize { rows, cols }.to_bytes();
+        self.client
+            .send(&MessageType::ExecResize, self.id(), &p, timeout)
+    }
+}
+
+/// Stdin frames carry at most this much, well under the frame limit.
+const STDIN_CHUNK: usize = 1024 * 1024;
+
+/// Sends `{data: bytes}` with the data written from the caller's buffer.
+pub(crate) fn send_data(
+    client: &Client,
+    message_type: &MessageType,
+    id: u32,
+    data: &[u8],
+    deadline: Instant,
+) -> Result<()> {
+    let mut prefix = Vec::with_capacity(16);
+    prefix.push(0xa1);
+    crate::protocol::cbor::write_text(&mut prefix, "data");
+    crate::protocol::cbor::write_bytes_head(&mut prefix, data.len());
+    debug_assert_eq!(prefix.len() + data.len(), Data::encoded_len(data.len()));
+    client.send_parts(message_type, id, &[&prefix, data], deadline)
+}
+
+/// What a process printed and how it ended.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RunOutput {
+    pub code: i32,
+    pub stdout: Vec<u8>,
+    pub stderr: Vec<u8>,
+    /// True if output beyond the cap was discarded.
+    pub truncated: bool,
+}
+
+/// Runs a command to completion: stdin is closed at once, output is captured
+/// up to `capture_limit` bytes per stream (the rest is read and discarded),
+/// and the whole run must finish within `timeout` (the process is killed
+/// with SIGKILL if it does not).
+pub fn run(
+    client: &Client,
+    request: &ExecRequest,
+    capture_limit: usize,
+    timeout: Duration,
+) -> Result<RunOutput> {
+    let deadline = Instant::now() + timeout;
+    let exec = Exec::start(client, request, timeout)?;
+    exec.close_stdin(deadline.saturating_duration_since(Instant::now()))?;
+    let mut out = RunOutput::default();
+    let keep = |buf: &mut Vec<u8>, data: &[u8], truncated: &mut bool| {
+        let room = capture_limit.saturating_sub(buf.len());
+        buf.extend_from_slice(&data[..data.len().min(room)]);
+        if data.len() > room {
+            *truncated = true;
+        }
+    };
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match exec.next_event(Some(left))? {
+            Pulled::Item(ExecEvent::Started { .. }) => {}
+            Pulled::Item(ExecEvent::Stdout(d)) => keep(&mut out.stdout, &d, &mut out.truncated),
+            Pulled::Item(ExecEvent::Stderr(d)) => keep(&mut out.stderr, &d, &mut out.truncated),
+            Pulled::Item(ExecEvent::Exited { code }) => {
+                out.code = code;
+                return Ok(out);
+            }
+            Pulled::Ended => {
+                return Err(Error::Unexpected("exec ended without an exit code".into()))
+            }
+            Pulled::Nothing => {
+                let _ = exec.signal(libc::SIGKILL, Duration::from_millis(100));
+                return Err(Error::Timeout("running the command"));
+            }
+        }
+    }
+}

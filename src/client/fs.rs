@@ -1,0 +1,280 @@
+//! Filesystem conversations with the guest. Each call takes a timeout that
+//! bounds the whole operation.
+
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+
+use super::error::{Error, Result};
+use super::exec::send_data;
+use super::subscription::{Pulled, Subscription};
+use super::Client;
+use crate::protocol::payload::{
+    Data, FsEntryInfo, FsOp, FsRequest, FsResponse, FsResponseData, Payload,
+};
+use crate::protocol::{Message, MessageType, FS_CHUNK_SIZE};
+
+fn left(deadline: Instant) -> Option<Duration> {
+    Some(deadline.saturating_duration_since(Instant::now()))
+}
+
+/// Opens an fs session: subscribes, then sends the request.
+fn open(client: &Client, op: FsOp, deadline: Instant) -> Result<Subscription> {
+    let sub = client.subscribe_new()?;
+    let payload = FsRequest { op }.to_bytes();
+    client.send_parts(&MessageType::FsRequest, sub.id(), &[&payload], deadline)?;
+    Ok(sub)
+}
+
+/// Waits for the next message of the session, turning "nothing by the
+/// deadline" into a timeout error.
+fn next(sub: &Subscription, deadline: Instant, what: &'static str) -> Result<Option<Message>> {
+    match sub.recv_timeout(left(deadline))? {
+        Pulled::Item(m) => Ok(Some(m)),
+        Pulled::Ended => Ok(None),
+        Pulled::Nothing => Err(Error::Timeout(what)),
+    }
+}
+
+/// Decodes a `core.fs.response`; `ok: false` becomes [`Error::Guest`].
+fn response(client: &Client, m: &Message) -> Result<FsResponse> {
+    let r = FsResponse::decode(&m.payload).map_err(|e| client.fail_protocol(e))?;
+    if !r.ok {
+        return Err(Error::Guest(
+            r.error.unwrap_or_else(|| "unspecified error".into()),
+        ));
+    }
+    Ok(r)
+}
+
+/// One request, one response: everything but Read and Write.
+fn simple(client: &Client, op: FsOp, timeout: Duration) -> Result<FsResponse> {
+    let deadline = Instant::now() + timeout;
+    let sub = open(client, op, deadline)?;
+    loop {
+        match next(&sub, deadline, "waiting for the fs response")? {
+            Some(m) if m.message_type == MessageType::FsResponse => return response(client, &m),
+            Some(_) => continue, // unknown or stray types: skipped, already counted
+            None => {
+                return Err(Error::Unexpected(
+                    "fs session ended without a response".into(),
+                ))
+            }
+        }
+    }
+}
+
+pub fn stat(client: &Client, path: &str, timeout: Duration) -> Result<FsEntryInfo> {
+    let op = FsOp::Stat { path: path.into() };
+    match simple(client, op, timeout)?.data {
+        Some(FsResponseData::Stat(e)) => Ok(e),
+        _ => Err(Error::Unexpected("Stat reply without an entry".into())),
+    }
+}
+
+pub fn list(client: &Client, path: &str, timeout: Duration) -> Result<Vec<FsEntryInfo>> {
+    let op = FsOp::List { path: path.into() };
+    match simple(client, op, timeout)?.data {
+        Some(FsResponseData::List(v)) => Ok(v),
+        _ => Err(Error::Unexpected("List reply without entries".into())),
+    }
+}
+
+pub fn mkdir(client: &Client, path: &str, timeout: Duration) -> Result<()> {
+    simple(client, FsOp::Mkdir { path: path.into() }, timeout).map(drop)
+}
+
+pub fn remove(client: &Client, path: &str, timeout: Duration) -> Result<()> {
+    simple(client, FsOp::Remove { path: path.into() }, timeout).map(drop)
+}
+
+pub fn remove_dir(client: &Client, path: &str, timeout: Duration) -> Result<()> {
+    simple(client, FsOp::RemoveDir { path: path.into() }, timeout).map(drop)
+}
+
+pub fn copy(client: &Client, src: &str, dst: &str, timeout: Duration) -> Result<()> {
+    let op = FsOp::Copy {
+        src: src.into(),
+        dst: dst.into(),
+    };
+    simple(client, op, timeout).map(drop)
+}
+
+pub fn rename(client: &Client, src: &str, dst: &str, timeout: Duration) -> Result<()> {
+    let op = FsOp::Rename {
+        src: src.into(),
+        dst: dst.into(),
+    };
+    simple(client, op, timeout).map(drop)
+}
+
+/// A file being read from the guest, chunk by chunk.
+///
+/// Thread safety: `Send + Sync`; pulls from several threads each get
+/// distinct chunks, in no defined order between threads.
+pub struct FileReader {
+    client: Client,
+    sub: Subscription,
+}
+
+impl FileReader {
+    pub fn open(client: &Client, path: &str, timeout: Duration) -> Result<FileReader> {
+        let sub = open(
+            client,
+            FsOp::Read { path: path.into() },
+            Instant::now() + timeout,
+        )?;
+        Ok(FileReader {
+            client: client.clone(),
+            sub,
+        })
+    }
+
+    pub fn subscription(&self) -> &Subscription {
+        &self.sub
+    }
+
+    /// The next chunk; `Ended` after the whole file arrived and the guest
+    /// confirmed it. A failed read returns [`Error::Guest`].
+    pub fn next_chunk(&self, timeout: Option<Duration>) -> Result<Pulled<Bytes>> {
+        let deadline = timeout.map(|t| Instant::now() + t);
+        loop {
+            let wait = deadline.map(|d| d.saturating_duration_since(Instant::now()));
+            let m = match self.sub.recv_timeout(wait)? {
+                Pulled::Item(m) => m,
+                Pulled::Nothing => return Ok(Pulled::Nothing),
+                Pulled::Ended => return Ok(Pulled::Ended),
+            };
+            match m.message_type {
+                MessageType::FsData => {
+                    let d = Data::decode(&m.payload).map_err(|e| self.client.fail_protocol(e))?;
+                    if !d.data.is_empty() {
+                        return Ok(Pulled::Item(d.data));
+                    }
+                }
+                MessageType::FsResponse => {
+                    response(&self.client, &m)?;
+                }
+                _ => {}
+            }
+        }
+    }
+}
+
+/// Reads a whole file.
+pub fn read_file(client: &Client, path: &str, timeout: Duration) -> Result<Bytes> {
+    let deadline = Instant::now() + timeout;
+    let reader = FileReader::open(client, path, timeout)?;
+    let mut chunks: Vec<Bytes> = Vec::new();
+    loop {
+        match reader.next_chunk(left(deadline))? {
+            Pulled::Item(c) => chunks.push(c),
+            Pulled::Ended => break,
+            Pulled::Nothing => return Err(Error::Timeout("reading a file")),
+        }
+    }
+    Ok(match chunks.len() {
+        0 => Bytes::new(),
+        1 => chunks.pop().unwrap(),
+        _ => Bytes::from(chunks.concat()),
+    })
+}
+
+/// A file being written to the guest, chunk by chunk.
+///
+/// Thread safety: `Send + Sync`, but chunks written from several threads at
+/// once land in an undefined order; write from one thread at a time.
+/// Dropping it without [`finish`](Self::finish) abandons the write; the
+/// guest may keep what it received so far.
+pub struct FileWriter {
+    client: Client,
+    sub: Subscription,
+}
+
+impl FileWriter {
+    /// Starts writing `path` (created or truncated), with `mode` if given.
+    pub fn create(
+        client: &Client,
+        path: &str,
+        mode: Option<u32>,
+        timeout: Duration,
+    ) -> Result<FileWriter> {
+        let sub = open(
+            client,
+            FsOp::Write {
+                path: path.into(),
+                mode,
+            },
+            Instant::now() + timeout,
+        )?;
+        Ok(FileWriter {
+            client: client.clone(),
+            sub,
+        })
+    }
+
+    pub fn subscription(&self) -> &Subscription {
+        &self.sub
+    }
+
+    /// Sends `data`, split into chunks of at most 3 MiB. An early failure
+    /// reported by the guest is returned here rather than at `finish`.
+    pub fn write(&self, data: &[u8], timeout: Duration) -> Result<()> {
+        let deadline = Instant::now() + timeout;
+        if let Pulled::Item(m) = self.sub.recv_timeout(Some(Duration::ZERO))? {
+            if m.message_type == MessageType::FsResponse {
+                response(&self.client, &m)?;
+                return Err(Error::Unexpected("the guest ended the write early".into()));
+            }
+        }
+        for chunk in data.chunks(FS_CHUNK_SIZE) {
+            send_data(
+                &self.client,
+                &MessageType::FsData,
+                self.sub.id(),
+                chunk,
+                deadline,
+            )?;
+        }
+        Ok(())
+    }
+
+    /// Sends the end-of-data marker and waits for the guest's confirmation.
+    pub fn finish(self, timeout: Duration) -> Result<()> {
+        let deadline = Instant::now() + timeout;
+        send_data(
+            &self.client,
+            &MessageType::FsData,
+            self.sub.id(),
+            &[],
+            deadline,
+        )?;
+        loop {
+            match next(&self.sub, deadline, "waiting for the write confirmation")? {
+                Some(m) if m.message_type == MessageType::FsResponse => {
+                    return response(&self.client, &m).map(drop)
+                }
+                Some(_) => continue,
+                None => {
+                    return Err(Error::Unexpected(
+                        "write session ended without a response".into(),
+                    ))
+                }
+            }
+        }
+    }
+}
+
+/// Writes a whole file (created or truncated), in chunks of at most 3 MiB.
+pub fn write_file(
+    client: &Client,
+    path: &str,
+    data: &[u8],
+    mode: Option<u32>,
+    timeout: Duration,
+) -> Result<()> {
+    let deadline = Instant::now() + timeout;
+    let w = FileWriter::create(client, path, mode, timeout)?;
+    w.write(data, deadline.saturating_duration_since(Instant::now()))?;
+    w.finish(deadline.saturating_duration_since(Instant::now()))
+}

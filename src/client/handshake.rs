@@ -1,0 +1,222 @@
+//! Connecting and the relay handshake, done on the caller's thread with one
+//! deadline, before the reader starts.
+
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::path::Path;
+use std::time::Instant;
+
+use super::error::{Error, Result};
+use crate::protocol::{
+    parse_handshake_offset, FrameHeader, Message, MessageType, ProtocolError, RawFrame,
+    ID_RANGE_STEP, LEN_PREFIX_SIZE,
+};
+
+pub(crate) struct Handshake {
+    pub id_offset: u32,
+    pub ready: Message,
+    /// Bytes that arrived after the ready frame; the reader starts with them.
+    pub leftover: Vec<u8>,
+}
+
+const NO_SLOT_HINT: &str =
+    "the relay closed the connection during the handshake; it may have no free client slot (16 max)";
+
+fn os_err(what: &'static str) -> Error {
+    Error::io(io::Error::last_os_error(), what)
+}
+
+/// Waits until `fd` has `events`, or the deadline passes.
+fn wait_for(fd: &OwnedFd, events: libc::c_short, deadline: Instant) -> Result<()> {
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(Error::Timeout("connecting and completing the handshake"));
+        }
+        let mut p = libc::pollfd {
+            fd: fd.as_raw_fd(),
+            events,
+            revents: 0,
+        };
+        let ms = left.as_millis().clamp(1, i32::MAX as u128) as i32;
+        // SAFETY: `p` is one live, initialised pollfd.
+        let r = unsafe { libc::poll(&mut p, 1, ms) };
+        if r < 0 {
+            let e = io::Error::last_os_error();
+            if e.kind() == io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(Error::io(e, "poll"));
+        }
+        if r > 0 {
+            return Ok(());
+        }
+    }
+}
+
+/// Opens a non-blocking, close-on-exec Unix stream socket connected to `path`.
+pub(crate) fn connect_unix(path: &Path, deadline: Instant) -> Result<OwnedFd> {
+    // SAFETY: an all-zero sockaddr_un is valid; fields are set below.
+    let mut addr: libc::sockaddr_un = unsafe { std::mem::zeroed() };
+    let bytes = path.as_os_str().as_bytes();
+    if bytes.is_empty() || bytes.contains(&0) {
+        return Err(Error::InvalidArgument(
+            "socket path is empty or contains NUL".into(),
+        ));
+    }
+    if bytes.len() >= addr.sun_path.len() {
+        return Err(Error::InvalidArgument(format!(
+            "socket path {} is {} bytes; a Unix socket path holds at most {}",
+            path.display(),
+            bytes.len(),
+            addr.sun_path.len() - 1
+        )));
+    }
+    addr.sun_family = libc::AF_UNIX as libc::sa_family_t;
+    for (d, s) in addr.sun_path.iter_mut().zip(bytes) {
+        *d = *s as libc::c_char;
+    }
+    // SAFETY: plain socket(2) call; the result is checked.
+    let raw = unsafe {
+        libc::socket(
+            libc::AF_UNIX,
+            libc::SOCK_STREAM | libc::SOCK_CLOEXEC | libc::SOCK_NONBLOCK,
+            0,
+        )
+    };
+    if raw < 0 {
+        return Err(os_err("socket"));
+    }
+    // SAFETY: `raw` is a fresh descriptor that nothing else owns.
+    let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+    let len = std::mem::size_of::<libc::sa_family_t>() + bytes.len() + 1;
+    // SAFETY: `addr` is a valid sockaddr_un and `len` does not exceed it.
+    let r = unsafe {
+        libc::connect(
+            fd.as_raw_fd(),
+            &addr as *const libc::sockaddr_un as *const libc::sockaddr,
+            len as libc::socklen_t,
+        )
+    };
+    if r < 0 {
+        let e = io::Error::last_os_error();
+        match e.raw_os_error() {
+            // A listener with a full backlog: wait for it within the deadline.
+            Some(libc::EAGAIN) | Some(libc::EINPROGRESS) => {
+                wait_for(&fd, libc::POLLOUT, deadline)?;
+                let mut err: libc::c_int = 0;
+                let mut l = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+                // SAFETY: `err` and `l` are live and sized for SO_ERROR.
+                unsafe {
+                    libc::getsockopt(
+                        fd.as_raw_fd(),
+                        libc::SOL_SOCKET,
+                        libc::SO_ERROR,
+                        &mut err as *mut _ as *mut _,
+                        &mut l,
+                    )
+                };
+                if err != 0 {
+                    return Err(Error::io(io::Error::from_raw_os_error(err), "connect"));
+                }
+            }
+            _ => return Err(Error::io(e, "connect")),
+        }
+    }
+    Ok(fd)
+}
+
+/// Makes an adopted descriptor non-blocking and close-on-exec, and checks
+/// that it is a stream socket.
+pub(crate) fn prepare_fd(fd: &OwnedFd) -> Result<()> {
+    let raw = fd.as_raw_fd();
+    let mut ty: libc::c_int = 0;
+    let mut l = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+    // SAFETY: `ty` and `l` are live and sized for SO_TYPE.
+    let r = unsafe {
+        libc::getsockopt(
+            raw,
+            libc::SOL_SOCKET,
+            libc::SO_TYPE,
+            &mut ty as *mut _ as *mut _,
+            &mut l,
+        )
+    };
+    if r < 0 || ty != libc::SOCK_STREAM {
+        return Err(Error::InvalidArgument(
+            "descriptor is not a connected stream socket".into(),
+        ));
+    }
+    // SAFETY: fcntl on a descriptor we own, with integer arguments only.
+    unsafe {
+        let fl = libc::fcntl(raw, libc::F_GETFL);
+        if fl < 0 || libc::fcntl(raw, libc::F_SETFL, fl | libc::O_NONBLOCK) < 0 {
+            return Err(os_err("fcntl"));
+        }
+        let fdfl = libc::fcntl(raw, libc::F_GETFD);
+        if fdfl < 0 || libc::fcntl(raw, libc::F_SETFD, fdfl | libc::FD_CLOEXEC) < 0 {
+            return Err(os_err("fcntl"));
+        }
+    }
+    Ok(())
+}
+
+/// Reads until `buf` holds at least `want` bytes.
+fn fill(fd: &OwnedFd, buf: &mut Vec<u8>, want: usize, deadline: Instant) -> Result<()> {
+    let mut chunk = [0u8; 4096];
+    while buf.len() < want {
+        let n_want = (want - buf.len()).min(chunk.len());
+        // SAFETY: `chunk` is a live buffer of at least `n_want` bytes.
+        let n = unsafe { libc::read(fd.as_raw_fd(), chunk.as_mut_ptr().cast(), n_want) };
+        if n > 0 {
+            buf.extend_from_slice(&chunk[..n as usize]);
+        } else if n == 0 {
+            return Err(Error::Handshake(NO_SLOT_HINT.into()));
+        } else {
+            let e = io::Error::last_os_error();
+            match e.kind() {
+                io::ErrorKind::WouldBlock => wait_for(fd, libc::POLLIN, deadline)?,
+                io::ErrorKind::Interrupted => {}
+                _ => return Err(Error::io(e, "reading the handshake")),
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Reads `[id_offset u32 BE][core.ready frame]`. Reads exactly that many
+/// bytes, so nothing that follows is consumed.
+pub(crate) fn read_handshake(fd: &OwnedFd, deadline: Instant) -> Result<Handshake> {
+    let mut buf = Vec::with_capacity(128);
+    fill(fd, &mut buf, 4 + FrameHeader::SIZE, deadline)?;
+    let id_offset = parse_handshake_offset(&buf).expect("4 bytes are present");
+    if id_offset as u64 + ID_RANGE_STEP as u64 > u32::MAX as u64 {
+        return Err(Error::Handshake(format!(
+            "id_offset {id_offset} leaves no room for a full id range"
+        )));
+    }
+    let header = FrameHeader::parse(&buf[4..])
+        .map_err(Error::Protocol)?
+        .expect("header bytes are present");
+    fill(fd, &mut buf, 4 + header.frame_size(), deadline)?;
+    let body = bytes::Bytes::copy_from_slice(&buf[4 + FrameHeader::SIZE..4 + header.frame_size()]);
+    let ready = RawFrame {
+        id: header.id,
+        flags: header.flags,
+        body,
+    }
+    .decode()
+    .map_err(Error::Protocol)?;
+    if ready.message_type != MessageType::Ready {
+        return Err(Error::Protocol(ProtocolError::NotReady(
+            ready.message_type.as_str().to_string(),
+        )));
+    }
+    let leftover = buf.split_off(4 + LEN_PREFIX_SIZE + header.len as usize);
+    Ok(Handshake {
+        id_offset,
+        ready,
+        leftover,
+    })
+}

@@ -1,0 +1,308 @@
+//! The connection engine: connect and handshake, id allocation, routing of
+//! frames to subscriptions, bounded memory, and the exec and filesystem
+//! conversations built on top. No C in here; the ABI wraps it.
+//!
+//! Threads: each [`Client`] owns one background thread that runs a private
+//! single-threaded tokio runtime whose only task is the socket reader. Sends
+//! run on the caller's thread. When the last handle to a client is dropped,
+//! the connection is closed and the thread is joined, so nothing of ours
+//! keeps running.
+
+mod conn;
+mod error;
+pub mod exec;
+pub mod fs;
+mod handshake;
+mod subscription;
+
+use std::os::fd::OwnedFd;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use parking_lot::Mutex;
+
+pub use conn::Counters;
+pub use error::{CloseCause, Error, Result};
+pub use subscription::{Pulled, Subscription};
+
+use crate::protocol::payload::Ready;
+use crate::protocol::{Message, MessageType, ProtocolError, FLAG_SHUTDOWN};
+use conn::{Conn, IdRange};
+
+/// Default deadline for connect plus handshake.
+pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// Default cap on bytes of received messages not yet pulled by the caller.
+pub const DEFAULT_MEMORY_BUDGET: usize = 16 * 1024 * 1024;
+/// Smallest budget accepted: below it, normal traffic would stall.
+pub const MIN_MEMORY_BUDGET: usize = 64 * 1024;
+
+/// How to connect.
+#[derive(Debug, Clone)]
+pub struct ClientOptions {
+    /// One deadline for connecting and completing the handshake.
+    pub connect_timeout: Duration,
+    /// Bytes of unread messages the client holds before it stops reading the
+    /// socket (backpressure). At most one frame (4 MiB) more is ever held.
+    pub memory_budget: usize,
+}
+
+impl Default for ClientOptions {
+    fn default() -> Self {
+        ClientOptions {
+            connect_timeout: DEFAULT_CONNECT_TIMEOUT,
+            memory_budget: DEFAULT_MEMORY_BUDGET,
+        }
+    }
+}
+
+/// The socket path of a sandbox by name:
+/// `$MSB_HOME/sandboxes/NAME/runtime/agent.sock`, `MSB_HOME` defaulting to
+/// `~/.microsandbox`.
+pub fn sandbox_socket_path(name: &str) -> Result<PathBuf> {
+    if name.is_empty() || name.contains('/') || name == "." || name == ".." || name.contains('\0') {
+        return Err(Error::InvalidArgument(format!(
+            "{name:?} is not a sandbox name"
+        )));
+    }
+    let home = match std::env::var_os("MSB_HOME") {
+        Some(h) if !h.is_empty() => PathBuf::from(h),
+        _ => match std::env::var_os("HOME") {
+            Some(h) if !h.is_empty() => PathBuf::from(h).join(".microsandbox"),
+            _ => {
+                return Err(Error::InvalidArgument(
+                    "neither MSB_HOME nor HOME is set".into(),
+                ))
+            }
+        },
+    };
+    Ok(home
+        .join("sandboxes")
+        .join(name)
+        .join("runtime")
+        .join("agent.sock"))
+}
+
+struct ClientInner {
+    conn: Arc<Conn>,
+    ready: Ready,
+    ready_payload: Bytes,
+    reader_thread: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl Drop for ClientInner {
+    fn drop(&mut self) {
+        self.conn.fail(CloseCause::ClosedByCaller);
+        if let Some(t) = self.reader_thread.lock().take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// A connection to one relay. Cheap to clone; all clones share the
+/// connection, which closes when the last one is dropped.
+///
+/// Thread safety: `Send + Sync`; every method may be called from any thread
+/// concurrently. Frames sent concurrently are never interleaved.
+#[derive(Clone)]
+pub struct Client {
+    inner: Arc<ClientInner>,
+}
+
+impl Client {
+    /// Connects to the relay socket at `path` and completes the handshake,
+    /// all within `options.connect_timeout`.
+    pub fn connect(path: impl AsRef<Path>, options: &ClientOptions) -> Result<Client> {
+        let deadline = Instant::now() + options.connect_timeout;
+        let fd = handshake::connect_unix(path.as_ref(), deadline)?;
+        Self::start(fd, options, deadline)
+    }
+
+    /// Connects to a sandbox by name (see [`sandbox_socket_path`]).
+    pub fn connect_sandbox(name: &str, options: &ClientOptions) -> Result<Client> {
+        Self::connect(sandbox_socket_path(name)?, options)
+    }
+
+    /// Takes over an already-connected stream socket and performs the
+    /// handshake on it. The descriptor is owned by the client from now on.
+    pub fn from_fd(fd: OwnedFd, options: &ClientOptions) -> Result<Client> {
+        let deadline = Instant::now() + options.connect_timeout;
+        handshake::prepare_fd(&fd)?;
+        Self::start(fd, options, deadline)
+    }
+
+    fn start(fd: OwnedFd, options: &ClientOptions, deadline: Instant) -> Result<Client> {
+        if options.memory_budget < MIN_MEMORY_BUDGET {
+            return Err(Error::InvalidArgument(format!(
+                "memory budget {} is below the minimum of {MIN_MEMORY_BUDGET} bytes",
+                options.memory_budget
+            )));
+        }
+        let hs = handshake::read_handshake(&fd, deadline)?;
+        let ready = Ready::decode_payload(&hs.ready.payload)?;
+        let conn = Conn::new(
+            fd,
+            IdRange {
+                offset: hs.id_offset,
+            },
+            options.memory_budget,
+        )?;
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_io()
+            .build()
+            .map_err(|e| Error::io(e, "starting the client runtime"))?;
+        let reader_conn = conn.clone();
+        let leftover = hs.leftover;
+        let thread = std::thread::Builder::new()
+            .name("msb-client".into())
+            .stack_size(256 * 1024)
+            .spawn(move || {
+                runtime.block_on(reader_conn.read_loop(leftover));
+            })
+            .map_err(|e| Error::io(e, "starting the client thread"))?;
+        Ok(Client {
+            inner: Arc::new(ClientInner {
+                conn,
+                ready,
+                ready_payload: hs.ready.payload,
+                reader_thread: Mutex::new(Some(thread)),
+            }),
+        })
+    }
+
+    /// Timings from the relay's `core.ready`.
+    pub fn ready(&self) -> Ready {
+        self.inner.ready
+    }
+
+    /// The raw CBOR payload of `core.ready`, as received.
+    pub fn ready_payload(&self) -> &Bytes {
+        &self.inner.ready_payload
+    }
+
+    /// The first id of this client's range minus one (the relay's `id_offset`).
+    pub fn id_offset(&self) -> u32 {
+        self.inner.conn.range.offset
+    }
+
+    /// An id of this client's range that has no live subscription now.
+    pub fn alloc_id(&self) -> u32 {
+        self.inner.conn.alloc_id()
+    }
+
+    /// Subscribes to `id` (in range, not already subscribed). Subscribe before
+    /// sending: replies can arrive before `send` returns.
+    pub fn subscribe(&self, id: u32) -> Result<Subscription> {
+        self.inner.conn.subscribe(id)
+    }
+
+    /// Allocates an id and subscribes to it atomically.
+    pub fn subscribe_new(&self) -> Result<Subscription> {
+        self.inner.conn.subscribe_new()
+    }
+
+    /// Sends one message. Returns once the whole frame is in the socket;
+    /// blocks only while the socket is full, never longer than `timeout`.
+    pub fn send(
+        &self,
+        message_type: &MessageType,
+        id: u32,
+        payload: &[u8],
+        timeout: Duration,
+    ) -> Result<()> {
+        self.send_parts(message_type, id, &[payload], Instant::now() + timeout)
+    }
+
+    /// Like [`send`](Self::send), with the payload given in pieces (written
+    /// with one vectored write, never copied) and an absolute deadline.
+    pub fn send_parts(
+        &self,
+        message_type: &MessageType,
+        id: u32,
+        parts: &[&[u8]],
+        deadline: Instant,
+    ) -> Result<()> {
+        self.inner.conn.send(message_type, id, parts, deadline)
+    }
+
+    /// Sends a request on a fresh id and waits up to `timeout` for the first
+    /// reply. On timeout the pending entry is removed; a late reply is
+    /// dropped and counted.
+    pub fn request(
+        &self,
+        message_type: &MessageType,
+        payload: &[u8],
+        timeout: Duration,
+    ) -> Result<Message> {
+        let deadline = Instant::now() + timeout;
+        let sub = self.subscribe_new()?;
+        self.send_parts(message_type, sub.id(), &[payload], deadline)?;
+        match sub.recv_timeout(Some(deadline.saturating_duration_since(Instant::now())))? {
+            Pulled::Item(m) => Ok(m),
+            Pulled::Nothing => Err(Error::Timeout("waiting for a reply")),
+            Pulled::Ended => Err(Error::Unexpected("stream ended without a reply".into())),
+        }
+    }
+
+    /// The async form of [`request`](Self::request), for tokio callers. The
+    /// timeout uses the caller's runtime timer.
+    pub async fn request_async(
+        &self,
+        message_type: &MessageType,
+        payload: &[u8],
+        timeout: Duration,
+    ) -> Result<Message> {
+        let deadline = Instant::now() + timeout;
+        let sub = self.subscribe_new()?;
+        self.send_parts(message_type, sub.id(), &[payload], deadline)?;
+        match tokio::time::timeout_at(deadline.into(), sub.recv()).await {
+            Ok(Ok(Some(m))) => Ok(m),
+            Ok(Ok(None)) => Err(Error::Unexpected("stream ended without a reply".into())),
+            Ok(Err(e)) => Err(e),
+            Err(_) => Err(Error::Timeout("waiting for a reply")),
+        }
+    }
+
+    /// Asks the sandbox to shut down (`core.shutdown`, id 0). No reply comes.
+    pub fn shutdown(&self, timeout: Duration) -> Result<()> {
+        self.inner.conn.send_with_flags(
+            MessageType::Shutdown.as_str(),
+            0,
+            FLAG_SHUTDOWN,
+            &[],
+            Instant::now() + timeout,
+        )
+    }
+
+    /// What the relay has sent so far, and what is queued now.
+    pub fn counters(&self) -> Counters {
+        self.inner.conn.counters()
+    }
+
+    /// Closes the connection and wakes every waiter with
+    /// [`CloseCause::ClosedByCaller`]. Idempotent; callable from any thread.
+    pub fn close(&self) {
+        self.inner.conn.fail(CloseCause::ClosedByCaller);
+    }
+
+    /// Why the connection is closed, or `None` while it is open.
+    pub fn close_cause(&self) -> Option<CloseCause> {
+        self.inner.conn.close_cause()
+    }
+
+    /// Fails the whole connection because the peer broke the protocol; used
+    /// by the conversations when a payload has the wrong shape.
+    pub(crate) fn fail_protocol(&self, e: ProtocolError) -> Error {
+        self.inner.conn.fail(CloseCause::Protocol(e.clone()));
+        Error::Protocol(e)
+    }
+}
+
+impl Ready {
+    fn decode_payload(p: &Bytes) -> Result<Ready> {
+        use crate::protocol::payload::Payload;
+        Ready::decode(p).map_err(Error::Protocol)
+    }
+}

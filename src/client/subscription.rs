@@ -1,0 +1,251 @@
+//! The queue of messages for one correlation id, and the three ways to wait
+//! on it: a blocking pull with a timeout, an async `recv`, and a readiness
+//! file descriptor for event loops.
+//!
+//! All three read the same state under one lock, so a pull that times out (or
+//! a future that is dropped) never consumes a message.
+
+use std::collections::VecDeque;
+use std::future::poll_fn;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::sync::Arc;
+use std::task::{Poll, Waker};
+use std::time::{Duration, Instant};
+
+use parking_lot::{Condvar, Mutex};
+
+use super::conn::Conn;
+use super::error::{CloseCause, Error, Result};
+use crate::protocol::Message;
+
+/// Bytes charged against the memory budget for one queued message beyond its
+/// body: the queue slot and allocation overhead, so that a flood of tiny
+/// frames is bounded too.
+pub(crate) const PER_MESSAGE_OVERHEAD: usize = 64;
+
+pub(crate) fn charge(m: &Message) -> usize {
+    m.payload.len() + m.message_type.as_str().len() + PER_MESSAGE_OVERHEAD
+}
+
+/// Result of one pull.
+#[derive(Debug)]
+pub enum Pulled<T> {
+    /// The next item.
+    Item(T),
+    /// Nothing arrived within the timeout; nothing was consumed.
+    Nothing,
+    /// The stream ended normally (its terminal frame was delivered).
+    Ended,
+}
+
+#[derive(Default)]
+pub(crate) struct SubState {
+    queue: VecDeque<Message>,
+    /// Bytes of `queue` counted against the connection's budget.
+    charged: usize,
+    /// The terminal frame is in (or went through) the queue.
+    terminal: bool,
+    closed: Option<CloseCause>,
+    waker: Option<Waker>,
+    ready_fd: Option<OwnedFd>,
+    ready_fd_signalled: bool,
+    /// Threads blocked in `recv_timeout`.
+    waiters: usize,
+}
+
+impl SubState {
+    fn readable(&self) -> bool {
+        !self.queue.is_empty() || self.terminal || self.closed.is_some()
+    }
+
+    /// Keeps the readiness fd readable exactly while a pull would not say
+    /// "nothing yet" (level-triggered semantics on top of an eventfd).
+    fn sync_ready_fd(&mut self) {
+        let Some(fd) = &self.ready_fd else { return };
+        let want = self.readable();
+        if want == self.ready_fd_signalled {
+            return;
+        }
+        if want {
+            let one: u64 = 1;
+            // SAFETY: writing 8 bytes from a live u64 to an eventfd we own.
+            unsafe { libc::write(fd.as_raw_fd(), &one as *const u64 as *const _, 8) };
+        } else {
+            let mut sink: u64 = 0;
+            // SAFETY: reading 8 bytes into a live u64 from an eventfd we own;
+            // it is non-blocking, so this cannot hang.
+            unsafe { libc::read(fd.as_raw_fd(), &mut sink as *mut u64 as *mut _, 8) };
+        }
+        self.ready_fd_signalled = want;
+    }
+}
+
+/// Shared between the reader (which pushes) and the subscription's owner.
+pub(crate) struct SubShared {
+    pub(crate) id: u32,
+    pub(crate) state: Mutex<SubState>,
+    cond: Condvar,
+}
+
+impl SubShared {
+    pub(crate) fn new(id: u32) -> Arc<SubShared> {
+        Arc::new(SubShared {
+            id,
+            state: Mutex::new(SubState::default()),
+            cond: Condvar::new(),
+        })
+    }
+
+    /// Appends a message; returns true if a waiter must be woken (the queue
+    /// was empty). Called by the reader with the state lock held.
+    pub(crate) fn push_locked(st: &mut SubState, m: Message, cost: usize) -> bool {
+        let was_readable = st.readable();
+        st.charged += cost;
+        if m.is_terminal() {
+            st.terminal = true;
+        }
+        st.queue.push_back(m);
+        st.sync_ready_fd();
+        !was_readable
+    }
+
+    pub(crate) fn close_locked(st: &mut SubState, cause: &CloseCause) -> bool {
+        if st.closed.is_some() {
+            return false;
+        }
+        let was_readable = st.readable();
+        st.closed = Some(cause.clone());
+        st.sync_ready_fd();
+        !was_readable
+    }
+
+    /// Wakes whoever waits: blocked pullers and an async task. Called after
+    /// the state lock is released; the waker is taken under it.
+    pub(crate) fn wake(&self, waker: Option<Waker>, has_waiters: bool) {
+        if has_waiters {
+            self.cond.notify_all();
+        }
+        if let Some(w) = waker {
+            w.wake();
+        }
+    }
+
+    pub(crate) fn take_wakers(st: &mut SubState) -> (Option<Waker>, bool) {
+        (st.waker.take(), st.waiters > 0)
+    }
+}
+
+/// A subscription to one correlation id. Messages for the id are queued from
+/// the moment it exists, so subscribe before sending.
+///
+/// Thread safety: `Send + Sync`; several threads may pull concurrently (each
+/// message goes to exactly one of them). Dropping it unsubscribes and releases
+/// whatever it still holds against the memory budget.
+pub struct Subscription {
+    pub(crate) conn: Arc<Conn>,
+    pub(crate) shared: Arc<SubShared>,
+}
+
+impl Subscription {
+    pub fn id(&self) -> u32 {
+        self.shared.id
+    }
+
+    /// Takes the next message if one is queued, under the state lock.
+    fn pop_locked(&self, st: &mut SubState) -> Result<Pulled<Message>> {
+        if let Some(m) = st.queue.pop_front() {
+            let cost = charge(&m);
+            st.charged -= cost;
+            st.sync_ready_fd();
+            self.conn.release_budget(cost);
+            return Ok(Pulled::Item(m));
+        }
+        if st.terminal {
+            return Ok(Pulled::Ended);
+        }
+        if let Some(c) = &st.closed {
+            return Err(Error::Closed(c.clone()));
+        }
+        Ok(Pulled::Nothing)
+    }
+
+    /// Waits up to `timeout` for the next message (`None`: wait without
+    /// limit; zero: do not block). Messages queued before the connection died
+    /// are still delivered; after them, the close cause is returned.
+    pub fn recv_timeout(&self, timeout: Option<Duration>) -> Result<Pulled<Message>> {
+        let deadline = timeout.map(|t| Instant::now() + t);
+        let mut st = self.shared.state.lock();
+        loop {
+            match self.pop_locked(&mut st)? {
+                Pulled::Nothing => {}
+                done => return Ok(done),
+            }
+            st.waiters += 1;
+            let timed_out = match deadline {
+                Some(d) => self.shared.cond.wait_until(&mut st, d).timed_out(),
+                None => {
+                    self.shared.cond.wait(&mut st);
+                    false
+                }
+            };
+            st.waiters -= 1;
+            if timed_out {
+                return self.pop_locked(&mut st);
+            }
+        }
+    }
+
+    /// Waits for the next message; `Ok(None)` once the stream has ended.
+    /// Cancel-safe: dropping the future consumes nothing.
+    pub async fn recv(&self) -> Result<Option<Message>> {
+        poll_fn(|cx| {
+            let mut st = self.shared.state.lock();
+            match self.pop_locked(&mut st) {
+                Ok(Pulled::Item(m)) => Poll::Ready(Ok(Some(m))),
+                Ok(Pulled::Ended) => Poll::Ready(Ok(None)),
+                Err(e) => Poll::Ready(Err(e)),
+                Ok(Pulled::Nothing) => {
+                    st.waker = Some(cx.waker().clone());
+                    Poll::Pending
+                }
+            }
+        })
+        .await
+    }
+
+    /// A file descriptor (eventfd: non-blocking, close-on-exec) that is
+    /// readable exactly while a pull would not return `Nothing`. Owned by the
+    /// subscription; valid until it is dropped. Created on first use.
+    pub fn readiness_fd(&self) -> Result<RawFd> {
+        let mut st = self.shared.state.lock();
+        if st.ready_fd.is_none() {
+            // SAFETY: eventfd has no memory-safety preconditions; the result
+            // is checked before it is wrapped.
+            let fd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) };
+            if fd < 0 {
+                return Err(Error::io(std::io::Error::last_os_error(), "eventfd"));
+            }
+            // SAFETY: `fd` was just returned by eventfd and is owned by no one else.
+            st.ready_fd = Some(unsafe { OwnedFd::from_raw_fd(fd) });
+            st.ready_fd_signalled = false;
+            st.sync_ready_fd();
+        }
+        Ok(st.ready_fd.as_ref().unwrap().as_raw_fd())
+    }
+
+    /// Messages queued and not yet pulled.
+    pub fn queued(&self) -> usize {
+        self.shared.state.lock().queue.len()
+    }
+}
+
+impl Drop for Subscription {
+    fn drop(&mut self) {
+        self.conn.unsubscribe(&self.shared);
+        let mut st = self.shared.state.lock();
+        let charged = std::mem::take(&mut st.charged);
+        st.queue.clear();
+        drop(st);
+        self.conn.release_budget(charged);
+    }
+}
