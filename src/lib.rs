@@ -6,4 +6,5 @@
 //! - `ffi`: the `extern "C"` surface, a thin layer over the two above.
 
 pub mod client;
+pub mod ffi;
 pub mod protocol;

@@ -34,8 +34,8 @@ use tokio::sync::Notify;
 use super::error::{CloseCause, Error, Result};
 use super::subscription::{charge, SubShared, Subscription};
 use crate::protocol::{
-    encode_frame_head, encoded_len, FrameHeader, Message, MessageType, RawFrame, ID_RANGE_STEP,
-    MAX_FRAME_SIZE,
+    encode_frame_head, encoded_len, FrameHeader, Message, MessageType, RawFrame, FRAME_HEAD_SIZE,
+    ID_RANGE_STEP, MAX_FRAME_SIZE,
 };
 
 /// Size of the reader's buffer: large enough to take many small frames, or
@@ -414,7 +414,7 @@ impl Conn {
                 };
                 let size = header.frame_size();
                 if filled - start >= size {
-                    let body = &buf[start + FrameHeader::SIZE..start + size];
+                    let body = &buf[start + FRAME_HEAD_SIZE..start + size];
                     let raw = RawFrame {
                         id: header.id,
                         flags: header.flags,
@@ -430,7 +430,7 @@ impl Conn {
                     start += size;
                 } else if size >= DIRECT_READ_THRESHOLD || size > READ_BUFFER {
                     let mut body = Vec::with_capacity(header.body_len());
-                    body.extend_from_slice(&buf[start + FrameHeader::SIZE..filled]);
+                    body.extend_from_slice(&buf[start + FRAME_HEAD_SIZE..filled]);
                     start = filled;
                     large = Some((header, body));
                     break;

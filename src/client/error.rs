@@ -19,6 +19,9 @@ pub enum CloseCause {
     /// A send timed out after part of its frame was written; the byte stream
     /// can no longer be framed.
     SendTimedOutMidFrame,
+    /// The subscription (or the exec or file handle around it) was released
+    /// while a call was waiting on it.
+    Cancelled,
 }
 
 impl fmt::Display for CloseCause {
@@ -31,6 +34,7 @@ impl fmt::Display for CloseCause {
             CloseCause::SendTimedOutMidFrame => {
                 f.write_str("a send timed out in the middle of a frame")
             }
+            CloseCause::Cancelled => f.write_str("the handle was released while in use"),
         }
     }
 }

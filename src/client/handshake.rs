@@ -10,7 +10,7 @@ use std::time::Instant;
 use super::error::{Error, Result};
 use crate::protocol::{
     parse_handshake_offset, FrameHeader, Message, MessageType, ProtocolError, RawFrame,
-    ID_RANGE_STEP, LEN_PREFIX_SIZE,
+    FRAME_HEAD_SIZE, ID_RANGE_STEP, LEN_PREFIX_SIZE,
 };
 
 pub(crate) struct Handshake {
@@ -189,7 +189,7 @@ fn fill(fd: &OwnedFd, buf: &mut Vec<u8>, want: usize, deadline: Instant) -> Resu
 /// bytes, so nothing that follows is consumed.
 pub(crate) fn read_handshake(fd: &OwnedFd, deadline: Instant) -> Result<Handshake> {
     let mut buf = Vec::with_capacity(128);
-    fill(fd, &mut buf, 4 + FrameHeader::SIZE, deadline)?;
+    fill(fd, &mut buf, 4 + FRAME_HEAD_SIZE, deadline)?;
     let id_offset = parse_handshake_offset(&buf).expect("4 bytes are present");
     if id_offset as u64 + ID_RANGE_STEP as u64 > u32::MAX as u64 {
         return Err(Error::Handshake(format!(
@@ -200,7 +200,7 @@ pub(crate) fn read_handshake(fd: &OwnedFd, deadline: Instant) -> Result<Handshak
         .map_err(Error::Protocol)?
         .expect("header bytes are present");
     fill(fd, &mut buf, 4 + header.frame_size(), deadline)?;
-    let body = bytes::Bytes::copy_from_slice(&buf[4 + FrameHeader::SIZE..4 + header.frame_size()]);
+    let body = bytes::Bytes::copy_from_slice(&buf[4 + FRAME_HEAD_SIZE..4 + header.frame_size()]);
     let ready = RawFrame {
         id: header.id,
         flags: header.flags,

@@ -95,7 +95,7 @@ struct ClientInner {
 impl Drop for ClientInner {
     fn drop(&mut self) {
         self.conn.fail(CloseCause::ClosedByCaller);
-        if let Some(t) = self.reader_thread.lock().take() {
+        if let Some(t) = self.reader_thread.get_mut().take() {
             let _ = t.join();
         }
     }
@@ -285,6 +285,18 @@ impl Client {
     /// [`CloseCause::ClosedByCaller`]. Idempotent; callable from any thread.
     pub fn close(&self) {
         self.inner.conn.fail(CloseCause::ClosedByCaller);
+    }
+
+    /// Closes the connection, then waits for the client's background thread
+    /// to finish, so that no thread of ours is left running. Must not be
+    /// called from within an async task of the caller's runtime that the
+    /// reader could be waiting on (it never is: the reader runs no caller code).
+    pub fn close_and_join(&self) {
+        self.close();
+        let thread = self.inner.reader_thread.lock().take();
+        if let Some(t) = thread {
+            let _ = t.join();
+        }
     }
 
     /// Why the connection is closed, or `None` while it is open.

@@ -233,6 +233,19 @@ impl Subscription {
         Ok(st.ready_fd.as_ref().unwrap().as_raw_fd())
     }
 
+    /// Unsubscribes and wakes every thread waiting on this subscription with
+    /// [`CloseCause::Cancelled`]; for handles released while in use.
+    pub fn cancel(&self) {
+        self.conn.unsubscribe(&self.shared);
+        let mut st = self.shared.state.lock();
+        let wake = SubShared::close_locked(&mut st, &CloseCause::Cancelled);
+        let (waker, waiters) = SubShared::take_wakers(&mut st);
+        drop(st);
+        if wake || waiters {
+            self.shared.wake(waker, waiters);
+        }
+    }
+
     /// Messages queued and not yet pulled.
     pub fn queued(&self) -> usize {
         self.shared.state.lock().queue.len()

@@ -4,8 +4,8 @@ use bytes::{Buf, Bytes, BytesMut};
 
 use super::cbor::{self, Reader};
 use super::{
-    Message, MessageType, ProtocolError, FRAME_HEADER_SIZE, LEN_PREFIX_SIZE, MAX_FRAME_SIZE,
-    PROTOCOL_VERSION,
+    Message, MessageType, ProtocolError, FRAME_HEADER_SIZE, FRAME_HEAD_SIZE, LEN_PREFIX_SIZE,
+    MAX_FRAME_SIZE, PROTOCOL_VERSION,
 };
 
 /// The fixed part of a frame, readable from its first 9 bytes.
@@ -18,9 +18,6 @@ pub struct FrameHeader {
 }
 
 impl FrameHeader {
-    /// Bytes the header occupies on the wire.
-    pub const SIZE: usize = LEN_PREFIX_SIZE + FRAME_HEADER_SIZE;
-
     /// Parses the 9-byte header, or returns `Ok(None)` if fewer bytes are
     /// present. The length is validated as soon as its 4 bytes are there, so
     /// an oversize announcement is refused before we wait for its body.
@@ -35,7 +32,7 @@ impl FrameHeader {
         if len > MAX_FRAME_SIZE {
             return Err(ProtocolError::FrameTooLarge(len));
         }
-        if buf.len() < Self::SIZE {
+        if buf.len() < FRAME_HEAD_SIZE {
             return Ok(None);
         }
         Ok(Some(FrameHeader {
@@ -205,7 +202,7 @@ impl FrameDecoder {
             self.buf.reserve(h.frame_size() - self.buf.len());
             return Ok(None);
         }
-        self.buf.advance(FrameHeader::SIZE);
+        self.buf.advance(FRAME_HEAD_SIZE);
         let body = self.buf.split_to(h.body_len()).freeze();
         Ok(Some(RawFrame {
             id: h.id,

@@ -17,6 +17,8 @@ pub use message::{Message, MessageType};
 pub const LEN_PREFIX_SIZE: usize = 4;
 /// `id` and `flags`: the part of a frame counted by `len` that is not CBOR.
 pub const FRAME_HEADER_SIZE: usize = 5;
+/// Bytes before a frame's CBOR body: `len`, `id` and `flags`.
+pub const FRAME_HEAD_SIZE: usize = LEN_PREFIX_SIZE + FRAME_HEADER_SIZE;
 /// Largest `len` either side may send or accept.
 pub const MAX_FRAME_SIZE: u32 = 4 * 1024 * 1024;
 /// Largest file chunk carried by one `core.fs.data`.

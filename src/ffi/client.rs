@@ -1,0 +1,601 @@
+//! Connecting, the client handle, and the raw message tier.
+
+use std::ffi::{c_char, c_int};
+use std::os::fd::{FromRawFd, OwnedFd};
+use std::time::Duration;
+
+use super::handle::{arc_borrow, arc_into_raw, arc_release, box_into_raw, box_ref, free_box};
+use super::{
+    borrowed_slice, bytes_arg, deadline_arg, msb_bytes, msb_error, msb_status, need_out, new_bytes,
+    put, run, run_value, str_arg, timeout_arg, Fail, MSB_ENDED, MSB_ERR_INVALID_ARGUMENT,
+    MSB_NOTHING_YET, MSB_OK,
+};
+use crate::client::{Client, ClientOptions, Pulled, Subscription};
+use crate::protocol::{Message, MessageType};
+
+// ---------------------------------------------------------------- options
+
+/// Connection options, built by the caller and read by the connect calls.
+/// New options are added as new setters, so compiled callers keep working.
+///
+/// Thread safety: not synchronised; do not modify it while another thread
+/// connects with it.
+pub struct msb_connect_options {
+    options: ClientOptions,
+}
+
+/// Creates connection options with the defaults: a 10 s connect-and-handshake
+/// timeout and a 16 MiB memory budget.
+///
+/// On success the caller owns `*options_out` and must release it with
+/// `msb_connect_options_free`.
+#[no_mangle]
+pub extern "C" fn msb_connect_options_new(
+    options_out: *mut *mut msb_connect_options,
+) -> msb_status {
+    run(std::ptr::null_mut(), || {
+        need_out(options_out, "options_out")?;
+        let o = box_into_raw(msb_connect_options {
+            options: ClientOptions::default(),
+        });
+        // SAFETY: checked non-NULL above.
+        unsafe { put(options_out, o) };
+        Ok(MSB_OK)
+    })
+}
+
+/// Sets the deadline for connecting plus the handshake, in milliseconds
+/// (must be positive).
+#[no_mangle]
+pub extern "C" fn msb_connect_options_set_timeout_ms(
+    options: *mut msb_connect_options,
+    timeout_ms: u64,
+) -> msb_status {
+    run(std::ptr::null_mut(), || {
+        // SAFETY: NULL or a live options object owned by the caller, not
+        // shared with another thread during this call (documented).
+        let o = unsafe { options.as_mut() }.ok_or_else(|| Fail::null("options"))?;
+        if timeout_ms == 0 {
+            return Err(Fail::invalid("timeout must be positive"));
+        }
+        o.options.connect_timeout = Duration::from_millis(timeout_ms);
+        Ok(MSB_OK)
+    })
+}
+
+/// Sets the memory budget: bytes of received, not yet pulled messages the
+/// client holds before it stops reading the socket (at least 65536). With
+/// the budget spent, a consumer that does not pull pauses every stream of
+/// the connection; nothing is dropped.
+#[no_mangle]
+pub extern "C" fn msb_connect_options_set_memory_budget(
+    options: *mut msb_connect_options,
+    bytes: usize,
+) -> msb_status {
+    run(std::ptr::null_mut(), || {
+        // SAFETY: as in msb_connect_options_set_timeout_ms.
+        let o = unsafe { options.as_mut() }.ok_or_else(|| Fail::null("options"))?;
+        if bytes < crate::client::MIN_MEMORY_BUDGET {
+            return Err(Fail::invalid("memory budget below 65536 bytes"));
+        }
+        o.options.memory_budget = bytes;
+        Ok(MSB_OK)
+    })
+}
+
+/// Releases connection options. NULL is ignored; freeing twice is forbidden.
+#[no_mangle]
+pub extern "C" fn msb_connect_options_free(options: *mut msb_connect_options) {
+    free_box(options);
+}
+
+fn options_arg(options: *const msb_connect_options) -> ClientOptions {
+    // SAFETY: NULL or a live options object (header contract).
+    match unsafe { options.as_ref() } {
+        Some(o) => o.options.clone(),
+        None => ClientOptions::default(),
+    }
+}
+
+// ---------------------------------------------------------------- client
+
+/// A connection to one relay, with its private background thread.
+///
+/// Thread safety: every function taking an `msb_client` may be called from
+/// any thread, concurrently. `msb_client_free` may run while other threads
+/// are blocked in calls on this client: they return `MSB_ERR_CLOSED`. Using
+/// the pointer after `msb_client_free` returned is forbidden.
+pub struct msb_client {
+    pub(crate) client: Client,
+}
+
+pub(crate) fn client_arg(p: *const msb_client) -> Result<std::sync::Arc<msb_client>, Fail> {
+    arc_borrow(p, "client")
+}
+
+fn connected(client: Client, client_out: *mut *mut msb_client) -> msb_status {
+    let h = arc_into_raw(msb_client { client });
+    // SAFETY: NULL-checked by the caller before connecting.
+    unsafe { put(client_out, h) };
+    MSB_OK
+}
+
+/// Connects to the relay socket at `socket_path` and completes the handshake
+/// within the options' timeout. `options` may be NULL for the defaults.
+///
+/// On success the caller owns `*client_out` and must release it with
+/// `msb_client_free`. Errors: `MSB_ERR_NOT_FOUND` (no relay there),
+/// `MSB_ERR_TIMEOUT`, `MSB_ERR_HANDSHAKE` (e.g. all 16 slots taken),
+/// `MSB_ERR_PROTOCOL`, `MSB_ERR_INVALID_ARGUMENT` (path too long for a Unix
+/// socket), `MSB_ERR_IO`.
+#[no_mangle]
+pub extern "C" fn msb_client_connect(
+    socket_path: *const c_char,
+    options: *const msb_connect_options,
+    client_out: *mut *mut msb_client,
+    err_out: *mut *mut msb_error,
+) -> msb_status {
+    run(err_out, || {
+        // SAFETY: NUL-terminated string borrowed for this call (header contract).
+        let path = unsafe { str_arg(socket_path, "socket_path") }?;
+        need_out(client_out, "client_out")?;
+        let client = Client::connect(path, &options_arg(options))?;
+        Ok(connected(client, client_out))
+    })
+}
+
+/// Connects to a sandbox by name: the socket
+/// `$MSB_HOME/sandboxes/NAME/runtime/agent.sock` (`MSB_HOME` defaults to
+/// `~/.microsandbox`). Same ownership and errors as `msb_client_connect`;
+/// an unknown name gives `MSB_ERR_NOT_FOUND`.
+#[no_mangle]
+pub extern "C" fn msb_client_connect_sandbox(
+    name: *const c_char,
+    options: *const msb_connect_options,
+    client_out: *mut *mut msb_client,
+    err_out: *mut *mut msb_error,
+) -> msb_status {
+    run(err_out, || {
+        // SAFETY: NUL-terminated string borrowed for this call (header contract).
+        let name = unsafe { str_arg(name, "name") }?;
+        need_out(client_out, "client_out")?;
+        let client = Client::connect_sandbox(name, &options_arg(options))?;
+        Ok(connected(client, client_out))
+    })
+}
+
+/// Performs the handshake on an already-connected stream socket. The
+/// library duplicates `fd` and uses its duplicate: the caller keeps
+/// ownership of `fd` and may close it at any time after this returns.
+/// Same ownership of `*client_out` and errors as `msb_client_connect`.
+#[no_mangle]
+pub extern "C" fn msb_client_connect_fd(
+    fd: c_int,
+    options: *const msb_connect_options,
+    client_out: *mut *mut msb_client,
+    err_out: *mut *mut msb_error,
+) -> msb_status {
+    run(err_out, || {
+        need_out(client_out, "client_out")?;
+        if fd < 0 {
+            return Err(Fail::invalid("fd is negative"));
+        }
+        // SAFETY: F_DUPFD_CLOEXEC on a caller-provided descriptor; an invalid
+        // one yields EBADF, which is checked.
+        let dup = unsafe { libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, 0) };
+        if dup < 0 {
+            return Err(Fail::new(
+                MSB_ERR_INVALID_ARGUMENT,
+                format!("fd {fd}: {}", std::io::Error::last_os_error()),
+            ));
+        }
+        // SAFETY: `dup` is a fresh descriptor owned by nobody else.
+        let owned = unsafe { OwnedFd::from_raw_fd(dup) };
+        let client = Client::from_fd(owned, &options_arg(options))?;
+        Ok(connected(client, client_out))
+    })
+}
+
+/// Closes the connection: every call blocked on this client (and its
+/// subscriptions, execs and file streams) returns `MSB_ERR_CLOSED`, and
+/// later calls fail the same way. Idempotent; callable from any thread. The
+/// handle must still be released with `msb_client_free`.
+#[no_mangle]
+pub extern "C" fn msb_client_close(client: *const msb_client) -> msb_status {
+    run(std::ptr::null_mut(), || {
+        client_arg(client)?.client.close();
+        Ok(MSB_OK)
+    })
+}
+
+/// Closes the connection (as `msb_client_close`), waits for the client's
+/// background thread to exit, and releases the handle. Subscriptions, execs
+/// and file streams of this client stay valid to free but fail with
+/// `MSB_ERR_CLOSED`. NULL is ignored; freeing twice is forbidden.
+#[no_mangle]
+pub extern "C" fn msb_client_free(client: *mut msb_client) {
+    run_value((), || {
+        if let Some(c) = arc_release(client) {
+            c.client.close_and_join();
+        }
+    })
+}
+
+/// Sandbox start-up timings from the relay's `core.ready`, in nanoseconds.
+#[repr(C)]
+#[derive(Debug, Clone, Copy)]
+pub struct msb_ready_timings {
+    pub boot_time_ns: u64,
+    pub init_time_ns: u64,
+    pub ready_time_ns: u64,
+}
+
+/// Writes the ready timings to `*timings_out`.
+#[no_mangle]
+pub extern "C" fn msb_client_ready_timings(
+    client: *const msb_client,
+    timings_out: *mut msb_ready_timings,
+) -> msb_status {
+    run(std::ptr::null_mut(), || {
+        let c = client_arg(client)?;
+        need_out(timings_out, "timings_out")?;
+        let r = c.client.ready();
+        let t = msb_ready_timings {
+            boot_time_ns: r.boot_time_ns,
+            init_time_ns: r.init_time_ns,
+            ready_time_ns: r.ready_time_ns,
+        };
+        // SAFETY: checked non-NULL above.
+        unsafe { put(timings_out, t) };
+        Ok(MSB_OK)
+    })
+}
+
+/// The raw CBOR payload of the relay's `core.ready`, as received.
+///
+/// On success the caller owns `*payload_out` and must release it with
+/// `msb_bytes_free`.
+#[no_mangle]
+pub extern "C" fn msb_client_ready_payload(
+    client: *const msb_client,
+    payload_out: *mut *mut msb_bytes,
+) -> msb_status {
+    run(std::ptr::null_mut(), || {
+        let c = client_arg(client)?;
+        need_out(payload_out, "payload_out")?;
+        let b = new_bytes(c.client.ready_payload().clone());
+        // SAFETY: checked non-NULL above.
+        unsafe { put(payload_out, b) };
+        Ok(MSB_OK)
+    })
+}
+
+/// The relay's `id_offset` for this client: its ids are
+/// `id_offset + 1 .. id_offset + 268435454`. 0 if `client` is NULL.
+#[no_mangle]
+pub extern "C" fn msb_client_id_offset(client: *const msb_client) -> u32 {
+    run_value(0, || client_arg(client).map_or(0, |c| c.client.id_offset()))
+}
+
+/// What the relay has sent this client, to see what a guest did.
+///
+/// Extensible: set `struct_size = sizeof(msb_counters)` before the call; the
+/// library fills only the fields that fit in that size, so a caller compiled
+/// against an older, smaller struct keeps working.
+#[repr(C)]
+#[derive(Debug, Clone, Copy)]
+pub struct msb_counters {
+    /// Set by the caller to `sizeof(msb_counters)`.
+    pub struct_size: usize,
+    /// Frames received since the handshake.
+    pub frames_received: u64,
+    /// Payload bytes received.
+    pub bytes_received: u64,
+    /// Frames in our id range that nobody was subscribed to (dropped).
+    pub dropped_no_subscriber: u64,
+    /// Frames with an id outside our range (dropped).
+    pub dropped_out_of_range: u64,
+    /// Frames of a type this library does not know (delivered to raw
+    /// subscribers, skipped by the exec and fs calls).
+    pub unknown_type: u64,
+    /// Bytes of received messages waiting to be pulled, right now.
+    pub bytes_queued: u64,
+}
+
+/// Fills `*counters` (see `msb_counters` for `struct_size`).
+#[no_mangle]
+pub extern "C" fn msb_client_counters(
+    client: *const msb_client,
+    counters: *mut msb_counters,
+) -> msb_status {
+    run(std::ptr::null_mut(), || {
+        let c = client_arg(client)?;
+        need_out(counters, "counters")?;
+        // SAFETY: non-NULL; the caller set struct_size (header contract).
+        let size = unsafe { (*counters).struct_size };
+        if size < std::mem::size_of::<usize>() {
+            return Err(Fail::invalid("counters->struct_size is not set"));
+        }
+        let k = c.client.counters();
+        let full = msb_counters {
+            struct_size: size.min(std::mem::size_of::<msb_counters>()),
+            frames_received: k.frames_received,
+            bytes_received: k.bytes_received,
+            dropped_no_subscriber: k.dropped_no_subscriber,
+            dropped_out_of_range: k.dropped_out_of_range,
+            unknown_type: k.unknown_type,
+            bytes_queued: k.bytes_queued,
+        };
+        let n = full.struct_size;
+        // SAFETY: the caller provides `size` writable bytes at `counters`; we
+        // copy at most that many from a live struct of at least `n` bytes.
+        unsafe {
+            std::ptr::copy_nonoverlapping(
+                &full as *const msb_counters as *const u8,
+                counters as *mut u8,
+                n,
+            )
+        };
+        Ok(MSB_OK)
+    })
+}
+
+/// Asks the sandbox to shut down (`core.shutdown`). No reply comes; the
+/// relay closes the connection as the sandbox goes away.
+#[no_mangle]
+pub extern "C" fn msb_client_shutdown(
+    client: *const msb_client,
+    timeout_ms: i64,
+    err_out: *mut *mut msb_error,
+) -> msb_status {
+    run(err_out, || {
+        let c = client_arg(client)?;
+        c.client.shutdown(deadline_arg(timeout_ms))?;
+        Ok(MSB_OK)
+    })
+}
+
+// ---------------------------------------------------------------- raw tier
+
+/// A received message: id, flags, type and CBOR payload.
+///
+/// Thread safety: immutable; may be read from any thread.
+pub struct msb_message {
+    message: Message,
+    type_name: std::ffi::CString,
+}
+
+fn new_message(message: Message) -> *mut msb_message {
+    let type_name = std::ffi::CString::new(message.message_type.as_str())
+        .unwrap_or_else(|_| c"(invalid)".to_owned());
+    box_into_raw(msb_message { message, type_name })
+}
+
+/// Returns an id of this client's range that no subscription uses now
+/// (0 if `client` is NULL). Subscribe to it before sending on it.
+#[no_mangle]
+pub extern "C" fn msb_client_alloc_id(client: *const msb_client) -> u32 {
+    run_value(0, || client_arg(client).map_or(0, |c| c.client.alloc_id()))
+}
+
+/// Sends one message with the flags its type calls for (0 for types this
+/// library does not know). `payload` is the CBOR payload; `(NULL, 0)` sends
+/// an empty one. Blocks only while the socket is full, at most `timeout_ms`
+/// (`MSB_TIMEOUT_INFINITE`: no limit). Frames sent concurrently from
+/// several threads are never interleaved.
+///
+/// Errors: `MSB_ERR_TOO_LARGE` (over 4 MiB), `MSB_ERR_TIMEOUT`,
+/// `MSB_ERR_CLOSED`, `MSB_ERR_INVALID_UTF8`.
+#[no_mangle]
+pub extern "C" fn msb_client_send(
+    client: *const msb_client,
+    message_type: *const c_char,
+    id: u32,
+    payload: *const u8,
+    payload_len: usize,
+    timeout_ms: i64,
+    err_out: *mut *mut msb_error,
+) -> msb_status {
+    run(err_out, || {
+        let c = client_arg(client)?;
+        // SAFETY: borrowed for this call (header contract).
+        let t = unsafe { str_arg(message_type, "message_type") }?;
+        // SAFETY: `payload_len` readable bytes, borrowed for this call.
+        let p = unsafe { bytes_arg(payload, payload_len, "payload") }?;
+        if t.is_empty() {
+            return Err(Fail::invalid("message_type is empty"));
+        }
+        c.client
+            .send(&MessageType::from_wire(t), id, p, deadline_arg(timeout_ms))?;
+        Ok(MSB_OK)
+    })
+}
+
+/// Sends a message on a fresh id and waits up to `timeout_ms` for the first
+/// reply. On timeout the pending entry is removed (a late reply is dropped
+/// and counted).
+///
+/// On success the caller owns `*reply_out` and must release it with
+/// `msb_message_free`.
+#[no_mangle]
+pub extern "C" fn msb_client_request(
+    client: *const msb_client,
+    message_type: *const c_char,
+    payload: *const u8,
+    payload_len: usize,
+    timeout_ms: i64,
+    reply_out: *mut *mut msb_message,
+    err_out: *mut *mut msb_error,
+) -> msb_status {
+    run(err_out, || {
+        let c = client_arg(client)?;
+        // SAFETY: borrowed for this call (header contract).
+        let t = unsafe { str_arg(message_type, "message_type") }?;
+        // SAFETY: `payload_len` readable bytes, borrowed for this call.
+        let p = unsafe { bytes_arg(payload, payload_len, "payload") }?;
+        need_out(reply_out, "reply_out")?;
+        if t.is_empty() {
+            return Err(Fail::invalid("message_type is empty"));
+        }
+        let m = c
+            .client
+            .request(&MessageType::from_wire(t), p, deadline_arg(timeout_ms))?;
+        // SAFETY: checked non-NULL above.
+        unsafe { put(reply_out, new_message(m)) };
+        Ok(MSB_OK)
+    })
+}
+
+/// A subscription to the messages of one correlation id.
+///
+/// Thread safety: any function may be called from any thread; concurrent
+/// pulls each get distinct messages. `msb_subscription_free` may run while
+/// another thread is blocked in a pull on it: that pull returns
+/// `MSB_ERR_CLOSED`.
+pub struct msb_subscription {
+    sub: Subscription,
+}
+
+/// Subscribes to `id`, which must be in this client's range and not already
+/// subscribed. Messages for it are queued from now on: subscribe before
+/// sending.
+///
+/// On success the caller owns `*sub_out` and must release it with
+/// `msb_subscription_free`. Errors: `MSB_ERR_ID_UNAVAILABLE`, `MSB_ERR_CLOSED`.
+#[no_mangle]
+pub extern "C" fn msb_client_subscribe(
+    client: *const msb_client,
+    id: u32,
+    sub_out: *mut *mut msb_subscription,
+    err_out: *mut *mut msb_error,
+) -> msb_status {
+    run(err_out, || {
+        let c = client_arg(client)?;
+        need_out(sub_out, "sub_out")?;
+        let sub = c.client.subscribe(id)?;
+        // SAFETY: checked non-NULL above.
+        unsafe { put(sub_out, arc_into_raw(msb_subscription { sub })) };
+        Ok(MSB_OK)
+    })
+}
+
+/// The id this subscription listens to (0 if `sub` is NULL).
+#[no_mangle]
+pub extern "C" fn msb_subscription_id(sub: *const msb_subscription) -> u32 {
+    run_value(0, || arc_borrow(sub, "sub").map_or(0, |s| s.sub.id()))
+}
+
+/// Pulls the next message, waiting up to `timeout_ms` (0: do not block;
+/// `MSB_TIMEOUT_INFINITE`: no limit).
+///
+/// Returns `MSB_OK` with `*message_out` set (owned by the caller; release it
+/// with `msb_message_free`), `MSB_NOTHING_YET` when nothing arrived in time
+/// (nothing is consumed), `MSB_ENDED` after the id's terminal message was
+/// delivered, or an error (`MSB_ERR_CLOSED`, `MSB_ERR_PROTOCOL`) once the
+/// connection is gone and every message received before that was pulled.
+#[no_mangle]
+pub extern "C" fn msb_subscription_next(
+    sub: *const msb_subscription,
+    timeout_ms: i64,
+    message_out: *mut *mut msb_message,
+    err_out: *mut *mut msb_error,
+) -> msb_status {
+    run(err_out, || {
+        let s = arc_borrow(sub, "sub")?;
+        need_out(message_out, "message_out")?;
+        pulled(
+            s.sub.recv_timeout(timeout_arg(timeout_ms))?,
+            message_out,
+            new_message,
+        )
+    })
+}
+
+/// Converts a pull's outcome to a status, writing the item if there is one.
+pub(crate) fn pulled<T, C>(
+    p: Pulled<T>,
+    out: *mut *mut C,
+    convert: impl FnOnce(T) -> *mut C,
+) -> Result<msb_status, Fail> {
+    Ok(match p {
+        Pulled::Item(item) => {
+            // SAFETY: the caller checked `out` non-NULL.
+            unsafe { put(out, convert(item)) };
+            MSB_OK
+        }
+        Pulled::Nothing => MSB_NOTHING_YET,
+        Pulled::Ended => MSB_ENDED,
+    })
+}
+
+/// A file descriptor that is readable exactly while
+/// `msb_subscription_next` would not return `MSB_NOTHING_YET` (an eventfd;
+/// non-blocking, close-on-exec). Poll it for reading; do not read, write or
+/// close it. Borrowed: valid until `msb_subscription_free(sub)`.
+#[no_mangle]
+pub extern "C" fn msb_subscription_readiness_fd(
+    sub: *const msb_subscription,
+    fd_out: *mut c_int,
+    err_out: *mut *mut msb_error,
+) -> msb_status {
+    run(err_out, || {
+        let s = arc_borrow(sub, "sub")?;
+        need_out(fd_out, "fd_out")?;
+        let fd = s.sub.readiness_fd()?;
+        // SAFETY: checked non-NULL above.
+        unsafe { put(fd_out, fd) };
+        Ok(MSB_OK)
+    })
+}
+
+/// Unsubscribes and releases the subscription; unread messages are dropped
+/// and their memory returned to the budget. A thread blocked in a pull on
+/// it wakes with `MSB_ERR_CLOSED`. NULL is ignored; freeing twice is
+/// forbidden.
+#[no_mangle]
+pub extern "C" fn msb_subscription_free(sub: *mut msb_subscription) {
+    run_value((), || {
+        if let Some(s) = arc_release(sub) {
+            s.sub.cancel();
+        }
+    })
+}
+
+/// The message's correlation id (0 if `message` is NULL).
+#[no_mangle]
+pub extern "C" fn msb_message_id(message: *const msb_message) -> u32 {
+    box_ref(message, "message").map_or(0, |m| m.message.id)
+}
+
+/// The message's flags byte (0 if `message` is NULL).
+#[no_mangle]
+pub extern "C" fn msb_message_flags(message: *const msb_message) -> u8 {
+    box_ref(message, "message").map_or(0, |m| m.message.flags)
+}
+
+/// The message type, e.g. "core.fs.response"; types unknown to this library
+/// are reported as received. Borrowed: valid until `msb_message_free`.
+/// "" if `message` is NULL.
+#[no_mangle]
+pub extern "C" fn msb_message_type(message: *const msb_message) -> *const c_char {
+    box_ref(message, "message").map_or(c"".as_ptr(), |m| m.type_name.as_ptr())
+}
+
+/// The CBOR payload; its length goes to `*len_out` (which may be NULL).
+/// Borrowed: valid until `msb_message_free`. NULL if `message` is NULL.
+#[no_mangle]
+pub extern "C" fn msb_message_payload(
+    message: *const msb_message,
+    len_out: *mut usize,
+) -> *const u8 {
+    match box_ref(message, "message") {
+        Ok(m) => borrowed_slice(&m.message.payload, len_out),
+        Err(_) => std::ptr::null(),
+    }
+}
+
+/// Releases a message. NULL is ignored; freeing twice is forbidden.
+#[no_mangle]
+pub extern "C" fn msb_message_free(message: *mut msb_message) {
+    free_box(message);
+}
