@@ -210,7 +210,7 @@ impl Connection {
             registry: self.relay.processes.clone(),
             chunk: self.relay.exec_chunk,
         };
-        tokio::spawn(exec::run(env, id, req));
+        exec::start(env, id, req).await;
     }
 
     async fn fs_request(&mut self, id: u32, payload: &Bytes) {

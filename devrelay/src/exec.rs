@@ -277,8 +277,11 @@ fn unsafe_zeroed_passwd() -> libc::passwd {
     unsafe { std::mem::zeroed() }
 }
 
-/// Runs one exec session to its end, sending started/output/exited.
-pub async fn run(env: ExecEnv, id: u32, req: ExecRequest) {
+/// Starts one exec session: the process is spawned and registered before
+/// this returns, so that stdin, resize and signal frames the client sends
+/// right after the request find it; a task then carries the session to its
+/// end (started, output, exited).
+pub async fn start(env: ExecEnv, id: u32, req: ExecRequest) {
     let prepared = match prepare(&req) {
         Ok(p) => p,
         Err(message) => {
@@ -292,7 +295,7 @@ pub async fn run(env: ExecEnv, id: u32, req: ExecRequest) {
     } else {
         spawn_on_pipes(&req, prepared)
     };
-    let (mut child, io) = match spawned {
+    let (child, io) = match spawned {
         Ok(s) => s,
         Err(e) => {
             log!("exec {id}: cannot spawn {:?}: {e}", req.cmd);
@@ -341,14 +344,28 @@ pub async fn run(env: ExecEnv, id: u32, req: ExecRequest) {
         },
     );
     let stdin_task = tokio::spawn(stdin_writer(sink, stdin_rx, stdin_budget));
+    tokio::spawn(run_session(
+        env,
+        id,
+        child,
+        registration,
+        outputs,
+        stdin_task,
+    ));
+}
 
+async fn run_session(
+    env: ExecEnv,
+    id: u32,
+    mut child: Child,
+    registration: Registration,
+    outputs: Vec<(OutputReader, MessageType)>,
+    stdin_task: tokio::task::JoinHandle<()>,
+) {
+    let pid = child.id().unwrap_or(0);
     let session = async {
         env.outbox
-            .send_payload(
-                MessageType::ExecStarted,
-                id,
-                &ExecStarted { pid: pid as u32 },
-            )
+            .send_payload(MessageType::ExecStarted, id, &ExecStarted { pid })
             .await?;
         let pumps = futures_join_all(
             outputs

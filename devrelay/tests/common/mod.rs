@@ -1,0 +1,414 @@
+//! A relay process per test and a small synchronous protocol client.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use microsandbox_agent::protocol::payload::{
+    Data, ExecExited, ExecRequest, ExecStarted, FsOp, FsRequest, FsResponse, Payload, Ready,
+};
+use microsandbox_agent::protocol::{encode_frame, FrameDecoder, Message, MessageType};
+
+pub const TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A temporary directory removed on drop.
+pub struct TempDir(pub PathBuf);
+
+impl TempDir {
+    pub fn new(tag: &str) -> TempDir {
+        static COUNTER: AtomicU32 = AtomicU32::new(0);
+        let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+        let path = std::env::temp_dir().join(format!(
+            "msb-devrelay-test-{}-{n}-{tag}",
+            std::process::id()
+        ));
+        let _ = std::fs::remove_dir_all(&path);
+        std::fs::create_dir_all(&path).unwrap();
+        TempDir(path)
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A running `msb-devrelay`, killed on drop.
+pub struct Relay {
+    pub child: Child,
+    pub socket: PathBuf,
+    pub root: PathBuf,
+    pub dir: TempDir,
+    pub stderr: Option<std::process::ChildStderr>,
+}
+
+impl Relay {
+    pub fn start(tag: &str) -> Relay {
+        Relay::start_with(tag, &[])
+    }
+
+    /// Starts the relay with `--root <dir>/root` plus `extra` arguments.
+    pub fn start_with(tag: &str, extra: &[&str]) -> Relay {
+        let dir = TempDir::new(tag);
+        let root = dir.path().join("root");
+        std::fs::create_dir_all(&root).unwrap();
+        let socket = dir.path().join("relay.sock");
+        let mut command = Command::new(env!("CARGO_BIN_EXE_msb-devrelay"));
+        command
+            .arg("--socket")
+            .arg(&socket)
+            .arg("--root")
+            .arg(&root)
+            .args(extra);
+        Relay::spawn(command, dir, socket, root)
+    }
+
+    pub fn spawn(mut command: Command, dir: TempDir, socket: PathBuf, root: PathBuf) -> Relay {
+        let mut child = command
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start msb-devrelay");
+        let stdout = child.stdout.take().unwrap();
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            let mut line = String::new();
+            let _ = BufReader::new(stdout).read_line(&mut line);
+            let _ = tx.send(line);
+        });
+        let line = rx.recv_timeout(TIMEOUT).expect("relay ready line");
+        assert_eq!(
+            line,
+            format!("msb-devrelay listening on {}\n", socket.display())
+        );
+        Relay {
+            stderr: child.stderr.take(),
+            child,
+            socket,
+            root,
+            dir,
+        }
+    }
+
+    pub fn connect(&self) -> Client {
+        Client::connect(&self.socket)
+    }
+
+    pub fn raw_connect(&self) -> UnixStream {
+        let stream = UnixStream::connect(&self.socket).unwrap();
+        stream.set_read_timeout(Some(TIMEOUT)).unwrap();
+        stream
+    }
+
+    /// Waits for the relay to exit and returns its exit code.
+    pub fn wait_exit(&mut self, within: Duration) -> Option<i32> {
+        let deadline = Instant::now() + within;
+        while Instant::now() < deadline {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status.code();
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        None
+    }
+}
+
+impl Drop for Relay {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Reads until `n` bytes arrived or EOF/timeout; returns what arrived.
+pub fn read_up_to(stream: &mut UnixStream, n: usize) -> Vec<u8> {
+    let mut out = vec![0u8; n];
+    let mut filled = 0;
+    while filled < n {
+        match stream.read(&mut out[filled..]) {
+            Ok(0) | Err(_) => break,
+            Ok(k) => filled += k,
+        }
+    }
+    out.truncate(filled);
+    out
+}
+
+/// True if the peer closed: EOF before `timeout`.
+pub fn sees_eof(stream: &mut UnixStream, timeout: Duration) -> bool {
+    stream.set_read_timeout(Some(timeout)).unwrap();
+    let mut buf = [0u8; 4096];
+    loop {
+        match stream.read(&mut buf) {
+            Ok(0) => return true,
+            Ok(_) => continue,
+            Err(_) => return false,
+        }
+    }
+}
+
+/// True if nothing at all arrives (and the peer does not close) for `wait`.
+pub fn stays_silent(stream: &mut UnixStream, wait: Duration) -> bool {
+    stream.set_read_timeout(Some(wait)).unwrap();
+    let mut buf = [0u8; 1];
+    let silent = matches!(stream.read(&mut buf), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock || e.kind() == std::io::ErrorKind::TimedOut);
+    stream.set_read_timeout(Some(TIMEOUT)).unwrap();
+    silent
+}
+
+/// Encodes a frame with the flags of its type.
+pub fn frame(message_type: MessageType, id: u32, payload: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    encode_frame(
+        &mut out,
+        message_type.as_str(),
+        id,
+        message_type.flags(),
+        payload,
+    );
+    out
+}
+
+pub struct Client {
+    pub stream: UnixStream,
+    pub decoder: FrameDecoder,
+    pub id_offset: u32,
+    pub ready: Ready,
+    next_id: u32,
+}
+
+/// Everything an exec produced.
+#[derive(Debug, Default)]
+pub struct ExecOutcome {
+    pub pid: Option<u32>,
+    pub stdout: Vec<u8>,
+    pub stderr: Vec<u8>,
+    pub code: i32,
+    /// Types in arrival order.
+    pub sequence: Vec<MessageType>,
+}
+
+impl ExecOutcome {
+    pub fn stdout_text(&self) -> String {
+        String::from_utf8_lossy(&self.stdout).into_owned()
+    }
+    pub fn stderr_text(&self) -> String {
+        String::from_utf8_lossy(&self.stderr).into_owned()
+    }
+}
+
+impl Client {
+    pub fn connect(socket: &Path) -> Client {
+        let mut stream = UnixStream::connect(socket).expect("connect to relay");
+        stream.set_read_timeout(Some(TIMEOUT)).unwrap();
+        let mut offset = [0u8; 4];
+        stream.read_exact(&mut offset).expect("handshake id_offset");
+        let id_offset = u32::from_be_bytes(offset);
+        let mut client = Client {
+            stream,
+            decoder: FrameDecoder::new(),
+            id_offset,
+            ready: Ready::default(),
+            next_id: id_offset + 1,
+        };
+        let ready = client.recv();
+        assert_eq!(ready.message_type, MessageType::Ready);
+        assert_eq!(ready.id, 0);
+        assert_eq!(ready.flags, 0);
+        client.ready = Ready::decode(&ready.payload).unwrap();
+        client
+    }
+
+    pub fn next_id(&mut self) -> u32 {
+        let id = self.next_id;
+        self.next_id += 1;
+        id
+    }
+
+    pub fn send(&mut self, message_type: MessageType, id: u32, payload: &[u8]) {
+        self.stream
+            .write_all(&frame(message_type, id, payload))
+            .unwrap();
+    }
+
+    pub fn send_payload(&mut self, message_type: MessageType, id: u32, payload: &impl Payload) {
+        self.send(message_type, id, &payload.to_bytes());
+    }
+
+    pub fn send_data(&mut self, message_type: MessageType, id: u32, data: &[u8]) {
+        self.send_payload(
+            message_type,
+            id,
+            &Data {
+                data: Bytes::copy_from_slice(data),
+            },
+        );
+    }
+
+    /// The next frame, or `None` on EOF or timeout.
+    pub fn try_recv(&mut self) -> Option<Message> {
+        loop {
+            if let Some(raw) = self.decoder.next_frame().expect("well-formed frame") {
+                let message = raw.decode().expect("decodable frame");
+                assert_eq!(
+                    message.flags,
+                    message.message_type.flags(),
+                    "flags of {}",
+                    message.message_type
+                );
+                return Some(message);
+            }
+            let mut buf = vec![0u8; 256 * 1024];
+            match self.stream.read(&mut buf) {
+                Ok(0) | Err(_) => return None,
+                Ok(n) => self.decoder.extend(&buf[..n]),
+            }
+        }
+    }
+
+    pub fn recv(&mut self) -> Message {
+        self.try_recv().expect("a frame from the relay")
+    }
+
+    /// Starts an exec and returns its id.
+    pub fn start_exec(&mut self, req: &ExecRequest) -> u32 {
+        let id = self.next_id();
+        self.send_payload(MessageType::ExecRequest, id, req);
+        id
+    }
+
+    /// Collects an exec's frames until `core.exec.exited`.
+    pub fn finish_exec(&mut self, id: u32) -> ExecOutcome {
+        let mut outcome = ExecOutcome::default();
+        loop {
+            let m = self.recv();
+            assert_eq!(m.id, id, "frame {} for another id", m.message_type);
+            outcome.sequence.push(m.message_type.clone());
+            match m.message_type {
+                MessageType::ExecStarted => {
+                    outcome.pid = Some(ExecStarted::decode(&m.payload).unwrap().pid)
+                }
+                MessageType::ExecStdout => outcome
+                    .stdout
+                    .extend_from_slice(&Data::decode(&m.payload).unwrap().data),
+                MessageType::ExecStderr => outcome
+                    .stderr
+                    .extend_from_slice(&Data::decode(&m.payload).unwrap().data),
+                MessageType::ExecExited => {
+                    outcome.code = ExecExited::decode(&m.payload).unwrap().code;
+                    return outcome;
+                }
+                other => panic!("unexpected {other} in an exec"),
+            }
+        }
+    }
+
+    pub fn exec(&mut self, req: &ExecRequest) -> ExecOutcome {
+        let id = self.start_exec(req);
+        self.finish_exec(id)
+    }
+
+    /// Sends an fs request and returns its id.
+    pub fn start_fs(&mut self, op: FsOp) -> u32 {
+        let id = self.next_id();
+        self.send_payload(MessageType::FsRequest, id, &FsRequest { op });
+        id
+    }
+
+    /// One-shot fs op: request, then the single response.
+    pub fn fs(&mut self, op: FsOp) -> FsResponse {
+        let id = self.start_fs(op);
+        let m = self.recv();
+        assert_eq!(m.id, id);
+        assert_eq!(m.message_type, MessageType::FsResponse);
+        FsResponse::decode(&m.payload).unwrap()
+    }
+
+    /// Reads a file: data chunks (sizes returned too), then the response.
+    pub fn read_file(&mut self, path: &str) -> (Vec<u8>, Vec<usize>, FsResponse) {
+        let id = self.start_fs(FsOp::Read { path: path.into() });
+        let mut data = Vec::new();
+        let mut chunks = Vec::new();
+        loop {
+            let m = self.recv();
+            assert_eq!(m.id, id);
+            match m.message_type {
+                MessageType::FsData => {
+                    let chunk = Data::decode(&m.payload).unwrap().data;
+                    chunks.push(chunk.len());
+                    data.extend_from_slice(&chunk);
+                }
+                MessageType::FsResponse => {
+                    return (data, chunks, FsResponse::decode(&m.payload).unwrap())
+                }
+                other => panic!("unexpected {other} in a read"),
+            }
+        }
+    }
+
+    /// Writes a file in chunks of `chunk` bytes, then EOF; returns the response.
+    pub fn write_file(
+        &mut self,
+        path: &str,
+        mode: Option<u32>,
+        data: &[u8],
+        chunk: usize,
+    ) -> FsResponse {
+        let id = self.start_fs(FsOp::Write {
+            path: path.into(),
+            mode,
+        });
+        for piece in data.chunks(chunk) {
+            self.send_data(MessageType::FsData, id, piece);
+        }
+        self.send_data(MessageType::FsData, id, &[]);
+        let m = self.recv();
+        assert_eq!(m.id, id);
+        assert_eq!(m.message_type, MessageType::FsResponse);
+        FsResponse::decode(&m.payload).unwrap()
+    }
+}
+
+pub fn exec_req(cmd: &str, args: &[&str]) -> ExecRequest {
+    let mut req = ExecRequest::new(cmd);
+    req.args = args.iter().map(|s| s.to_string()).collect();
+    req
+}
+
+pub fn sh(script: &str) -> ExecRequest {
+    exec_req("sh", &["-c", script])
+}
+
+/// True while a process with this pid exists (and is not a zombie).
+pub fn process_alive(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => {
+            let state = stat.rsplit(')').next().unwrap_or("").trim_start();
+            !state.starts_with('Z') && !state.starts_with('X')
+        }
+        Err(_) => false,
+    }
+}
+
+pub fn wait_until(within: Duration, mut condition: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + within;
+    while Instant::now() < deadline {
+        if condition() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    condition()
+}

@@ -1,0 +1,248 @@
+//! Handshake, client slots, malformed client frames, shutdown and the CLI.
+
+mod common;
+
+use std::io::Write;
+use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+use std::process::Command;
+
+use common::*;
+use microsandbox_agent::protocol::{MessageType, ID_RANGE_STEP, MAX_CLIENTS};
+
+#[test]
+fn ready_line_socket_mode_and_handshake_for_all_slots() {
+    let relay = Relay::start("slots");
+    let meta = std::fs::symlink_metadata(&relay.socket).unwrap();
+    assert!(meta.file_type().is_socket());
+    assert_eq!(meta.permissions().mode() & 0o777, 0o600);
+
+    let clients: Vec<Client> = (0..MAX_CLIENTS).map(|_| relay.connect()).collect();
+    for (k, c) in clients.iter().enumerate() {
+        assert_eq!(c.id_offset, k as u32 * ID_RANGE_STEP, "slot {k}");
+        assert!(c.ready.boot_time_ns > 0);
+        assert!(c.ready.boot_time_ns <= c.ready.init_time_ns);
+        assert!(c.ready.init_time_ns <= c.ready.ready_time_ns);
+    }
+    // The 17th is accepted and closed before any byte.
+    let mut extra = relay.raw_connect();
+    assert_eq!(read_up_to(&mut extra, 4), Vec::<u8>::new());
+    assert!(sees_eof(&mut extra, TIMEOUT));
+}
+
+#[test]
+fn freed_slot_is_reused_lowest_first() {
+    let relay = Relay::start("reuse");
+    let mut clients: Vec<Option<Client>> = (0..4).map(|_| Some(relay.connect())).collect();
+    clients[1] = None;
+    clients[2] = None;
+    // The relay frees slots when it notices the disconnect.
+    let mut again = None;
+    assert!(wait_until(TIMEOUT, || {
+        let c = relay.connect();
+        let slot = c.id_offset / ID_RANGE_STEP;
+        if slot == 1 {
+            again = Some(c);
+            true
+        } else {
+            false
+        }
+    }));
+    let next = relay.connect();
+    assert_eq!(next.id_offset, 2 * ID_RANGE_STEP);
+    drop(again);
+}
+
+#[test]
+fn seventeenth_gets_a_slot_after_one_leaves() {
+    let relay = Relay::start("full");
+    let mut clients: Vec<Client> = (0..MAX_CLIENTS).map(|_| relay.connect()).collect();
+    let mut refused = relay.raw_connect();
+    assert!(sees_eof(&mut refused, TIMEOUT));
+    clients.remove(7);
+    assert!(wait_until(TIMEOUT, || {
+        let mut s = relay.raw_connect();
+        read_up_to(&mut s, 4) == (7 * ID_RANGE_STEP).to_be_bytes()
+    }));
+}
+
+/// Sends raw bytes on a fresh connection and checks the relay closes only it.
+fn bad_input_closes_only_that_client(tag: &str, bytes: &[u8]) {
+    let relay = Relay::start_with(tag, &["--quiet"]);
+    let mut good = relay.connect();
+    let mut bad = relay.connect();
+    bad.stream.write_all(bytes).unwrap();
+    assert!(
+        sees_eof(&mut bad.stream, TIMEOUT),
+        "{tag}: bad client closed"
+    );
+    let out = good.exec(&exec_req("echo", &["still", "here"]));
+    assert_eq!(out.stdout_text(), "still here\n");
+    // Its slot is free again and the relay is alive.
+    let again = relay.connect();
+    assert_eq!(again.id_offset, ID_RANGE_STEP);
+}
+
+#[test]
+fn short_frame_from_client_closes_it() {
+    bad_input_closes_only_that_client("c-short", &[0, 0, 0, 4, 0, 0, 0, 0]);
+}
+
+#[test]
+fn oversize_frame_from_client_closes_it() {
+    bad_input_closes_only_that_client("c-big", &[0, 0x40, 0, 1, 0, 0, 0, 1, 0]);
+}
+
+#[test]
+fn bad_cbor_from_client_closes_it() {
+    bad_input_closes_only_that_client("c-cbor", &[0, 0, 0, 8, 0, 0, 0, 1, 0, 0xff, 0xff, 0xff]);
+}
+
+#[test]
+fn body_without_type_from_client_closes_it() {
+    // {"v": 1} only.
+    bad_input_closes_only_that_client("c-shape", &[0, 0, 0, 9, 0, 0, 0, 1, 0, 0xa1, 0x61, b'v', 1]);
+}
+
+#[test]
+fn unknown_type_from_client_closes_it() {
+    bad_input_closes_only_that_client(
+        "c-unknown",
+        &frame(MessageType::Unknown("core.nope".into()), 1, &[]),
+    );
+}
+
+#[test]
+fn bad_payload_still_gets_an_answer() {
+    let relay = Relay::start_with("badpayload", &["--quiet"]);
+    let mut c = relay.connect();
+    let id = c.next_id();
+    c.send(MessageType::ExecRequest, id, &[0xa0]); // {} has no cmd
+    let out = c.finish_exec(id);
+    assert_eq!(out.pid, None);
+    assert_eq!(out.code, -1);
+    assert!(out.stderr_text().contains("cmd"), "{}", out.stderr_text());
+    let id = c.next_id();
+    c.send(MessageType::FsRequest, id, &[0xa0]);
+    let m = c.recv();
+    assert_eq!((m.id, m.message_type), (id, MessageType::FsResponse));
+}
+
+#[test]
+fn shutdown_terminates_execs_and_exits_zero() {
+    let mut relay = Relay::start_with("shutdown", &["--quiet"]);
+    let mut c = relay.connect();
+    c.start_exec(&exec_req("sleep", &["30"]));
+    let pid = c.recv().payload;
+    let pid = microsandbox_agent::protocol::payload::Payload::decode(&pid)
+        .map(|s: microsandbox_agent::protocol::payload::ExecStarted| s.pid)
+        .unwrap();
+    assert!(process_alive(pid));
+    c.send(MessageType::Shutdown, 0, &[]);
+    assert_eq!(relay.wait_exit(TIMEOUT), Some(0));
+    assert!(wait_until(TIMEOUT, || !process_alive(pid)));
+    assert!(!relay.socket.exists(), "socket file removed");
+}
+
+#[test]
+fn sigterm_kills_execs_removes_socket_and_temp_root() {
+    let dir = TempDir::new("sigterm");
+    let socket = dir.path().join("s.sock");
+    // A stale socket file from an earlier run is replaced.
+    drop(std::os::unix::net::UnixListener::bind(&socket).unwrap());
+    assert!(socket.exists());
+    let mut command = Command::new(env!("CARGO_BIN_EXE_msb-devrelay"));
+    command.arg("--socket").arg(&socket).arg("--quiet");
+    command.env("TMPDIR", dir.path());
+    let mut relay = Relay::spawn(command, dir, socket.clone(), Default::default());
+    let temp_roots = || {
+        std::fs::read_dir(relay_dir(&socket))
+            .unwrap()
+            .filter(|e| {
+                e.as_ref()
+                    .unwrap()
+                    .file_name()
+                    .to_string_lossy()
+                    .starts_with("msb-devrelay-root")
+            })
+            .count()
+    };
+    assert_eq!(temp_roots(), 1, "a fresh temporary root");
+    let mut c = relay.connect();
+    c.start_exec(&exec_req("sleep", &["30"]));
+    let started = c.recv();
+    let pid: microsandbox_agent::protocol::payload::ExecStarted =
+        microsandbox_agent::protocol::payload::Payload::decode(&started.payload).unwrap();
+    // SAFETY: plain kill(2) of the relay child we started.
+    unsafe { libc::kill(relay.child.id() as i32, libc::SIGTERM) };
+    assert_eq!(relay.wait_exit(TIMEOUT), Some(0));
+    assert!(wait_until(TIMEOUT, || !process_alive(pid.pid)));
+    assert!(!socket.exists());
+    assert_eq!(temp_roots(), 0, "temporary root removed");
+}
+
+fn relay_dir(socket: &std::path::Path) -> std::path::PathBuf {
+    socket.parent().unwrap().to_path_buf()
+}
+
+#[test]
+fn cli_help_and_errors() {
+    let bin = env!("CARGO_BIN_EXE_msb-devrelay");
+    let help = Command::new(bin).arg("--help").output().unwrap();
+    assert!(help.status.success());
+    let text = String::from_utf8(help.stdout).unwrap();
+    for needle in [
+        "NO ISOLATION",
+        "--socket",
+        "--root",
+        "--exec-chunk",
+        "--quiet",
+        "host path",
+        "flood",
+        "stop-reading",
+        "close-in-handshake",
+    ] {
+        assert!(text.contains(needle), "help mentions {needle}");
+    }
+    let missing = Command::new(bin).output().unwrap();
+    assert_eq!(missing.status.code(), Some(2));
+    let bad_fault = Command::new(bin)
+        .args(["--socket", "/nonexistent/x", "--fault", "nope"])
+        .output()
+        .unwrap();
+    assert_eq!(bad_fault.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&bad_fault.stderr).contains("oversize-frame"));
+    // A regular file where the socket should go is not deleted.
+    let dir = TempDir::new("notsock");
+    let file = dir.path().join("file");
+    std::fs::write(&file, "keep").unwrap();
+    let refused = Command::new(bin)
+        .arg("--socket")
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert_eq!(refused.status.code(), Some(1));
+    assert_eq!(std::fs::read_to_string(&file).unwrap(), "keep");
+}
+
+#[test]
+fn many_small_requests_pipelined() {
+    let relay = Relay::start_with("pipeline", &["--quiet"]);
+    let mut c = relay.connect();
+    std::fs::write(relay.root.join("f"), b"x").unwrap();
+    let mut ids = Vec::new();
+    let mut batch = Vec::new();
+    for _ in 0..2000 {
+        let id = c.next_id();
+        ids.push(id);
+        let req = microsandbox_agent::protocol::payload::FsRequest {
+            op: microsandbox_agent::protocol::payload::FsOp::Stat { path: "/f".into() },
+        };
+        use microsandbox_agent::protocol::payload::Payload;
+        batch.extend(frame(MessageType::FsRequest, id, &req.to_bytes()));
+    }
+    c.stream.write_all(&batch).unwrap();
+    for id in ids {
+        let m = c.recv();
+        assert_eq!(m.id, id, "responses in request order");
+    }
+}
