@@ -1,0 +1,406 @@
+//! Every `--fault` mode sends exactly the bytes it promises.
+
+mod common;
+
+use std::io::{ErrorKind, Read, Write};
+use std::os::unix::net::UnixStream;
+use std::time::Duration;
+
+use common::*;
+use microsandbox_agent::protocol::payload::{Data, ExecStarted, FsOp, FsResponse, Payload};
+use microsandbox_agent::protocol::{
+    FrameDecoder, FrameHeader, Message, MessageType, ProtocolError, ID_RANGE_STEP, MAX_FRAME_SIZE,
+};
+
+const QUIET_WAIT: Duration = Duration::from_millis(300);
+
+fn faulty(mode: &str) -> Relay {
+    Relay::start_with(mode, &["--fault", mode, "--quiet"])
+}
+
+/// Reads one whole frame's bytes (length prefix included).
+fn read_frame_bytes(stream: &mut UnixStream) -> Vec<u8> {
+    let mut bytes = read_up_to(stream, 4);
+    assert_eq!(bytes.len(), 4, "a length prefix");
+    let len = u32::from_be_bytes(bytes[..4].try_into().unwrap()) as usize;
+    let rest = read_up_to(stream, len);
+    assert_eq!(rest.len(), len, "the whole frame");
+    bytes.extend(rest);
+    bytes
+}
+
+fn decode_one(bytes: &[u8]) -> Message {
+    let mut d = FrameDecoder::new();
+    d.extend(bytes);
+    let m = d.next_frame().unwrap().unwrap().decode().unwrap();
+    assert_eq!(d.buffered(), 0);
+    m
+}
+
+/// Reads `[id_offset][ready frame]` and returns the offset and the ready
+/// frame's bytes.
+fn read_handshake(stream: &mut UnixStream) -> (u32, Vec<u8>) {
+    let offset = read_up_to(stream, 4);
+    assert_eq!(offset.len(), 4);
+    let ready = read_frame_bytes(stream);
+    let m = decode_one(&ready);
+    assert_eq!((m.id, m.message_type), (0, MessageType::Ready));
+    (u32::from_be_bytes(offset.try_into().unwrap()), ready)
+}
+
+fn send_exec(stream: &mut UnixStream, id: u32, cmd: &str, args: &[&str]) {
+    stream
+        .write_all(&frame(
+            MessageType::ExecRequest,
+            id,
+            &exec_req(cmd, args).to_bytes(),
+        ))
+        .unwrap();
+}
+
+fn send_stat(stream: &mut UnixStream, id: u32) {
+    let req = microsandbox_agent::protocol::payload::FsRequest {
+        op: FsOp::Stat { path: "/".into() },
+    };
+    stream
+        .write_all(&frame(MessageType::FsRequest, id, &req.to_bytes()))
+        .unwrap();
+}
+
+fn recv_message(stream: &mut UnixStream) -> Message {
+    decode_one(&read_frame_bytes(stream))
+}
+
+#[test]
+fn oversize_frame() {
+    let relay = faulty("oversize-frame");
+    let mut s = relay.raw_connect();
+    read_handshake(&mut s);
+    let bytes = read_up_to(&mut s, 4 + 16);
+    assert_eq!(bytes[..4], (MAX_FRAME_SIZE + 1).to_be_bytes());
+    assert_eq!(bytes.len(), 20);
+    assert_eq!(
+        FrameHeader::parse(&bytes),
+        Err(ProtocolError::FrameTooLarge(MAX_FRAME_SIZE + 1))
+    );
+    assert!(stays_silent(&mut s, QUIET_WAIT), "kept open, nothing more");
+}
+
+#[test]
+fn truncated_frame() {
+    let relay = faulty("truncated-frame");
+    let mut s = relay.raw_connect();
+    let (offset, _) = read_handshake(&mut s);
+    let mut rest = Vec::new();
+    s.read_to_end(&mut rest).unwrap();
+    let len = u32::from_be_bytes(rest[..4].try_into().unwrap()) as usize;
+    assert_eq!(rest.len(), (4 + len) / 2, "half a frame, then EOF");
+    assert_eq!(rest[4..8], (offset + 1).to_be_bytes());
+}
+
+#[test]
+fn short_frame() {
+    let relay = faulty("short-frame");
+    let mut s = relay.raw_connect();
+    read_handshake(&mut s);
+    let bytes = read_up_to(&mut s, 7);
+    assert_eq!(bytes, [0, 0, 0, 3, 0, 0, 0]);
+    assert_eq!(
+        FrameHeader::parse(&bytes),
+        Err(ProtocolError::FrameTooShort(3))
+    );
+    assert!(stays_silent(&mut s, QUIET_WAIT));
+}
+
+#[test]
+fn bad_cbor() {
+    let relay = faulty("bad-cbor");
+    let mut s = relay.raw_connect();
+    read_handshake(&mut s);
+    let bytes = read_frame_bytes(&mut s);
+    assert_eq!(bytes, [0, 0, 0, 8, 0, 0, 0, 0, 0, 0xff, 0xff, 0xff]);
+    let mut d = FrameDecoder::new();
+    d.extend(&bytes);
+    assert!(matches!(
+        d.next_frame().unwrap().unwrap().decode(),
+        Err(ProtocolError::BadBody(_))
+    ));
+    assert!(stays_silent(&mut s, QUIET_WAIT));
+}
+
+#[test]
+fn bad_body_shape() {
+    let relay = faulty("bad-body-shape");
+    let mut s = relay.raw_connect();
+    read_handshake(&mut s);
+    let bytes = read_frame_bytes(&mut s);
+    assert_eq!(bytes[4..9], [0, 0, 0, 0, 0], "id 0, flags 0");
+    assert_eq!(bytes[9] >> 5, 4, "valid CBOR: an array");
+    let mut d = FrameDecoder::new();
+    d.extend(&bytes);
+    assert!(matches!(
+        d.next_frame().unwrap().unwrap().decode(),
+        Err(ProtocolError::BadBody(_))
+    ));
+    assert!(stays_silent(&mut s, QUIET_WAIT));
+}
+
+#[test]
+fn unknown_type_precedes_every_request() {
+    let relay = faulty("unknown-type");
+    let mut s = relay.raw_connect();
+    let (offset, _) = read_handshake(&mut s);
+    send_exec(&mut s, offset + 1, "echo", &["hi"]);
+    let bogus = recv_message(&mut s);
+    assert_eq!(
+        bogus.message_type,
+        MessageType::Unknown("core.bogus.type".into())
+    );
+    assert_eq!((bogus.id, bogus.flags), (offset + 1, 0));
+    // Then the exec is served normally.
+    let mut types = Vec::new();
+    loop {
+        let m = recv_message(&mut s);
+        assert_eq!(m.id, offset + 1);
+        types.push(m.message_type.clone());
+        if m.message_type == MessageType::ExecExited {
+            break;
+        }
+    }
+    assert_eq!(
+        types,
+        [
+            MessageType::ExecStarted,
+            MessageType::ExecStdout,
+            MessageType::ExecExited
+        ]
+    );
+    send_stat(&mut s, offset + 2);
+    let bogus = recv_message(&mut s);
+    assert_eq!(
+        (bogus.id, bogus.message_type),
+        (offset + 2, MessageType::Unknown("core.bogus.type".into()))
+    );
+    let resp = recv_message(&mut s);
+    assert_eq!(
+        (resp.id, resp.message_type.clone()),
+        (offset + 2, MessageType::FsResponse)
+    );
+    assert!(FsResponse::decode(&resp.payload).unwrap().ok);
+}
+
+#[test]
+fn out_of_range_ids_precede_every_request() {
+    let relay = faulty("out-of-range-id");
+    // Slot 1, so that "outside the range" is not just "above it from 0".
+    let _slot0 = relay.raw_connect();
+    let mut s = relay.raw_connect();
+    let (offset, _) = read_handshake(&mut s);
+    assert_eq!(offset, ID_RANGE_STEP);
+    let outside = offset + ID_RANGE_STEP + 1;
+
+    send_exec(&mut s, offset + 1, "true", &[]);
+    let first = recv_message(&mut s);
+    assert_eq!(
+        (first.id, first.message_type.clone()),
+        (outside, MessageType::ExecStdout)
+    );
+    Data::decode(&first.payload).expect("a valid stdout payload");
+    let second = recv_message(&mut s);
+    assert_eq!(
+        (second.id, second.message_type),
+        (0, MessageType::ExecStdout)
+    );
+    let started = recv_message(&mut s);
+    assert_eq!(
+        (started.id, started.message_type),
+        (offset + 1, MessageType::ExecStarted)
+    );
+    let exited = recv_message(&mut s);
+    assert_eq!(exited.message_type, MessageType::ExecExited);
+
+    send_stat(&mut s, offset + 2);
+    let first = recv_message(&mut s);
+    assert_eq!(
+        (first.id, first.message_type.clone()),
+        (outside, MessageType::FsResponse)
+    );
+    assert!(FsResponse::decode(&first.payload).unwrap().ok);
+    assert_eq!(recv_message(&mut s).id, 0);
+    let real = recv_message(&mut s);
+    assert_eq!(
+        (real.id, real.message_type),
+        (offset + 2, MessageType::FsResponse)
+    );
+}
+
+#[test]
+fn out_of_range_id_for_the_last_slot() {
+    let relay = faulty("out-of-range-id");
+    let mut streams: Vec<UnixStream> = (0..16).map(|_| relay.raw_connect()).collect();
+    let mut last = streams.pop().unwrap();
+    let (offset, _) = read_handshake(&mut last);
+    assert_eq!(offset, 15 * ID_RANGE_STEP);
+    send_stat(&mut last, offset + 1);
+    let first = recv_message(&mut last);
+    let expected = offset.wrapping_add(ID_RANGE_STEP).wrapping_add(1);
+    assert_eq!(first.id, expected);
+    assert!(first.id < offset || first.id >= offset + ID_RANGE_STEP);
+}
+
+#[test]
+fn wrong_payload() {
+    let relay = faulty("wrong-payload");
+    let mut s = relay.raw_connect();
+    let (offset, _) = read_handshake(&mut s);
+    send_exec(&mut s, offset + 1, "echo", &["never", "runs"]);
+    let started = recv_message(&mut s);
+    assert_eq!(started.message_type, MessageType::ExecStarted);
+    assert_eq!(ExecStarted::decode(&started.payload).unwrap().pid, 0);
+    let bad = recv_message(&mut s);
+    assert_eq!(
+        (bad.id, bad.message_type.clone()),
+        (offset + 1, MessageType::ExecStdout)
+    );
+    assert_eq!(&bad.payload[..], [0xa0]);
+    assert!(Data::decode(&bad.payload).is_err());
+    assert!(stays_silent(&mut s, QUIET_WAIT));
+
+    send_stat(&mut s, offset + 2);
+    let resp = recv_message(&mut s);
+    assert_eq!(resp.message_type, MessageType::FsResponse);
+    assert_eq!(resp.flags, MessageType::FsResponse.flags());
+    assert_eq!(&resp.payload[..], b"\xa1\x62ok\x63yes");
+    assert!(FsResponse::decode(&resp.payload).is_err());
+}
+
+#[test]
+fn no_handshake() {
+    let relay = faulty("no-handshake");
+    let mut s = relay.raw_connect();
+    assert!(stays_silent(&mut s, QUIET_WAIT));
+    // A client that gives up frees its slot: 16 more fit after it leaves.
+    drop(s);
+    std::thread::sleep(Duration::from_millis(100));
+    let mut others: Vec<UnixStream> = (0..16).map(|_| relay.raw_connect()).collect();
+    assert!(wait_until(TIMEOUT, || stays_silent(
+        others.last_mut().unwrap(),
+        Duration::from_millis(50)
+    )));
+}
+
+#[test]
+fn stall_after_id() {
+    let relay = faulty("stall-after-id");
+    let _first = relay.raw_connect();
+    let mut s = relay.raw_connect();
+    assert_eq!(read_up_to(&mut s, 4), ID_RANGE_STEP.to_be_bytes());
+    assert!(stays_silent(&mut s, QUIET_WAIT));
+}
+
+#[test]
+fn not_ready_first() {
+    let relay = faulty("not-ready-first");
+    let mut s = relay.raw_connect();
+    assert_eq!(read_up_to(&mut s, 4), [0, 0, 0, 0]);
+    let m = recv_message(&mut s);
+    assert_eq!(m.message_type, MessageType::ExecStdout);
+    assert!(stays_silent(&mut s, QUIET_WAIT));
+}
+
+#[test]
+fn close_in_handshake() {
+    let relay = faulty("close-in-handshake");
+    let mut s = relay.raw_connect();
+    let mut all = Vec::new();
+    s.read_to_end(&mut all).unwrap();
+    assert_eq!(all[..4], [0, 0, 0, 0]);
+    let len = u32::from_be_bytes(all[4..8].try_into().unwrap()) as usize;
+    assert!(len > 20);
+    assert_eq!(
+        all.len() - 4,
+        (4 + len) / 2,
+        "half the ready frame, then EOF"
+    );
+    // The relay goes on accepting.
+    let mut again = relay.raw_connect();
+    assert_eq!(read_up_to(&mut again, 4).len(), 4);
+}
+
+#[test]
+fn close_mid_exec() {
+    let relay = faulty("close-mid-exec");
+    let mut s = relay.raw_connect();
+    let (offset, _) = read_handshake(&mut s);
+    send_exec(&mut s, offset + 1, "sleep", &["10"]);
+    let started = recv_message(&mut s);
+    assert_eq!(
+        (started.id, started.message_type),
+        (offset + 1, MessageType::ExecStarted)
+    );
+    let out = recv_message(&mut s);
+    assert_eq!(out.message_type, MessageType::ExecStdout);
+    assert!(!Data::decode(&out.payload).unwrap().data.is_empty());
+    assert!(sees_eof(&mut s, TIMEOUT));
+    // The relay keeps running and the slot is reusable.
+    assert!(wait_until(TIMEOUT, || {
+        let mut again = relay.raw_connect();
+        read_handshake(&mut again).0 == 0
+    }));
+}
+
+#[test]
+fn flood() {
+    let relay = faulty("flood");
+    let mut s = relay.raw_connect();
+    let (offset, _) = read_handshake(&mut s);
+    send_exec(&mut s, offset + 1, "true", &[]);
+    assert_eq!(recv_message(&mut s).message_type, MessageType::ExecStarted);
+    for _ in 0..200 {
+        let m = recv_message(&mut s);
+        assert_eq!(
+            (m.id, m.message_type.clone()),
+            (offset + 1, MessageType::ExecStdout)
+        );
+        assert_eq!(Data::decode(&m.payload).unwrap().data.len(), 64 * 1024);
+    }
+    drop(s);
+    // The flood stops with the client; the relay serves the next one.
+    assert!(wait_until(TIMEOUT, || {
+        let mut again = relay.raw_connect();
+        read_handshake(&mut again).0 == 0
+    }));
+}
+
+#[test]
+fn stop_reading() {
+    let relay = faulty("stop-reading");
+    let mut s = relay.raw_connect();
+    let (offset, _) = read_handshake(&mut s);
+    let request = frame(
+        MessageType::ExecRequest,
+        offset + 1,
+        &exec_req("echo", &["x"]).to_bytes(),
+    );
+    s.set_nonblocking(true).unwrap();
+    let mut written = 0usize;
+    let blocked = loop {
+        match s.write(&request) {
+            Ok(n) => written += n,
+            Err(e) if e.kind() == ErrorKind::WouldBlock => break true,
+            Err(e) => panic!("write failed: {e}"),
+        }
+        if written > 256 * 1024 * 1024 {
+            break false;
+        }
+    };
+    assert!(blocked, "writes block once the socket buffers are full");
+    s.set_nonblocking(false).unwrap();
+    assert!(stays_silent(&mut s, QUIET_WAIT), "nothing was served");
+    // Leaving frees the slot even though the relay never read.
+    drop(s);
+    assert!(wait_until(TIMEOUT, || {
+        let mut again = relay.raw_connect();
+        read_handshake(&mut again).0 == 0
+    }));
+}
