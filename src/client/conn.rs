@@ -605,3 +605,27 @@ fn write_vectored_at(fd: RawFd, parts: &[&[u8]], mut skip: usize) -> io::Result<
         Ok(r as usize)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_wrap_inside_the_range_and_never_hit_its_edges() {
+        for slot in [0u32, 1, 15] {
+            let r = IdRange {
+                offset: slot * ID_RANGE_STEP,
+            };
+            let first = r.nth(0);
+            assert_eq!(first, r.offset + 1);
+            let last = r.nth(ID_RANGE_STEP - 2);
+            assert_eq!(last, r.offset + ID_RANGE_STEP - 1);
+            assert!(r.contains(first) && r.contains(last));
+            assert_eq!(r.nth(ID_RANGE_STEP - 1), first, "wraps to the start");
+            assert!(!r.contains(r.offset) && !r.contains(r.offset + ID_RANGE_STEP));
+            for n in [u32::MAX, u32::MAX - 1, 12345] {
+                assert!(r.contains(r.nth(n)));
+            }
+        }
+    }
+}

@@ -1,0 +1,494 @@
+//! The client core against a real protocol peer: the development relay, and
+//! for the cases it cannot produce on demand (a relay that stalls, a late
+//! reply), a scripted peer on a socket of the test's own.
+
+use std::io::{Read, Write};
+use std::os::unix::net::UnixListener;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use microsandbox_agent::client::exec::{self, Exec, ExecEvent};
+use microsandbox_agent::client::{fs, Client, ClientOptions, CloseCause, Error, Pulled};
+use microsandbox_agent::protocol::payload::{
+    ExecRequest, FsOp, FsRequest, FsResponse, Payload, Ready,
+};
+use microsandbox_agent::protocol::{encode_frame, MessageType, ID_RANGE_STEP};
+
+const T: Duration = Duration::from_secs(10);
+
+/// Finds (building if needed) the msb-devrelay binary of this workspace.
+fn devrelay_bin() -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let profile_dir = exe.parent().unwrap().parent().unwrap();
+    let bin = profile_dir.join("msb-devrelay");
+    if !bin.exists() {
+        let release = profile_dir.ends_with("release");
+        let mut cmd = Command::new(env!("CARGO"));
+        cmd.args(["build", "-p", "msb-devrelay"]);
+        if release {
+            cmd.arg("--release");
+        }
+        assert!(cmd.status().unwrap().success(), "building msb-devrelay");
+    }
+    bin
+}
+
+struct Relay {
+    child: Child,
+    dir: PathBuf,
+    socket: PathBuf,
+}
+
+impl Relay {
+    fn start(extra: &[&str]) -> Relay {
+        let dir = std::env::temp_dir().join(format!(
+            "msb-core-test-{}-{}",
+            std::process::id(),
+            rand_suffix()
+        ));
+        std::fs::create_dir_all(dir.join("root")).unwrap();
+        let socket = dir.join("agent.sock");
+        let mut child = Command::new(devrelay_bin())
+            .arg("--socket")
+            .arg(&socket)
+            .arg("--root")
+            .arg(dir.join("root"))
+            .arg("--quiet")
+            .args(extra)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap();
+        let mut line = [0u8; 256];
+        let n = child.stdout.as_mut().unwrap().read(&mut line).unwrap();
+        assert!(
+            String::from_utf8_lossy(&line[..n]).contains("listening"),
+            "relay did not start"
+        );
+        Relay { child, dir, socket }
+    }
+
+    fn connect(&self) -> Client {
+        Client::connect(&self.socket, &ClientOptions::default()).unwrap()
+    }
+
+    fn root(&self) -> PathBuf {
+        self.dir.join("root")
+    }
+}
+
+impl Drop for Relay {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn rand_suffix() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    std::collections::hash_map::RandomState::new()
+        .build_hasher()
+        .finish()
+}
+
+fn sh(script: &str) -> ExecRequest {
+    let mut r = ExecRequest::new("sh");
+    r.args = vec!["-c".into(), script.into()];
+    r
+}
+
+#[test]
+fn handshake_gives_range_and_timings() {
+    let relay = Relay::start(&[]);
+    let c = relay.connect();
+    assert_eq!(c.id_offset(), 0, "first client gets slot 0");
+    let r = c.ready();
+    assert!(r.ready_time_ns > 0);
+    assert_eq!(Ready::decode(c.ready_payload()).unwrap(), r);
+    let id = c.alloc_id();
+    assert!(id > 0 && id < ID_RANGE_STEP);
+}
+
+#[test]
+fn request_response_round_trip() {
+    let relay = Relay::start(&[]);
+    let c = relay.connect();
+    let payload = FsRequest {
+        op: FsOp::Stat { path: "/".into() },
+    }
+    .to_bytes();
+    let reply = c.request(&MessageType::FsRequest, &payload, T).unwrap();
+    assert_eq!(reply.message_type, MessageType::FsResponse);
+    assert!(reply.is_terminal());
+    let resp = FsResponse::decode(&reply.payload).unwrap();
+    assert!(resp.ok);
+    assert_eq!(fs::stat(&c, "/", T).unwrap().kind, "dir");
+    assert_eq!(c.counters().bytes_queued, 0, "nothing left queued");
+}
+
+#[test]
+fn streamed_exec_with_stdin() {
+    let relay = Relay::start(&[]);
+    let c = relay.connect();
+    let e = Exec::start(&c, &ExecRequest::new("cat"), T).unwrap();
+    let mut pid = None;
+    let mut echoed = Vec::new();
+    for line in ["one\n", "two\n", "three\n"] {
+        e.write_stdin(line.as_bytes(), T).unwrap();
+        // Each line comes back before the next is sent: output streams.
+        while !echoed.ends_with(line.as_bytes()) {
+            match e.next_event(Some(T)).unwrap() {
+                Pulled::Item(ExecEvent::Started { pid: p }) => pid = Some(p),
+                Pulled::Item(ExecEvent::Stdout(d)) => echoed.extend_from_slice(&d),
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+    }
+    e.close_stdin(T).unwrap();
+    loop {
+        match e.next_event(Some(T)).unwrap() {
+            Pulled::Item(ExecEvent::Exited { code }) => {
+                assert_eq!(code, 0);
+                break;
+            }
+            Pulled::Item(ExecEvent::Stdout(d)) => echoed.extend_from_slice(&d),
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert!(pid.is_some_and(|p| p > 0));
+    assert_eq!(echoed, b"one\ntwo\nthree\n");
+    assert!(matches!(e.next_event(Some(T)).unwrap(), Pulled::Ended));
+}
+
+#[test]
+fn run_to_completion_captures_and_caps_output() {
+    let relay = Relay::start(&[]);
+    let c = relay.connect();
+    let out = exec::run(&c, &sh("echo out; echo err >&2; exit 7"), 1024, T).unwrap();
+    assert_eq!(
+        (out.code, &out.stdout[..], &out.stderr[..]),
+        (7, &b"out\n"[..], &b"err\n"[..])
+    );
+    let out = exec::run(&c, &sh("head -c 100000 /dev/zero"), 10, T).unwrap();
+    assert_eq!(out.stdout.len(), 10);
+    assert!(out.truncated);
+    let err = exec::run(&c, &sh("sleep 5"), 10, Duration::from_millis(200)).unwrap_err();
+    assert!(matches!(err, Error::Timeout(_)), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_requests_from_eight_tasks() {
+    let relay = Relay::start(&[]);
+    let c = relay.connect();
+    std::fs::write(relay.root().join("f"), b"x").unwrap();
+    let payload = Arc::new(
+        FsRequest {
+            op: FsOp::Stat { path: "/f".into() },
+        }
+        .to_bytes(),
+    );
+    let mut tasks = Vec::new();
+    for _ in 0..8 {
+        let (c, payload) = (c.clone(), payload.clone());
+        tasks.push(tokio::spawn(async move {
+            for _ in 0..200 {
+                let m = c
+                    .request_async(&MessageType::FsRequest, &payload, T)
+                    .await
+                    .unwrap();
+                assert!(FsResponse::decode(&m.payload).unwrap().ok);
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let k = c.counters();
+    assert_eq!(k.frames_received, 1600);
+    assert_eq!(k.dropped_no_subscriber + k.dropped_out_of_range, 0);
+}
+
+#[test]
+fn sixteen_clients_get_disjoint_ranges_and_the_seventeenth_is_refused() {
+    let relay = Relay::start(&[]);
+    let clients: Vec<Client> = (0..16).map(|_| relay.connect()).collect();
+    let mut offsets: Vec<u32> = clients.iter().map(|c| c.id_offset()).collect();
+    offsets.sort();
+    let expected: Vec<u32> = (0..16).map(|k| k * ID_RANGE_STEP).collect();
+    assert_eq!(offsets, expected);
+    for c in &clients {
+        let id = c.alloc_id();
+        assert!(id > c.id_offset() && (id as u64) < c.id_offset() as u64 + ID_RANGE_STEP as u64);
+        assert!(fs::stat(c, "/", T).is_ok());
+    }
+    let err = Client::connect(&relay.socket, &ClientOptions::default())
+        .err()
+        .expect("17th connection must fail");
+    assert!(matches!(err, Error::Handshake(_)), "{err}");
+    assert!(err.to_string().contains("slot"), "{err}");
+    // A freed slot is handed out again.
+    drop(clients);
+    std::thread::sleep(Duration::from_millis(200));
+    let again = relay.connect();
+    assert_eq!(again.id_offset() % ID_RANGE_STEP, 0);
+}
+
+#[test]
+fn transport_death_wakes_every_waiter() {
+    let mut relay = Relay::start(&[]);
+    let c = relay.connect();
+    let execs: Vec<Exec> = (0..4)
+        .map(|_| Exec::start(&c, &sh("sleep 30"), T).unwrap())
+        .collect();
+    let waiters: Vec<_> = execs
+        .into_iter()
+        .map(|e| {
+            std::thread::spawn(move || loop {
+                match e.next_event(Some(T)) {
+                    Ok(Pulled::Item(ExecEvent::Started { .. })) => continue,
+                    other => return other,
+                }
+            })
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(300));
+    let killed_at = Instant::now();
+    relay.child.kill().unwrap();
+    for w in waiters {
+        let r = w.join().unwrap();
+        assert!(
+            matches!(
+                r,
+                Err(Error::Closed(CloseCause::Eof)) | Err(Error::Closed(CloseCause::Io(_)))
+            ),
+            "{r:?}"
+        );
+    }
+    assert!(killed_at.elapsed() < Duration::from_secs(5));
+    // Later calls fail at once with the same cause.
+    let started = Instant::now();
+    assert!(matches!(fs::stat(&c, "/", T), Err(Error::Closed(_))));
+    assert!(started.elapsed() < Duration::from_secs(1));
+}
+
+#[test]
+fn close_is_idempotent_and_wakes_waiters() {
+    let relay = Relay::start(&[]);
+    let c = relay.connect();
+    let sub = c.subscribe_new().unwrap();
+    let c2 = c.clone();
+    let t = std::thread::spawn(move || sub.recv_timeout(None));
+    std::thread::sleep(Duration::from_millis(100));
+    c2.close();
+    c2.close();
+    assert!(matches!(
+        t.join().unwrap(),
+        Err(Error::Closed(CloseCause::ClosedByCaller))
+    ));
+    assert!(matches!(c.subscribe_new(), Err(Error::Closed(_))));
+}
+
+#[test]
+fn ids_outside_the_range_cannot_be_subscribed() {
+    let relay = Relay::start(&[]);
+    let c = relay.connect();
+    assert!(matches!(c.subscribe(0), Err(Error::IdUnavailable(0))));
+    assert!(matches!(
+        c.subscribe(ID_RANGE_STEP),
+        Err(Error::IdUnavailable(_))
+    ));
+    let id = c.alloc_id();
+    let _s = c.subscribe(id).unwrap();
+    assert!(matches!(c.subscribe(id), Err(Error::IdUnavailable(_))));
+}
+
+#[test]
+fn backpressure_bounds_memory_and_loses_nothing() {
+    let relay = Relay::start(&["--exec-chunk", "65536"]);
+    let options = ClientOptions {
+        memory_budget: 256 * 1024,
+        ..ClientOptions::default()
+    };
+    let c = Client::connect(&relay.socket, &options).unwrap();
+    let total = 32 * 1024 * 1024;
+    let e = Exec::start(
+        &c,
+        &sh(&format!(
+            "head -c {total} /dev/urandom | tee /dev/stderr | sha256sum >&2"
+        )),
+        T,
+    )
+    .unwrap();
+    // Not reading: the reader must stop at the budget plus at most one frame.
+    std::thread::sleep(Duration::from_millis(500));
+    let queued = c.counters().bytes_queued;
+    assert!(queued <= 256 * 1024 + 4 * 1024 * 1024, "queued {queued}");
+    assert!(queued > 0);
+    let mut stdout = 0usize;
+    let mut stderr = Vec::new();
+    loop {
+        match e.next_event(Some(T)).unwrap() {
+            Pulled::Item(ExecEvent::Stdout(d)) => stdout += d.len(),
+            Pulled::Item(ExecEvent::Stderr(d)) => stderr.extend_from_slice(&d),
+            Pulled::Item(ExecEvent::Exited { code }) => {
+                assert_eq!(code, 0);
+                break;
+            }
+            Pulled::Item(ExecEvent::Started { .. }) => {}
+            other => panic!("{other:?}"),
+        }
+        assert!(c.counters().bytes_queued <= 256 * 1024 + 4 * 1024 * 1024);
+    }
+    assert_eq!(stdout, 0);
+    // stderr carries the data followed by its hash: check it arrived intact.
+    assert!(stderr.len() > total);
+    let (data, hash_line) = stderr.split_at(total);
+    let hash = String::from_utf8_lossy(hash_line);
+    let mut tmp = std::env::temp_dir();
+    tmp.push(format!("msb-bp-{}", rand_suffix()));
+    std::fs::write(&tmp, data).unwrap();
+    let out = Command::new("sha256sum").arg(&tmp).output().unwrap();
+    std::fs::remove_file(&tmp).unwrap();
+    let ours = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        ours.split_whitespace().next(),
+        hash.split_whitespace().next(),
+        "data corrupted or reordered"
+    );
+}
+
+#[test]
+fn fs_round_trips() {
+    let relay = Relay::start(&[]);
+    let c = relay.connect();
+    fs::mkdir(&c, "/a/b", T).unwrap();
+    let big: Vec<u8> = (0..7 * 1024 * 1024u32)
+        .map(|i| (i * 31 % 251) as u8)
+        .collect();
+    fs::write_file(&c, "/a/b/big", &big, Some(0o600), T).unwrap();
+    assert_eq!(&fs::read_file(&c, "/a/b/big", T).unwrap()[..], &big[..]);
+    let st = fs::stat(&c, "/a/b/big", T).unwrap();
+    assert_eq!((st.size, st.mode & 0o7777), (big.len() as u64, 0o600));
+    fs::copy(&c, "/a/b/big", "/a/c", T).unwrap();
+    fs::rename(&c, "/a/c", "/a/d", T).unwrap();
+    let mut names: Vec<String> = fs::list(&c, "/a", T)
+        .unwrap()
+        .into_iter()
+        .map(|e| e.path)
+        .collect();
+    names.sort();
+    assert_eq!(names, ["/a/b", "/a/d"]);
+    fs::remove(&c, "/a/d", T).unwrap();
+    fs::remove_dir(&c, "/a", T).unwrap();
+    let err = fs::read_file(&c, "/a/b/big", T).unwrap_err();
+    assert!(matches!(err, Error::Guest(_)), "{err}");
+    assert!(!relay.root().join("a").exists());
+}
+
+// ------------------------------------------------------------ scripted peer
+
+/// A peer that performs the handshake and then runs `script` on the socket.
+fn scripted_peer(
+    script: impl FnOnce(std::os::unix::net::UnixStream) + Send + 'static,
+) -> (PathBuf, std::thread::JoinHandle<()>) {
+    let dir = std::env::temp_dir().join(format!("msb-peer-{}", rand_suffix()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("s.sock");
+    let listener = UnixListener::bind(&path).unwrap();
+    let t = std::thread::spawn(move || {
+        let (mut s, _) = listener.accept().unwrap();
+        let mut hs = 0u32.to_be_bytes().to_vec();
+        let ready = Ready {
+            boot_time_ns: 1,
+            init_time_ns: 2,
+            ready_time_ns: 3,
+        };
+        encode_frame(&mut hs, "core.ready", 0, 0, &ready.to_bytes());
+        s.write_all(&hs).unwrap();
+        script(s);
+    });
+    (path, t)
+}
+
+fn read_frame(s: &mut impl Read) -> (u32, Vec<u8>) {
+    let mut len = [0u8; 4];
+    s.read_exact(&mut len).unwrap();
+    let mut rest = vec![0u8; u32::from_be_bytes(len) as usize];
+    s.read_exact(&mut rest).unwrap();
+    (u32::from_be_bytes(rest[..4].try_into().unwrap()), rest)
+}
+
+#[test]
+fn request_timeout_removes_the_pending_entry_and_late_replies_are_counted() {
+    let (path, peer) = scripted_peer(|mut s| {
+        let (id, _) = read_frame(&mut s);
+        std::thread::sleep(Duration::from_millis(400));
+        let mut out = Vec::new();
+        encode_frame(
+            &mut out,
+            "core.fs.response",
+            id,
+            1,
+            &FsResponse::ok().to_bytes(),
+        );
+        s.write_all(&out).unwrap();
+        std::thread::sleep(Duration::from_millis(300));
+    });
+    let c = Client::connect(&path, &ClientOptions::default()).unwrap();
+    assert_eq!(c.ready().init_time_ns, 2);
+    let p = FsRequest {
+        op: FsOp::Stat { path: "/".into() },
+    }
+    .to_bytes();
+    let started = Instant::now();
+    let err = c
+        .request(&MessageType::FsRequest, &p, Duration::from_millis(100))
+        .unwrap_err();
+    assert!(matches!(err, Error::Timeout(_)), "{err}");
+    assert!(started.elapsed() < Duration::from_millis(400));
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(c.counters().dropped_no_subscriber, 1);
+    peer.join().unwrap();
+}
+
+#[test]
+fn connect_times_out_on_a_silent_relay() {
+    let dir = std::env::temp_dir().join(format!("msb-silent-{}", rand_suffix()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("s.sock");
+    let listener = UnixListener::bind(&path).unwrap();
+    let options = ClientOptions {
+        connect_timeout: Duration::from_millis(300),
+        ..ClientOptions::default()
+    };
+    let started = Instant::now();
+    let err = Client::connect(&path, &options).err().unwrap();
+    assert!(matches!(err, Error::Timeout(_)), "{err}");
+    assert!(started.elapsed() < Duration::from_secs(2));
+    drop(listener);
+}
+
+#[test]
+fn frames_outside_our_range_are_dropped_and_counted() {
+    let (path, peer) = scripted_peer(|mut s| {
+        let (id, _) = read_frame(&mut s);
+        let mut out = Vec::new();
+        let resp = FsResponse::ok().to_bytes();
+        encode_frame(&mut out, "core.fs.response", id + ID_RANGE_STEP, 1, &resp);
+        encode_frame(&mut out, "core.future.thing", id, 0, b"");
+        encode_frame(&mut out, "core.fs.response", id, 1, &resp);
+        s.write_all(&out).unwrap();
+        std::thread::sleep(Duration::from_millis(300));
+    });
+    let c = Client::connect(&path, &ClientOptions::default()).unwrap();
+    fs::mkdir(&c, "/x", T).unwrap();
+    let k = c.counters();
+    assert_eq!(
+        (k.dropped_out_of_range, k.unknown_type, k.frames_received),
+        (1, 1, 3)
+    );
+    peer.join().unwrap();
+}
