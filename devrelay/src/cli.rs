@@ -53,9 +53,17 @@ EXEC:
     disconnects has its running execs' groups SIGKILLed. `user` is honoured
     (setgid/setuid via getpwnam) only when the relay runs as root; otherwise
     the exec is refused with a core.exec.stderr message and exit code -1.
-    An unknown rlimit name is refused the same way. Stdin for one exec is
-    queued up to 16 MiB; beyond that the relay stops reading that client's
-    socket until the process drains it.
+    An unknown rlimit name or an env entry without '=' is refused the same
+    way; a command that cannot be spawned gets core.exec.exited {code: -1}
+    alone. With tty: true, empty stdin data types ^D (a pty cannot be
+    half-closed). Stdin for one exec is queued up to 16 MiB; beyond that the
+    relay stops reading that client's socket until the process drains it.
+
+FS:
+    Requests see --root as \"/\". Read streams core.fs.data chunks of at most
+    2 MiB, then core.fs.response; Write buffers incoming chunks (flushing to
+    disk every 8 MiB) and answers after the empty end-of-data chunk. Errors
+    are ok:false with the io error and the guest path.
 
 FAULT MODES (each applies to every client connection, after a normal
 handshake unless stated):

@@ -282,6 +282,13 @@ fn unsafe_zeroed_passwd() -> libc::passwd {
 /// right after the request find it; a task then carries the session to its
 /// end (started, output, exited).
 pub async fn start(env: ExecEnv, id: u32, req: ExecRequest) {
+    if env.table.lock().unwrap().contains_key(&id) {
+        // Replacing the entry would orphan the running session's controls.
+        let message = format!("id {id} already belongs to a running exec");
+        log!("exec {id} refused: {message}");
+        let _ = refuse(&env.outbox, id, &message).await;
+        return;
+    }
     let prepared = match prepare(&req) {
         Ok(p) => p,
         Err(message) => {

@@ -503,3 +503,22 @@ fn stdin_and_signal_sent_right_after_the_request_are_not_lost() {
     assert_eq!(out.code, -1);
     assert!(started.elapsed() < Duration::from_secs(5));
 }
+
+#[test]
+fn an_id_already_running_is_refused_without_disturbing_it() {
+    let relay = Relay::start_with("dupid", &["--quiet"]);
+    let mut c = relay.connect();
+    let id = c.start_exec(&exec_req("cat", &[]));
+    assert_eq!(c.recv().message_type, MessageType::ExecStarted);
+    c.send_payload(MessageType::ExecRequest, id, &exec_req("true", &[]));
+    let refusal = c.recv();
+    assert_eq!(refusal.message_type, MessageType::ExecStderr);
+    let exited = c.recv();
+    assert_eq!(exited.message_type, MessageType::ExecExited);
+    // The first exec still has its stdin.
+    c.send_data(MessageType::ExecStdin, id, b"still mine");
+    c.send_data(MessageType::ExecStdin, id, b"");
+    let out = c.finish_exec(id);
+    assert_eq!(out.stdout_text(), "still mine");
+    assert_eq!(out.code, 0);
+}

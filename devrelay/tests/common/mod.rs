@@ -187,6 +187,7 @@ pub struct Client {
     pub id_offset: u32,
     pub ready: Ready,
     next_id: u32,
+    read_buf: Vec<u8>,
 }
 
 /// Everything an exec produced.
@@ -222,6 +223,7 @@ impl Client {
             id_offset,
             ready: Ready::default(),
             next_id: id_offset + 1,
+            read_buf: vec![0u8; 256 * 1024],
         };
         let ready = client.recv();
         assert_eq!(ready.message_type, MessageType::Ready);
@@ -270,10 +272,9 @@ impl Client {
                 );
                 return Some(message);
             }
-            let mut buf = vec![0u8; 256 * 1024];
-            match self.stream.read(&mut buf) {
+            match self.stream.read(&mut self.read_buf) {
                 Ok(0) | Err(_) => return None,
-                Ok(n) => self.decoder.extend(&buf[..n]),
+                Ok(n) => self.decoder.extend(&self.read_buf[..n]),
             }
         }
     }
