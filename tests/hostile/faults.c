@@ -1,0 +1,928 @@
+/*
+ * A hostile relay: every fault mode of msb-devrelay, plus a scripted peer on
+ * a socketpair for the cases where the test must control exactly when the
+ * bad bytes arrive (waiters already blocked). Each scenario runs twice:
+ * waiting with blocking pulls, and waiting on the readiness fd with poll(2)
+ * followed by pulls with timeout 0.
+ *
+ * What every scenario asserts: the expected status and an error message that
+ * names the problem, every call back within its timeout plus a slack
+ * (MSB_TEST_SLACK_MS), and, where the library must drop and count, the
+ * counters and a request that still succeeds.
+ *
+ *   cc -std=c11 -Wall -Wextra -Wpedantic -Werror -Iinclude tests/hostile/faults.c \
+ *      -Ltarget/release -lmicrosandbox_agent -lpthread -o faults
+ *   LD_LIBRARY_PATH=target/release ./faults      (from the repository root)
+ */
+#define _GNU_SOURCE
+#include <pthread.h>
+#include <sys/socket.h>
+#include <sys/un.h>
+
+#include "harness.h"
+
+#define MIB (1024 * 1024)
+#define DEFAULT_BUDGET (16 * MIB)
+/* The devrelay's flood sends core.exec.stdout frames of exactly this many
+ * data bytes, every byte 'f'. */
+#define FLOOD_CHUNK (64 * 1024)
+#define FLOOD_BYTE 'f'
+/* The devrelay's id for out-of-range-id: one past the client's range. */
+#define ID_RANGE_STEP 268435455u
+
+/* The most the client may hold unread with the default budget: the reader
+ * stops reading once the budget is spent, but the read that crossed it may
+ * have brought up to its 256 KiB buffer of frames plus one large frame read
+ * directly (the library's READ_BUFFER; observed peaks are budget + ~25 KiB). */
+#define QUEUED_LIMIT ((uint64_t)DEFAULT_BUDGET + 256 * 1024 + FLOOD_CHUNK + 1024)
+
+/* Pull timeout for scenarios where something is expected to arrive. */
+#define PULL_TIMEOUT 3000
+
+/* ------------------------------------------------------------ helpers */
+
+static msb_exec_request *new_request(const char *cmd, const char *arg) {
+    msb_exec_request *req = NULL;
+    CHECK_STATUS(msb_exec_request_new(cmd, &req, NULL), MSB_OK);
+    if (arg != NULL && req != NULL) CHECK_STATUS(msb_exec_request_add_arg(req, arg, NULL), MSB_OK);
+    return req;
+}
+
+static msb_counters counters_of(const msb_client *c) {
+    msb_counters k;
+    memset(&k, 0, sizeof k);
+    k.struct_size = sizeof k;
+    CHECK_STATUS(msb_client_counters(c, &k), MSB_OK);
+    return k;
+}
+
+/* Runs `echo hi` through msb_exec_start and the pulls of `mode` and checks
+ * the whole conversation: started, "hi\n", exit 0, ended. */
+static void check_echo_conversation(const msb_client *c, enum wait_mode mode) {
+    msb_exec_request *req = new_request("echo", "hi");
+    msb_exec *exec = NULL;
+    msb_error *err = NULL;
+    msb_status s = msb_exec_start(c, req, PULL_TIMEOUT, &exec, &err);
+    msb_exec_request_free(req);
+    CHECK_STATUS(s, MSB_OK);
+    if (s != MSB_OK) {
+        msb_error_free(err);
+        return;
+    }
+    int started = 0, exited = 0, ended = 0;
+    char out[64];
+    size_t out_len = 0;
+    for (int i = 0; i < 16 && !ended; i++) {
+        msb_exec_event *ev = NULL;
+        int64_t t0 = h_now_ms();
+        s = pull_event(exec, mode, PULL_TIMEOUT, &ev, &err);
+        CHECK_WITHIN(t0, PULL_TIMEOUT);
+        if (s == MSB_ENDED) {
+            ended = 1;
+        } else if (s == MSB_OK) {
+            switch (msb_exec_event_kind(ev)) {
+            case MSB_EXEC_STARTED: started++; break;
+            case MSB_EXEC_STDOUT: {
+                size_t n = 0;
+                const uint8_t *d = msb_exec_event_data(ev, &n);
+                if (out_len + n <= sizeof out) memcpy(out + out_len, d, n);
+                out_len += n;
+                break;
+            }
+            case MSB_EXEC_EXITED:
+                exited++;
+                CHECK(msb_exec_event_exit_code(ev) == 0);
+                break;
+            default: CHECK_MSG(0, "unexpected event kind %d", msb_exec_event_kind(ev));
+            }
+            msb_exec_event_free(ev);
+        } else {
+            CHECK_MSG(0, "pull returned %s: %s", msb_status_str(s), msb_error_message(err));
+            msb_error_free(err);
+            break;
+        }
+    }
+    CHECK(started == 1);
+    CHECK(exited == 1);
+    CHECK(ended);
+    CHECK(out_len == 3 && memcmp(out, "hi\n", 3) == 0);
+    msb_exec_free(exec);
+}
+
+/* A small file written and read back, and a stat of it. */
+static void check_fs_round_trip(const msb_client *c, enum wait_mode mode) {
+    static const char body[] = "still works";
+    msb_error *err = NULL;
+    msb_status s = msb_fs_write_file(c, "/probe.txt", (const uint8_t *)body, sizeof body - 1, -1,
+                                     PULL_TIMEOUT, &err);
+    CHECK_STATUS(s, MSB_OK);
+    if (s != MSB_OK) msb_error_free(err);
+    msb_fs_entry *entry = NULL;
+    s = msb_fs_stat(c, "/probe.txt", PULL_TIMEOUT, &entry, &err);
+    CHECK_STATUS(s, MSB_OK);
+    if (s == MSB_OK) {
+        CHECK(msb_fs_entry_size(entry) == sizeof body - 1);
+        msb_fs_entry_free(entry);
+    } else {
+        msb_error_free(err);
+    }
+    /* Read through the streaming reader so the pulls follow `mode`. */
+    msb_file_reader *reader = NULL;
+    s = msb_file_reader_open(c, "/probe.txt", PULL_TIMEOUT, &reader, &err);
+    CHECK_STATUS(s, MSB_OK);
+    if (s != MSB_OK) {
+        msb_error_free(err);
+        return;
+    }
+    size_t got = 0;
+    for (int i = 0; i < 8; i++) {
+        msb_bytes *chunk = NULL;
+        s = pull_chunk(reader, mode, PULL_TIMEOUT, &chunk, &err);
+        if (s == MSB_OK) {
+            CHECK(got + msb_bytes_len(chunk) <= sizeof body - 1);
+            if (got + msb_bytes_len(chunk) <= sizeof body - 1)
+                CHECK(memcmp(msb_bytes_data(chunk), body + got, msb_bytes_len(chunk)) == 0);
+            got += msb_bytes_len(chunk);
+            msb_bytes_free(chunk);
+            continue;
+        }
+        if (s != MSB_ENDED) {
+            CHECK_MSG(0, "reader pull: %s: %s", msb_status_str(s), msb_error_message(err));
+            msb_error_free(err);
+        }
+        break;
+    }
+    CHECK(got == sizeof body - 1);
+    msb_file_reader_free(reader);
+}
+
+/* ------------------------------------------------------------ malformed frames from the relay */
+
+/*
+ * The relay sends one malformed frame right after a normal handshake. An exec
+ * started around then either fails to start or has its event pull fail; both
+ * must carry `code` and a message naming the problem, and every later call
+ * fails the same way, quickly.
+ */
+static void relay_breaks_connection(const char *fault, enum wait_mode mode, msb_status code,
+                                    const char *needle) {
+    struct relay r;
+    if (relay_start(&r, fault) != 0) {
+        CHECK_MSG(0, "relay did not start");
+        relay_stop(&r);
+        return;
+    }
+    msb_client *c = h_connect(&r, 5000, 0);
+    if (c != NULL) {
+        msb_exec_request *req = new_request("true", NULL);
+        msb_exec *exec = NULL;
+        msb_error *err = NULL;
+        int64_t t0 = h_now_ms();
+        msb_status s = msb_exec_start(c, req, PULL_TIMEOUT, &exec, &err);
+        CHECK_WITHIN(t0, PULL_TIMEOUT);
+        if (s == MSB_OK) {
+            /* The relay serves nothing after the fault: no event may arrive,
+             * only the connection's death. */
+            msb_exec_event *ev = NULL;
+            t0 = h_now_ms();
+            s = pull_event(exec, mode, PULL_TIMEOUT, &ev, &err);
+            CHECK_WITHIN(t0, PULL_TIMEOUT);
+            if (s == MSB_OK) {
+                CHECK_MSG(0, "got an event of kind %d from a broken relay", msb_exec_event_kind(ev));
+                msb_exec_event_free(ev);
+            }
+            /* Once failed, the pull keeps failing the same way. */
+            msb_error *again = NULL;
+            CHECK_STATUS(pull_event(exec, mode, 0, &ev, &again), code);
+            CHECK_ERROR(again, code, needle);
+        }
+        CHECK_STATUS(s, code);
+        CHECK_ERROR(err, code, needle);
+        msb_exec_free(exec);
+
+        /* Later calls fail at once with the same cause. */
+        msb_fs_entry *entry = NULL;
+        err = NULL;
+        t0 = h_now_ms();
+        CHECK_STATUS(msb_fs_stat(c, "/", PULL_TIMEOUT, &entry, &err), code);
+        CHECK_WITHIN(t0, 0);
+        CHECK_ERROR(err, code, needle);
+        msb_exec_request_free(req);
+        /* Counters stay readable on a failed client. */
+        (void)counters_of(c);
+        msb_client_free(c);
+    }
+    relay_stop(&r);
+}
+
+#define RELAY_BREAKS(fn, fault, code, needle)                                 \
+    static void fn##_blocking(void) { relay_breaks_connection(fault, WAIT_BLOCKING, code, needle); } \
+    static void fn##_poll(void) { relay_breaks_connection(fault, WAIT_POLL, code, needle); }
+
+RELAY_BREAKS(oversize_frame, "oversize-frame", MSB_ERR_PROTOCOL, "exceeds the 4194304-byte limit")
+RELAY_BREAKS(short_frame, "short-frame", MSB_ERR_PROTOCOL, "shorter than the 5-byte header")
+RELAY_BREAKS(bad_cbor, "bad-cbor", MSB_ERR_PROTOCOL, "malformed frame body")
+RELAY_BREAKS(bad_body_shape, "bad-body-shape", MSB_ERR_PROTOCOL, "malformed frame body")
+/* Half a frame then EOF: the relay hung up, which is a closed connection,
+ * not a malformed frame (nothing malformed was ever complete). */
+RELAY_BREAKS(truncated_frame, "truncated-frame", MSB_ERR_CLOSED, "closed the connection")
+
+/* ------------------------------------------------------------ dropped and counted */
+
+static void unknown_type(enum wait_mode mode) {
+    struct relay r;
+    if (relay_start(&r, "unknown-type") != 0) {
+        CHECK_MSG(0, "relay did not start");
+        relay_stop(&r);
+        return;
+    }
+    msb_client *c = h_connect(&r, 5000, 0);
+    if (c != NULL) {
+        /* Each request is preceded by a core.bogus.type frame on its id: the
+         * exec and fs calls skip it, and it is counted. */
+        check_echo_conversation(c, mode);
+        CHECK(counters_of(c).unknown_type == 1);
+        check_fs_round_trip(c, mode);
+        CHECK(counters_of(c).unknown_type == 4); /* write, stat, read */
+
+        /* The raw tier delivers it as received. */
+        static const uint8_t stat_root[] = {0xa1, 0x62, 'o', 'p', 0xa1, 0x64, 'S', 't', 'a', 't',
+                                            0xa1, 0x64, 'p', 'a', 't', 'h', 0x61, '/'};
+        msb_message *reply = NULL;
+        msb_error *err = NULL;
+        msb_status s = msb_client_request(c, "core.fs.request", stat_root, sizeof stat_root,
+                                          PULL_TIMEOUT, &reply, &err);
+        CHECK_STATUS(s, MSB_OK);
+        if (s == MSB_OK) {
+            CHECK(strcmp(msb_message_type(reply), "core.bogus.type") == 0);
+            CHECK(msb_message_flags(reply) == 0);
+            msb_message_free(reply);
+        } else {
+            msb_error_free(err);
+        }
+        CHECK(counters_of(c).unknown_type == 5);
+        msb_client_free(c);
+    }
+    relay_stop(&r);
+}
+
+static void out_of_range_id(enum wait_mode mode) {
+    struct relay r;
+    if (relay_start(&r, "out-of-range-id") != 0) {
+        CHECK_MSG(0, "relay did not start");
+        relay_stop(&r);
+        return;
+    }
+    msb_client *c = h_connect(&r, 5000, 0);
+    if (c != NULL) {
+        /* Before each request the relay sends two frames outside our range
+         * (one past it, and id 0): dropped, counted, never delivered. */
+        check_echo_conversation(c, mode);
+        CHECK(counters_of(c).dropped_out_of_range == 2);
+        check_fs_round_trip(c, mode);
+        msb_counters k = counters_of(c);
+        CHECK(k.dropped_out_of_range == 8);
+        CHECK(k.unknown_type == 0);
+        msb_client_free(c);
+    }
+    relay_stop(&r);
+}
+
+/* ------------------------------------------------------------ payload of the wrong shape */
+
+/*
+ * A payload of the wrong shape for its type is a protocol violation like a
+ * malformed frame: the pull that meets it fails with MSB_ERR_PROTOCOL naming
+ * the missing field, and the connection is failed for every later call.
+ */
+static void wrong_payload(enum wait_mode mode) {
+    struct relay r;
+    if (relay_start(&r, "wrong-payload") != 0) {
+        CHECK_MSG(0, "relay did not start");
+        relay_stop(&r);
+        return;
+    }
+    msb_client *c = h_connect(&r, 5000, 0);
+    if (c != NULL) {
+        /* core.exec.started {pid: 0}, then core.exec.stdout {} (no data). */
+        msb_exec_request *req = new_request("true", NULL);
+        msb_exec *exec = NULL;
+        msb_error *err = NULL;
+        msb_status s = msb_exec_start(c, req, PULL_TIMEOUT, &exec, &err);
+        msb_exec_request_free(req);
+        CHECK_STATUS(s, MSB_OK);
+        if (s == MSB_OK) {
+            msb_exec_event *ev = NULL;
+            int64_t t0 = h_now_ms();
+            s = pull_event(exec, mode, PULL_TIMEOUT, &ev, &err);
+            CHECK_WITHIN(t0, PULL_TIMEOUT);
+            CHECK_STATUS(s, MSB_OK);
+            if (s == MSB_OK) {
+                CHECK(msb_exec_event_kind(ev) == MSB_EXEC_STARTED);
+                CHECK(msb_exec_event_pid(ev) == 0);
+                msb_exec_event_free(ev);
+            } else {
+                msb_error_free(err);
+            }
+            err = NULL;
+            t0 = h_now_ms();
+            CHECK_STATUS(pull_event(exec, mode, PULL_TIMEOUT, &ev, &err), MSB_ERR_PROTOCOL);
+            CHECK_WITHIN(t0, PULL_TIMEOUT);
+            CHECK_ERROR(err, MSB_ERR_PROTOCOL, "payload: missing field \"data\"");
+            msb_exec_free(exec);
+        } else {
+            msb_error_free(err);
+        }
+        msb_fs_entry *entry = NULL;
+        err = NULL;
+        int64_t t0 = h_now_ms();
+        CHECK_STATUS(msb_fs_stat(c, "/", PULL_TIMEOUT, &entry, &err), MSB_ERR_PROTOCOL);
+        CHECK_WITHIN(t0, 0);
+        CHECK_ERROR(err, MSB_ERR_PROTOCOL, "missing field \"data\"");
+        msb_client_free(c);
+    }
+
+    /* core.fs.response {"ok": "yes"} on a fresh connection. */
+    c = h_connect(&r, 5000, 0);
+    if (c != NULL) {
+        msb_fs_entry *entry = NULL;
+        msb_error *err = NULL;
+        int64_t t0 = h_now_ms();
+        CHECK_STATUS(msb_fs_stat(c, "/", PULL_TIMEOUT, &entry, &err), MSB_ERR_PROTOCOL);
+        CHECK_WITHIN(t0, PULL_TIMEOUT);
+        CHECK_ERROR(err, MSB_ERR_PROTOCOL, "core.fs.response payload: field \"ok\"");
+        msb_client_free(c);
+    }
+    relay_stop(&r);
+}
+
+/* ------------------------------------------------------------ handshake faults */
+
+/* Connects through the socket path (blocking-style API) or, in the second
+ * run, through msb_client_connect_fd on a socket the test connected itself,
+ * so both entry points are held to the deadline. */
+static void handshake_fault(const char *fault, enum wait_mode mode, msb_status code,
+                            const char *needle) {
+    const uint64_t timeout = 500;
+    struct relay r;
+    if (relay_start(&r, fault) != 0) {
+        CHECK_MSG(0, "relay did not start");
+        relay_stop(&r);
+        return;
+    }
+    msb_connect_options *opts = NULL;
+    CHECK_STATUS(msb_connect_options_new(&opts), MSB_OK);
+    CHECK_STATUS(msb_connect_options_set_timeout_ms(opts, timeout), MSB_OK);
+    msb_client *c = NULL;
+    msb_error *err = NULL;
+    int64_t t0 = h_now_ms();
+    msb_status s;
+    if (mode == WAIT_BLOCKING) {
+        s = msb_client_connect(r.socket, opts, &c, &err);
+    } else {
+        int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+        struct sockaddr_un addr;
+        memset(&addr, 0, sizeof addr);
+        addr.sun_family = AF_UNIX;
+        CHECK(strlen(r.socket) < sizeof addr.sun_path);
+        memcpy(addr.sun_path, r.socket, strlen(r.socket) % sizeof addr.sun_path);
+        CHECK(connect(fd, (struct sockaddr *)&addr, sizeof addr) == 0);
+        s = msb_client_connect_fd(fd, opts, &c, &err);
+        close(fd);
+    }
+    int64_t took = h_now_ms() - t0;
+    CHECK_WITHIN(t0, timeout);
+    if (code == MSB_ERR_TIMEOUT)
+        CHECK_MSG(took >= (int64_t)timeout - 50, "timed out early, after %lld ms", (long long)took);
+    CHECK_STATUS(s, code);
+    CHECK(c == NULL); /* outputs are written only on success */
+    CHECK_ERROR(err, code, needle);
+    msb_client_free(c);
+    msb_connect_options_free(opts);
+    relay_stop(&r);
+}
+
+#define HANDSHAKE(fn, fault, code, needle)                                    \
+    static void fn##_path(void) { handshake_fault(fault, WAIT_BLOCKING, code, needle); } \
+    static void fn##_fd(void) { handshake_fault(fault, WAIT_POLL, code, needle); }
+
+HANDSHAKE(no_handshake, "no-handshake", MSB_ERR_TIMEOUT, "handshake")
+HANDSHAKE(stall_after_id, "stall-after-id", MSB_ERR_TIMEOUT, "handshake")
+HANDSHAKE(not_ready_first, "not-ready-first", MSB_ERR_PROTOCOL, "expected core.ready")
+HANDSHAKE(close_in_handshake, "close-in-handshake", MSB_ERR_HANDSHAKE, "closed the connection during the handshake")
+
+/* ------------------------------------------------------------ close mid-exec */
+
+static void close_mid_exec(enum wait_mode mode) {
+    struct relay r;
+    if (relay_start(&r, "close-mid-exec") != 0) {
+        CHECK_MSG(0, "relay did not start");
+        relay_stop(&r);
+        return;
+    }
+    msb_client *c = h_connect(&r, 5000, 0);
+    if (c != NULL) {
+        msb_exec_request *req = new_request("true", NULL);
+        msb_exec *exec = NULL;
+        msb_error *err = NULL;
+        msb_status s = msb_exec_start(c, req, PULL_TIMEOUT, &exec, &err);
+        msb_exec_request_free(req);
+        CHECK_STATUS(s, MSB_OK);
+        if (s == MSB_OK) {
+            /* What arrived before the relay hung up is delivered, in order,
+             * then the error. */
+            static const int want_kinds[] = {MSB_EXEC_STARTED, MSB_EXEC_STDOUT};
+            for (size_t i = 0; i < 2; i++) {
+                msb_exec_event *ev = NULL;
+                int64_t t0 = h_now_ms();
+                s = pull_event(exec, mode, PULL_TIMEOUT, &ev, &err);
+                CHECK_WITHIN(t0, PULL_TIMEOUT);
+                CHECK_STATUS(s, MSB_OK);
+                if (s != MSB_OK) {
+                    msb_error_free(err);
+                    err = NULL;
+                    continue;
+                }
+                CHECK(msb_exec_event_kind(ev) == want_kinds[i]);
+                if (want_kinds[i] == MSB_EXEC_STDOUT) {
+                    size_t n = 0;
+                    const uint8_t *d = msb_exec_event_data(ev, &n);
+                    CHECK(n == 15 && memcmp(d, "partial output\n", 15) == 0);
+                }
+                msb_exec_event_free(ev);
+            }
+            msb_exec_event *ev = NULL;
+            int64_t t0 = h_now_ms();
+            CHECK_STATUS(pull_event(exec, mode, PULL_TIMEOUT, &ev, &err), MSB_ERR_CLOSED);
+            CHECK_WITHIN(t0, PULL_TIMEOUT);
+            CHECK_ERROR(err, MSB_ERR_CLOSED, "the relay closed the connection");
+            msb_exec_free(exec);
+        } else {
+            msb_error_free(err);
+        }
+        msb_client_free(c);
+    }
+    relay_stop(&r);
+}
+
+/* ------------------------------------------------------------ flood */
+
+/*
+ * The caller starts a flooding exec and does not read for
+ * MSB_FLOOD_SECONDS (default 10). Memory stays bounded: RSS under 64 MiB
+ * with the default 16 MiB budget, and the queued bytes never above
+ * QUEUED_LIMIT. Not repeated per wait mode: nobody waits.
+ */
+static void flood_not_reading(void) {
+    const int64_t seconds = h_env_int("MSB_FLOOD_SECONDS", 10);
+    struct relay r;
+    if (relay_start(&r, "flood") != 0) {
+        CHECK_MSG(0, "relay did not start");
+        relay_stop(&r);
+        return;
+    }
+    long rss_before = h_rss_kib();
+    msb_client *c = h_connect(&r, 5000, 0);
+    if (c != NULL) {
+        msb_exec_request *req = new_request("true", NULL);
+        msb_exec *exec = NULL;
+        CHECK_STATUS(msb_exec_start(c, req, PULL_TIMEOUT, &exec, NULL), MSB_OK);
+        msb_exec_request_free(req);
+        long rss_max = 0;
+        uint64_t queued_max = 0;
+        int64_t end = h_now_ms() + seconds * 1000;
+        while (h_now_ms() < end) {
+            h_sleep_ms(200);
+            long rss = h_rss_kib();
+            if (rss > rss_max) rss_max = rss;
+            uint64_t q = counters_of(c).bytes_queued;
+            if (q > queued_max) queued_max = q;
+        }
+        const uint64_t queued_limit = QUEUED_LIMIT;
+        printf("     flood, not reading for %llds: max RSS %ld KiB (before %ld KiB), max queued %llu bytes\n",
+               (long long)seconds, rss_max, rss_before, (unsigned long long)queued_max);
+        CHECK_MSG(queued_max <= queued_limit, "queued %llu > limit %llu",
+                  (unsigned long long)queued_max, (unsigned long long)queued_limit);
+        /* The flood really filled the budget (the bound was exercised). */
+        CHECK_MSG(queued_max >= DEFAULT_BUDGET - FLOOD_CHUNK - 1024, "queued only %llu",
+                  (unsigned long long)queued_max);
+        CHECK_MSG(rss_max - rss_before < 48 * 1024, "RSS grew by %ld KiB", rss_max - rss_before);
+        if (!h_instrumented()) CHECK_MSG(rss_max < 64 * 1024, "max RSS %ld KiB >= 64 MiB", rss_max);
+        /* Still alive: the queued output can be pulled. */
+        if (exec != NULL) {
+            msb_exec_event *ev = NULL;
+            CHECK_STATUS(msb_exec_next_event(exec, PULL_TIMEOUT, &ev, NULL), MSB_OK);
+            CHECK(msb_exec_event_kind(ev) == MSB_EXEC_STARTED);
+            msb_exec_event_free(ev);
+            CHECK_STATUS(msb_exec_next_event(exec, PULL_TIMEOUT, &ev, NULL), MSB_OK);
+            CHECK(msb_exec_event_kind(ev) == MSB_EXEC_STDOUT);
+            msb_exec_event_free(ev);
+        }
+        msb_exec_free(exec);
+        /* Freeing the exec returns its queued bytes to the budget. */
+        CHECK(counters_of(c).bytes_queued < FLOOD_CHUNK * 8);
+        msb_client_free(c);
+    }
+    relay_stop(&r);
+}
+
+/*
+ * The caller reads slowly (a pause after every few pulls) through more than
+ * the budget's worth of flood: every frame arrives whole, none is lost or
+ * merged, and the bytes are the relay's. The flood's bytes are all 'f', so
+ * order within the stream is checked by count and frame size, not content.
+ */
+static void flood_slow_reader(enum wait_mode mode) {
+    const int frames = (int)h_env_int("MSB_FLOOD_FRAMES", 400); /* 25 MiB */
+    struct relay r;
+    if (relay_start(&r, "flood") != 0) {
+        CHECK_MSG(0, "relay did not start");
+        relay_stop(&r);
+        return;
+    }
+    msb_client *c = h_connect(&r, 5000, 0);
+    if (c != NULL) {
+        msb_exec_request *req = new_request("true", NULL);
+        msb_exec *exec = NULL;
+        msb_error *err = NULL;
+        CHECK_STATUS(msb_exec_start(c, req, PULL_TIMEOUT, &exec, &err), MSB_OK);
+        msb_exec_request_free(req);
+        int got_frames = 0, bad_frames = 0, started = 0;
+        uint64_t got_bytes = 0;
+        while (exec != NULL && got_frames < frames) {
+            msb_exec_event *ev = NULL;
+            int64_t t0 = h_now_ms();
+            msb_status s = pull_event(exec, mode, PULL_TIMEOUT, &ev, &err);
+            CHECK_WITHIN(t0, PULL_TIMEOUT);
+            if (s != MSB_OK) {
+                CHECK_MSG(0, "pull %d: %s: %s", got_frames, msb_status_str(s), msb_error_message(err));
+                msb_error_free(err);
+                break;
+            }
+            int kind = msb_exec_event_kind(ev);
+            if (kind == MSB_EXEC_STARTED) {
+                CHECK(got_frames == 0 && started == 0);
+                started++;
+            } else if (kind == MSB_EXEC_STDOUT) {
+                size_t n = 0;
+                const uint8_t *d = msb_exec_event_data(ev, &n);
+                int whole = n == FLOOD_CHUNK;
+                for (size_t i = 0; whole && i < n; i++) whole = d[i] == FLOOD_BYTE;
+                if (!whole) bad_frames++;
+                got_bytes += n;
+                got_frames++;
+            } else {
+                CHECK_MSG(0, "unexpected event kind %d", kind);
+            }
+            msb_exec_event_free(ev);
+            if (got_frames % 8 == 0) h_sleep_ms(5);
+        }
+        CHECK(started == 1);
+        CHECK(bad_frames == 0);
+        CHECK(got_frames == frames);
+        CHECK(got_bytes == (uint64_t)frames * FLOOD_CHUNK);
+        msb_counters k = counters_of(c);
+        CHECK(k.bytes_queued <= QUEUED_LIMIT);
+        CHECK(k.frames_received >= (uint64_t)frames + 1);
+        msb_exec_free(exec);
+        msb_client_free(c);
+    }
+    relay_stop(&r);
+}
+
+/* ------------------------------------------------------------ the relay stops reading */
+
+/*
+ * The relay completes the handshake and never reads again, so our writes
+ * fill the socket buffer and block. Every send must give up at its deadline.
+ * A send that times out after writing part of a frame leaves the stream
+ * unframeable, so each kind of send gets a fresh client.
+ */
+static void stop_reading(enum wait_mode mode) {
+    const int64_t timeout = 300;
+    const size_t big = 32 * MIB;
+    uint8_t *data = calloc(big, 1);
+    struct relay r;
+    if (data == NULL || relay_start(&r, "stop-reading") != 0) {
+        CHECK_MSG(0, "setup failed");
+        free(data);
+        return;
+    }
+
+    /* 1. stdin of an exec: the request itself fits in the socket buffer. */
+    msb_client *c = h_connect(&r, 5000, 0);
+    if (c != NULL) {
+        msb_exec_request *req = new_request("cat", NULL);
+        msb_exec *exec = NULL;
+        msb_error *err = NULL;
+        CHECK_STATUS(msb_exec_start(c, req, timeout, &exec, &err), MSB_OK);
+        msb_exec_request_free(req);
+        if (exec != NULL) {
+            int64_t t0 = h_now_ms();
+            CHECK_STATUS(msb_exec_write_stdin(exec, data, big, timeout, &err), MSB_ERR_TIMEOUT);
+            CHECK_WITHIN(t0, timeout);
+            CHECK_ERROR(err, MSB_ERR_TIMEOUT, "timed out");
+            /* The exec's own pull is not stuck either: the connection was
+             * failed by the half-written frame, and the waiter learns it. */
+            msb_exec_event *ev = NULL;
+            err = NULL;
+            t0 = h_now_ms();
+            msb_status s = pull_event(exec, mode, timeout, &ev, &err);
+            CHECK_WITHIN(t0, timeout);
+            CHECK_STATUS(s, MSB_ERR_CLOSED);
+            CHECK_ERROR(err, MSB_ERR_CLOSED, "in the middle of a frame");
+            msb_exec_free(exec);
+        } else {
+            msb_error_free(err);
+        }
+        msb_client_free(c);
+    }
+
+    /* 2. raw sends of nearly 4 MiB until the socket is full. */
+    c = h_connect(&r, 5000, 0);
+    if (c != NULL) {
+        uint32_t id = msb_client_alloc_id(c);
+        const size_t payload = MSB_MAX_FRAME_SIZE - 64;
+        msb_status s = MSB_OK;
+        msb_error *err = NULL;
+        for (int i = 0; i < 64 && s == MSB_OK; i++) {
+            int64_t t0 = h_now_ms();
+            s = msb_client_send(c, "core.exec.stdin", id, data, payload, timeout, &err);
+            CHECK_WITHIN(t0, timeout);
+        }
+        CHECK_STATUS(s, MSB_ERR_TIMEOUT);
+        CHECK_ERROR(err, MSB_ERR_TIMEOUT, "timed out");
+        msb_client_free(c);
+    }
+
+    /* 3. a whole-file write of 32 MiB. */
+    c = h_connect(&r, 5000, 0);
+    if (c != NULL) {
+        msb_error *err = NULL;
+        int64_t t0 = h_now_ms();
+        CHECK_STATUS(msb_fs_write_file(c, "/big.bin", data, big, -1, timeout, &err), MSB_ERR_TIMEOUT);
+        CHECK_WITHIN(t0, timeout);
+        CHECK_ERROR(err, MSB_ERR_TIMEOUT, "timed out");
+        msb_client_free(c);
+    }
+
+    /* 4. a request whose small frame is sent but never answered. */
+    c = h_connect(&r, 5000, 0);
+    if (c != NULL) {
+        msb_error *err = NULL;
+        msb_message *reply = NULL;
+        int64_t t0 = h_now_ms();
+        CHECK_STATUS(msb_client_request(c, "core.fs.request", NULL, 0, timeout, &reply, &err),
+                     MSB_ERR_TIMEOUT);
+        CHECK_WITHIN(t0, timeout);
+        CHECK_ERROR(err, MSB_ERR_TIMEOUT, "timed out");
+        msb_client_free(c);
+    }
+    free(data);
+    relay_stop(&r);
+}
+
+/* ------------------------------------------------------------ scripted peer */
+
+/* Minimal CBOR for frames: heads of text and byte strings. */
+static size_t put_head(uint8_t *out, uint8_t major, size_t len) {
+    if (len < 24) {
+        out[0] = (uint8_t)(major | len);
+        return 1;
+    }
+    if (len < 256) {
+        out[0] = (uint8_t)(major | 24);
+        out[1] = (uint8_t)len;
+        return 2;
+    }
+    out[0] = (uint8_t)(major | 26);
+    for (int i = 0; i < 4; i++) out[1 + i] = (uint8_t)(len >> (24 - 8 * i));
+    return 5;
+}
+
+static void put_u32(uint8_t *out, uint32_t v) {
+    for (int i = 0; i < 4; i++) out[i] = (uint8_t)(v >> (24 - 8 * i));
+}
+
+/* Encodes [len][id][flags]{"v": 1, "t": type, "p": payload} into out (which
+ * must be large enough); returns its size. */
+static size_t put_frame(uint8_t *out, const char *type, uint32_t id, uint8_t flags,
+                        const uint8_t *payload, size_t payload_len) {
+    size_t n = 9;
+    out[n++] = 0xa3;
+    out[n++] = 0x61;
+    out[n++] = 'v';
+    out[n++] = 0x01;
+    out[n++] = 0x61;
+    out[n++] = 't';
+    n += put_head(out + n, 0x60, strlen(type));
+    memcpy(out + n, type, strlen(type));
+    n += strlen(type);
+    out[n++] = 0x61;
+    out[n++] = 'p';
+    n += put_head(out + n, 0x40, payload_len);
+    memcpy(out + n, payload, payload_len);
+    n += payload_len;
+    put_u32(out, (uint32_t)(n - 4));
+    put_u32(out + 4, id);
+    out[8] = flags;
+    return n;
+}
+
+static int write_all(int fd, const uint8_t *p, size_t n) {
+    while (n > 0) {
+        ssize_t w = write(fd, p, n);
+        if (w < 0 && errno == EINTR) continue;
+        if (w <= 0) return -1;
+        p += w;
+        n -= (size_t)w;
+    }
+    return 0;
+}
+
+/* Connects a client to our end of a socketpair after writing a valid
+ * handshake (slot 0) into it. Returns the client; *peer is our end. */
+static msb_client *scripted_connect(int *peer) {
+    int sv[2];
+    if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) != 0) return NULL;
+    static const uint8_t ready[] = {0xa3, 0x6c, 'b', 'o', 'o', 't', '_', 't', 'i', 'm', 'e', '_', 'n', 's', 0x01,
+                                    0x6c, 'i', 'n', 'i', 't', '_', 't', 'i', 'm', 'e', '_', 'n', 's', 0x02,
+                                    0x6d, 'r', 'e', 'a', 'd', 'y', '_', 't', 'i', 'm', 'e', '_', 'n', 's', 0x03};
+    uint8_t hs[128];
+    put_u32(hs, 0);
+    size_t n = 4 + put_frame(hs + 4, "core.ready", 0, 0, ready, sizeof ready);
+    msb_client *c = NULL;
+    msb_error *err = NULL;
+    if (write_all(sv[1], hs, n) != 0 || msb_client_connect_fd(sv[0], NULL, &c, &err) != MSB_OK) {
+        CHECK_MSG(0, "scripted connect: %s", msb_error_message(err));
+        msb_error_free(err);
+        close(sv[0]);
+        close(sv[1]);
+        return NULL;
+    }
+    close(sv[0]); /* the library holds its own duplicate */
+    msb_ready_timings t;
+    CHECK_STATUS(msb_client_ready_timings(c, &t), MSB_OK);
+    CHECK(t.boot_time_ns == 1 && t.init_time_ns == 2 && t.ready_time_ns == 3);
+    *peer = sv[1];
+    return c;
+}
+
+struct waiter {
+    msb_subscription *sub;
+    enum wait_mode mode;
+    int messages;
+    msb_status status;
+    msb_error *err;
+    int64_t returned_at;
+};
+
+static void *waiter_main(void *arg) {
+    struct waiter *w = arg;
+    for (;;) {
+        msb_message *m = NULL;
+        w->status = pull_message(w->sub, w->mode, 10000, &m, &w->err);
+        if (w->status != MSB_OK) break;
+        w->messages++;
+        msb_message_free(m);
+    }
+    w->returned_at = h_now_ms();
+    return NULL;
+}
+
+enum bad_bytes { BAD_OVERSIZE, BAD_SHORT, BAD_CBOR, BAD_MISSING_TYPE, BAD_ARRAY_BODY, BAD_EOF_MID_FRAME };
+
+/*
+ * Waiters are already blocked (three threads, one per subscription) when a
+ * valid message for the first one and then the bad bytes arrive. Every waiter
+ * wakes promptly with the error; the first gets its message before it.
+ */
+static void scripted_bad_bytes(enum wait_mode mode, enum bad_bytes bad, msb_status code,
+                               const char *needle) {
+    int peer = -1;
+    msb_client *c = scripted_connect(&peer);
+    if (c == NULL) return;
+    enum { N = 3 };
+    struct waiter w[N];
+    pthread_t threads[N];
+    for (int i = 0; i < N; i++) {
+        memset(&w[i], 0, sizeof w[i]);
+        w[i].mode = mode;
+        CHECK_STATUS(msb_client_subscribe(c, msb_client_alloc_id(c), &w[i].sub, NULL), MSB_OK);
+        pthread_create(&threads[i], NULL, waiter_main, &w[i]);
+    }
+    h_sleep_ms(150); /* let every waiter block */
+
+    uint8_t buf[256];
+    memset(buf, 0, sizeof buf);
+    static const uint8_t hello[] = {0xa1, 0x64, 'd', 'a', 't', 'a', 0x45, 'h', 'e', 'l', 'l', 'o'};
+    size_t n = put_frame(buf, "core.exec.stdout", msb_subscription_id(w[0].sub), 0, hello, sizeof hello);
+    switch (bad) {
+    case BAD_OVERSIZE: put_u32(buf + n, MSB_MAX_FRAME_SIZE + 1); n += 4 + 12; break;
+    case BAD_SHORT: put_u32(buf + n, 3); n += 4 + 3; break;
+    case BAD_CBOR:
+        put_u32(buf + n, 8);
+        memset(buf + n + 4, 0, 5);
+        memset(buf + n + 9, 0xff, 3);
+        n += 12;
+        break;
+    case BAD_MISSING_TYPE: {
+        /* A map without "t": {"v": 1, "p": h''} */
+        static const uint8_t body[] = {0xa2, 0x61, 'v', 0x01, 0x61, 'p', 0x40};
+        put_u32(buf + n, 5 + sizeof body);
+        memset(buf + n + 4, 0, 5);
+        memcpy(buf + n + 9, body, sizeof body);
+        n += 9 + sizeof body;
+        break;
+    }
+    case BAD_ARRAY_BODY: {
+        /* An array where the {v, t, p} map belongs. */
+        static const uint8_t body[] = {0x83, 0x01, 0x61, 't', 0x40};
+        put_u32(buf + n, 5 + sizeof body);
+        memset(buf + n + 4, 0, 5);
+        memcpy(buf + n + 9, body, sizeof body);
+        n += 9 + sizeof body;
+        break;
+    }
+    case BAD_EOF_MID_FRAME: n += put_frame(buf + n, "core.exec.stdout", 1, 0, hello, sizeof hello) / 2; break;
+    }
+    int64_t sent_at = h_now_ms();
+    CHECK(write_all(peer, buf, n) == 0);
+    if (bad == BAD_EOF_MID_FRAME) {
+        close(peer);
+        peer = -1;
+    }
+    for (int i = 0; i < N; i++) {
+        pthread_join(threads[i], NULL);
+        CHECK_MSG(w[i].returned_at - sent_at <= h_slack_ms(), "waiter %d woke after %lld ms", i,
+                  (long long)(w[i].returned_at - sent_at));
+        CHECK(w[i].messages == (i == 0 ? 1 : 0));
+        CHECK_STATUS(w[i].status, code);
+        CHECK_ERROR(w[i].err, code, needle);
+        msb_subscription_free(w[i].sub);
+    }
+    msb_client_free(c);
+    if (peer >= 0) close(peer);
+}
+
+#define SCRIPTED(fn, bad, code, needle)                                       \
+    static void fn##_blocking(void) { scripted_bad_bytes(WAIT_BLOCKING, bad, code, needle); } \
+    static void fn##_poll(void) { scripted_bad_bytes(WAIT_POLL, bad, code, needle); }
+
+SCRIPTED(scripted_oversize, BAD_OVERSIZE, MSB_ERR_PROTOCOL, "exceeds")
+SCRIPTED(scripted_short, BAD_SHORT, MSB_ERR_PROTOCOL, "shorter")
+SCRIPTED(scripted_bad_cbor, BAD_CBOR, MSB_ERR_PROTOCOL, "malformed frame body")
+SCRIPTED(scripted_missing_type, BAD_MISSING_TYPE, MSB_ERR_PROTOCOL, "missing field \"t\"")
+SCRIPTED(scripted_array_body, BAD_ARRAY_BODY, MSB_ERR_PROTOCOL, "malformed frame body")
+SCRIPTED(scripted_eof_mid_frame, BAD_EOF_MID_FRAME, MSB_ERR_CLOSED, "closed the connection")
+
+/* ------------------------------------------------------------ main */
+
+#define BOTH(fn)                                                              \
+    static void fn##_blocking(void) { fn(WAIT_BLOCKING); }                    \
+    static void fn##_poll(void) { fn(WAIT_POLL); }
+
+BOTH(unknown_type)
+BOTH(out_of_range_id)
+BOTH(wrong_payload)
+BOTH(close_mid_exec)
+BOTH(flood_slow_reader)
+BOTH(stop_reading)
+
+#define RUN_BOTH(name, fn)                                                    \
+    do {                                                                      \
+        h_run(name "/blocking", fn##_blocking);                               \
+        h_run(name "/poll", fn##_poll);                                       \
+    } while (0)
+
+int main(void) {
+    /* A relay that hangs up must not kill us with SIGPIPE. */
+    signal(SIGPIPE, SIG_IGN);
+    RUN_BOTH("oversize-frame", oversize_frame);
+    RUN_BOTH("truncated-frame", truncated_frame);
+    RUN_BOTH("short-frame", short_frame);
+    RUN_BOTH("bad-cbor", bad_cbor);
+    RUN_BOTH("bad-body-shape", bad_body_shape);
+    RUN_BOTH("unknown-type", unknown_type);
+    RUN_BOTH("out-of-range-id", out_of_range_id);
+    RUN_BOTH("wrong-payload", wrong_payload);
+    h_run("no-handshake/path", no_handshake_path);
+    h_run("no-handshake/fd", no_handshake_fd);
+    h_run("stall-after-id/path", stall_after_id_path);
+    h_run("stall-after-id/fd", stall_after_id_fd);
+    h_run("not-ready-first/path", not_ready_first_path);
+    h_run("not-ready-first/fd", not_ready_first_fd);
+    h_run("close-in-handshake/path", close_in_handshake_path);
+    h_run("close-in-handshake/fd", close_in_handshake_fd);
+    RUN_BOTH("close-mid-exec", close_mid_exec);
+    h_run("flood/not-reading", flood_not_reading);
+    RUN_BOTH("flood/slow-reader", flood_slow_reader);
+    RUN_BOTH("stop-reading", stop_reading);
+    RUN_BOTH("scripted/oversize", scripted_oversize);
+    RUN_BOTH("scripted/short", scripted_short);
+    RUN_BOTH("scripted/bad-cbor", scripted_bad_cbor);
+    RUN_BOTH("scripted/missing-type", scripted_missing_type);
+    RUN_BOTH("scripted/array-body", scripted_array_body);
+    RUN_BOTH("scripted/eof-mid-frame", scripted_eof_mid_frame);
+    return h_finish();
+}

@@ -1,0 +1,380 @@
+/*
+ * A tiny test harness for the hostile-input C tests: test registration by
+ * hand, CHECK macros that record failures without aborting the test, a
+ * per-test watchdog (a hang is a failure, not a stuck CI job), wall-clock
+ * bounds, a development relay started per test, and the two ways of waiting
+ * every scenario is run with (blocking pulls, or poll(2) on the readiness fd
+ * followed by a pull with timeout 0).
+ *
+ * Header-only (static functions) so each test program is one translation
+ * unit plus this file. Include it after defining _GNU_SOURCE.
+ */
+#ifndef MSB_HOSTILE_HARNESS_H
+#define MSB_HOSTILE_HARNESS_H
+
+#include <errno.h>
+#include <fcntl.h>
+#include <ftw.h>
+#include <poll.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <sys/types.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "microsandbox_agent.h"
+
+/* ------------------------------------------------------------ results */
+
+static int h_passed;
+static int h_failed;
+static int h_test_failures;
+static const char *h_test_name = "";
+
+static inline void h_record_failure(const char *file, int line, const char *fmt, ...) {
+    va_list ap;
+    h_test_failures++;
+    fprintf(stderr, "  FAIL %s:%d [%s]: ", file, line, h_test_name);
+    va_start(ap, fmt);
+    vfprintf(stderr, fmt, ap);
+    va_end(ap);
+    fputc('\n', stderr);
+}
+
+#define CHECK(cond)                                                           \
+    do {                                                                      \
+        if (!(cond)) h_record_failure(__FILE__, __LINE__, "%s", #cond);      \
+    } while (0)
+
+#define CHECK_MSG(cond, ...)                                                  \
+    do {                                                                      \
+        if (!(cond)) h_record_failure(__FILE__, __LINE__, __VA_ARGS__);       \
+    } while (0)
+
+/* Compares status codes, printing both names on mismatch. */
+#define CHECK_STATUS(got, want)                                               \
+    do {                                                                      \
+        msb_status h_got_ = (got), h_want_ = (want);                          \
+        if (h_got_ != h_want_)                                                \
+            h_record_failure(__FILE__, __LINE__, "%s = %d (%s), want %d (%s)", \
+                             #got, h_got_, msb_status_str(h_got_), h_want_,   \
+                             msb_status_str(h_want_));                        \
+    } while (0)
+
+/* Fails the test if `err` does not carry `code` and a message containing
+ * `needle` (NULL: any message). Releases `err`. */
+#define CHECK_ERROR(err, code, needle) h_check_error(__FILE__, __LINE__, (err), (code), (needle))
+
+static inline void h_check_error(const char *file, int line, msb_error *err, msb_status code,
+                          const char *needle) {
+    if (err == NULL) {
+        h_record_failure(file, line, "no msb_error returned (want %s)", msb_status_str(code));
+        return;
+    }
+    const char *msg = msb_error_message(err);
+    if (msb_error_code(err) != code)
+        h_record_failure(file, line, "error code %d (%s), want %d (%s); message: %s",
+                         msb_error_code(err), msb_status_str(msb_error_code(err)), code,
+                         msb_status_str(code), msg);
+    else if (needle != NULL && strstr(msg, needle) == NULL)
+        h_record_failure(file, line, "error message \"%s\" does not mention \"%s\"", msg, needle);
+    msb_error_free(err);
+}
+
+/* ------------------------------------------------------------ time */
+
+static inline int64_t h_now_ms(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+static inline void h_sleep_ms(int64_t ms) {
+    struct timespec ts = {(time_t)(ms / 1000), (long)(ms % 1000) * 1000000L};
+    while (nanosleep(&ts, &ts) != 0 && errno == EINTR) {
+    }
+}
+
+static inline int64_t h_env_int(const char *name, int64_t fallback) {
+    const char *v = getenv(name);
+    return (v != NULL && *v != '\0') ? strtoll(v, NULL, 10) : fallback;
+}
+
+/* How late a call may return after its timeout. Generous enough for a busy
+ * 2-core machine; raised by the script under valgrind, which slows every
+ * instruction tens of times. */
+static inline int64_t h_slack_ms(void) { return h_env_int("MSB_TEST_SLACK_MS", 400); }
+
+/* Asserts that a call that started at `start` (h_now_ms) came back within
+ * `timeout` plus the slack. */
+#define CHECK_WITHIN(start, timeout)                                          \
+    do {                                                                      \
+        int64_t h_took_ = h_now_ms() - (start);                               \
+        CHECK_MSG(h_took_ <= (int64_t)(timeout) + h_slack_ms(),               \
+                  "took %lld ms, bound %lld ms + %lld ms slack",              \
+                  (long long)h_took_, (long long)(timeout), (long long)h_slack_ms()); \
+    } while (0)
+
+/* ------------------------------------------------------------ running */
+
+/* Seconds one test may take before the watchdog declares it hung. */
+static inline int64_t h_watchdog_s(void) { return h_env_int("MSB_TEST_WATCHDOG_S", 120); }
+
+static inline void h_on_alarm(int sig) {
+    static const char msg[] = "  FAIL: watchdog: a test hung; aborting the run\n";
+    (void)sig;
+    if (write(2, msg, sizeof msg - 1) < 0) {
+    }
+    _exit(3);
+}
+
+typedef void (*h_test_fn)(void);
+
+static inline void h_run(const char *name, h_test_fn fn) {
+    const char *only = getenv("MSB_TEST_ONLY");
+    if (only != NULL && *only != '\0' && strstr(name, only) == NULL) return;
+    h_test_name = name;
+    h_test_failures = 0;
+    signal(SIGALRM, h_on_alarm);
+    alarm((unsigned)h_watchdog_s());
+    int64_t start = h_now_ms();
+    fn();
+    alarm(0);
+    if (h_test_failures == 0) {
+        h_passed++;
+        printf("ok   %s (%lld ms)\n", name, (long long)(h_now_ms() - start));
+    } else {
+        h_failed++;
+        printf("FAIL %s (%lld ms)\n", name, (long long)(h_now_ms() - start));
+    }
+    fflush(stdout);
+}
+
+/* Prints the closing line and returns the process exit status. */
+static inline int h_finish(void) {
+    printf("%d passed, %d failed\n", h_passed, h_failed);
+    return h_failed == 0 ? 0 : 1;
+}
+
+/* ------------------------------------------------------------ waiting */
+
+enum wait_mode { WAIT_BLOCKING, WAIT_POLL };
+
+static inline const char *wait_mode_name(enum wait_mode m) {
+    return m == WAIT_BLOCKING ? "blocking" : "poll";
+}
+
+/* Waits up to timeout_ms for `fd` to become readable. Returns 1 if readable,
+ * 0 on timeout. */
+static inline int h_poll_readable(int fd, int64_t timeout_ms) {
+    int64_t deadline = h_now_ms() + timeout_ms;
+    for (;;) {
+        int64_t left = timeout_ms < 0 ? -1 : deadline - h_now_ms();
+        if (timeout_ms >= 0 && left < 0) left = 0;
+        struct pollfd p = {fd, POLLIN, 0};
+        int r = poll(&p, 1, (int)left);
+        if (r > 0) return 1;
+        if (r == 0) return 0;
+        if (errno != EINTR) return 0;
+    }
+}
+
+/* In poll mode: after poll(2) said readable, a pull with timeout 0 must not
+ * report MSB_NOTHING_YET (the fd's level semantics). */
+#define CHECK_READY_CONSISTENT(readable, status)                              \
+    CHECK_MSG(!(readable) || (status) != MSB_NOTHING_YET,                     \
+              "readiness fd was readable but the pull returned MSB_NOTHING_YET")
+
+static inline msb_status pull_message(const msb_subscription *sub, enum wait_mode mode,
+                               int64_t timeout_ms, msb_message **out, msb_error **err) {
+    if (mode == WAIT_BLOCKING) return msb_subscription_next(sub, timeout_ms, out, err);
+    int fd = -1;
+    msb_status s = msb_subscription_readiness_fd(sub, &fd, err);
+    if (s != MSB_OK) return s;
+    int readable = h_poll_readable(fd, timeout_ms);
+    s = msb_subscription_next(sub, 0, out, err);
+    CHECK_READY_CONSISTENT(readable, s);
+    return s;
+}
+
+static inline msb_status pull_event(const msb_exec *exec, enum wait_mode mode, int64_t timeout_ms,
+                             msb_exec_event **out, msb_error **err) {
+    if (mode == WAIT_BLOCKING) return msb_exec_next_event(exec, timeout_ms, out, err);
+    int fd = -1;
+    msb_status s = msb_exec_readiness_fd(exec, &fd, err);
+    if (s != MSB_OK) return s;
+    int readable = h_poll_readable(fd, timeout_ms);
+    s = msb_exec_next_event(exec, 0, out, err);
+    CHECK_READY_CONSISTENT(readable, s);
+    return s;
+}
+
+static inline msb_status pull_chunk(const msb_file_reader *reader, enum wait_mode mode,
+                             int64_t timeout_ms, msb_bytes **out, msb_error **err) {
+    if (mode == WAIT_BLOCKING) return msb_file_reader_next(reader, timeout_ms, out, err);
+    int fd = -1;
+    msb_status s = msb_file_reader_readiness_fd(reader, &fd, err);
+    if (s != MSB_OK) return s;
+    int readable = h_poll_readable(fd, timeout_ms);
+    s = msb_file_reader_next(reader, 0, out, err);
+    CHECK_READY_CONSISTENT(readable, s);
+    return s;
+}
+
+/* ------------------------------------------------------------ process facts */
+
+/* Resident set size of this process in KiB (VmRSS), or -1. */
+static inline long h_rss_kib(void) {
+    FILE *f = fopen("/proc/self/status", "re");
+    if (f == NULL) return -1;
+    char line[256];
+    long kib = -1;
+    while (fgets(line, sizeof line, f) != NULL) {
+        if (strncmp(line, "VmRSS:", 6) == 0) {
+            kib = strtol(line + 6, NULL, 10);
+            break;
+        }
+    }
+    fclose(f);
+    return kib;
+}
+
+/* Number of open file descriptors of this process. */
+static inline int h_open_fds(void) {
+    int count = 0;
+    char path[64];
+    /* Probing each number avoids opendir, whose own descriptor would be
+     * counted; 4096 is far above anything these tests open. */
+    for (int fd = 0; fd < 4096; fd++) {
+        snprintf(path, sizeof path, "/proc/self/fd/%d", fd);
+        if (access(path, F_OK) == 0) count++;
+    }
+    return count;
+}
+
+/* True when the script built this program with a sanitizer or runs it under
+ * valgrind: absolute RSS numbers are then dominated by the tool. */
+static inline int h_instrumented(void) { return h_env_int("MSB_TEST_INSTRUMENTED", 0) != 0; }
+
+/* ------------------------------------------------------------ the relay */
+
+struct relay {
+    pid_t pid;
+    char dir[64];
+    char socket[128];
+    char root[128];
+};
+
+static inline int h_remove_entry(const char *path, const struct stat *st, int flag, struct FTW *ftw) {
+    (void)st;
+    (void)flag;
+    (void)ftw;
+    return remove(path);
+}
+
+/* Starts target/release/msb-devrelay (or $MSB_DEVRELAY) on a fresh socket,
+ * with `fault` (NULL for none) and one optional extra argument pair, and
+ * waits for its ready line. Returns 0 on success. */
+static inline int relay_start_with(struct relay *r, const char *fault, const char *extra_flag,
+                            const char *extra_value) {
+    memset(r, 0, sizeof *r);
+    snprintf(r->dir, sizeof r->dir, "/tmp/msb-hostile.XXXXXX");
+    if (mkdtemp(r->dir) == NULL) return -1;
+    snprintf(r->socket, sizeof r->socket, "%s/agent.sock", r->dir);
+    snprintf(r->root, sizeof r->root, "%s/root", r->dir);
+    const char *relay_path = getenv("MSB_DEVRELAY");
+    if (relay_path == NULL || *relay_path == '\0') relay_path = "target/release/msb-devrelay";
+
+    int out[2];
+    if (pipe2(out, O_CLOEXEC) != 0) return -1;
+    const char *argv[12];
+    int n = 0;
+    argv[n++] = relay_path;
+    argv[n++] = "--socket";
+    argv[n++] = r->socket;
+    argv[n++] = "--root";
+    argv[n++] = r->root;
+    argv[n++] = "--quiet";
+    if (fault != NULL) {
+        argv[n++] = "--fault";
+        argv[n++] = fault;
+    }
+    if (extra_flag != NULL) {
+        argv[n++] = extra_flag;
+        argv[n++] = extra_value;
+    }
+    argv[n] = NULL;
+    pid_t pid = fork();
+    if (pid < 0) return -1;
+    if (pid == 0) {
+        dup2(out[1], 1);
+        /* execv's argv is not const-qualified; it does not modify it. */
+        execv(relay_path, (char *const *)(uintptr_t)argv);
+        _exit(127);
+    }
+    close(out[1]);
+    r->pid = pid;
+    char buf[256];
+    size_t have = 0;
+    buf[0] = '\0';
+    int64_t deadline = h_now_ms() + 15000;
+    while (strstr(buf, "listening") == NULL) {
+        int64_t left = deadline - h_now_ms();
+        if (left <= 0 || !h_poll_readable(out[0], left)) break;
+        ssize_t got = read(out[0], buf + have, sizeof buf - 1 - have);
+        if (got <= 0) break;
+        have += (size_t)got;
+        buf[have] = '\0';
+        if (have == sizeof buf - 1) break;
+    }
+    buf[have] = '\0';
+    close(out[0]);
+    if (strstr(buf, "listening") == NULL) {
+        fprintf(stderr, "  relay %s (fault %s) did not start\n", relay_path, fault ? fault : "none");
+        return -1;
+    }
+    return 0;
+}
+
+static inline int relay_start(struct relay *r, const char *fault) {
+    return relay_start_with(r, fault, NULL, NULL);
+}
+
+static inline void relay_stop(struct relay *r) {
+    if (r->pid > 0) {
+        kill(r->pid, SIGTERM);
+        int status;
+        while (waitpid(r->pid, &status, 0) < 0 && errno == EINTR) {
+        }
+        r->pid = 0;
+    }
+    if (r->dir[0] != '\0') nftw(r->dir, h_remove_entry, 16, FTW_DEPTH | FTW_PHYS);
+    r->dir[0] = '\0';
+}
+
+/* Connects to `r` with a connect timeout; NULL (and a recorded failure) if
+ * that fails. */
+static inline msb_client *h_connect(const struct relay *r, uint64_t timeout_ms, size_t budget) {
+    msb_connect_options *opts = NULL;
+    msb_client *client = NULL;
+    msb_error *err = NULL;
+    CHECK_STATUS(msb_connect_options_new(&opts), MSB_OK);
+    CHECK_STATUS(msb_connect_options_set_timeout_ms(opts, timeout_ms), MSB_OK);
+    if (budget != 0) CHECK_STATUS(msb_connect_options_set_memory_budget(opts, budget), MSB_OK);
+    msb_status s = msb_client_connect(r->socket, opts, &client, &err);
+    msb_connect_options_free(opts);
+    if (s != MSB_OK) {
+        CHECK_MSG(0, "connect to %s: %s", r->socket, msb_error_message(err));
+        msb_error_free(err);
+        return NULL;
+    }
+    return client;
+}
+
+#endif /* MSB_HOSTILE_HARNESS_H */
