@@ -1,0 +1,3 @@
+module github.com/microsandbox/libmicrosandbox_agent/bindings/go
+
+go 1.19

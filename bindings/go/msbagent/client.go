@@ -1,0 +1,143 @@
+package msbagent
+
+/*
+#include <stdlib.h>
+#include <microsandbox_agent.h>
+*/
+import "C"
+
+import (
+	"context"
+	"sync"
+	"time"
+	"unsafe"
+)
+
+// Client is a connection to one sandbox's agent relay. Its methods may be
+// called from any number of goroutines at once.
+type Client struct {
+	// mu is held shared for the whole of every library call that uses
+	// handle, and exclusively by Close to release it, so the handle is
+	// never used after it is freed.
+	mu     sync.RWMutex
+	handle *C.msb_client
+	ready  Timings
+}
+
+// Timings are the sandbox start-up timings the relay announced when the
+// client connected.
+type Timings struct {
+	Boot  time.Duration
+	Init  time.Duration
+	Ready time.Duration
+}
+
+var errClientClosed = &Error{Code: StatusClosed, Message: "the client is closed"}
+
+// Connect connects to the relay socket at socketPath and completes the
+// handshake. ctx's deadline, if any, bounds connecting and the handshake
+// (otherwise the library's default of 10 s applies).
+func Connect(ctx context.Context, socketPath string) (*Client, error) {
+	return connect(ctx, "socket path", socketPath, func(target *C.char, opts *C.msb_connect_options, out **C.msb_client, errOut **C.msb_error) C.msb_status {
+		return C.msb_client_connect(target, opts, out, errOut)
+	})
+}
+
+// ConnectSandbox connects to a sandbox by name: the socket
+// $MSB_HOME/sandboxes/NAME/runtime/agent.sock (MSB_HOME defaults to
+// ~/.microsandbox). An unknown name gives an error matching ErrNotFound.
+func ConnectSandbox(ctx context.Context, name string) (*Client, error) {
+	return connect(ctx, "sandbox name", name, func(target *C.char, opts *C.msb_connect_options, out **C.msb_client, errOut **C.msb_error) C.msb_status {
+		return C.msb_client_connect_sandbox(target, opts, out, errOut)
+	})
+}
+
+type connectFunc func(target *C.char, opts *C.msb_connect_options, out **C.msb_client, errOut **C.msb_error) C.msb_status
+
+func connect(ctx context.Context, what, target string, connectC connectFunc) (*Client, error) {
+	var handle *C.msb_client
+	_, hasDeadline := ctx.Deadline()
+	if err := checkString(what, target); err != nil {
+		return nil, err
+	}
+	op := func(timeout C.int64_t) error {
+		cTarget := C.CString(target)
+		defer C.free(unsafe.Pointer(cTarget))
+		var opts *C.msb_connect_options
+		if status := C.msb_connect_options_new(&opts); status != C.MSB_OK {
+			return statusError(status, nil)
+		}
+		defer C.msb_connect_options_free(opts)
+		if hasDeadline {
+			if status := C.msb_connect_options_set_timeout_ms(opts, C.uint64_t(timeout)); status != C.MSB_OK {
+				return statusError(status, nil)
+			}
+		}
+		var libErr *C.msb_error
+		return statusError(connectC(cTarget, opts, &handle, &libErr), libErr)
+	}
+	// A connect abandoned by cancellation may still succeed: close that
+	// client rather than leak it.
+	discard := func() { C.msb_client_free(handle) }
+	if err := callBlocking(ctx, op, discard); err != nil {
+		return nil, err
+	}
+	c := &Client{handle: handle}
+	var t C.msb_ready_timings
+	if status := C.msb_client_ready_timings(handle, &t); status == C.MSB_OK {
+		c.ready = Timings{
+			Boot:  time.Duration(t.boot_time_ns),
+			Init:  time.Duration(t.init_time_ns),
+			Ready: time.Duration(t.ready_time_ns),
+		}
+	}
+	return c, nil
+}
+
+// Ready returns the start-up timings the relay sent during the handshake.
+func (c *Client) Ready() Timings {
+	return c.ready
+}
+
+// Close closes the connection: calls blocked on the client return an error
+// matching ErrClosed, and so do later calls. Processes started from it
+// fail their reads with ErrClosed but must still be waited for or closed.
+// Close is idempotent.
+func (c *Client) Close() error {
+	// Wake every blocked call first: they hold mu shared until they return.
+	c.mu.RLock()
+	if c.handle != nil {
+		C.msb_client_close(c.handle)
+	}
+	c.mu.RUnlock()
+
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.handle != nil {
+		C.msb_client_free(c.handle)
+		c.handle = nil
+	}
+	return nil
+}
+
+// call runs one blocking library call on the client's handle (see
+// callBlocking for how cancellation and discard work).
+func (c *Client) call(ctx context.Context, op func(h *C.msb_client, timeout C.int64_t, errOut **C.msb_error) C.msb_status, discard func()) error {
+	return c.callErr(ctx, func(h *C.msb_client, timeout C.int64_t) error {
+		var libErr *C.msb_error
+		status := op(h, timeout, &libErr)
+		return statusError(status, libErr)
+	}, discard)
+}
+
+// callErr is call for operations that may also fail on the Go side.
+func (c *Client) callErr(ctx context.Context, op func(h *C.msb_client, timeout C.int64_t) error, discard func()) error {
+	return callBlocking(ctx, func(timeout C.int64_t) error {
+		c.mu.RLock()
+		defer c.mu.RUnlock()
+		if c.handle == nil {
+			return errClientClosed
+		}
+		return op(c.handle, timeout)
+	}, discard)
+}
