@@ -38,3 +38,11 @@ fi
 cd "$top/bindings/go"
 go vet ./...
 "$top/scripts/with-devrelay.sh" -- go test -race -count=1 "$@" ./...
+
+# The README's quickstart must keep working as written.
+out="$("$top/scripts/with-devrelay.sh" -- sh -c 'go run ./examples/quickstart "$MSB_SOCKET"')"
+expected='exit 0: hello from the sandbox
+SHOUTED THROUGH A PIPE
+read back "hi\n"'
+[[ "$out" == "$expected" ]] || { printf 'error: quickstart printed:\n%s\nexpected:\n%s\n' "$out" "$expected" >&2; exit 1; }
+echo "quickstart: ok"
