@@ -1,0 +1,134 @@
+package msbagent_test
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"io"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/microsandbox/libmicrosandbox_agent/bindings/go/msbagent"
+)
+
+// startFaultyRelay runs its own msb-devrelay with --fault mode on a fresh
+// socket (the relay of with-devrelay.sh is a well-behaved one) and returns
+// the socket path. The relay binary is MSB_DEVRELAY or the build tree's.
+func startFaultyRelay(t *testing.T, mode string) string {
+	t.Helper()
+	relay := os.Getenv("MSB_DEVRELAY")
+	if relay == "" {
+		relay = filepath.Join("..", "..", "..", "target", "release", "msb-devrelay")
+	}
+	dir := t.TempDir()
+	socket := filepath.Join(dir, "agent.sock")
+	cmd := exec.Command(relay, "--socket", socket, "--root", filepath.Join(dir, "root"), "--quiet", "--fault", mode)
+	stdout, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatalf("starting %s: %v", relay, err)
+	}
+	t.Cleanup(func() {
+		cmd.Process.Kill()
+		cmd.Wait()
+	})
+	ready := make(chan bool, 1)
+	go func() {
+		line, _ := bufio.NewReader(stdout).ReadString('\n')
+		ready <- strings.Contains(line, "listening")
+	}()
+	select {
+	case ok := <-ready:
+		if !ok {
+			t.Fatalf("relay with --fault %s did not report listening", mode)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatalf("relay with --fault %s did not start", mode)
+	}
+	return socket
+}
+
+// The connection dies after one stdout frame: that output is still
+// delivered, then the read fails with ErrClosed (not io.EOF, which would
+// pass for a normal exit).
+func TestFaultCloseMidExecDeliversOutputThenError(t *testing.T) {
+	c, err := msbagent.Connect(testCtx(t), startFaultyRelay(t, "close-mid-exec"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	p, err := c.Exec(testCtx(t), "anything", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	out, err := io.ReadAll(p.Stdout())
+	if len(out) == 0 {
+		t.Errorf("the frame sent before the connection closed was lost")
+	}
+	if !errors.Is(err, msbagent.ErrClosed) {
+		t.Fatalf("reading past the dead connection returned %v, want ErrClosed", err)
+	}
+	if code, werr := p.Wait(); code != -1 || werr == nil {
+		t.Errorf("Wait on a broken stream = %d, %v; want -1 and an error", code, werr)
+	}
+	if _, err := c.Run(testCtx(t), "true", nil); err == nil {
+		t.Errorf("Run on a connection the relay closed succeeded")
+	}
+}
+
+// A flooding process never leaves the readiness descriptor idle, so a
+// cancellation must be noticed between pulls, not only while waiting.
+func TestFaultFloodCancelReturnsPromptly(t *testing.T) {
+	c, err := msbagent.Connect(testCtx(t), startFaultyRelay(t, "flood"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	ctx, cancel := context.WithCancel(testCtx(t))
+	p, err := c.Exec(ctx, "anything", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	var total int64
+	go func() {
+		n, err := io.Copy(io.Discard, p.Stdout())
+		total = n
+		done <- err
+	}()
+	time.Sleep(200 * time.Millisecond)
+	cancel()
+	select {
+	case err := <-done:
+		if !errors.Is(err, context.Canceled) {
+			t.Fatalf("reading the flood after cancel returned %v, want context.Canceled", err)
+		}
+		if total < 1<<20 {
+			t.Errorf("only %d bytes of the flood were read in 200ms", total)
+		}
+	case <-time.After(2 * time.Second):
+		t.Fatal("reading the flood did not stop within 2s of cancellation")
+	}
+}
+
+// A relay that never completes the handshake: Connect honours ctx's
+// deadline and reports a timeout that matches both sentinels.
+func TestFaultNoHandshakeTimesOut(t *testing.T) {
+	socket := startFaultyRelay(t, "no-handshake")
+	ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
+	defer cancel()
+	start := time.Now()
+	_, err := msbagent.Connect(ctx, socket)
+	if !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("Connect to a silent relay = %v, want a deadline error", err)
+	}
+	if waited := time.Since(start); waited > 2*time.Second {
+		t.Fatalf("Connect took %v with a 300ms deadline", waited)
+	}
+}
