@@ -212,6 +212,32 @@ async fn concurrent_requests_from_eight_tasks() {
 }
 
 #[test]
+fn eight_blocking_threads_share_the_socket_reader() {
+    // Blocked pullers take turns reading the socket (leader and followers);
+    // every reply must reach its own caller, whatever thread read it.
+    let relay = Relay::start(&[]);
+    let c = relay.connect();
+    for i in 0..8 {
+        std::fs::write(relay.root().join(format!("f{i}")), vec![b'x'; i + 1]).unwrap();
+    }
+    let threads: Vec<_> = (0..8)
+        .map(|i| {
+            let c = c.clone();
+            std::thread::spawn(move || {
+                for _ in 0..300 {
+                    let st = fs::stat(&c, &format!("/f{i}"), T).unwrap();
+                    assert_eq!(st.size, i as u64 + 1, "reply routed to the wrong caller");
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().unwrap();
+    }
+    assert_eq!(c.counters().frames_received, 2400);
+}
+
+#[test]
 fn sixteen_clients_get_disjoint_ranges_and_the_seventeenth_is_refused() {
     let relay = Relay::start(&[]);
     let clients: Vec<Client> = (0..16).map(|_| relay.connect()).collect();
@@ -322,11 +348,16 @@ fn backpressure_bounds_memory_and_loses_nothing() {
         T,
     )
     .unwrap();
-    // Not reading: the reader must stop at the budget plus at most one frame.
+    // Waiting passively (a readiness fd) without pulling: the background
+    // reader fills the budget, plus at most one frame, then stops.
+    e.subscription().readiness_fd().unwrap();
     std::thread::sleep(Duration::from_millis(500));
     let queued = c.counters().bytes_queued;
     assert!(queued <= 256 * 1024 + 4 * 1024 * 1024, "queued {queued}");
-    assert!(queued > 0);
+    assert!(
+        queued >= 256 * 1024,
+        "queued {queued}: the budget should be full"
+    );
     let mut stdout = 0usize;
     let mut stderr = Vec::new();
     loop {
@@ -424,17 +455,17 @@ fn read_frame(s: &mut impl Read) -> (u32, Vec<u8>) {
 #[test]
 fn request_timeout_removes_the_pending_entry_and_late_replies_are_counted() {
     let (path, peer) = scripted_peer(|mut s| {
-        let (id, _) = read_frame(&mut s);
+        let reply = |s: &mut std::os::unix::net::UnixStream, id: u32| {
+            let mut out = Vec::new();
+            let ok = FsResponse::ok().to_bytes();
+            encode_frame(&mut out, "core.fs.response", id, 1, &ok);
+            s.write_all(&out).unwrap();
+        };
+        let (late, _) = read_frame(&mut s);
         std::thread::sleep(Duration::from_millis(400));
-        let mut out = Vec::new();
-        encode_frame(
-            &mut out,
-            "core.fs.response",
-            id,
-            1,
-            &FsResponse::ok().to_bytes(),
-        );
-        s.write_all(&out).unwrap();
+        reply(&mut s, late);
+        let (next, _) = read_frame(&mut s);
+        reply(&mut s, next);
         std::thread::sleep(Duration::from_millis(300));
     });
     let c = Client::connect(&path, &ClientOptions::default()).unwrap();
@@ -450,6 +481,8 @@ fn request_timeout_removes_the_pending_entry_and_late_replies_are_counted() {
     assert!(matches!(err, Error::Timeout(_)), "{err}");
     assert!(started.elapsed() < Duration::from_millis(400));
     std::thread::sleep(Duration::from_millis(500));
+    // The next request reads past the late reply, which finds no subscriber.
+    c.request(&MessageType::FsRequest, &p, T).unwrap();
     assert_eq!(c.counters().dropped_no_subscriber, 1);
     peer.join().unwrap();
 }

@@ -17,35 +17,23 @@
 //! the connection. That is deliberate: the alternatives are unbounded memory
 //! or silently dropping data that arrived correctly.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::hash::{BuildHasher, Hasher};
 use std::io;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
-use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
-use bytes::Bytes;
 use parking_lot::Mutex;
-use tokio::io::unix::AsyncFd;
-use tokio::io::Interest;
 use tokio::sync::Notify;
 
 use super::error::{CloseCause, Error, Result};
+use super::reader::ReadState;
 use super::subscription::{charge, SubShared, Subscription};
 use crate::protocol::{
-    encode_frame_head, encoded_len, FrameHeader, Message, MessageType, RawFrame, FRAME_HEAD_SIZE,
-    ID_RANGE_STEP, MAX_FRAME_SIZE,
+    encode_frame_head, encoded_len, Message, MessageType, ID_RANGE_STEP, MAX_FRAME_SIZE,
 };
-
-/// Size of the reader's buffer: large enough to take many small frames, or
-/// most of a 64 KiB frame, in one read.
-const READ_BUFFER: usize = 256 * 1024;
-
-/// Frames at least this large that are only partly in the read buffer are
-/// completed in a buffer of their own, read straight from the socket, so
-/// large payloads are not copied.
-const DIRECT_READ_THRESHOLD: usize = 16 * 1024;
 
 /// What a guest did to this connection, for users to inspect.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -69,6 +57,12 @@ struct AtomicCounters {
     dropped_no_subscriber: AtomicU64,
     dropped_out_of_range: AtomicU64,
     unknown_type: AtomicU64,
+}
+
+enum SocketWait {
+    Ready,
+    TimedOut,
+    Closed,
 }
 
 /// The client's id range: `offset + 1 ..= offset + STEP - 1`.
@@ -95,13 +89,25 @@ pub(crate) struct Conn {
     writer: Mutex<()>,
     routes: Mutex<HashMap<u32, Arc<SubShared>>>,
     closed: Mutex<Option<CloseCause>>,
-    close_notify: Notify,
+    pub(crate) close_notify: Notify,
+    /// The socket's read side; see `reader` for who holds it when.
+    pub(crate) read_state: Mutex<ReadState>,
+    /// The background task found the read state taken and waits for `handoff`.
+    pub(crate) task_waiting: AtomicBool,
+    pub(crate) handoff: Notify,
     pub(crate) range: IdRange,
     next_id: AtomicU32,
     budget: usize,
     queued: AtomicUsize,
-    budget_freed: Notify,
+    pub(crate) budget_freed: Notify,
     counters: AtomicCounters,
+    /// Callers blocked in a pull that could not take the read lock; one of
+    /// them is asked to lead when the current reader lets go.
+    followers: Mutex<VecDeque<Arc<SubShared>>>,
+    /// Subscriptions that wait without pulling (readiness fd, async waker):
+    /// while any exist, the background task reads for them.
+    passive: AtomicUsize,
+    pub(crate) passive_changed: Notify,
 }
 
 impl Conn {
@@ -125,13 +131,27 @@ impl Conn {
             routes: Mutex::new(HashMap::new()),
             closed: Mutex::new(None),
             close_notify: Notify::new(),
+            read_state: Mutex::new(ReadState::new()),
+            task_waiting: AtomicBool::new(false),
+            handoff: Notify::new(),
             range,
             next_id: AtomicU32::new(start),
             budget,
             queued: AtomicUsize::new(0),
             budget_freed: Notify::new(),
             counters: AtomicCounters::default(),
+            followers: Mutex::new(VecDeque::new()),
+            passive: AtomicUsize::new(0),
+            passive_changed: Notify::new(),
         }))
+    }
+
+    pub(crate) fn raw_fd(&self) -> RawFd {
+        self.fd.as_raw_fd()
+    }
+
+    pub(crate) fn budget_available(&self) -> bool {
+        self.queued.load(Ordering::Acquire) < self.budget
     }
 
     pub(crate) fn counters(&self) -> Counters {
@@ -232,6 +252,45 @@ impl Conn {
         let before = self.queued.fetch_sub(n, Ordering::AcqRel);
         if before >= self.budget && before - n < self.budget {
             self.budget_freed.notify_one();
+            self.promote_follower();
+        }
+    }
+
+    // ------------------------------------------------------------ who reads
+
+    pub(crate) fn add_follower(&self, sub: &Arc<SubShared>) {
+        self.followers.lock().push_back(sub.clone());
+    }
+
+    pub(crate) fn remove_follower(&self, sub: &Arc<SubShared>) {
+        let mut f = self.followers.lock();
+        if let Some(i) = f.iter().position(|s| Arc::ptr_eq(s, sub)) {
+            f.remove(i);
+        }
+    }
+
+    /// Asks one waiting caller to take over reading. Call after releasing
+    /// the read lock (or freeing budget), without holding any other lock.
+    pub(crate) fn promote_follower(&self) {
+        let next = self.followers.lock().pop_front();
+        if let Some(sub) = next {
+            sub.promote();
+        }
+    }
+
+    pub(crate) fn passive_count(&self) -> usize {
+        self.passive.load(Ordering::SeqCst)
+    }
+
+    pub(crate) fn add_passive(&self) {
+        if self.passive.fetch_add(1, Ordering::SeqCst) == 0 {
+            self.passive_changed.notify_one();
+        }
+    }
+
+    pub(crate) fn remove_passive(&self) {
+        if self.passive.fetch_sub(1, Ordering::SeqCst) == 1 {
+            self.passive_changed.notify_one();
         }
     }
 
@@ -285,13 +344,14 @@ impl Conn {
             match write_vectored_at(self.fd.as_raw_fd(), &iov, written) {
                 Ok(n) => written += n,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    match self.wait_writable(deadline) {
-                        Ok(()) => {}
-                        Err(Error::Timeout(_)) if written > 0 => {
+                    match self.wait_socket(libc::POLLOUT, Some(deadline)) {
+                        SocketWait::Ready => {}
+                        SocketWait::TimedOut if written > 0 => {
                             self.fail(CloseCause::SendTimedOutMidFrame);
                             return Err(Error::Timeout("sending a frame"));
                         }
-                        Err(e) => return Err(e),
+                        SocketWait::TimedOut => return Err(Error::Timeout("sending a frame")),
+                        SocketWait::Closed => self.check_open()?,
                     }
                 }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
@@ -305,11 +365,13 @@ impl Conn {
         Ok(())
     }
 
-    fn wait_writable(&self, deadline: Instant) -> Result<()> {
+    /// Waits until the socket has `events` (or an error or hang-up), the
+    /// connection is closed, or the deadline (if any) passes.
+    fn wait_socket(&self, events: libc::c_short, deadline: Option<Instant>) -> SocketWait {
         let mut fds = [
             libc::pollfd {
                 fd: self.fd.as_raw_fd(),
-                events: libc::POLLOUT,
+                events,
                 revents: 0,
             },
             libc::pollfd {
@@ -319,27 +381,37 @@ impl Conn {
             },
         ];
         loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                return Err(Error::Timeout("sending a frame"));
-            }
-            let ms = left.as_millis().clamp(1, i32::MAX as u128) as i32;
+            let ms = match deadline {
+                None => -1,
+                Some(d) => {
+                    let left = d.saturating_duration_since(Instant::now());
+                    if left.is_zero() {
+                        return SocketWait::TimedOut;
+                    }
+                    // Round up so a sub-millisecond remainder still waits.
+                    (left.as_micros().div_ceil(1000)).min(i32::MAX as u128) as i32
+                }
+            };
             // SAFETY: `fds` is a live array of two initialised pollfd.
             let r = unsafe { libc::poll(fds.as_mut_ptr(), 2, ms) };
             if r < 0 {
-                let e = io::Error::last_os_error();
-                if e.kind() == io::ErrorKind::Interrupted {
-                    continue;
-                }
-                return Err(Error::io(e, "poll"));
+                // EINTR: retry; anything else cannot happen with valid fds,
+                // so retrying is the safe choice either way.
+                continue;
             }
             if fds[1].revents != 0 {
-                self.check_open()?;
+                return SocketWait::Closed;
             }
             if fds[0].revents != 0 {
-                return Ok(());
+                return SocketWait::Ready;
             }
         }
+    }
+
+    /// For a leading reader: waits until the socket is readable. False if
+    /// the deadline passed or the connection closed.
+    pub(crate) fn wait_readable(&self, deadline: Option<Instant>) -> bool {
+        matches!(self.wait_socket(libc::POLLIN, deadline), SocketWait::Ready)
     }
 
     // ------------------------------------------------------------ closing
@@ -376,114 +448,9 @@ impl Conn {
         }
     }
 
-    // ------------------------------------------------------------ reading
-
-    /// Runs until the connection dies; then every waiter has been woken.
-    pub(crate) async fn read_loop(self: Arc<Self>, leftover: Vec<u8>) {
-        let cause = match self.read_frames(leftover).await {
-            Ok(()) => CloseCause::Eof,
-            Err(c) => c,
-        };
-        self.fail(cause);
-    }
-
-    async fn read_frames(&self, leftover: Vec<u8>) -> std::result::Result<(), CloseCause> {
-        // SAFETY: the descriptor is owned by `self.fd`, which outlives `afd`:
-        // `afd` is local to this method, which borrows `self`, and nothing
-        // closes or replaces `self.fd` before `Conn` is dropped.
-        let afd = unsafe {
-            AsyncFd::register_with_interest(RawFdRef(self.fd.as_raw_fd()), Interest::READABLE)
-        }
-        .map_err(|e| CloseCause::Io(e.to_string()))?;
-        let mut buf = vec![0u8; READ_BUFFER];
-        let mut filled = leftover.len().min(READ_BUFFER);
-        buf[..filled].copy_from_slice(&leftover[..filled]);
-        let mut batch: Vec<Message> = Vec::new();
-        loop {
-            // Split every complete frame out of the buffer.
-            let mut start = 0;
-            let mut large: Option<(FrameHeader, Vec<u8>)> = None;
-            loop {
-                let header = match FrameHeader::parse(&buf[start..filled]) {
-                    Ok(Some(h)) => h,
-                    Ok(None) => break,
-                    Err(e) => {
-                        self.route(&mut batch);
-                        return Err(CloseCause::Protocol(e));
-                    }
-                };
-                let size = header.frame_size();
-                if filled - start >= size {
-                    let body = &buf[start + FRAME_HEAD_SIZE..start + size];
-                    let raw = RawFrame {
-                        id: header.id,
-                        flags: header.flags,
-                        body: Bytes::copy_from_slice(body),
-                    };
-                    match raw.decode() {
-                        Ok(m) => batch.push(m),
-                        Err(e) => {
-                            self.route(&mut batch);
-                            return Err(CloseCause::Protocol(e));
-                        }
-                    }
-                    start += size;
-                } else if size >= DIRECT_READ_THRESHOLD || size > READ_BUFFER {
-                    let mut body = Vec::with_capacity(header.body_len());
-                    body.extend_from_slice(&buf[start + FRAME_HEAD_SIZE..filled]);
-                    start = filled;
-                    large = Some((header, body));
-                    break;
-                } else {
-                    break;
-                }
-            }
-            self.route(&mut batch);
-            buf.copy_within(start..filled, 0);
-            filled -= start;
-
-            if let Some((header, mut body)) = large {
-                while body.len() < header.body_len() {
-                    let want = header.body_len() - body.len();
-                    body.reserve_exact(want);
-                    let n = read_some(
-                        &afd,
-                        &self.close_notify,
-                        &mut body.spare_capacity_mut()[..want],
-                    )
-                    .await?;
-                    // SAFETY: `read_some` initialised the first `n` spare bytes.
-                    unsafe { body.set_len(body.len() + n) };
-                }
-                let raw = RawFrame {
-                    id: header.id,
-                    flags: header.flags,
-                    body: Bytes::from(body),
-                };
-                batch.push(raw.decode().map_err(CloseCause::Protocol)?);
-                self.route(&mut batch);
-                continue;
-            }
-
-            // Backpressure: stop reading while unread messages fill the budget.
-            while self.queued.load(Ordering::Acquire) >= self.budget {
-                tokio::select! {
-                    _ = self.budget_freed.notified() => {}
-                    _ = self.close_notify.notified() => return Err(self.close_cause().unwrap_or(CloseCause::ClosedByCaller)),
-                }
-            }
-            let spare = &mut buf[filled..];
-            // SAFETY: reinterpreting initialised bytes as MaybeUninit is sound.
-            let spare =
-                unsafe { std::slice::from_raw_parts_mut(spare.as_mut_ptr().cast(), spare.len()) };
-            let n = read_some(&afd, &self.close_notify, spare).await?;
-            filled += n;
-        }
-    }
-
     /// Delivers a batch of decoded frames to their subscribers, taking the
     /// routing lock once.
-    fn route(&self, batch: &mut Vec<Message>) {
+    pub(crate) fn route(&self, batch: &mut Vec<Message>) {
         if batch.is_empty() {
             return;
         }
@@ -525,46 +492,6 @@ impl Conn {
         }
         for (sub, waker, waiters) in to_wake {
             sub.wake(waker, waiters);
-        }
-    }
-}
-
-/// The socket's descriptor, borrowed for the AsyncFd registration; the
-/// `OwnedFd` in `Conn` outlives it because the reader holds the `Conn`.
-struct RawFdRef(RawFd);
-
-impl AsRawFd for RawFdRef {
-    fn as_raw_fd(&self) -> RawFd {
-        self.0
-    }
-}
-
-/// Reads at least one byte, waiting for readability; EOF and errors end the
-/// connection.
-async fn read_some(
-    afd: &AsyncFd<RawFdRef>,
-    close: &Notify,
-    dst: &mut [std::mem::MaybeUninit<u8>],
-) -> std::result::Result<usize, CloseCause> {
-    loop {
-        let mut guard = tokio::select! {
-            g = afd.readable() => g.map_err(|e| CloseCause::Io(e.to_string()))?,
-            _ = close.notified() => return Err(CloseCause::ClosedByCaller),
-        };
-        match guard.try_io(|fd| {
-            // SAFETY: `dst` is a live, writable buffer of `dst.len()` bytes.
-            let n = unsafe { libc::read(fd.as_raw_fd(), dst.as_mut_ptr().cast(), dst.len()) };
-            if n < 0 {
-                Err(io::Error::last_os_error())
-            } else {
-                Ok(n as usize)
-            }
-        }) {
-            Ok(Ok(0)) => return Err(CloseCause::Eof),
-            Ok(Ok(n)) => return Ok(n),
-            Ok(Err(e)) if e.kind() == io::ErrorKind::Interrupted => {}
-            Ok(Err(e)) => return Err(CloseCause::Io(e.to_string())),
-            Err(_would_block) => {}
         }
     }
 }

@@ -10,14 +10,12 @@ use std::time::Instant;
 use super::error::{Error, Result};
 use crate::protocol::{
     parse_handshake_offset, FrameHeader, Message, MessageType, ProtocolError, RawFrame,
-    FRAME_HEAD_SIZE, ID_RANGE_STEP, LEN_PREFIX_SIZE,
+    FRAME_HEAD_SIZE, ID_RANGE_STEP,
 };
 
 pub(crate) struct Handshake {
     pub id_offset: u32,
     pub ready: Message,
-    /// Bytes that arrived after the ready frame; the reader starts with them.
-    pub leftover: Vec<u8>,
 }
 
 const NO_SLOT_HINT: &str =
@@ -186,7 +184,7 @@ fn fill(fd: &OwnedFd, buf: &mut Vec<u8>, want: usize, deadline: Instant) -> Resu
 }
 
 /// Reads `[id_offset u32 BE][core.ready frame]`. Reads exactly that many
-/// bytes, so nothing that follows is consumed.
+/// bytes, so whatever follows stays in the socket for the reader.
 pub(crate) fn read_handshake(fd: &OwnedFd, deadline: Instant) -> Result<Handshake> {
     let mut buf = Vec::with_capacity(128);
     fill(fd, &mut buf, 4 + FRAME_HEAD_SIZE, deadline)?;
@@ -213,10 +211,5 @@ pub(crate) fn read_handshake(fd: &OwnedFd, deadline: Instant) -> Result<Handshak
             ready.message_type.as_str().to_string(),
         )));
     }
-    let leftover = buf.split_off(4 + LEN_PREFIX_SIZE + header.len as usize);
-    Ok(Handshake {
-        id_offset,
-        ready,
-        leftover,
-    })
+    Ok(Handshake { id_offset, ready })
 }

@@ -13,6 +13,7 @@ mod error;
 pub mod exec;
 pub mod fs;
 mod handshake;
+mod reader;
 mod subscription;
 
 use std::os::fd::OwnedFd;
@@ -154,12 +155,11 @@ impl Client {
             .build()
             .map_err(|e| Error::io(e, "starting the client runtime"))?;
         let reader_conn = conn.clone();
-        let leftover = hs.leftover;
         let thread = std::thread::Builder::new()
             .name("msb-client".into())
             .stack_size(256 * 1024)
             .spawn(move || {
-                runtime.block_on(reader_conn.read_loop(leftover));
+                runtime.block_on(reader::run_task(reader_conn));
             })
             .map_err(|e| Error::io(e, "starting the client thread"))?;
         Ok(Client {

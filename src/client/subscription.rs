@@ -51,6 +51,10 @@ pub(crate) struct SubState {
     ready_fd_signalled: bool,
     /// Threads blocked in `recv_timeout`.
     waiters: usize,
+    /// A waiter was asked to take over reading the socket.
+    promoted: bool,
+    /// Counted in the connection's passive waiters (readiness fd or async).
+    passive: bool,
 }
 
 impl SubState {
@@ -130,6 +134,17 @@ impl SubShared {
         }
     }
 
+    /// Wakes a waiter of this subscription so that it takes over reading.
+    pub(crate) fn promote(&self) {
+        let mut st = self.state.lock();
+        st.promoted = true;
+        let waiters = st.waiters > 0;
+        drop(st);
+        if waiters {
+            self.cond.notify_one();
+        }
+    }
+
     pub(crate) fn take_wakers(st: &mut SubState) -> (Option<Waker>, bool) {
         (st.waker.take(), st.waiters > 0)
     }
@@ -172,26 +187,72 @@ impl Subscription {
     /// Waits up to `timeout` for the next message (`None`: wait without
     /// limit; zero: do not block). Messages queued before the connection died
     /// are still delivered; after them, the close cause is returned.
+    ///
+    /// While nobody else is reading the socket, the waiting thread reads it
+    /// itself (see `reader`), so a reply reaches it without a thread hop.
     pub fn recv_timeout(&self, timeout: Option<Duration>) -> Result<Pulled<Message>> {
         let deadline = timeout.map(|t| Instant::now() + t);
+        let conn = &self.conn;
         let mut st = self.shared.state.lock();
         loop {
-            match self.pop_locked(&mut st)? {
-                Pulled::Nothing => {}
-                done => return Ok(done),
+            match self.pop_locked(&mut st) {
+                Ok(Pulled::Nothing) => {}
+                done => {
+                    self.pass_on_promotion(st);
+                    return done;
+                }
             }
+            st.promoted = false;
+            if conn.budget_available() {
+                if let Some(read_state) = conn.read_state.try_lock() {
+                    // Routing locks subscriptions, ours included: let go of it.
+                    drop(st);
+                    super::reader::lead(conn, read_state, deadline, || {
+                        self.shared.state.lock().readable()
+                    });
+                    st = self.shared.state.lock();
+                    if deadline.is_some_and(|d| Instant::now() >= d) {
+                        return self.pop_locked(&mut st);
+                    }
+                    continue;
+                }
+            }
+            if deadline.is_some_and(|d| Instant::now() >= d) {
+                return Ok(Pulled::Nothing);
+            }
+            // Follow: wait for the reader to route our message, or to be
+            // asked to read. Joining the queue before re-checking the lock
+            // closes the gap where the reader let go just before we joined.
             st.waiters += 1;
-            let timed_out = match deadline {
-                Some(d) => self.shared.cond.wait_until(&mut st, d).timed_out(),
-                None => {
-                    self.shared.cond.wait(&mut st);
-                    false
+            conn.add_follower(&self.shared);
+            let may_lead = !conn.read_state.is_locked() && conn.budget_available();
+            let timed_out = if may_lead || st.promoted || st.readable() {
+                false
+            } else {
+                match deadline {
+                    Some(d) => self.shared.cond.wait_until(&mut st, d).timed_out(),
+                    None => {
+                        self.shared.cond.wait(&mut st);
+                        false
+                    }
                 }
             };
             st.waiters -= 1;
+            conn.remove_follower(&self.shared);
             if timed_out {
-                return self.pop_locked(&mut st);
+                let r = self.pop_locked(&mut st);
+                self.pass_on_promotion(st);
+                return r;
             }
+        }
+    }
+
+    /// A waiter asked to lead that returns instead hands the request on, so
+    /// that the remaining waiters are not left without a reader.
+    fn pass_on_promotion(&self, mut st: parking_lot::MutexGuard<'_, SubState>) {
+        if std::mem::take(&mut st.promoted) {
+            drop(st);
+            self.conn.promote_follower();
         }
     }
 
@@ -206,6 +267,7 @@ impl Subscription {
                 Err(e) => Poll::Ready(Err(e)),
                 Ok(Pulled::Nothing) => {
                     st.waker = Some(cx.waker().clone());
+                    self.mark_passive(&mut st);
                     Poll::Pending
                 }
             }
@@ -229,8 +291,18 @@ impl Subscription {
             st.ready_fd = Some(unsafe { OwnedFd::from_raw_fd(fd) });
             st.ready_fd_signalled = false;
             st.sync_ready_fd();
+            self.mark_passive(&mut st);
         }
         Ok(st.ready_fd.as_ref().unwrap().as_raw_fd())
+    }
+
+    /// From now until it is dropped, this subscription is waited on without
+    /// a pulling thread, so the background task must read for it.
+    fn mark_passive(&self, st: &mut SubState) {
+        if !st.passive {
+            st.passive = true;
+            self.conn.add_passive();
+        }
     }
 
     /// Unsubscribes and wakes every thread waiting on this subscription with
@@ -257,8 +329,12 @@ impl Drop for Subscription {
         self.conn.unsubscribe(&self.shared);
         let mut st = self.shared.state.lock();
         let charged = std::mem::take(&mut st.charged);
+        let passive = std::mem::take(&mut st.passive);
         st.queue.clear();
         drop(st);
         self.conn.release_budget(charged);
+        if passive {
+            self.conn.remove_passive();
+        }
     }
 }

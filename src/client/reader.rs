@@ -1,0 +1,302 @@
+//! Reading the socket: one read state, two drivers.
+//!
+//! The bytes of a stream socket can only be framed by one reader at a time,
+//! so all read state (buffer, partly received frame) sits behind one lock.
+//! Whoever holds it reads:
+//!
+//! - a caller blocked in a pull, when nobody else is reading ("leader"):
+//!   it reads and routes frames on its own thread until its own message has
+//!   arrived, so a request/response costs no thread hop at all. Callers that
+//!   find the lock taken wait as followers; the leader routes their messages
+//!   to them, and when it lets go it asks one follower to lead next;
+//! - the background task on the client's runtime, only while some
+//!   subscription waits passively (a readiness fd, an async waker): those
+//!   have no thread of their own blocked in a pull. With no passive waiter,
+//!   the task is not even registered with the poller, so it never wakes.
+//!   Unread data then stays in the kernel, which is backpressure anyway.
+//!
+//! Handing over to the task: it notices new data through edge-triggered
+//! readiness, which a leader may consume without reading everything. A task
+//! that found the lock taken raises `task_waiting`, and a leader that
+//! releases the lock with that flag up wakes the task to resume.
+
+use std::io;
+use std::mem::MaybeUninit;
+use std::os::fd::{AsRawFd, RawFd};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::Bytes;
+use tokio::io::unix::AsyncFd;
+use tokio::io::Interest;
+
+use super::conn::Conn;
+use super::error::CloseCause;
+use crate::protocol::{FrameHeader, Message, RawFrame, FRAME_HEAD_SIZE};
+
+/// Size of the read buffer: large enough to take many small frames, or
+/// most of a 64 KiB frame, in one read.
+const READ_BUFFER: usize = 256 * 1024;
+
+/// Frames at least this large that are only partly in the read buffer are
+/// completed in a buffer of their own, read straight from the socket, so
+/// large payloads are copied at most once (from the part already buffered).
+const DIRECT_READ_THRESHOLD: usize = 16 * 1024;
+
+/// What one read did.
+pub(crate) enum Step {
+    /// Bytes were read and every complete frame among them was routed.
+    Progress,
+    /// Nothing to read right now.
+    WouldBlock,
+}
+
+pub(crate) struct ReadState {
+    buf: Box<[u8]>,
+    filled: usize,
+    /// A large frame being completed in its own buffer.
+    large: Option<(FrameHeader, Vec<u8>)>,
+    batch: Vec<Message>,
+}
+
+impl ReadState {
+    pub(crate) fn new() -> ReadState {
+        ReadState {
+            buf: vec![0u8; READ_BUFFER].into_boxed_slice(),
+            filled: 0,
+            large: None,
+            batch: Vec::new(),
+        }
+    }
+
+    /// One non-blocking read, then routing of every frame it completed.
+    pub(crate) fn step(&mut self, conn: &Conn) -> Result<Step, CloseCause> {
+        if let Some((header, mut body)) = self.large.take() {
+            let want = header.body_len() - body.len();
+            body.reserve_exact(want);
+            let n = match read_nonblocking(conn.raw_fd(), &mut body.spare_capacity_mut()[..want])? {
+                Some(n) => n,
+                None => {
+                    self.large = Some((header, body));
+                    return Ok(Step::WouldBlock);
+                }
+            };
+            // SAFETY: the read initialised the first `n` spare bytes.
+            unsafe { body.set_len(body.len() + n) };
+            if body.len() < header.body_len() {
+                self.large = Some((header, body));
+            } else {
+                let raw = RawFrame {
+                    id: header.id,
+                    flags: header.flags,
+                    body: Bytes::from(body),
+                };
+                self.batch.push(raw.decode().map_err(CloseCause::Protocol)?);
+                conn.route(&mut self.batch);
+            }
+            return Ok(Step::Progress);
+        }
+
+        let spare = &mut self.buf[self.filled..];
+        // SAFETY: initialised bytes may be viewed as MaybeUninit.
+        let spare = unsafe {
+            std::slice::from_raw_parts_mut(
+                spare.as_mut_ptr().cast::<MaybeUninit<u8>>(),
+                spare.len(),
+            )
+        };
+        let Some(n) = read_nonblocking(conn.raw_fd(), spare)? else {
+            return Ok(Step::WouldBlock);
+        };
+        self.filled += n;
+        self.split_frames(conn)?;
+        Ok(Step::Progress)
+    }
+
+    /// Takes every complete frame out of the buffer and routes them as one
+    /// batch; moves a large incomplete frame to a buffer of its own.
+    fn split_frames(&mut self, conn: &Conn) -> Result<(), CloseCause> {
+        let mut start = 0;
+        let result = loop {
+            let header = match FrameHeader::parse(&self.buf[start..self.filled]) {
+                Ok(Some(h)) => h,
+                Ok(None) => break Ok(()),
+                Err(e) => break Err(CloseCause::Protocol(e)),
+            };
+            let size = header.frame_size();
+            if self.filled - start >= size {
+                let raw = RawFrame {
+                    id: header.id,
+                    flags: header.flags,
+                    body: Bytes::copy_from_slice(&self.buf[start + FRAME_HEAD_SIZE..start + size]),
+                };
+                match raw.decode() {
+                    Ok(m) => self.batch.push(m),
+                    Err(e) => break Err(CloseCause::Protocol(e)),
+                }
+                start += size;
+            } else if size >= DIRECT_READ_THRESHOLD || size > READ_BUFFER {
+                let mut body = Vec::with_capacity(header.body_len());
+                body.extend_from_slice(&self.buf[start + FRAME_HEAD_SIZE..self.filled]);
+                start = self.filled;
+                self.large = Some((header, body));
+                break Ok(());
+            } else {
+                break Ok(());
+            }
+        };
+        // Frames that arrived intact before a bad one are still delivered.
+        conn.route(&mut self.batch);
+        self.buf.copy_within(start..self.filled, 0);
+        self.filled -= start;
+        result
+    }
+}
+
+/// `Ok(None)` when the socket has nothing now; EOF and errors end the
+/// connection.
+fn read_nonblocking(fd: RawFd, dst: &mut [MaybeUninit<u8>]) -> Result<Option<usize>, CloseCause> {
+    loop {
+        // SAFETY: `dst` is a live, writable buffer of `dst.len()` bytes; the
+        // socket is non-blocking, so this returns at once.
+        let n = unsafe { libc::read(fd, dst.as_mut_ptr().cast(), dst.len()) };
+        if n > 0 {
+            return Ok(Some(n as usize));
+        }
+        if n == 0 {
+            return Err(CloseCause::Eof);
+        }
+        let e = io::Error::last_os_error();
+        match e.kind() {
+            io::ErrorKind::WouldBlock => return Ok(None),
+            io::ErrorKind::Interrupted => continue,
+            _ => return Err(CloseCause::Io(e.to_string())),
+        }
+    }
+}
+
+/// The socket's descriptor, borrowed for the AsyncFd registration; the
+/// `OwnedFd` in `Conn` outlives it because the task holds the `Conn`.
+struct RawFdRef(RawFd);
+
+impl AsRawFd for RawFdRef {
+    fn as_raw_fd(&self) -> RawFd {
+        self.0
+    }
+}
+
+/// The background reader: runs until the connection dies, then wakes every
+/// waiter with the cause.
+pub(crate) async fn run_task(conn: Arc<Conn>) {
+    let cause = task_loop(&conn).await;
+    conn.fail(cause);
+}
+
+async fn task_loop(conn: &Conn) -> CloseCause {
+    let closed = || conn.close_cause().unwrap_or(CloseCause::ClosedByCaller);
+    loop {
+        // Idle: nothing waits passively, so do not even watch the socket.
+        while conn.passive_count() == 0 {
+            tokio::select! {
+                _ = conn.passive_changed.notified() => {}
+                _ = conn.close_notify.notified() => return closed(),
+            }
+        }
+        if let Err(cause) = serve_passive(conn).await {
+            return cause;
+        }
+    }
+}
+
+/// Reads for passive waiters until there are none left. `Err` ends the
+/// connection.
+async fn serve_passive(conn: &Conn) -> Result<(), CloseCause> {
+    let closed = || conn.close_cause().unwrap_or(CloseCause::ClosedByCaller);
+    // SAFETY: the descriptor is owned by `conn`, which outlives `afd` (a
+    // local of this function, which borrows `conn`); nothing closes the
+    // descriptor before `Conn` is dropped.
+    let afd =
+        unsafe { AsyncFd::register_with_interest(RawFdRef(conn.raw_fd()), Interest::READABLE) }
+            .map_err(|e| CloseCause::Io(e.to_string()))?;
+    while conn.passive_count() > 0 {
+        // Backpressure: while unread messages fill the budget, read nothing.
+        if !conn.budget_available() {
+            tokio::select! {
+                _ = conn.budget_freed.notified() => {}
+                _ = conn.passive_changed.notified() => {}
+                _ = conn.close_notify.notified() => return Err(closed()),
+            }
+            continue;
+        }
+        let mut ready = tokio::select! {
+            r = afd.readable() => r.map_err(|e| CloseCause::Io(e.to_string()))?,
+            _ = conn.passive_changed.notified() => continue,
+            _ = conn.close_notify.notified() => return Err(closed()),
+        };
+        let Some(mut state) = conn.read_state.try_lock() else {
+            // A caller is leading. Ask for a hand-over, then check again in
+            // case it let go before seeing the request.
+            conn.task_waiting.store(true, Ordering::SeqCst);
+            if conn.read_state.is_locked() {
+                tokio::select! {
+                    _ = conn.handoff.notified() => {}
+                    _ = conn.close_notify.notified() => return Err(closed()),
+                }
+            }
+            conn.task_waiting.store(false, Ordering::SeqCst);
+            continue;
+        };
+        let result = loop {
+            match state.step(conn) {
+                Ok(Step::Progress) if conn.budget_available() => {}
+                Ok(Step::Progress) => break Ok(()),
+                Ok(Step::WouldBlock) => {
+                    ready.clear_ready();
+                    break Ok(());
+                }
+                Err(cause) => break Err(cause),
+            }
+        };
+        drop(state);
+        // Callers may have queued up behind us; one of them reads next.
+        conn.promote_follower();
+        result?;
+    }
+    Ok(())
+}
+
+/// Reads on the caller's thread until `done()` holds, the deadline passes,
+/// the budget is spent, or the connection dies. The caller holds the read
+/// lock (passed in) and must not hold any subscription lock.
+pub(crate) fn lead(
+    conn: &Conn,
+    mut state: parking_lot::MutexGuard<'_, ReadState>,
+    deadline: Option<Instant>,
+    done: impl Fn() -> bool,
+) {
+    loop {
+        match state.step(conn) {
+            Ok(Step::Progress) => {
+                if done() || !conn.budget_available() {
+                    break;
+                }
+            }
+            Ok(Step::WouldBlock) => {
+                if done() || !conn.wait_readable(deadline) {
+                    break;
+                }
+            }
+            Err(cause) => {
+                drop(state);
+                conn.fail(cause);
+                return;
+            }
+        }
+    }
+    drop(state);
+    if conn.task_waiting.swap(false, Ordering::SeqCst) {
+        conn.handoff.notify_one();
+    }
+    conn.promote_follower();
+}
