@@ -78,7 +78,9 @@
 typedef struct msb_bytes msb_bytes;
 
 /**
- * A connection to one relay, with its private background thread.
+ * A connection to one relay. Calls run on the caller's thread (a thread
+ * blocked in a pull reads the socket itself); a private background thread
+ * is started only once something waits through a readiness fd.
  *
  * Thread safety: every function taking an `msb_client` may be called from
  * any thread, concurrently. `msb_client_free` may run while other threads
@@ -494,7 +496,8 @@ msb_status msb_client_close(const struct msb_client *client);
 
 /**
  * Closes the connection (as `msb_client_close`), waits for the client's
- * background thread to exit, and releases the handle. Subscriptions, execs
+ * background thread (if one was started) to exit, and releases the handle:
+ * no thread of the library is left running for this client. Subscriptions, execs
  * and file streams of this client stay valid to free but fail with
  * `MSB_ERR_CLOSED`. NULL is ignored; freeing twice is forbidden.
  */

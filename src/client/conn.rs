@@ -63,6 +63,17 @@ enum SocketWait {
     Ready,
     TimedOut,
     Closed,
+    Recheck,
+}
+
+fn new_eventfd() -> Result<OwnedFd> {
+    // SAFETY: eventfd has no memory-safety preconditions; checked below.
+    let efd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) };
+    if efd < 0 {
+        return Err(Error::io(io::Error::last_os_error(), "eventfd"));
+    }
+    // SAFETY: `efd` is a fresh descriptor nobody else owns.
+    Ok(unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(efd) })
 }
 
 /// The client's id range: `offset + 1 ..= offset + STEP - 1`.
@@ -86,6 +97,9 @@ pub(crate) struct Conn {
     /// Readable when the connection is closed; writers blocked on a full
     /// socket poll it too, so closing wakes them.
     close_event: OwnedFd,
+    /// Readable when a reading caller must re-check whether to stop (its
+    /// subscription was released under it); polled only by that caller.
+    leader_wake: OwnedFd,
     writer: Mutex<()>,
     routes: Mutex<HashMap<u32, Arc<SubShared>>>,
     closed: Mutex<Option<CloseCause>>,
@@ -108,17 +122,15 @@ pub(crate) struct Conn {
     /// while any exist, the background task reads for them.
     passive: AtomicUsize,
     pub(crate) passive_changed: Notify,
+    /// The thread that runs the private runtime; started the first time a
+    /// subscription waits passively, so idle clients cost no thread.
+    background: Mutex<Option<std::thread::JoinHandle<()>>>,
 }
 
 impl Conn {
     pub(crate) fn new(fd: OwnedFd, range: IdRange, budget: usize) -> Result<Arc<Conn>> {
-        // SAFETY: eventfd has no memory-safety preconditions; checked below.
-        let efd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) };
-        if efd < 0 {
-            return Err(Error::io(io::Error::last_os_error(), "eventfd"));
-        }
-        // SAFETY: `efd` is a fresh descriptor nobody else owns.
-        let close_event = unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(efd) };
+        let close_event = new_eventfd()?;
+        let leader_wake = new_eventfd()?;
         // Start at a random point of the range: a recycled slot may still get
         // late frames addressed to the previous client's first ids.
         let start = std::collections::hash_map::RandomState::new()
@@ -127,6 +139,7 @@ impl Conn {
         Ok(Arc::new(Conn {
             fd,
             close_event,
+            leader_wake,
             writer: Mutex::new(()),
             routes: Mutex::new(HashMap::new()),
             closed: Mutex::new(None),
@@ -143,6 +156,7 @@ impl Conn {
             followers: Mutex::new(VecDeque::new()),
             passive: AtomicUsize::new(0),
             passive_changed: Notify::new(),
+            background: Mutex::new(None),
         }))
     }
 
@@ -282,9 +296,49 @@ impl Conn {
         self.passive.load(Ordering::SeqCst)
     }
 
-    pub(crate) fn add_passive(&self) {
+    pub(crate) fn add_passive(self: &Arc<Self>) {
         if self.passive.fetch_add(1, Ordering::SeqCst) == 0 {
             self.passive_changed.notify_one();
+        }
+        self.ensure_background();
+    }
+
+    /// Starts the background thread with its private single-threaded
+    /// runtime, once. Failing to start it fails the connection: passive
+    /// waiters would otherwise wait forever.
+    fn ensure_background(self: &Arc<Self>) {
+        let mut slot = self.background.lock();
+        if slot.is_some() {
+            return;
+        }
+        let conn = self.clone();
+        let started = std::thread::Builder::new()
+            .name("msb-client".into())
+            .stack_size(256 * 1024)
+            .spawn(move || {
+                match tokio::runtime::Builder::new_current_thread()
+                    .enable_io()
+                    .build()
+                {
+                    Ok(rt) => rt.block_on(super::reader::run_task(conn)),
+                    Err(e) => conn.fail(CloseCause::Io(format!("starting the runtime: {e}"))),
+                }
+            });
+        match started {
+            Ok(handle) => *slot = Some(handle),
+            Err(e) => {
+                drop(slot);
+                self.fail(CloseCause::Io(format!("starting the client thread: {e}")));
+            }
+        }
+    }
+
+    /// Waits for the background thread (if one was started) to finish; call
+    /// after `fail`. Never called from that thread: it runs no caller code.
+    pub(crate) fn join_background(&self) {
+        let handle = self.background.lock().take();
+        if let Some(h) = handle {
+            let _ = h.join();
         }
     }
 
@@ -351,7 +405,7 @@ impl Conn {
                             return Err(Error::Timeout("sending a frame"));
                         }
                         SocketWait::TimedOut => return Err(Error::Timeout("sending a frame")),
-                        SocketWait::Closed => self.check_open()?,
+                        SocketWait::Closed | SocketWait::Recheck => self.check_open()?,
                     }
                 }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
@@ -366,7 +420,8 @@ impl Conn {
     }
 
     /// Waits until the socket has `events` (or an error or hang-up), the
-    /// connection is closed, or the deadline (if any) passes.
+    /// connection is closed, the leader is asked to re-check (readers only),
+    /// or the deadline (if any) passes.
     fn wait_socket(&self, events: libc::c_short, deadline: Option<Instant>) -> SocketWait {
         let mut fds = [
             libc::pollfd {
@@ -379,7 +434,14 @@ impl Conn {
                 events: libc::POLLIN,
                 revents: 0,
             },
+            libc::pollfd {
+                fd: self.leader_wake.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            },
         ];
+        // Writers must not consume a reader's wake-up.
+        let nfds = if events & libc::POLLIN != 0 { 3 } else { 2 };
         loop {
             let ms = match deadline {
                 None => -1,
@@ -392,8 +454,8 @@ impl Conn {
                     (left.as_micros().div_ceil(1000)).min(i32::MAX as u128) as i32
                 }
             };
-            // SAFETY: `fds` is a live array of two initialised pollfd.
-            let r = unsafe { libc::poll(fds.as_mut_ptr(), 2, ms) };
+            // SAFETY: `fds` is a live array of at least `nfds` initialised pollfd.
+            let r = unsafe { libc::poll(fds.as_mut_ptr(), nfds, ms) };
             if r < 0 {
                 // EINTR: retry; anything else cannot happen with valid fds,
                 // so retrying is the safe choice either way.
@@ -402,16 +464,44 @@ impl Conn {
             if fds[1].revents != 0 {
                 return SocketWait::Closed;
             }
+            if nfds == 3 && fds[2].revents != 0 {
+                let mut sink: u64 = 0;
+                // SAFETY: reading 8 bytes into a live u64 from our non-blocking eventfd.
+                unsafe {
+                    libc::read(
+                        self.leader_wake.as_raw_fd(),
+                        &mut sink as *mut u64 as *mut _,
+                        8,
+                    )
+                };
+                return SocketWait::Recheck;
+            }
             if fds[0].revents != 0 {
                 return SocketWait::Ready;
             }
         }
     }
 
+    /// Makes a reading caller re-check its stop condition.
+    pub(crate) fn wake_leader(&self) {
+        let one: u64 = 1;
+        // SAFETY: writing 8 bytes from a live u64 to the eventfd we own.
+        unsafe {
+            libc::write(
+                self.leader_wake.as_raw_fd(),
+                &one as *const u64 as *const _,
+                8,
+            )
+        };
+    }
+
     /// For a leading reader: waits until the socket is readable. False if
     /// the deadline passed or the connection closed.
     pub(crate) fn wait_readable(&self, deadline: Option<Instant>) -> bool {
-        matches!(self.wait_socket(libc::POLLIN, deadline), SocketWait::Ready)
+        matches!(
+            self.wait_socket(libc::POLLIN, deadline),
+            SocketWait::Ready | SocketWait::Recheck
+        )
     }
 
     // ------------------------------------------------------------ closing

@@ -108,7 +108,8 @@ impl Exec {
             }
             _ => return Ok(None),
         };
-        ev.map(Some).map_err(|e| self.client.fail_protocol(e))
+        ev.map(Some)
+            .map_err(|e| self.client.fail_protocol(e.in_message(&m.message_type)))
     }
 
     /// Writes to the process's stdin. An empty slice is ignored (use

@@ -147,7 +147,10 @@ impl FileReader {
             };
             match m.message_type {
                 MessageType::FsData => {
-                    let d = Data::decode(&m.payload).map_err(|e| self.client.fail_protocol(e))?;
+                    let d = Data::decode(&m.payload).map_err(|e| {
+                        self.client
+                            .fail_protocol(e.in_message(&MessageType::FsData))
+                    })?;
                     if !d.data.is_empty() {
                         return Ok(Pulled::Item(d.data));
                     }

@@ -2,11 +2,14 @@
 //! frames to subscriptions, bounded memory, and the exec and filesystem
 //! conversations built on top. No C in here; the ABI wraps it.
 //!
-//! Threads: each [`Client`] owns one background thread that runs a private
-//! single-threaded tokio runtime whose only task is the socket reader. Sends
-//! run on the caller's thread. When the last handle to a client is dropped,
-//! the connection is closed and the thread is joined, so nothing of ours
-//! keeps running.
+//! Threads: sends run on the caller's thread, and a caller blocked in a pull
+//! reads the socket itself. Each [`Client`] also has a private
+//! single-threaded tokio runtime on a background thread of its own, started
+//! the first time something waits without pulling (a readiness fd, an async
+//! `recv`); its one task reads the socket for those waiters. Idle clients and
+//! purely blocking use never start it. When the last handle to a client is
+//! dropped, the connection is closed and that thread is joined, so nothing
+//! of ours keeps running.
 
 mod conn;
 mod error;
@@ -19,11 +22,9 @@ mod subscription;
 use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use parking_lot::Mutex;
 
 pub use conn::Counters;
 pub use error::{CloseCause, Error, Result};
@@ -90,15 +91,12 @@ struct ClientInner {
     conn: Arc<Conn>,
     ready: Ready,
     ready_payload: Bytes,
-    reader_thread: Mutex<Option<JoinHandle<()>>>,
 }
 
 impl Drop for ClientInner {
     fn drop(&mut self) {
         self.conn.fail(CloseCause::ClosedByCaller);
-        if let Some(t) = self.reader_thread.get_mut().take() {
-            let _ = t.join();
-        }
+        self.conn.join_background();
     }
 }
 
@@ -150,24 +148,11 @@ impl Client {
             },
             options.memory_budget,
         )?;
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_io()
-            .build()
-            .map_err(|e| Error::io(e, "starting the client runtime"))?;
-        let reader_conn = conn.clone();
-        let thread = std::thread::Builder::new()
-            .name("msb-client".into())
-            .stack_size(256 * 1024)
-            .spawn(move || {
-                runtime.block_on(reader::run_task(reader_conn));
-            })
-            .map_err(|e| Error::io(e, "starting the client thread"))?;
         Ok(Client {
             inner: Arc::new(ClientInner {
                 conn,
                 ready,
                 ready_payload: hs.ready.payload,
-                reader_thread: Mutex::new(Some(thread)),
             }),
         })
     }
@@ -293,10 +278,7 @@ impl Client {
     /// reader could be waiting on (it never is: the reader runs no caller code).
     pub fn close_and_join(&self) {
         self.close();
-        let thread = self.inner.reader_thread.lock().take();
-        if let Some(t) = thread {
-            let _ = t.join();
-        }
+        self.inner.conn.join_background();
     }
 
     /// Why the connection is closed, or `None` while it is open.

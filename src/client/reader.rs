@@ -196,6 +196,9 @@ pub(crate) async fn run_task(conn: Arc<Conn>) {
 async fn task_loop(conn: &Conn) -> CloseCause {
     let closed = || conn.close_cause().unwrap_or(CloseCause::ClosedByCaller);
     loop {
+        if let Some(cause) = conn.close_cause() {
+            return cause;
+        }
         // Idle: nothing waits passively, so do not even watch the socket.
         while conn.passive_count() == 0 {
             tokio::select! {

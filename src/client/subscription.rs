@@ -267,7 +267,11 @@ impl Subscription {
                 Err(e) => Poll::Ready(Err(e)),
                 Ok(Pulled::Nothing) => {
                     st.waker = Some(cx.waker().clone());
-                    self.mark_passive(&mut st);
+                    let newly_passive = !std::mem::replace(&mut st.passive, true);
+                    drop(st);
+                    if newly_passive {
+                        self.conn.add_passive();
+                    }
                     Poll::Pending
                 }
             }
@@ -291,18 +295,18 @@ impl Subscription {
             st.ready_fd = Some(unsafe { OwnedFd::from_raw_fd(fd) });
             st.ready_fd_signalled = false;
             st.sync_ready_fd();
-            self.mark_passive(&mut st);
         }
-        Ok(st.ready_fd.as_ref().unwrap().as_raw_fd())
-    }
-
-    /// From now until it is dropped, this subscription is waited on without
-    /// a pulling thread, so the background task must read for it.
-    fn mark_passive(&self, st: &mut SubState) {
-        if !st.passive {
-            st.passive = true;
+        let fd = st.ready_fd.as_ref().unwrap().as_raw_fd();
+        // From now until it is dropped, this subscription is waited on
+        // without a pulling thread, so the background task reads for it.
+        // Registered after unlocking: starting the task may fail the
+        // connection, which locks every subscription.
+        let newly_passive = !std::mem::replace(&mut st.passive, true);
+        drop(st);
+        if newly_passive {
             self.conn.add_passive();
         }
+        Ok(fd)
     }
 
     /// Unsubscribes and wakes every thread waiting on this subscription with
@@ -316,6 +320,9 @@ impl Subscription {
         if wake || waiters {
             self.shared.wake(waker, waiters);
         }
+        // A thread pulling on this subscription may be the one reading the
+        // socket, blocked in poll rather than on the condvar.
+        self.conn.wake_leader();
     }
 
     /// Messages queued and not yet pulled.

@@ -54,12 +54,17 @@ impl MessageType {
     pub fn as_str(&self) -> &str {
         match self {
             MessageType::Unknown(s) => s,
-            known => KNOWN
-                .iter()
-                .find(|(t, _)| t == known)
-                .map(|(_, name)| *name)
-                .expect("every known type is in KNOWN"),
+            known => known.static_name(),
         }
+    }
+
+    /// The wire name of a known type, or `"unknown type"`, with a static
+    /// lifetime for error values.
+    pub fn static_name(&self) -> &'static str {
+        KNOWN
+            .iter()
+            .find(|(t, _)| t == self)
+            .map_or("unknown type", |(_, name)| *name)
     }
 
     /// The flags byte that goes with this type; flags are a function of the

@@ -78,3 +78,17 @@ impl std::fmt::Display for ProtocolError {
 }
 
 impl std::error::Error for ProtocolError {}
+
+impl ProtocolError {
+    /// Names the message type in a payload error. Payload shapes shared by
+    /// several types (`{data}`) cannot know which one they were decoding.
+    pub fn in_message(self, message_type: &MessageType) -> ProtocolError {
+        match self {
+            ProtocolError::BadPayload { detail, .. } => ProtocolError::BadPayload {
+                message_type: message_type.static_name(),
+                detail,
+            },
+            other => other,
+        }
+    }
+}
