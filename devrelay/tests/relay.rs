@@ -47,8 +47,15 @@ fn freed_slot_is_reused_lowest_first() {
             false
         }
     }));
-    let next = relay.connect();
-    assert_eq!(next.id_offset, 2 * ID_RANGE_STEP);
+    let mut next = None;
+    assert!(wait_until(TIMEOUT, || {
+        let c = relay.connect();
+        let is_two = c.id_offset == 2 * ID_RANGE_STEP;
+        next = Some(c);
+        is_two
+    }));
+    // Slots 0..=3 are all taken again: the next one is 4.
+    assert!(wait_until(TIMEOUT, || relay.connect().id_offset == 4 * ID_RANGE_STEP));
     drop(again);
 }
 

@@ -1,7 +1,7 @@
 //! A relay process per test and a small synchronous protocol client.
 #![allow(dead_code)]
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{BufRead, BufReader, ErrorKind, Read, Write};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -129,6 +129,14 @@ impl Drop for Relay {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        // A failing test shows what the relay logged.
+        if std::thread::panicking() {
+            if let Some(mut stderr) = self.stderr.take() {
+                let mut log = String::new();
+                let _ = stderr.read_to_string(&mut log);
+                eprintln!("--- relay stderr ---\n{log}--- end ---");
+            }
+        }
     }
 }
 
@@ -138,6 +146,7 @@ pub fn read_up_to(stream: &mut UnixStream, n: usize) -> Vec<u8> {
     let mut filled = 0;
     while filled < n {
         match stream.read(&mut out[filled..]) {
+            Err(e) if e.kind() == ErrorKind::Interrupted => continue,
             Ok(0) | Err(_) => break,
             Ok(k) => filled += k,
         }
@@ -154,6 +163,7 @@ pub fn sees_eof(stream: &mut UnixStream, timeout: Duration) -> bool {
         match stream.read(&mut buf) {
             Ok(0) => return true,
             Ok(_) => continue,
+            Err(e) if e.kind() == ErrorKind::Interrupted => continue,
             Err(_) => return false,
         }
     }
@@ -163,7 +173,13 @@ pub fn sees_eof(stream: &mut UnixStream, timeout: Duration) -> bool {
 pub fn stays_silent(stream: &mut UnixStream, wait: Duration) -> bool {
     stream.set_read_timeout(Some(wait)).unwrap();
     let mut buf = [0u8; 1];
-    let silent = matches!(stream.read(&mut buf), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock || e.kind() == std::io::ErrorKind::TimedOut);
+    let silent = loop {
+        match stream.read(&mut buf) {
+            Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+            Err(e) => break matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut),
+            Ok(_) => break false,
+        }
+    };
     stream.set_read_timeout(Some(TIMEOUT)).unwrap();
     silent
 }
@@ -273,7 +289,9 @@ impl Client {
                 return Some(message);
             }
             match self.stream.read(&mut self.read_buf) {
-                Ok(0) | Err(_) => return None,
+                Ok(0) => return None,
+                Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+                Err(_) => return None,
                 Ok(n) => self.decoder.extend(&self.read_buf[..n]),
             }
         }
