@@ -51,6 +51,10 @@ fn link_soname_in_build_tree(soname: &str) {
     if std::fs::symlink_metadata(&link).is_err() {
         // Best effort: a read-only or unusual target dir only loses the
         // convenience, never the build.
+        // The build script runs on the host; only a Unix host has symlink().
+        #[cfg(unix)]
         let _ = std::os::unix::fs::symlink("libmicrosandbox_agent.so", &link);
+        #[cfg(not(unix))]
+        let _ = link;
     }
 }
