@@ -311,14 +311,33 @@ static void test_shutdown_stops_the_relay(void) {
     relay_stop(&r, SIGKILL);
 }
 
+/* Makes the client read in the background: a caller waiting on a readiness
+ * fd does not pull, so only the client's own thread can read the reply. */
+static bool wait_on_readiness_fd(msb_client *c, int *threads_seen) {
+    uint32_t id = msb_client_alloc_id(c);
+    msb_subscription *sub = NULL;
+    int fd = -1;
+    bool ok = EXPECT(MSB_OK, msb_client_subscribe(c, id, &sub, ERR)) &&
+              EXPECT(MSB_OK, msb_subscription_readiness_fd(sub, &fd, ERR)) &&
+              EXPECT(MSB_OK, msb_client_send(c, "core.fs.request", id, stat_root, sizeof stat_root, T_MS, ERR)) &&
+              fd_readable(fd, T_MS);
+    *threads_seen = thread_count();
+    msb_subscription_free(sub);
+    return ok;
+}
+
 static void test_no_threads_leak_over_100_clients(void) {
-    int before = thread_count();
+    int before = thread_count(), peak = before;
     REQUIRE(before > 0);
     for (int i = 0; i < 100; i++) {
         msb_client *c = NULL;
         if (!EXPECT(MSB_OK, msb_client_connect(env_socket(), NULL, &c, ERR))) break;
+        int now = 0;
+        CHECK(wait_on_readiness_fd(c, &now));
+        if (now > peak) peak = now;
         msb_client_free(c);
     }
+    CHECK(peak > before); /* the clients did run threads of their own */
     CHECK_INT(thread_count(), before);
 }
 
@@ -390,7 +409,7 @@ const struct test_case lifecycle_tests[] = {
     {"protocol faults surface as MSB_ERR_PROTOCOL", test_protocol_faults_close_the_connection},
     {"out-of-range and unknown-type frames are counted, not fatal", test_stray_frames_are_dropped_and_counted},
     {"shutdown makes the relay exit", test_shutdown_stops_the_relay},
-    {"100 connect+free cycles leak no threads", test_no_threads_leak_over_100_clients},
+    {"100 connect+use+free cycles leak no threads", test_no_threads_leak_over_100_clients},
     {"8 threads share one client for stat round trips", test_eight_threads_share_one_client},
     {NULL, NULL},
 };

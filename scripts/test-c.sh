@@ -1,0 +1,128 @@
+#!/usr/bin/env bash
+# Builds the library, the C examples and the C tests, and runs them against
+# a development relay three ways:
+#   1. plain build: every test, then every example;
+#   2. tests rebuilt with AddressSanitizer + UBSan (LeakSanitizer included:
+#      the Rust library allocates through malloc, so an msb_* object a test
+#      forgets to free shows up as a leak);
+#   3. the plain test binary once under valgrind (definite leaks and memory
+#      errors fail the run).
+# Exits non-zero if anything fails. Installs nothing; needs cc and valgrind.
+#
+#   scripts/test-c.sh
+set -euo pipefail
+top="$(cd "$(dirname "$0")/.." && pwd)"
+cd "$top"
+
+CC="${CC:-cc}"
+out="$top/target/c-tests"
+warn=(-std=c11 -Wall -Wextra -Wpedantic -Werror)
+link=(-L"$top/target/release" -lmicrosandbox_agent -lpthread)
+failures=0
+
+command -v valgrind >/dev/null || { echo "error: valgrind is not installed; this script needs it" >&2; exit 1; }
+command -v "$CC" >/dev/null || { echo "error: C compiler '$CC' not found" >&2; exit 1; }
+
+echo "== building the library and msb-devrelay"
+cargo build --release --workspace
+
+mkdir -p "$out/lib"
+# Programs record the library's soname (e.g. libmicrosandbox_agent.so.0.1),
+# which cargo does not create: provide it beside our binaries.
+so="$top/target/release/libmicrosandbox_agent.so"
+soname="$(readelf -d "$so" 2>/dev/null | sed -n 's/.*(SONAME).*\[\(.*\)\]/\1/p')"
+[[ -n "$soname" ]] && ln -sf "$so" "$out/lib/$soname"
+export LD_LIBRARY_PATH="$out/lib:$top/target/release${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+export MSB_DEVRELAY="$top/target/release/msb-devrelay"
+
+echo "== checking that the tests call every function the header declares"
+missing=0
+for fn in $(grep -vE '^\s*(\*|/\*)' include/microsandbox_agent.h | grep -oE '\bmsb_[a-z_0-9]+\(' | tr -d '(' | sort -u); do
+  if ! grep -qw "$fn" tests/c/*.c; then
+    echo "not covered by tests/c: $fn"
+    missing=$((missing + 1))
+  fi
+done
+[[ $missing -eq 0 ]] || { echo "error: $missing header functions have no C test" >&2; exit 1; }
+
+echo "== compiling examples and tests"
+for src in examples/c/*.c; do
+  "$CC" "${warn[@]}" -Iinclude "$src" "${link[@]}" -o "$out/$(basename "$src" .c)"
+done
+"$CC" "${warn[@]}" -g -Iinclude tests/c/*.c "${link[@]}" -o "$out/c-tests"
+"$CC" "${warn[@]}" -g -O1 -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined \
+  -Iinclude tests/c/*.c "${link[@]}" -o "$out/c-tests-asan"
+
+# Runs a test binary beside a fresh relay; the binary prints its own
+# "N passed, M failed" line.
+run_tests() {
+  local label="$1"; shift
+  echo "== $label"
+  if ! scripts/with-devrelay.sh -- "$@"; then
+    echo "FAILED: $label"
+    failures=$((failures + 1))
+  fi
+}
+
+run_tests "tests" "$out/c-tests"
+
+echo "== examples"
+# Each example with its own success criteria, all against one relay.
+run_examples() {
+  local sock="$MSB_SOCKET" passed=0 failed=0 log
+  log="$(mktemp)"
+  check() {
+    local name="$1"; shift
+    if "$@" >"$log" 2>&1; then
+      passed=$((passed + 1)); echo "ok - example $name"
+    else
+      failed=$((failed + 1)); echo "not ok - example $name"; sed 's/^/#   /' "$log"
+    fi
+  }
+  interactive_cat() {
+    printf 'alpha\nbeta\n' | "$out/interactive" "$sock" | tee /dev/fd/2 >"$log.out"
+    [[ "$(cat "$log.out")" == $'alpha\nbeta\nexit code: 0' ]]
+  }
+  interactive_sh() {
+    printf 'echo from-sh\necho to-stderr >&2\nexit 3\n' | "$out/interactive" "$sock" sh >"$log.out"
+    [[ "$(cat "$log.out")" == $'from-sh\nexit code: 3' ]]
+  }
+  fails_without_relay() {
+    local rc=0
+    "$out/poll_loop" /nonexistent/agent.sock || rc=$?
+    [[ $rc -eq 1 ]]
+  }
+  check quickstart "$out/quickstart" "$sock"
+  check "interactive (cat echoes stdin, exit 0)" interactive_cat
+  check "interactive (sh, stderr, exit 3)" interactive_sh
+  check "bigfile (20 MiB round trip)" "$out/bigfile" "$sock"
+  check poll_loop "$out/poll_loop" "$sock"
+  check "exit 1 and a message when there is no relay" fails_without_relay
+  rm -f "$log" "$log.out"
+  echo "examples: $passed passed, $failed failed"
+  [[ $failed -eq 0 ]]
+}
+export -f run_examples
+export out
+if ! scripts/with-devrelay.sh -- bash -c run_examples; then
+  echo "FAILED: examples"
+  failures=$((failures + 1))
+fi
+
+# LeakSanitizer reports what a test forgot to free; UBSan aborts on the first
+# undefined behaviour. Timing checks stay meaningful: ASan costs ~2x.
+ASAN_OPTIONS="detect_leaks=1:abort_on_error=0:halt_on_error=1" \
+UBSAN_OPTIONS="print_stacktrace=1:halt_on_error=1" \
+  run_tests "tests under AddressSanitizer + UBSan" "$out/c-tests-asan"
+
+# valgrind runs ~20x slower: give each test more time before the harness
+# declares it hung.
+MSB_TEST_TIMEOUT_S=300 run_tests "tests under valgrind" \
+  valgrind --quiet --leak-check=full --errors-for-leak-kinds=definite --error-exitcode=1 \
+  --suppressions=tests/c/valgrind.supp "$out/c-tests"
+
+if [[ $failures -ne 0 ]]; then
+  echo "test-c.sh: $failures run(s) failed"
+  exit 1
+fi
+echo "test-c.sh: all runs passed"
