@@ -5,6 +5,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #define BAD_UTF8 "x\xc3\x28"
 
@@ -140,6 +141,11 @@ static void test_event_order_and_accessors(void) {
     size_t len = 99;
     CHECK(msb_exec_event_data(ev, &len) != NULL);
     CHECK_INT(len, 0);
+    /* An event without output hands out an empty buffer. */
+    msb_bytes *none = NULL;
+    CHECK_INT(msb_exec_event_take_data(ev, &none), MSB_OK);
+    CHECK(none && msb_bytes_len(none) == 0 && msb_bytes_data(none) != NULL);
+    msb_bytes_free(none);
     msb_exec_event_free(ev);
 
     REQUIRE_OK(msb_exec_next_event(exec, T_MS, &ev, ERR));
@@ -155,6 +161,10 @@ static void test_event_order_and_accessors(void) {
     CHECK_MEM(msb_bytes_data(taken), msb_bytes_len(taken), "hi\n");
     msb_exec_event_data(ev, &len);
     CHECK_INT(len, 0);
+    msb_bytes_free(taken);
+    taken = NULL;
+    CHECK_INT(msb_exec_event_take_data(ev, &taken), MSB_OK); /* a second take finds nothing */
+    CHECK_INT(msb_bytes_len(taken), 0);
     msb_bytes_free(taken);
     msb_exec_event_free(ev);
 
@@ -186,10 +196,36 @@ static void test_run_args_env_cwd(void) {
         size_t len = 0;
         const uint8_t *s = msb_run_output_stdout(out, &len);
         CHECK_MEM(s, len, "a b|v=1 \xc3\xa9|/tmp|2");
+        CHECK(msb_run_output_stdout(out, NULL) == s); /* len_out optional */
         CHECK(msb_run_output_stderr(out, &len) != NULL);
         CHECK_INT(len, 0);
         CHECK_INT(msb_run_output_exit_code(out), 0);
         CHECK(!msb_run_output_truncated(out));
+    }
+    msb_run_output_free(out);
+    msb_exec_request_free(req);
+    msb_client_free(c);
+}
+
+static void test_run_as_user(void) {
+    msb_client *c = connect_shared();
+    REQUIRE(c);
+    msb_exec_request *req = make_request("id", "-un", NULL);
+    EXPECT(MSB_OK, msb_exec_request_set_user(req, "nobody", ERR));
+    msb_run_output *out = NULL;
+    if (EXPECT(MSB_OK, msb_exec_run(c, req, 256, T_MS, &out, ERR))) {
+        size_t len = 0;
+        const uint8_t *s = msb_run_output_stdout(out, &len);
+        if (geteuid() == 0) {
+            /* A root relay switches to the user. */
+            CHECK_MEM(s, len, "nobody\n");
+            CHECK_INT(msb_run_output_exit_code(out), 0);
+        } else {
+            /* Otherwise the relay refuses, with a message on stderr. */
+            CHECK_INT(msb_run_output_exit_code(out), -1);
+            msb_run_output_stderr(out, &len);
+            CHECK(len > 0);
+        }
     }
     msb_run_output_free(out);
     msb_exec_request_free(req);
@@ -453,6 +489,7 @@ const struct test_case exec_tests[] = {
     {"exec calls reject NULL arguments", test_exec_null_arguments},
     {"exec events: started, stdout, exited, ENDED; accessors", test_event_order_and_accessors},
     {"exec_run passes args, env and cwd", test_run_args_env_cwd},
+    {"exec as another user (set_user)", test_run_as_user},
     {"stderr and exit codes (incl. -1 when killed)", test_stderr_and_exit_codes},
     {"spawn failure exits -1 without started", test_spawn_failure_is_minus_one_without_started},
     {"stdin streams line by line; 3 MiB stdin arrives whole", test_stdin_streaming},
