@@ -1,0 +1,744 @@
+//! Zig binding of libmicrosandbox_agent: drive a microsandbox guest (run
+//! processes, read and write files) through its agent relay socket.
+//!
+//! Conventions:
+//! - Failures are `Error` values mapped one to one from the library's status
+//!   codes. Every fallible call takes `diag: ?*Diagnostics`; pass one to keep
+//!   the library's message for the failure (no thread-local "last error").
+//! - Strings passed in are `[:0]const u8` (string literals coerce), handed to
+//!   the library without copying.
+//! - Results that hold memory say who frees it: functions taking an
+//!   `Allocator` copy into memory of that allocator (free it with the same
+//!   allocator, usually through a `deinit(allocator)`); `Bytes` and process
+//!   output events wrap a library buffer freed by their `deinit()`.
+//! - Every handle type (`Client`, `Process`) has a `deinit()` meant for
+//!   `defer`. `Client` may be shared between threads; see each type.
+//!
+//! The raw C declarations stay reachable as `c` for the parts of the C API
+//! this binding does not wrap (raw messages and subscriptions).
+const std = @import("std");
+const Allocator = std.mem.Allocator;
+
+pub const c = @import("c");
+
+/// Every failure the library reports, one per `MSB_ERR_*` code.
+pub const Error = error{
+    /// An argument is out of range or malformed (the message says which).
+    InvalidArgument,
+    /// A required pointer was null.
+    NullPointer,
+    /// A string argument is not valid UTF-8.
+    InvalidUtf8,
+    /// A message would exceed the protocol's 4 MiB frame limit.
+    TooLarge,
+    /// No relay at that socket path, or no sandbox of that name.
+    NotFound,
+    /// An operating-system error.
+    Io,
+    /// The call's deadline passed.
+    Timeout,
+    /// The relay did not complete the handshake (e.g. no free slot).
+    Handshake,
+    /// The connection or handle is closed.
+    Closed,
+    /// The relay broke the protocol; the connection was closed.
+    Protocol,
+    /// The correlation id is outside the client's range or already in use.
+    IdUnavailable,
+    /// The guest reported a failure; the message is the guest's text.
+    Guest,
+    /// The library panicked; the call's effect cannot be relied on.
+    Panic,
+    /// The handle is not in a state that allows the call.
+    WrongState,
+    /// A status code newer than this binding.
+    Unexpected,
+};
+
+/// The `Error` for a negative status code.
+pub fn errorFromStatus(status: c.msb_status) Error {
+    return switch (status) {
+        c.MSB_ERR_INVALID_ARGUMENT => error.InvalidArgument,
+        c.MSB_ERR_NULL_POINTER => error.NullPointer,
+        c.MSB_ERR_INVALID_UTF8 => error.InvalidUtf8,
+        c.MSB_ERR_TOO_LARGE => error.TooLarge,
+        c.MSB_ERR_NOT_FOUND => error.NotFound,
+        c.MSB_ERR_IO => error.Io,
+        c.MSB_ERR_TIMEOUT => error.Timeout,
+        c.MSB_ERR_HANDSHAKE => error.Handshake,
+        c.MSB_ERR_CLOSED => error.Closed,
+        c.MSB_ERR_PROTOCOL => error.Protocol,
+        c.MSB_ERR_ID_UNAVAILABLE => error.IdUnavailable,
+        c.MSB_ERR_GUEST => error.Guest,
+        c.MSB_ERR_PANIC => error.Panic,
+        c.MSB_ERR_WRONG_STATE => error.WrongState,
+        else => error.Unexpected,
+    };
+}
+
+/// Receives the details of a failed call, like `std.json.Diagnostics`:
+///
+///     var diag: msb.Diagnostics = .{};
+///     defer diag.deinit();
+///     client.mkdir("/data", .ms(5000), &diag) catch |err| {
+///         std.log.err("mkdir: {t}: {s}", .{ err, diag.message() });
+///     };
+///
+/// Only failing calls write to it; each replaces (and frees) what an earlier
+/// failure left. Owned by the caller's thread: give each thread its own.
+pub const Diagnostics = struct {
+    status: c.msb_status = c.MSB_OK,
+    err: ?*c.msb_error = null,
+
+    /// The library's message for the last failure, or the code's static
+    /// description when the library gave none. Valid until the next failing
+    /// call with this `Diagnostics` or `deinit`.
+    pub fn message(self: *const Diagnostics) []const u8 {
+        if (self.err) |err| return std.mem.span(c.msb_error_message(err));
+        if (self.status == c.MSB_OK) return "";
+        return std.mem.span(c.msb_status_str(self.status));
+    }
+
+    /// The last failure's status code (`MSB_OK` if none).
+    pub fn code(self: *const Diagnostics) c.msb_status {
+        return self.status;
+    }
+
+    pub fn deinit(self: *Diagnostics) void {
+        c.msb_error_free(self.err);
+        self.* = .{};
+    }
+
+    fn record(self: *Diagnostics, status: c.msb_status, err: ?*c.msb_error) void {
+        c.msb_error_free(self.err);
+        self.* = .{ .status = status, .err = err };
+    }
+};
+
+/// Turns a status into `Error` (for negative codes), handing the library's
+/// error object to `diag` or freeing it. Non-negative codes return normally
+/// so pulls can look at MSB_NOTHING_YET / MSB_ENDED themselves.
+fn check(status: c.msb_status, err: ?*c.msb_error, diag: ?*Diagnostics) Error!void {
+    if (status >= 0) {
+        // Documented never to happen (err_out is written only on failure),
+        // but a leak here would be silent.
+        c.msb_error_free(err);
+        return;
+    }
+    if (diag) |d| d.record(status, err) else c.msb_error_free(err);
+    return errorFromStatus(status);
+}
+
+/// How long a call may wait. `.immediate` (0) makes pulls return at once
+/// with what is already there; `.infinite` waits without limit.
+pub const Timeout = enum(i64) {
+    immediate = 0,
+    infinite = c.MSB_TIMEOUT_INFINITE,
+    _,
+
+    pub fn ms(milliseconds: u32) Timeout {
+        return @enumFromInt(milliseconds);
+    }
+
+    fn toMs(self: Timeout) i64 {
+        return @intFromEnum(self);
+    }
+};
+
+/// The library's version, "MAJOR.MINOR.PATCH" (static).
+pub fn version() []const u8 {
+    return std.mem.span(c.msb_version());
+}
+
+/// An owned library buffer, freed by `deinit` (`msb_bytes_free`); `slice()`
+/// borrows it without copying.
+pub const Bytes = struct {
+    handle: *c.msb_bytes,
+
+    pub fn slice(self: Bytes) []const u8 {
+        const len = c.msb_bytes_len(self.handle);
+        if (len == 0) return &.{};
+        return c.msb_bytes_data(self.handle)[0..len];
+    }
+
+    pub fn deinit(self: Bytes) void {
+        c.msb_bytes_free(self.handle);
+    }
+};
+
+pub const ConnectOptions = struct {
+    /// Deadline for connecting plus the handshake (library default: 10 s).
+    timeout_ms: ?u64 = null,
+    /// Bytes of received, not yet pulled messages held before the client
+    /// stops reading the socket (library default: 16 MiB; at least 64 KiB).
+    memory_budget: ?usize = null,
+};
+
+/// Sandbox start-up timings from the relay's `core.ready`, in nanoseconds.
+pub const ReadyTimings = struct {
+    boot_time_ns: u64,
+    init_time_ns: u64,
+    ready_time_ns: u64,
+};
+
+/// What the relay has sent this client.
+pub const Counters = c.msb_counters;
+
+/// A connection to one relay, with its own background thread.
+///
+/// Thread safety: every method may be called from any thread at once;
+/// `close` wakes all of them with `error.Closed`. Call `deinit` once, after
+/// the other threads are done with the client.
+pub const Client = struct {
+    handle: *c.msb_client,
+
+    /// Connects to the relay socket at `socket_path` and completes the
+    /// handshake. Errors: `NotFound` (no relay there), `Timeout`,
+    /// `Handshake` (e.g. all slots taken), `Protocol`, `InvalidArgument`
+    /// (path too long), `Io`.
+    pub fn connect(socket_path: [:0]const u8, options: ConnectOptions, diag: ?*Diagnostics) Error!Client {
+        return connectWith(c.msb_client_connect, socket_path, options, diag);
+    }
+
+    /// Connects to a sandbox by name: the socket
+    /// `$MSB_HOME/sandboxes/NAME/runtime/agent.sock` (`MSB_HOME` defaults to
+    /// `~/.microsandbox`). An unknown name gives `error.NotFound`.
+    pub fn connectSandbox(name: [:0]const u8, options: ConnectOptions, diag: ?*Diagnostics) Error!Client {
+        return connectWith(c.msb_client_connect_sandbox, name, options, diag);
+    }
+
+    /// Performs the handshake on an already connected stream socket. The
+    /// library uses a duplicate of `fd`; the caller still owns `fd`.
+    pub fn connectFd(fd: std.posix.fd_t, options: ConnectOptions, diag: ?*Diagnostics) Error!Client {
+        const native_options = try makeConnectOptions(options, diag);
+        defer c.msb_connect_options_free(native_options);
+        var client: ?*c.msb_client = null;
+        var err: ?*c.msb_error = null;
+        try check(c.msb_client_connect_fd(fd, native_options, &client, &err), err, diag);
+        return .{ .handle = client.? };
+    }
+
+    fn connectWith(
+        comptime connectFn: anytype,
+        target: [:0]const u8,
+        options: ConnectOptions,
+        diag: ?*Diagnostics,
+    ) Error!Client {
+        const native_options = try makeConnectOptions(options, diag);
+        defer c.msb_connect_options_free(native_options);
+        var client: ?*c.msb_client = null;
+        var err: ?*c.msb_error = null;
+        try check(connectFn(target.ptr, native_options, &client, &err), err, diag);
+        return .{ .handle = client.? };
+    }
+
+    /// Null (the library's defaults) when no option is set.
+    fn makeConnectOptions(options: ConnectOptions, diag: ?*Diagnostics) Error!?*c.msb_connect_options {
+        if (options.timeout_ms == null and options.memory_budget == null) return null;
+        var native: ?*c.msb_connect_options = null;
+        try check(c.msb_connect_options_new(&native), null, diag);
+        errdefer c.msb_connect_options_free(native);
+        if (options.timeout_ms) |ms| try check(c.msb_connect_options_set_timeout_ms(native, ms), null, diag);
+        if (options.memory_budget) |bytes| try check(c.msb_connect_options_set_memory_budget(native, bytes), null, diag);
+        return native;
+    }
+
+    /// Closes the connection and releases the client, waiting for its
+    /// background thread. Processes started through it stay valid to
+    /// `deinit` but fail with `error.Closed`.
+    pub fn deinit(self: Client) void {
+        c.msb_client_free(self.handle);
+    }
+
+    /// Closes the connection: every call blocked on this client, its
+    /// processes and streams returns `error.Closed`, and later calls fail
+    /// the same way. Idempotent; any thread. `deinit` is still required.
+    pub fn close(self: Client) void {
+        // Fails only for a null handle, which a Client never holds.
+        _ = c.msb_client_close(self.handle);
+    }
+
+    pub fn readyTimings(self: Client) ReadyTimings {
+        var timings: c.msb_ready_timings = undefined;
+        // Fails only for null arguments.
+        std.debug.assert(c.msb_client_ready_timings(self.handle, &timings) == c.MSB_OK);
+        return .{
+            .boot_time_ns = timings.boot_time_ns,
+            .init_time_ns = timings.init_time_ns,
+            .ready_time_ns = timings.ready_time_ns,
+        };
+    }
+
+    /// The raw CBOR payload of the relay's `core.ready` (a library buffer).
+    pub fn readyPayload(self: Client) Error!Bytes {
+        var payload: ?*c.msb_bytes = null;
+        try check(c.msb_client_ready_payload(self.handle, &payload), null, null);
+        return .{ .handle = payload.? };
+    }
+
+    /// The relay's id offset for this client (its correlation ids follow it).
+    pub fn idOffset(self: Client) u32 {
+        return c.msb_client_id_offset(self.handle);
+    }
+
+    pub fn counters(self: Client) Counters {
+        var result: Counters = std.mem.zeroes(Counters);
+        result.struct_size = @sizeOf(Counters);
+        std.debug.assert(c.msb_client_counters(self.handle, &result) == c.MSB_OK);
+        return result;
+    }
+
+    /// Asks the sandbox to shut down. No reply comes; the relay closes the
+    /// connection as the sandbox goes away.
+    pub fn shutdown(self: Client, timeout: Timeout, diag: ?*Diagnostics) Error!void {
+        var err: ?*c.msb_error = null;
+        try check(c.msb_client_shutdown(self.handle, timeout.toMs(), &err), err, diag);
+    }
+
+    // ---- processes ----
+
+    /// Starts `argv[0]` (looked up in the guest's PATH) with `argv[1..]`.
+    /// Pull its events with `Process.nextEvent`. `options.timeout` bounds
+    /// sending the request. An empty `argv` is `error.InvalidArgument`.
+    pub fn spawn(self: Client, argv: []const [:0]const u8, options: SpawnOptions, diag: ?*Diagnostics) Error!Process {
+        const request = try buildRequest(argv, options, diag);
+        defer c.msb_exec_request_free(request);
+        var exec: ?*c.msb_exec = null;
+        var err: ?*c.msb_error = null;
+        try check(c.msb_exec_start(self.handle, request, options.timeout.toMs(), &exec, &err), err, diag);
+        return .{ .handle = exec.? };
+    }
+
+    /// Runs `argv` to completion with stdin closed, capturing stdout and
+    /// stderr (each up to `options.capture_limit` bytes) into memory of
+    /// `allocator`. The whole run must end within `options.timeout`, or the
+    /// process is killed and `error.Timeout` returned. A non-zero exit code
+    /// is not an error.
+    pub fn run(
+        self: Client,
+        allocator: Allocator,
+        argv: []const [:0]const u8,
+        options: RunOptions,
+        diag: ?*Diagnostics,
+    ) (Error || Allocator.Error)!RunResult {
+        const request = try buildRequest(argv, options.spawn, diag);
+        defer c.msb_exec_request_free(request);
+        var output: ?*c.msb_run_output = null;
+        var err: ?*c.msb_error = null;
+        try check(c.msb_exec_run(self.handle, request, options.capture_limit, options.timeout.toMs(), &output, &err), err, diag);
+        defer c.msb_run_output_free(output);
+
+        const stdout = try allocator.dupe(u8, borrowed(c.msb_run_output_stdout, output));
+        errdefer allocator.free(stdout);
+        const stderr = try allocator.dupe(u8, borrowed(c.msb_run_output_stderr, output));
+        return .{
+            .exit_code = c.msb_run_output_exit_code(output),
+            .stdout = stdout,
+            .stderr = stderr,
+            .truncated = c.msb_run_output_truncated(output),
+        };
+    }
+
+    // ---- files ----
+
+    /// Reads a whole file into memory of `allocator`.
+    pub fn readFile(self: Client, allocator: Allocator, path: [:0]const u8, timeout: Timeout, diag: ?*Diagnostics) (Error || Allocator.Error)![]u8 {
+        const data = try self.readFileBytes(path, timeout, diag);
+        defer data.deinit();
+        return allocator.dupe(u8, data.slice());
+    }
+
+    /// Reads a whole file into a library buffer (no copy; `deinit` it).
+    pub fn readFileBytes(self: Client, path: [:0]const u8, timeout: Timeout, diag: ?*Diagnostics) Error!Bytes {
+        var data: ?*c.msb_bytes = null;
+        var err: ?*c.msb_error = null;
+        try check(c.msb_fs_read_file(self.handle, path.ptr, timeout.toMs(), &data, &err), err, diag);
+        return .{ .handle = data.? };
+    }
+
+    /// Writes a whole file (created or truncated). `mode` null keeps the
+    /// guest's default permissions.
+    pub fn writeFile(self: Client, path: [:0]const u8, data: []const u8, options: WriteFileOptions, diag: ?*Diagnostics) Error!void {
+        const mode: i32 = if (options.mode) |m| @intCast(m) else -1;
+        var err: ?*c.msb_error = null;
+        try check(c.msb_fs_write_file(self.handle, path.ptr, data.ptr, data.len, mode, options.timeout.toMs(), &err), err, diag);
+    }
+
+    /// Metadata of `path` (symlinks not followed); the entry's path is
+    /// copied into memory of `allocator` (`Entry.deinit`).
+    pub fn stat(self: Client, allocator: Allocator, path: [:0]const u8, timeout: Timeout, diag: ?*Diagnostics) (Error || Allocator.Error)!Entry {
+        var entry: ?*c.msb_fs_entry = null;
+        var err: ?*c.msb_error = null;
+        try check(c.msb_fs_stat(self.handle, path.ptr, timeout.toMs(), &entry, &err), err, diag);
+        defer c.msb_fs_entry_free(entry);
+        return Entry.copy(allocator, entry.?);
+    }
+
+    /// The immediate children of `path`, unsorted, copied into memory of
+    /// `allocator` (`Listing.deinit`).
+    pub fn list(self: Client, allocator: Allocator, path: [:0]const u8, timeout: Timeout, diag: ?*Diagnostics) (Error || Allocator.Error)!Listing {
+        var native: ?*c.msb_fs_entries = null;
+        var err: ?*c.msb_error = null;
+        try check(c.msb_fs_list(self.handle, path.ptr, timeout.toMs(), &native, &err), err, diag);
+        defer c.msb_fs_entries_free(native);
+
+        const entries = try allocator.alloc(Entry, c.msb_fs_entries_len(native));
+        var copied: usize = 0;
+        errdefer {
+            for (entries[0..copied]) |entry| entry.deinit(allocator);
+            allocator.free(entries);
+        }
+        for (entries, 0..) |*entry, index| {
+            entry.* = try Entry.copy(allocator, c.msb_fs_entries_get(native, index).?);
+            copied += 1;
+        }
+        return .{ .entries = entries };
+    }
+
+    /// Creates a directory and any missing parents.
+    pub fn mkdir(self: Client, path: [:0]const u8, timeout: Timeout, diag: ?*Diagnostics) Error!void {
+        return self.pathCall(c.msb_fs_mkdir, path, timeout, diag);
+    }
+
+    /// Removes a file.
+    pub fn remove(self: Client, path: [:0]const u8, timeout: Timeout, diag: ?*Diagnostics) Error!void {
+        return self.pathCall(c.msb_fs_remove, path, timeout, diag);
+    }
+
+    /// Removes a directory and everything in it.
+    pub fn removeDir(self: Client, path: [:0]const u8, timeout: Timeout, diag: ?*Diagnostics) Error!void {
+        return self.pathCall(c.msb_fs_remove_dir, path, timeout, diag);
+    }
+
+    /// Copies the file `src` to `dst`.
+    pub fn copy(self: Client, src: [:0]const u8, dst: [:0]const u8, timeout: Timeout, diag: ?*Diagnostics) Error!void {
+        return self.twoPathCall(c.msb_fs_copy, src, dst, timeout, diag);
+    }
+
+    /// Renames (moves) `src` to `dst`.
+    pub fn rename(self: Client, src: [:0]const u8, dst: [:0]const u8, timeout: Timeout, diag: ?*Diagnostics) Error!void {
+        return self.twoPathCall(c.msb_fs_rename, src, dst, timeout, diag);
+    }
+
+    fn pathCall(self: Client, comptime func: anytype, path: [:0]const u8, timeout: Timeout, diag: ?*Diagnostics) Error!void {
+        var err: ?*c.msb_error = null;
+        try check(func(self.handle, path.ptr, timeout.toMs(), &err), err, diag);
+    }
+
+    fn twoPathCall(self: Client, comptime func: anytype, src: [:0]const u8, dst: [:0]const u8, timeout: Timeout, diag: ?*Diagnostics) Error!void {
+        var err: ?*c.msb_error = null;
+        try check(func(self.handle, src.ptr, dst.ptr, timeout.toMs(), &err), err, diag);
+    }
+};
+
+pub const EnvVar = struct {
+    /// Non-empty, without '='.
+    name: [:0]const u8,
+    value: [:0]const u8,
+};
+
+pub const Rlimit = struct {
+    /// Lower-case: cpu fsize data stack core rss nproc nofile memlock as
+    /// locks sigpending msgqueue nice rtprio rttime.
+    resource: [:0]const u8,
+    soft: u64,
+    hard: u64,
+};
+
+pub const TerminalSize = struct {
+    rows: u16 = 24,
+    cols: u16 = 80,
+};
+
+pub const SpawnOptions = struct {
+    /// Added to the guest's default environment.
+    env: []const EnvVar = &.{},
+    /// Working directory in the guest (null: the guest's default).
+    cwd: ?[:0]const u8 = null,
+    /// Guest user to run as (null: the agent's default).
+    user: ?[:0]const u8 = null,
+    /// Run on a pseudo-terminal of this size; stderr then arrives merged
+    /// into stdout.
+    tty: ?TerminalSize = null,
+    rlimits: []const Rlimit = &.{},
+    /// For `spawn`: bounds sending the request (the process may run longer).
+    timeout: Timeout = .ms(10_000),
+};
+
+pub const RunOptions = struct {
+    spawn: SpawnOptions = .{},
+    /// Bytes kept of each of stdout and stderr; the rest is discarded and
+    /// `RunResult.truncated` set.
+    capture_limit: usize = 16 * 1024 * 1024,
+    /// Bounds the whole run; the process is killed when it passes.
+    timeout: Timeout = .ms(60_000),
+};
+
+/// The outcome of `Client.run`; `stdout` and `stderr` belong to the
+/// allocator passed to `run`.
+pub const RunResult = struct {
+    /// -1 if the process was killed by a signal or could not be started.
+    exit_code: i32,
+    stdout: []u8,
+    stderr: []u8,
+    /// Output beyond the capture limit was discarded.
+    truncated: bool,
+
+    pub fn deinit(self: RunResult, allocator: Allocator) void {
+        allocator.free(self.stdout);
+        allocator.free(self.stderr);
+    }
+};
+
+fn buildRequest(argv: []const [:0]const u8, options: SpawnOptions, diag: ?*Diagnostics) Error!*c.msb_exec_request {
+    var err: ?*c.msb_error = null;
+    var request: ?*c.msb_exec_request = null;
+    // An empty command lets the library report the empty argv in its words.
+    const command: [:0]const u8 = if (argv.len == 0) "" else argv[0];
+    try check(c.msb_exec_request_new(command.ptr, &request, &err), err, diag);
+    errdefer c.msb_exec_request_free(request);
+    const args: []const [:0]const u8 = if (argv.len > 1) argv[1..] else &.{};
+    for (args) |arg| try check(c.msb_exec_request_add_arg(request, arg.ptr, &err), err, diag);
+    for (options.env) |variable| {
+        try check(c.msb_exec_request_add_env(request, variable.name.ptr, variable.value.ptr, &err), err, diag);
+    }
+    if (options.cwd) |cwd| try check(c.msb_exec_request_set_cwd(request, cwd.ptr, &err), err, diag);
+    if (options.user) |user| try check(c.msb_exec_request_set_user(request, user.ptr, &err), err, diag);
+    if (options.tty) |size| try check(c.msb_exec_request_set_tty(request, true, size.rows, size.cols, &err), err, diag);
+    for (options.rlimits) |limit| {
+        try check(c.msb_exec_request_add_rlimit(request, limit.resource.ptr, limit.soft, limit.hard, &err), err, diag);
+    }
+    return request.?;
+}
+
+/// Calls one of the library's "(handle, &len) -> borrowed pointer" getters
+/// and returns the bytes as a slice (borrowed just like the pointer).
+fn borrowed(comptime getter: anytype, handle: anytype) []const u8 {
+    var len: usize = 0;
+    const data = getter(handle, &len);
+    if (len == 0) return &.{};
+    return data[0..len];
+}
+
+/// A process running in the guest.
+///
+/// Thread safety: one thread may wait in `nextEvent` while others write
+/// stdin, signal or resize. `deinit` stops listening (the process keeps
+/// running until it exits or the client disconnects) and wakes a thread
+/// blocked in `nextEvent` with `error.Closed`.
+pub const Process = struct {
+    handle: *c.msb_exec,
+
+    pub const Event = union(enum) {
+        /// The process started; its guest pid.
+        started: u32,
+        /// Output on stdout (or the terminal, with a tty).
+        stdout: Bytes,
+        /// Output on stderr.
+        stderr: Bytes,
+        /// The process ended (always the last event): its exit code, -1 if
+        /// killed by a signal or never started.
+        exited: i32,
+
+        /// Frees the output buffer of `stdout`/`stderr` events; a no-op for
+        /// the others, so `defer event.deinit()` fits every event.
+        pub fn deinit(self: Event) void {
+            switch (self) {
+                .stdout, .stderr => |data| data.deinit(),
+                .started, .exited => {},
+            }
+        }
+    };
+
+    /// The next event, waiting up to `timeout`: null if none arrived in time
+    /// (nothing is consumed), `error.EndOfStream` once `exited` was pulled.
+    /// Output that arrived before the connection died is delivered before
+    /// the error.
+    pub fn nextEvent(self: Process, timeout: Timeout, diag: ?*Diagnostics) (Error || error{EndOfStream})!?Event {
+        var native: ?*c.msb_exec_event = null;
+        var err: ?*c.msb_error = null;
+        const status = c.msb_exec_next_event(self.handle, timeout.toMs(), &native, &err);
+        try check(status, err, diag);
+        switch (status) {
+            c.MSB_NOTHING_YET => return null,
+            c.MSB_ENDED => return error.EndOfStream,
+            else => {},
+        }
+        defer c.msb_exec_event_free(native);
+        return switch (c.msb_exec_event_kind(native)) {
+            c.MSB_EXEC_STARTED => .{ .started = c.msb_exec_event_pid(native) },
+            c.MSB_EXEC_STDOUT => .{ .stdout = try takeData(native.?, diag) },
+            c.MSB_EXEC_STDERR => .{ .stderr = try takeData(native.?, diag) },
+            c.MSB_EXEC_EXITED => .{ .exited = c.msb_exec_event_exit_code(native) },
+            else => error.Unexpected,
+        };
+    }
+
+    fn takeData(event: *c.msb_exec_event, diag: ?*Diagnostics) Error!Bytes {
+        var data: ?*c.msb_bytes = null;
+        try check(c.msb_exec_event_take_data(event, &data), null, diag);
+        return .{ .handle = data.? };
+    }
+
+    /// Writes to the process's stdin (copied into the socket before this
+    /// returns; large input is split into frames).
+    pub fn writeStdin(self: Process, data: []const u8, timeout: Timeout, diag: ?*Diagnostics) Error!void {
+        var err: ?*c.msb_error = null;
+        try check(c.msb_exec_write_stdin(self.handle, data.ptr, data.len, timeout.toMs(), &err), err, diag);
+    }
+
+    /// Ends the process's input.
+    pub fn closeStdin(self: Process, timeout: Timeout, diag: ?*Diagnostics) Error!void {
+        var err: ?*c.msb_error = null;
+        try check(c.msb_exec_close_stdin(self.handle, timeout.toMs(), &err), err, diag);
+    }
+
+    /// Sends the guest (Linux) signal number `signal`, e.g. 15 for SIGTERM.
+    pub fn signal(self: Process, sig: i32, timeout: Timeout, diag: ?*Diagnostics) Error!void {
+        var err: ?*c.msb_error = null;
+        try check(c.msb_exec_signal(self.handle, sig, timeout.toMs(), &err), err, diag);
+    }
+
+    /// Resizes the process's terminal (meaningful with a tty).
+    pub fn resize(self: Process, size: TerminalSize, timeout: Timeout, diag: ?*Diagnostics) Error!void {
+        var err: ?*c.msb_error = null;
+        try check(c.msb_exec_resize(self.handle, size.rows, size.cols, timeout.toMs(), &err), err, diag);
+    }
+
+    /// A descriptor readable exactly while `nextEvent(.immediate, ...)`
+    /// would not return null, to wait in poll/epoll. Do not read, write or
+    /// close it; valid until `deinit`.
+    pub fn readinessFd(self: Process, diag: ?*Diagnostics) Error!std.posix.fd_t {
+        var fd: c_int = -1;
+        var err: ?*c.msb_error = null;
+        try check(c.msb_exec_readiness_fd(self.handle, &fd, &err), err, diag);
+        return fd;
+    }
+
+    /// The correlation id of the process's session.
+    pub fn id(self: Process) u32 {
+        return c.msb_exec_id(self.handle);
+    }
+
+    pub fn deinit(self: Process) void {
+        c.msb_exec_free(self.handle);
+    }
+};
+
+pub const WriteFileOptions = struct {
+    /// Permission bits, e.g. 0o644 (null: the guest's default).
+    mode: ?u32 = null,
+    /// Bounds the whole write.
+    timeout: Timeout = .ms(60_000),
+};
+
+pub const EntryKind = enum { file, dir, symlink, other };
+
+/// Metadata of one file, directory or link; `path` belongs to the
+/// allocator that produced the entry.
+pub const Entry = struct {
+    path: []u8,
+    kind: EntryKind,
+    size: u64,
+    /// Including the file-type bits, e.g. 0o100644.
+    mode: u32,
+    /// Modification time in Unix seconds, if the guest reported one.
+    mtime: ?i64,
+
+    fn copy(allocator: Allocator, native: *const c.msb_fs_entry) Allocator.Error!Entry {
+        var mtime: i64 = 0;
+        const has_mtime = c.msb_fs_entry_mtime(native, &mtime);
+        return .{
+            .path = try allocator.dupe(u8, std.mem.span(c.msb_fs_entry_path(native))),
+            .kind = switch (c.msb_fs_entry_kind(native)) {
+                c.MSB_FS_KIND_FILE => .file,
+                c.MSB_FS_KIND_DIR => .dir,
+                c.MSB_FS_KIND_SYMLINK => .symlink,
+                else => .other,
+            },
+            .size = c.msb_fs_entry_size(native),
+            .mode = c.msb_fs_entry_mode(native),
+            .mtime = if (has_mtime) mtime else null,
+        };
+    }
+
+    /// The last path component.
+    pub fn name(self: Entry) []const u8 {
+        return std.Io.Dir.path.basename(self.path);
+    }
+
+    pub fn deinit(self: Entry, allocator: Allocator) void {
+        allocator.free(self.path);
+    }
+};
+
+/// The result of `Client.list`, owned by the allocator passed to it.
+pub const Listing = struct {
+    entries: []Entry,
+
+    /// The entry whose last path component is `name`, if any.
+    pub fn find(self: Listing, name: []const u8) ?Entry {
+        for (self.entries) |entry| {
+            if (std.mem.eql(u8, entry.name(), name)) return entry;
+        }
+        return null;
+    }
+
+    pub fn deinit(self: Listing, allocator: Allocator) void {
+        for (self.entries) |entry| entry.deinit(allocator);
+        allocator.free(self.entries);
+    }
+};
+
+test "every error status maps to its own error, unknown codes to Unexpected" {
+    const expected = [_]struct { c.msb_status, Error }{
+        .{ c.MSB_ERR_INVALID_ARGUMENT, error.InvalidArgument },
+        .{ c.MSB_ERR_NULL_POINTER, error.NullPointer },
+        .{ c.MSB_ERR_INVALID_UTF8, error.InvalidUtf8 },
+        .{ c.MSB_ERR_TOO_LARGE, error.TooLarge },
+        .{ c.MSB_ERR_NOT_FOUND, error.NotFound },
+        .{ c.MSB_ERR_IO, error.Io },
+        .{ c.MSB_ERR_TIMEOUT, error.Timeout },
+        .{ c.MSB_ERR_HANDSHAKE, error.Handshake },
+        .{ c.MSB_ERR_CLOSED, error.Closed },
+        .{ c.MSB_ERR_PROTOCOL, error.Protocol },
+        .{ c.MSB_ERR_ID_UNAVAILABLE, error.IdUnavailable },
+        .{ c.MSB_ERR_GUEST, error.Guest },
+        .{ c.MSB_ERR_PANIC, error.Panic },
+        .{ c.MSB_ERR_WRONG_STATE, error.WrongState },
+        .{ -1000, error.Unexpected },
+    };
+    for (expected) |pair| try std.testing.expectEqual(pair[1], errorFromStatus(pair[0]));
+}
+
+test "Diagnostics without a library error falls back to the status description" {
+    var diag: Diagnostics = .{};
+    defer diag.deinit();
+    try std.testing.expectEqualStrings("", diag.message());
+    try std.testing.expectError(error.Timeout, check(c.MSB_ERR_TIMEOUT, null, &diag));
+    try std.testing.expectEqual(@as(c.msb_status, c.MSB_ERR_TIMEOUT), diag.code());
+    try std.testing.expectEqualStrings(std.mem.span(c.msb_status_str(c.MSB_ERR_TIMEOUT)), diag.message());
+}
+
+test "Diagnostics keeps the library's message of a failing call" {
+    var diag: Diagnostics = .{};
+    defer diag.deinit();
+    var request: ?*c.msb_exec_request = null;
+    var err: ?*c.msb_error = null;
+    const status = c.msb_exec_request_new("", &request, &err);
+    try std.testing.expectError(error.InvalidArgument, check(status, err, &diag));
+    try std.testing.expect(diag.err != null);
+    try std.testing.expect(diag.message().len > 0);
+}
+
+test "version matches the header's version macros" {
+    var buf: [32]u8 = undefined;
+    const expected = try std.fmt.bufPrint(&buf, "{d}.{d}.{d}", .{ c.MSB_VERSION_MAJOR, c.MSB_VERSION_MINOR, c.MSB_VERSION_PATCH });
+    try std.testing.expectEqualStrings(expected, version());
+}
+
+test "Timeout literals carry the library's millisecond values" {
+    try std.testing.expectEqual(@as(i64, -1), Timeout.infinite.toMs());
+    try std.testing.expectEqual(@as(i64, 0), Timeout.immediate.toMs());
+    try std.testing.expectEqual(@as(i64, 2500), Timeout.ms(2500).toMs());
+}

@@ -1,0 +1,296 @@
+//! Integration tests against a development relay. Run them through
+//! scripts/test-zig.sh, or under scripts/with-devrelay.sh, which sets
+//! MSB_SOCKET; without it every test here fails.
+const std = @import("std");
+const testing = std.testing;
+const msb = @import("microsandbox");
+
+const timeout: msb.Timeout = .ms(10_000);
+
+fn socketPath() ![:0]const u8 {
+    return testing.environ.getPosix("MSB_SOCKET") orelse {
+        std.debug.print("MSB_SOCKET is not set: run the tests under scripts/with-devrelay.sh\n", .{});
+        return error.MsbSocketUnset;
+    };
+}
+
+fn connect() !msb.Client {
+    var diag: msb.Diagnostics = .{};
+    defer diag.deinit();
+    return msb.Client.connect(try socketPath(), .{}, &diag) catch |err| {
+        std.debug.print("connect failed: {t}: {s}\n", .{ err, diag.message() });
+        return err;
+    };
+}
+
+/// Pulls events until one that is not output arrives, collecting stdout.
+fn collectUntilNonOutput(process: msb.Process, stdout: *std.ArrayList(u8)) !msb.Process.Event {
+    while (true) {
+        const event = (try process.nextEvent(timeout, null)) orelse return error.TestUnexpectedNothingYet;
+        switch (event) {
+            .stdout => |data| {
+                defer data.deinit();
+                try stdout.appendSlice(testing.allocator, data.slice());
+            },
+            .stderr => |data| {
+                defer data.deinit();
+                std.debug.print("unexpected stderr: {s}\n", .{data.slice()});
+                return error.TestUnexpectedStderr;
+            },
+            .started, .exited => return event,
+        }
+    }
+}
+
+/// Pulls output until `stdout` contains `needle` (a pty or pipe may split it).
+fn readUntilContains(process: msb.Process, stdout: *std.ArrayList(u8), needle: []const u8) !void {
+    while (std.mem.indexOf(u8, stdout.items, needle) == null) {
+        const event = (try process.nextEvent(timeout, null)) orelse return error.TestUnexpectedNothingYet;
+        defer event.deinit();
+        switch (event) {
+            .stdout => |data| try stdout.appendSlice(testing.allocator, data.slice()),
+            else => {
+                std.debug.print("wanted {q} in {q}, got event {t}\n", .{ needle, stdout.items, event });
+                return error.TestUnexpectedEvent;
+            },
+        }
+    }
+}
+
+/// A fresh guest directory per test so tests never see each other's files.
+fn resetDir(client: msb.Client, dir: [:0]const u8) !void {
+    client.removeDir(dir, timeout, null) catch |err| switch (err) {
+        error.Guest => {}, // not there yet
+        else => return err,
+    };
+    try client.mkdir(dir, timeout, null);
+}
+
+test "connect reports ready timings and a client id range" {
+    const client = try connect();
+    defer client.deinit();
+    const timings = client.readyTimings();
+    try testing.expect(timings.ready_time_ns >= timings.init_time_ns or timings.ready_time_ns == 0);
+    const payload = try client.readyPayload();
+    defer payload.deinit();
+    try testing.expect(payload.slice().len > 0);
+    try testing.expect(client.counters().frames_received == 0 or client.counters().bytes_received > 0);
+}
+
+test "connect to a socket path with no relay is NotFound with a message" {
+    var diag: msb.Diagnostics = .{};
+    defer diag.deinit();
+    try testing.expectError(error.NotFound, msb.Client.connect("/nonexistent/msb-zig-test.sock", .{ .timeout_ms = 2000 }, &diag));
+    try testing.expect(diag.message().len > 0);
+}
+
+test "connectSandbox with an unknown name is NotFound" {
+    var diag: msb.Diagnostics = .{};
+    defer diag.deinit();
+    try testing.expectError(
+        error.NotFound,
+        msb.Client.connectSandbox("msb-zig-test-no-such-sandbox-8c1f", .{}, &diag),
+    );
+    try testing.expectEqual(@as(i32, msb.c.MSB_ERR_NOT_FOUND), diag.code());
+}
+
+test "run captures stdout, stderr and the exit code" {
+    const client = try connect();
+    defer client.deinit();
+    const result = try client.run(testing.allocator, &.{ "sh", "-c", "printf out; printf err >&2; exit 3" }, .{}, null);
+    defer result.deinit(testing.allocator);
+    try testing.expectEqual(@as(i32, 3), result.exit_code);
+    try testing.expectEqualStrings("out", result.stdout);
+    try testing.expectEqualStrings("err", result.stderr);
+    try testing.expect(!result.truncated);
+}
+
+test "run passes environment and working directory, and truncates at the capture limit" {
+    const client = try connect();
+    defer client.deinit();
+    const result = try client.run(testing.allocator, &.{ "sh", "-c", "printf '%s %s' \"$ZIG_TEST_VAR\" \"$(pwd)\"" }, .{
+        .spawn = .{ .env = &.{.{ .name = "ZIG_TEST_VAR", .value = "hello" }}, .cwd = "/" },
+        .capture_limit = 5,
+    }, null);
+    defer result.deinit(testing.allocator);
+    try testing.expectEqualStrings("hello", result.stdout);
+    try testing.expect(result.truncated);
+}
+
+test "run with an empty argv is InvalidArgument with the library's message" {
+    const client = try connect();
+    defer client.deinit();
+    var diag: msb.Diagnostics = .{};
+    defer diag.deinit();
+    try testing.expectError(error.InvalidArgument, client.run(testing.allocator, &.{}, .{}, &diag));
+    try testing.expect(diag.message().len > 0);
+}
+
+test "run past its deadline is Timeout" {
+    const client = try connect();
+    defer client.deinit();
+    try testing.expectError(error.Timeout, client.run(testing.allocator, &.{ "sleep", "5" }, .{ .timeout = .ms(300) }, null));
+}
+
+test "spawn: events in order, stdin round trip, and a zero-timeout pull finds nothing yet" {
+    const client = try connect();
+    defer client.deinit();
+    const process = try client.spawn(&.{"cat"}, .{}, null);
+    defer process.deinit();
+    try testing.expect(process.id() != 0);
+
+    var stdout: std.ArrayList(u8) = .empty;
+    defer stdout.deinit(testing.allocator);
+    const first = try collectUntilNonOutput(process, &stdout);
+    try testing.expect(first == .started);
+    try testing.expect(first.started > 0);
+
+    // cat prints nothing until it gets input.
+    try testing.expect((try process.nextEvent(.immediate, null)) == null);
+
+    try process.writeStdin("ping\n", timeout, null);
+    try readUntilContains(process, &stdout, "ping\n");
+    try process.closeStdin(timeout, null);
+    const last = try collectUntilNonOutput(process, &stdout);
+    try testing.expectEqual(msb.Process.Event{ .exited = 0 }, last);
+    try testing.expectEqualStrings("ping\n", stdout.items);
+    try testing.expectError(error.EndOfStream, process.nextEvent(.immediate, null));
+}
+
+test "readiness fd is readable once an event is waiting" {
+    const client = try connect();
+    defer client.deinit();
+    const process = try client.spawn(&.{ "echo", "ready" }, .{}, null);
+    defer process.deinit();
+    var fds = [_]std.posix.pollfd{.{ .fd = try process.readinessFd(null), .events = std.posix.POLL.IN, .revents = 0 }};
+    try testing.expectEqual(@as(usize, 1), try std.posix.poll(&fds, 10_000));
+    const event = (try process.nextEvent(.immediate, null)) orelse return error.TestExpectedEvent;
+    defer event.deinit();
+    try testing.expect(event == .started);
+}
+
+test "signal ends a process, which exits with -1" {
+    const client = try connect();
+    defer client.deinit();
+    const process = try client.spawn(&.{ "sleep", "30" }, .{}, null);
+    defer process.deinit();
+    var stdout: std.ArrayList(u8) = .empty;
+    defer stdout.deinit(testing.allocator);
+    try testing.expect((try collectUntilNonOutput(process, &stdout)) == .started);
+    try process.signal(15, timeout, null);
+    try testing.expectEqual(msb.Process.Event{ .exited = -1 }, try collectUntilNonOutput(process, &stdout));
+}
+
+test "resize changes the size a tty process sees" {
+    const client = try connect();
+    defer client.deinit();
+    // The process waits for a line, then prints the terminal size; the resize
+    // is sent before the line, so it lands first.
+    const process = try client.spawn(&.{ "sh", "-c", "read line; stty size" }, .{ .tty = .{ .rows = 24, .cols = 80 } }, null);
+    defer process.deinit();
+    var stdout: std.ArrayList(u8) = .empty;
+    defer stdout.deinit(testing.allocator);
+    try testing.expect((try collectUntilNonOutput(process, &stdout)) == .started);
+    try process.resize(.{ .rows = 40, .cols = 100 }, timeout, null);
+    try process.writeStdin("go\n", timeout, null);
+    try readUntilContains(process, &stdout, "40 100");
+}
+
+test "fs: write, read back, stat and list" {
+    const client = try connect();
+    defer client.deinit();
+    const dir = "/zig-tests/write-read";
+    try resetDir(client, dir);
+    const content = "written from zig\n";
+    try client.writeFile(dir ++ "/hello.txt", content, .{ .mode = 0o640 }, null);
+
+    const data = try client.readFile(testing.allocator, dir ++ "/hello.txt", timeout, null);
+    defer testing.allocator.free(data);
+    try testing.expectEqualStrings(content, data);
+
+    const entry = try client.stat(testing.allocator, dir ++ "/hello.txt", timeout, null);
+    defer entry.deinit(testing.allocator);
+    try testing.expectEqual(msb.EntryKind.file, entry.kind);
+    try testing.expectEqual(@as(u64, content.len), entry.size);
+    try testing.expectEqual(@as(u32, 0o640), entry.mode & 0o777);
+    try testing.expectEqualStrings("hello.txt", entry.name());
+
+    try client.mkdir(dir ++ "/sub/deeper", timeout, null);
+    const listing = try client.list(testing.allocator, dir, timeout, null);
+    defer listing.deinit(testing.allocator);
+    try testing.expectEqual(@as(usize, 2), listing.entries.len);
+    try testing.expectEqual(msb.EntryKind.file, (listing.find("hello.txt") orelse return error.TestMissingEntry).kind);
+    try testing.expectEqual(msb.EntryKind.dir, (listing.find("sub") orelse return error.TestMissingEntry).kind);
+}
+
+test "fs: empty and binary files survive a round trip without copies" {
+    const client = try connect();
+    defer client.deinit();
+    const dir = "/zig-tests/binary";
+    try resetDir(client, dir);
+    try client.writeFile(dir ++ "/empty", "", .{}, null);
+    const empty = try client.readFileBytes(dir ++ "/empty", timeout, null);
+    defer empty.deinit();
+    try testing.expectEqual(@as(usize, 0), empty.slice().len);
+
+    var binary: [4096]u8 = undefined;
+    for (&binary, 0..) |*byte, i| byte.* = @truncate(i *% 7);
+    try client.writeFile(dir ++ "/binary", &binary, .{}, null);
+    const back = try client.readFileBytes(dir ++ "/binary", timeout, null);
+    defer back.deinit();
+    try testing.expectEqualSlices(u8, &binary, back.slice());
+}
+
+test "fs: copy, rename, remove and removeDir" {
+    const client = try connect();
+    defer client.deinit();
+    const dir = "/zig-tests/move";
+    try resetDir(client, dir);
+    try client.writeFile(dir ++ "/a", "A", .{}, null);
+    try client.copy(dir ++ "/a", dir ++ "/b", timeout, null);
+    try client.rename(dir ++ "/a", dir ++ "/c", timeout, null);
+
+    const b = try client.readFile(testing.allocator, dir ++ "/b", timeout, null);
+    defer testing.allocator.free(b);
+    try testing.expectEqualStrings("A", b);
+    try testing.expectError(error.Guest, client.stat(testing.allocator, dir ++ "/a", timeout, null));
+
+    try client.remove(dir ++ "/b", timeout, null);
+    try testing.expectError(error.Guest, client.stat(testing.allocator, dir ++ "/b", timeout, null));
+
+    try client.removeDir(dir, timeout, null);
+    try testing.expectError(error.Guest, client.list(testing.allocator, dir, timeout, null));
+}
+
+test "reading a missing file is Guest with the guest's message" {
+    const client = try connect();
+    defer client.deinit();
+    var diag: msb.Diagnostics = .{};
+    defer diag.deinit();
+    try testing.expectError(error.Guest, client.readFile(testing.allocator, "/zig-tests/no/such/file", timeout, &diag));
+    try testing.expectEqual(@as(i32, msb.c.MSB_ERR_GUEST), diag.code());
+    if (std.mem.indexOf(u8, diag.message(), "/zig-tests/no/such/file") == null) {
+        std.debug.print("message without the path: {s}\n", .{diag.message()});
+        return error.TestMessageLacksPath;
+    }
+}
+
+test "a later failure replaces the earlier one in the same Diagnostics" {
+    const client = try connect();
+    defer client.deinit();
+    var diag: msb.Diagnostics = .{};
+    defer diag.deinit();
+    try testing.expectError(error.Guest, client.readFile(testing.allocator, "/zig-tests/first-missing", timeout, &diag));
+    try testing.expectError(error.Guest, client.readFile(testing.allocator, "/zig-tests/second-missing", timeout, &diag));
+    try testing.expect(std.mem.indexOf(u8, diag.message(), "second-missing") != null);
+    try testing.expect(std.mem.indexOf(u8, diag.message(), "first-missing") == null);
+}
+
+test "calls after close are Closed" {
+    const client = try connect();
+    defer client.deinit();
+    client.close();
+    client.close(); // idempotent
+    try testing.expectError(error.Closed, client.readFile(testing.allocator, "/anything", timeout, null));
+    try testing.expectError(error.Closed, client.spawn(&.{"true"}, .{}, null));
+}

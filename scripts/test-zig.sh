@@ -1,0 +1,57 @@
+#!/usr/bin/env bash
+# Builds the library and runs the Zig binding's tests (unit tests plus
+# integration tests against a development relay).
+#
+#   scripts/test-zig.sh [zig build flags...]     e.g. scripts/test-zig.sh -Doptimize=ReleaseSafe
+#
+# Zig 0.17.x comes from the `ziglang` Python package and runs as
+# `python3 -m ziglang` (set ZIG to use another zig executable). The last line
+# printed is "N passed, M failed"; the exit status is non-zero on any failure.
+set -euo pipefail
+top="$(cd "$(dirname "$0")/.." && pwd)"
+
+if [[ -n "${ZIG:-}" ]]; then
+  zig=("$ZIG")
+else
+  zig=(python3 -m ziglang)
+fi
+if ! zig_version="$("${zig[@]}" version 2>/dev/null)"; then
+  echo "error: Zig not found (tried: ${zig[*]}). The Zig binding needs Zig 0.17.x: pip install ziglang==0.17.1, or set ZIG=/path/to/zig" >&2
+  exit 1
+fi
+case "$zig_version" in
+  0.17.*) ;;
+  *) echo "error: Zig $zig_version found; the Zig binding targets Zig 0.17.x (pip install ziglang==0.17.1)" >&2; exit 1 ;;
+esac
+
+(cd "$top" && cargo build --release --workspace)
+
+# The global cache holds Zig's own compiled helpers (translate-c takes about a
+# minute to build the first time); keep it across runs, under /tmp.
+export ZIG_GLOBAL_CACHE_DIR="${ZIG_GLOBAL_CACHE_DIR:-/tmp/msb-zig-global-cache}"
+export ZIG_LOCAL_CACHE_DIR="${ZIG_LOCAL_CACHE_DIR:-$top/bindings/zig/.zig-cache}"
+export LD_LIBRARY_PATH="$top/target/release${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+
+log="$(mktemp /tmp/msb-zig-test.XXXXXX)"
+trap 'rm -f "$log"' EXIT
+set +e
+(cd "$top/bindings/zig" && "$top/scripts/with-devrelay.sh" -- "${zig[@]}" build test --summary all "$@") 2>&1 | tee "$log"
+status=${PIPESTATUS[0]}
+set -e
+
+# The build runner's summary reads "Build Summary: ...; P/T tests passed" with
+# "(F failed)" / "S skipped" after it when some did not pass. Tests must not
+# skip, so everything short of a pass counts as a failure here.
+summary="$(grep -o '[0-9]*/[0-9]* tests passed' "$log" | tail -n 1 || true)"
+if [[ -z "$summary" ]]; then
+  echo "no test summary: the build failed before any test ran"
+  echo "0 passed, 1 failed"
+  exit 1
+fi
+passed="${summary%%/*}"
+total="${summary#*/}"; total="${total%% *}"
+failed=$((total - passed))
+echo "$passed passed, $failed failed"
+if [[ $status -ne 0 || $failed -ne 0 ]]; then
+  exit 1
+fi
