@@ -319,6 +319,90 @@ static void test_stray_frames_are_dropped_and_counted(void) {
     relay_stop(&r, SIGTERM);
 }
 
+static void test_send_times_out_when_the_relay_stops_reading(void) {
+    struct relay r;
+    REQUIRE(relay_start(&r, "stop-reading"));
+    msb_client *c = NULL;
+    if (EXPECT(MSB_OK, msb_client_connect(r.socket, NULL, &c, ERR))) {
+        size_t chunk = 16 << 10;
+        uint8_t *payload = calloc(1, chunk);
+        REQUIRE(payload);
+        uint32_t id = msb_client_alloc_id(c);
+        /* Socket buffers hold a few MiB at most; then a send must time out. */
+        msb_status st = MSB_OK;
+        int sent = 0;
+        int64_t t0 = 0;
+        for (; sent < 4096 && st == MSB_OK; sent++) {
+            t0 = now_ms();
+            st = msb_client_send(c, "core.exec.stdin", id, payload, chunk, 300, NULL);
+        }
+        CHECK_INT(st, MSB_ERR_TIMEOUT);
+        int64_t took = now_ms() - t0;
+        CHECK(took >= 250 && took < 5000);
+        CHECK(sent > 1);
+        /* A frame cut short by the timeout leaves the stream unusable, so
+         * the client closes it; a frame that never started leaves it open. */
+        msb_exec_request *req = make_request("true", NULL);
+        msb_exec *exec = NULL;
+        msb_status next = msb_exec_start(c, req, 200, &exec, NULL);
+        CHECK(next == MSB_ERR_TIMEOUT || next == MSB_ERR_CLOSED);
+        msb_exec_request_free(req);
+        free(payload);
+    }
+    msb_client_free(c);
+    relay_stop(&r, SIGTERM);
+}
+
+static void test_memory_budget_bounds_a_flood(void) {
+    struct relay r;
+    REQUIRE(relay_start(&r, "flood"));
+    msb_connect_options *opts = NULL;
+    REQUIRE(msb_connect_options_new(&opts) == MSB_OK);
+    const size_t budget = 65536;
+    CHECK_INT(msb_connect_options_set_memory_budget(opts, budget), MSB_OK);
+    msb_client *c = NULL;
+    if (EXPECT(MSB_OK, msb_client_connect(r.socket, opts, &c, ERR))) {
+        msb_exec_request *req = make_request("true", NULL);
+        msb_exec *exec = NULL;
+        int fd = -1;
+        if (EXPECT(MSB_OK, msb_exec_start(c, req, T_MS, &exec, ERR)) &&
+            EXPECT(MSB_OK, msb_exec_readiness_fd(exec, &fd, ERR))) {
+            /* A passive waiter: the client reads in the background, until
+             * the budget is spent, while nobody pulls. */
+            CHECK(fd_readable(fd, T_MS));
+            sleep_ms(300);
+            msb_counters k = {.struct_size = sizeof k};
+            CHECK_INT(msb_client_counters(c, &k), MSB_OK);
+            CHECK(k.bytes_queued > 0);
+            /* The client stops reading once the budget is spent, but frames
+             * already in its 256 KiB read buffer are still queued: at most
+             * the budget, plus that buffer, plus the 64 KiB flood frame that
+             * straddles its end. Without a budget the flood would queue
+             * without bound. */
+            const uint64_t bound = budget + (256u << 10) + (64u << 10) + 1024u;
+            if (k.bytes_queued > bound)
+                test_fail(__FILE__, __LINE__, "bytes_queued %llu exceeds %llu", (unsigned long long)k.bytes_queued,
+                          (unsigned long long)bound);
+            /* Pulling frees budget and the stream carries on. */
+            size_t got = 0;
+            for (int i = 0; i < 40; i++) {
+                msb_exec_event *ev = NULL;
+                if (!EXPECT(MSB_OK, msb_exec_next_event(exec, T_MS, &ev, ERR))) break;
+                size_t len = 0;
+                msb_exec_event_data(ev, &len);
+                got += len;
+                msb_exec_event_free(ev);
+            }
+            CHECK(got >= 38u * 65536u);
+        }
+        msb_exec_free(exec);
+        msb_exec_request_free(req);
+    }
+    msb_client_free(c);
+    msb_connect_options_free(opts);
+    relay_stop(&r, SIGTERM);
+}
+
 static void test_shutdown_stops_the_relay(void) {
     struct relay r;
     REQUIRE(relay_start(&r, NULL));
@@ -432,6 +516,8 @@ const struct test_case lifecycle_tests[] = {
     {"--fault close-mid-exec: started + stdout, then CLOSED", test_relay_closes_mid_exec_fault},
     {"protocol faults surface as MSB_ERR_PROTOCOL", test_protocol_faults_close_the_connection},
     {"out-of-range and unknown-type frames are counted, not fatal", test_stray_frames_are_dropped_and_counted},
+    {"send times out when the relay stops reading", test_send_times_out_when_the_relay_stops_reading},
+    {"memory budget bounds what a flood queues", test_memory_budget_bounds_a_flood},
     {"shutdown makes the relay exit", test_shutdown_stops_the_relay},
     {"100 connect+use+free cycles leak no threads", test_no_threads_leak_over_100_clients},
     {"8 threads share one client for stat round trips", test_eight_threads_share_one_client},
