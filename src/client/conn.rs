@@ -29,6 +29,7 @@ use parking_lot::Mutex;
 use tokio::sync::Notify;
 
 use super::error::{CloseCause, Error, Result};
+use super::pool::FramePool;
 use super::reader::ReadState;
 use super::subscription::{charge, SubShared, Subscription};
 use crate::protocol::{
@@ -122,6 +123,8 @@ pub(crate) struct Conn {
     /// while any exist, the background task reads for them.
     passive: AtomicUsize,
     pub(crate) passive_changed: Notify,
+    /// Large frame buffers, reused once the caller frees them.
+    pub(crate) frame_buffers: FramePool,
     /// The thread that runs the private runtime; started the first time a
     /// subscription waits passively, so idle clients cost no thread.
     background: Mutex<Option<std::thread::JoinHandle<()>>>,
@@ -156,6 +159,7 @@ impl Conn {
             followers: Mutex::new(VecDeque::new()),
             passive: AtomicUsize::new(0),
             passive_changed: Notify::new(),
+            frame_buffers: FramePool::default(),
             background: Mutex::new(None),
         }))
     }
@@ -394,22 +398,39 @@ impl Conn {
         self.check_open()?;
         let total = head.len() + payload_len;
         let mut written = 0;
+        // First try without blocking: small frames always fit. Once the
+        // socket is full, block in the kernel (bounded by SO_SNDTIMEO) rather
+        // than poll and retry: the kernel then refills the socket as soon as
+        // the relay drains any of it, which keeps large transfers streaming.
+        let mut blocking = false;
         while written < total {
-            match write_vectored_at(self.fd.as_raw_fd(), &iov, written) {
-                Ok(n) => written += n,
+            let mut flags = libc::MSG_NOSIGNAL;
+            if blocking {
+                let left = deadline.saturating_duration_since(Instant::now());
+                if left < std::time::Duration::from_millis(1) {
+                    return Err(self.send_timed_out(written));
+                }
+                if let Err(e) = set_send_timeout(self.fd.as_raw_fd(), left) {
+                    return Err(Error::io(e, "setting the send timeout"));
+                }
+            } else {
+                flags |= libc::MSG_DONTWAIT;
+            }
+            match write_vectored_at(self.fd.as_raw_fd(), &iov, written, flags) {
+                Ok(n) => {
+                    written += n;
+                    blocking = true;
+                }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    match self.wait_socket(libc::POLLOUT, Some(deadline)) {
-                        SocketWait::Ready => {}
-                        SocketWait::TimedOut if written > 0 => {
-                            self.fail(CloseCause::SendTimedOutMidFrame);
-                            return Err(Error::Timeout("sending a frame"));
-                        }
-                        SocketWait::TimedOut => return Err(Error::Timeout("sending a frame")),
-                        SocketWait::Closed | SocketWait::Recheck => self.check_open()?,
+                    if blocking {
+                        return Err(self.send_timed_out(written));
                     }
+                    blocking = true;
                 }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => {
+                    // EPIPE after `fail` shut the socket down: report that cause.
+                    self.check_open()?;
                     let cause = CloseCause::Io(e.to_string());
                     self.fail(cause.clone());
                     return Err(Error::Closed(cause));
@@ -417,6 +438,15 @@ impl Conn {
             }
         }
         Ok(())
+    }
+
+    /// A send ran out of time. Part of a frame on the wire cannot be taken
+    /// back, so then the byte stream is unusable and the connection fails.
+    fn send_timed_out(&self, written: usize) -> Error {
+        if written > 0 {
+            self.fail(CloseCause::SendTimedOutMidFrame);
+        }
+        Error::Timeout("sending a frame")
     }
 
     /// Waits until the socket has `events` (or an error or hang-up), the
@@ -586,8 +616,36 @@ impl Conn {
     }
 }
 
+/// Bounds how long a blocking send may wait for room in the socket.
+fn set_send_timeout(fd: RawFd, timeout: std::time::Duration) -> io::Result<()> {
+    let tv = libc::timeval {
+        tv_sec: timeout.as_secs().min(i32::MAX as u64) as libc::time_t,
+        tv_usec: timeout.subsec_micros() as libc::suseconds_t,
+    };
+    // SAFETY: `tv` is a live timeval of the size passed.
+    let r = unsafe {
+        libc::setsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_SNDTIMEO,
+            &tv as *const libc::timeval as *const _,
+            std::mem::size_of::<libc::timeval>() as libc::socklen_t,
+        )
+    };
+    if r < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(())
+    }
+}
+
 /// One `sendmsg` of the iovecs, skipping the first `skip` bytes.
-fn write_vectored_at(fd: RawFd, parts: &[&[u8]], mut skip: usize) -> io::Result<usize> {
+fn write_vectored_at(
+    fd: RawFd,
+    parts: &[&[u8]],
+    mut skip: usize,
+    flags: libc::c_int,
+) -> io::Result<usize> {
     let mut iov: [libc::iovec; 8] = [libc::iovec {
         iov_base: std::ptr::null_mut(),
         iov_len: 0,
@@ -613,9 +671,9 @@ fn write_vectored_at(fd: RawFd, parts: &[&[u8]], mut skip: usize) -> io::Result<
     msg.msg_iov = iov.as_mut_ptr();
     msg.msg_iovlen = n as _;
     // SAFETY: `msg` points at `n` iovecs that borrow live slices for the
-    // duration of the call; MSG_NOSIGNAL turns a dead peer into EPIPE instead
-    // of a SIGPIPE that would kill the host program.
-    let r = unsafe { libc::sendmsg(fd, &msg, libc::MSG_NOSIGNAL | libc::MSG_DONTWAIT) };
+    // duration of the call. Callers pass MSG_NOSIGNAL, which turns a dead
+    // peer into EPIPE instead of a SIGPIPE that would kill the host program.
+    let r = unsafe { libc::sendmsg(fd, &msg, flags) };
     if r < 0 {
         Err(io::Error::last_os_error())
     } else {

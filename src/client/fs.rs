@@ -168,19 +168,27 @@ impl FileReader {
 pub fn read_file(client: &Client, path: &str, timeout: Duration) -> Result<Bytes> {
     let deadline = Instant::now() + timeout;
     let reader = FileReader::open(client, path, timeout)?;
-    let mut chunks: Vec<Bytes> = Vec::new();
+    // A file of one chunk is handed out as received. Larger ones are
+    // appended as they come, so each chunk's buffer goes back to the pool
+    // for the next one instead of all of them being held until the end.
+    let mut first: Option<Bytes> = None;
+    let mut joined: Vec<u8> = Vec::new();
     loop {
         match reader.next_chunk(left(deadline))? {
-            Pulled::Item(c) => chunks.push(c),
+            Pulled::Item(c) => match first.take() {
+                None if joined.is_empty() => first = Some(c),
+                None => joined.extend_from_slice(&c),
+                Some(f) => {
+                    joined.reserve(f.len() + c.len());
+                    joined.extend_from_slice(&f);
+                    joined.extend_from_slice(&c);
+                }
+            },
             Pulled::Ended => break,
             Pulled::Nothing => return Err(Error::Timeout("reading a file")),
         }
     }
-    Ok(match chunks.len() {
-        0 => Bytes::new(),
-        1 => chunks.pop().unwrap(),
-        _ => Bytes::from(chunks.concat()),
-    })
+    Ok(first.unwrap_or_else(|| Bytes::from(joined)))
 }
 
 /// A file being written to the guest, chunk by chunk.

@@ -122,11 +122,14 @@ pub(crate) fn connect_unix(path: &Path, deadline: Instant) -> Result<OwnedFd> {
             _ => return Err(Error::io(e, "connect")),
         }
     }
+    prepare_fd(&fd)?;
     Ok(fd)
 }
 
-/// Makes an adopted descriptor non-blocking and close-on-exec, and checks
-/// that it is a stream socket.
+/// Makes a connected descriptor blocking and close-on-exec, and checks that
+/// it is a stream socket. Blocking, because sends that find the socket full
+/// wait in the kernel (bounded by SO_SNDTIMEO); every read passes
+/// MSG_DONTWAIT instead, so reads never block.
 pub(crate) fn prepare_fd(fd: &OwnedFd) -> Result<()> {
     let raw = fd.as_raw_fd();
     let mut ty: libc::c_int = 0;
@@ -149,7 +152,7 @@ pub(crate) fn prepare_fd(fd: &OwnedFd) -> Result<()> {
     // SAFETY: fcntl on a descriptor we own, with integer arguments only.
     unsafe {
         let fl = libc::fcntl(raw, libc::F_GETFL);
-        if fl < 0 || libc::fcntl(raw, libc::F_SETFL, fl | libc::O_NONBLOCK) < 0 {
+        if fl < 0 || libc::fcntl(raw, libc::F_SETFL, fl & !libc::O_NONBLOCK) < 0 {
             return Err(os_err("fcntl"));
         }
         let fdfl = libc::fcntl(raw, libc::F_GETFD);
@@ -166,7 +169,14 @@ fn fill(fd: &OwnedFd, buf: &mut Vec<u8>, want: usize, deadline: Instant) -> Resu
     while buf.len() < want {
         let n_want = (want - buf.len()).min(chunk.len());
         // SAFETY: `chunk` is a live buffer of at least `n_want` bytes.
-        let n = unsafe { libc::read(fd.as_raw_fd(), chunk.as_mut_ptr().cast(), n_want) };
+        let n = unsafe {
+            libc::recv(
+                fd.as_raw_fd(),
+                chunk.as_mut_ptr().cast(),
+                n_want,
+                libc::MSG_DONTWAIT,
+            )
+        };
         if n > 0 {
             buf.extend_from_slice(&chunk[..n as usize]);
         } else if n == 0 {

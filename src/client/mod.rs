@@ -16,6 +16,7 @@ mod error;
 pub mod exec;
 pub mod fs;
 mod handshake;
+mod pool;
 mod reader;
 mod subscription;
 

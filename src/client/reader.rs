@@ -44,6 +44,9 @@ const READ_BUFFER: usize = 256 * 1024;
 /// large payloads are copied at most once (from the part already buffered).
 const DIRECT_READ_THRESHOLD: usize = 16 * 1024;
 
+/// Bytes read into the shared buffer along with the rest of a large frame.
+const LARGE_FRAME_TAIL: usize = 4096;
+
 /// What one read did.
 pub(crate) enum Step {
     /// Bytes were read and every complete frame among them was routed.
@@ -63,7 +66,8 @@ pub(crate) struct ReadState {
 impl ReadState {
     pub(crate) fn new() -> ReadState {
         ReadState {
-            buf: vec![0u8; READ_BUFFER].into_boxed_slice(),
+            // Allocated by the first read: idle clients should cost little.
+            buf: Box::default(),
             filled: 0,
             large: None,
             batch: Vec::new(),
@@ -72,29 +76,44 @@ impl ReadState {
 
     /// One non-blocking read, then routing of every frame it completed.
     pub(crate) fn step(&mut self, conn: &Conn) -> Result<Step, CloseCause> {
+        if self.buf.is_empty() {
+            self.buf = vec![0u8; READ_BUFFER].into_boxed_slice();
+        }
         if let Some((header, mut body)) = self.large.take() {
+            // One readv: the rest of the large frame straight into its own
+            // buffer, plus a small tail into the shared buffer so the next
+            // frame's header comes with it. The tail is small so that the
+            // next large frame is mostly read directly too.
+            debug_assert_eq!(self.filled, 0);
             let want = header.body_len() - body.len();
-            body.reserve_exact(want);
-            let n = match read_nonblocking(conn.raw_fd(), &mut body.spare_capacity_mut()[..want])? {
+            let tail = LARGE_FRAME_TAIL.min(self.buf.len());
+            let n = match readv_nonblocking(
+                conn.raw_fd(),
+                &mut body.spare_capacity_mut()[..want],
+                &mut self.buf[..tail],
+            )? {
                 Some(n) => n,
                 None => {
                     self.large = Some((header, body));
                     return Ok(Step::WouldBlock);
                 }
             };
-            // SAFETY: the read initialised the first `n` spare bytes.
-            unsafe { body.set_len(body.len() + n) };
+            let into_body = n.min(want);
+            // SAFETY: readv initialised the first `into_body` spare bytes.
+            unsafe { body.set_len(body.len() + into_body) };
             if body.len() < header.body_len() {
                 self.large = Some((header, body));
-            } else {
-                let raw = RawFrame {
-                    id: header.id,
-                    flags: header.flags,
-                    body: Bytes::from(body),
-                };
-                self.batch.push(raw.decode().map_err(CloseCause::Protocol)?);
-                conn.route(&mut self.batch);
+                return Ok(Step::Progress);
             }
+            let raw = RawFrame {
+                id: header.id,
+                flags: header.flags,
+                body: conn.frame_buffers.freeze(body),
+            };
+            self.batch.push(raw.decode().map_err(CloseCause::Protocol)?);
+            self.filled = n - into_body;
+            // Routes the completed frame together with whatever the tail held.
+            self.split_frames(conn)?;
             return Ok(Step::Progress);
         }
 
@@ -137,7 +156,7 @@ impl ReadState {
                 }
                 start += size;
             } else if size >= DIRECT_READ_THRESHOLD || size > READ_BUFFER {
-                let mut body = Vec::with_capacity(header.body_len());
+                let mut body = conn.frame_buffers.take(header.body_len());
                 body.extend_from_slice(&self.buf[start + FRAME_HEAD_SIZE..self.filled]);
                 start = self.filled;
                 self.large = Some((header, body));
@@ -158,9 +177,50 @@ impl ReadState {
 /// connection.
 fn read_nonblocking(fd: RawFd, dst: &mut [MaybeUninit<u8>]) -> Result<Option<usize>, CloseCause> {
     loop {
-        // SAFETY: `dst` is a live, writable buffer of `dst.len()` bytes; the
-        // socket is non-blocking, so this returns at once.
-        let n = unsafe { libc::read(fd, dst.as_mut_ptr().cast(), dst.len()) };
+        // SAFETY: `dst` is a live, writable buffer of `dst.len()` bytes;
+        // MSG_DONTWAIT makes this return at once.
+        let n = unsafe { libc::recv(fd, dst.as_mut_ptr().cast(), dst.len(), libc::MSG_DONTWAIT) };
+        if n > 0 {
+            return Ok(Some(n as usize));
+        }
+        if n == 0 {
+            return Err(CloseCause::Eof);
+        }
+        let e = io::Error::last_os_error();
+        match e.kind() {
+            io::ErrorKind::WouldBlock => return Ok(None),
+            io::ErrorKind::Interrupted => continue,
+            _ => return Err(CloseCause::Io(e.to_string())),
+        }
+    }
+}
+
+/// One non-blocking vectored read into `first`, then `second`; `Ok(None)` when the
+/// socket has nothing now.
+fn readv_nonblocking(
+    fd: RawFd,
+    first: &mut [MaybeUninit<u8>],
+    second: &mut [u8],
+) -> Result<Option<usize>, CloseCause> {
+    let mut iov = [
+        libc::iovec {
+            iov_base: first.as_mut_ptr().cast(),
+            iov_len: first.len(),
+        },
+        libc::iovec {
+            iov_base: second.as_mut_ptr().cast(),
+            iov_len: second.len(),
+        },
+    ];
+    // SAFETY: an all-zero msghdr is a valid empty header.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_iov = iov.as_mut_ptr();
+    msg.msg_iovlen = 2;
+    loop {
+        // SAFETY: both iovecs describe live, writable buffers of the given
+        // lengths, borrowed mutably for this call; MSG_DONTWAIT makes it
+        // return at once.
+        let n = unsafe { libc::recvmsg(fd, &mut msg, libc::MSG_DONTWAIT) };
         if n > 0 {
             return Ok(Some(n as usize));
         }
