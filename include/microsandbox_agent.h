@@ -1,4 +1,5 @@
-/*
+/**
+ * @file microsandbox_agent.h
  * libmicrosandbox_agent: a C client for the microsandbox agent relay.
  *
  * Conventions, true of every function below:
@@ -27,6 +28,12 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+/** The version as one number: MAJOR * 10000 + MINOR * 100 + PATCH. */
+#define MSB_VERSION_NUMBER (MSB_VERSION_MAJOR * 10000 + MSB_VERSION_MINOR * 100 + MSB_VERSION_PATCH)
+/** True if this header's version is at least MAJOR.MINOR.PATCH. */
+#define MSB_VERSION_AT_LEAST(major, minor, patch) \
+  (MSB_VERSION_NUMBER >= ((major) * 10000 + (minor) * 100 + (patch)))
+
 
 /**
  * `msb_message_flags` bit: the last message of its id.
@@ -437,9 +444,11 @@ msb_status msb_connect_options_set_timeout_ms(struct msb_connect_options *option
 
 /**
  * Sets the memory budget: bytes of received, not yet pulled messages the
- * client holds before it stops reading the socket (at least 65536). With
- * the budget spent, a consumer that does not pull pauses every stream of
- * the connection; nothing is dropped.
+ * client holds before it stops reading the socket (at least 65536). What
+ * was already read when the budget ran out is still queued, so the bound
+ * is the budget plus one read buffer (256 KiB) plus one frame (4 MiB).
+ * With the budget spent, a consumer that does not pull pauses every
+ * stream of the connection; nothing is dropped.
  */
 msb_status msb_connect_options_set_memory_budget(struct msb_connect_options *options,
                                                  size_t bytes);
@@ -519,8 +528,8 @@ msb_status msb_client_ready_payload(const struct msb_client *client,
                                     struct msb_bytes **payload_out);
 
 /**
- * The relay's `id_offset` for this client: its ids are
- * `id_offset + 1 .. id_offset + 268435454`. 0 if `client` is NULL.
+ * The relay's `id_offset` for this client: its ids run from
+ * `id_offset + 1` to `id_offset + 268435454`. 0 if `client` is NULL.
  */
 uint32_t msb_client_id_offset(const struct msb_client *client);
 
@@ -550,6 +559,11 @@ uint32_t msb_client_alloc_id(const struct msb_client *client);
  * an empty one. Blocks only while the socket is full, at most `timeout_ms`
  * (`MSB_TIMEOUT_INFINITE`: no limit). Frames sent concurrently from
  * several threads are never interleaved.
+ *
+ * On `MSB_ERR_TIMEOUT`: if no byte had been written, nothing was sent and
+ * the connection stays usable; if part of the frame was written, the byte
+ * stream can no longer be framed, so the connection is closed (later calls
+ * return `MSB_ERR_CLOSED`). The same holds for every call that sends.
  *
  * Errors: `MSB_ERR_TOO_LARGE` (over 4 MiB), `MSB_ERR_TIMEOUT`,
  * `MSB_ERR_CLOSED`, `MSB_ERR_INVALID_UTF8`.
@@ -773,6 +787,8 @@ uint32_t msb_exec_id(const struct msb_exec *exec);
  * Writes `len` bytes to the process's stdin (`len` 0 does nothing; use
  * `msb_exec_close_stdin` to signal end of input). Large input is split
  * into frames. The bytes are copied into the socket before this returns.
+ * A timeout after part of a frame was written closes the connection (see
+ * `msb_client_send`).
  */
 msb_status msb_exec_write_stdin(const struct msb_exec *exec,
                                 const uint8_t *data,
@@ -1096,7 +1112,8 @@ msb_status msb_file_writer_open(const struct msb_client *client,
 
 /**
  * Sends `len` bytes of the file (split into chunks of at most 3 MiB).
- * The bytes are in the socket when this returns.
+ * The bytes are in the socket when this returns. A timeout after part of
+ * a frame was written closes the connection (see `msb_client_send`).
  */
 msb_status msb_file_writer_write(const struct msb_file_writer *writer,
                                  const uint8_t *data,
@@ -1123,9 +1140,3 @@ void msb_file_writer_free(struct msb_file_writer *writer);
 #endif  // __cplusplus
 
 #endif  /* MICROSANDBOX_AGENT_H */
-
-/** The version as one number: MAJOR * 10000 + MINOR * 100 + PATCH. */
-#define MSB_VERSION_NUMBER (MSB_VERSION_MAJOR * 10000 + MSB_VERSION_MINOR * 100 + MSB_VERSION_PATCH)
-/** True if this header's version is at least MAJOR.MINOR.PATCH. */
-#define MSB_VERSION_AT_LEAST(major, minor, patch) \
-  (MSB_VERSION_NUMBER >= ((major) * 10000 + (minor) * 100 + (patch)))

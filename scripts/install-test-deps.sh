@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs what the test suite needs beyond the Rust toolchain and a C
 # compiler, only where it is missing: Go (Debian's golang-go), Zig (PyPI's
-# ziglang), valgrind and pkg-config (Debian), cbindgen (crates.io, pinned in
+# ziglang), valgrind, pkg-config and doxygen (Debian), cbindgen (crates.io, pinned in
 # scripts/gen-header.sh). Needs root for apt-get.
 set -euo pipefail
 ZIG_VERSION=0.17.1
@@ -11,6 +11,7 @@ command -v go >/dev/null || apt_packages+=(golang-go)
 command -v valgrind >/dev/null || apt_packages+=(valgrind)
 command -v pkg-config >/dev/null || apt_packages+=(pkg-config)
 command -v c++ >/dev/null || apt_packages+=(g++)
+command -v doxygen >/dev/null || apt_packages+=(doxygen)
 if [[ ${#apt_packages[@]} -gt 0 ]]; then
   echo "installing with apt-get: ${apt_packages[*]}"
   apt-get update -qq

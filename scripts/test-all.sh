@@ -7,7 +7,8 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 
 if ! command -v go >/dev/null || ! python3 -m ziglang version >/dev/null 2>&1 \
-   || ! command -v valgrind >/dev/null || ! command -v pkg-config >/dev/null; then
+   || ! command -v valgrind >/dev/null || ! command -v pkg-config >/dev/null \
+   || ! command -v doxygen >/dev/null; then
   scripts/install-test-deps.sh || { echo "error: could not install test dependencies" >&2; exit 1; }
 fi
 

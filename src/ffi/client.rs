@@ -64,9 +64,11 @@ pub extern "C" fn msb_connect_options_set_timeout_ms(
 }
 
 /// Sets the memory budget: bytes of received, not yet pulled messages the
-/// client holds before it stops reading the socket (at least 65536). With
-/// the budget spent, a consumer that does not pull pauses every stream of
-/// the connection; nothing is dropped.
+/// client holds before it stops reading the socket (at least 65536). What
+/// was already read when the budget ran out is still queued, so the bound
+/// is the budget plus one read buffer (256 KiB) plus one frame (4 MiB).
+/// With the budget spent, a consumer that does not pull pauses every
+/// stream of the connection; nothing is dropped.
 #[no_mangle]
 pub extern "C" fn msb_connect_options_set_memory_budget(
     options: *mut msb_connect_options,
@@ -273,8 +275,8 @@ pub extern "C" fn msb_client_ready_payload(
     })
 }
 
-/// The relay's `id_offset` for this client: its ids are
-/// `id_offset + 1 .. id_offset + 268435454`. 0 if `client` is NULL.
+/// The relay's `id_offset` for this client: its ids run from
+/// `id_offset + 1` to `id_offset + 268435454`. 0 if `client` is NULL.
 #[no_mangle]
 pub extern "C" fn msb_client_id_offset(client: *const msb_client) -> u32 {
     run_value(0, || client_arg(client).map_or(0, |c| c.client.id_offset()))
@@ -386,6 +388,11 @@ pub extern "C" fn msb_client_alloc_id(client: *const msb_client) -> u32 {
 /// an empty one. Blocks only while the socket is full, at most `timeout_ms`
 /// (`MSB_TIMEOUT_INFINITE`: no limit). Frames sent concurrently from
 /// several threads are never interleaved.
+///
+/// On `MSB_ERR_TIMEOUT`: if no byte had been written, nothing was sent and
+/// the connection stays usable; if part of the frame was written, the byte
+/// stream can no longer be framed, so the connection is closed (later calls
+/// return `MSB_ERR_CLOSED`). The same holds for every call that sends.
 ///
 /// Errors: `MSB_ERR_TOO_LARGE` (over 4 MiB), `MSB_ERR_TIMEOUT`,
 /// `MSB_ERR_CLOSED`, `MSB_ERR_INVALID_UTF8`.

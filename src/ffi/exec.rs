@@ -306,6 +306,8 @@ pub extern "C" fn msb_exec_id(exec: *const msb_exec) -> u32 {
 /// Writes `len` bytes to the process's stdin (`len` 0 does nothing; use
 /// `msb_exec_close_stdin` to signal end of input). Large input is split
 /// into frames. The bytes are copied into the socket before this returns.
+/// A timeout after part of a frame was written closes the connection (see
+/// `msb_client_send`).
 #[no_mangle]
 pub extern "C" fn msb_exec_write_stdin(
     exec: *const msb_exec,

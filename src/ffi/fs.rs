@@ -473,7 +473,8 @@ fn finished() -> Fail {
 }
 
 /// Sends `len` bytes of the file (split into chunks of at most 3 MiB).
-/// The bytes are in the socket when this returns.
+/// The bytes are in the socket when this returns. A timeout after part of
+/// a frame was written closes the connection (see `msb_client_send`).
 #[no_mangle]
 pub extern "C" fn msb_file_writer_write(
     writer: *const msb_file_writer,
