@@ -51,6 +51,11 @@ fi
 passed="${summary%%/*}"
 total="${summary#*/}"; total="${total%% *}"
 failed=$((total - passed))
+if [[ $status -ne 0 && $failed -eq 0 ]]; then
+  # E.g. one test binary failed to compile: its tests never ran or counted.
+  echo "zig build failed outside the counted tests (see above)"
+  failed=1
+fi
 echo "$passed passed, $failed failed"
 if [[ $status -ne 0 || $failed -ne 0 ]]; then
   exit 1

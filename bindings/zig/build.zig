@@ -18,8 +18,11 @@ pub fn build(b: *std.Build) void {
     // The C declarations come from translating the header in the build graph:
     // this Zig version has no @cImport, and translating here lets the header
     // location be a build option.
+    // Translating a one-line wrapper lets the compiler's include search find
+    // the header, wherever -Dinclude-dir or pkg-config put it.
+    const wrapper = b.addWriteFiles().add("microsandbox_agent_import.h", "#include <microsandbox_agent.h>\n");
     const translate = b.addTranslateC(.{
-        .root_source_file = include_dir.path(b, "microsandbox_agent.h"),
+        .root_source_file = wrapper,
         .target = target,
         .optimize = optimize,
     });
@@ -56,14 +59,45 @@ pub fn build(b: *std.Build) void {
             .imports = &.{.{ .name = "microsandbox", .module = module }},
         }),
     });
+    const readme_tests = b.addTest(.{
+        .name = "readme",
+        .root_module = b.createModule(.{
+            .root_source_file = b.path("readme_test.zig"),
+            .target = target,
+            .optimize = optimize,
+        }),
+    });
 
-    const test_step = b.step("test", "Run the unit tests and the integration tests (needs MSB_SOCKET: run under scripts/with-devrelay.sh)");
-    for ([_]*std.Build.Step.Compile{ unit_tests, integration_tests }) |tests| {
+    const quickstart = b.addExecutable(.{
+        .name = "quickstart",
+        .root_module = b.createModule(.{
+            .root_source_file = b.path("examples/quickstart.zig"),
+            .target = target,
+            .optimize = optimize,
+            .imports = &.{.{ .name = "microsandbox", .module = module }},
+        }),
+    });
+    const run_quickstart = b.addRunArtifact(quickstart);
+    run_quickstart.addPassthruArgs();
+    b.step("quickstart", "Run examples/quickstart.zig (zig build quickstart [-- SOCKET_PATH], default $MSB_SOCKET)").dependOn(&run_quickstart.step);
+
+    const test_step = b.step("test", "Run the tests and the quickstart against a relay (needs MSB_SOCKET: run under scripts/with-devrelay.sh)");
+    for ([_]*std.Build.Step.Compile{ unit_tests, integration_tests, readme_tests }) |tests| {
         const run = b.addRunArtifact(tests);
         // The integration tests talk to a relay: never reuse a cached result.
         run.has_side_effects = true;
         test_step.dependOn(&run.step);
     }
+
+    // The README's example, run for real so the documentation cannot rot. It
+    // finds the relay through MSB_SOCKET, read when it runs: this build
+    // script's own results may be cached across runs, so it must not read
+    // per-run environment itself.
+    const run_quickstart_test = b.addRunArtifact(quickstart);
+    run_quickstart_test.setName("run quickstart against MSB_SOCKET");
+    run_quickstart_test.expectExitCode(0);
+    run_quickstart_test.has_side_effects = true;
+    test_step.dependOn(&run_quickstart_test.step);
 }
 
 /// A directory given as -D<name>=PATH (absolute or relative to the working

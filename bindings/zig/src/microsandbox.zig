@@ -137,11 +137,11 @@ pub const Timeout = enum(i64) {
     _,
 
     pub fn ms(milliseconds: u32) Timeout {
-        return @enumFromInt(milliseconds);
+        return @fromBackingInt(@intCast(milliseconds));
     }
 
     fn toMs(self: Timeout) i64 {
-        return @intFromEnum(self);
+        return @backingInt(self);
     }
 };
 
