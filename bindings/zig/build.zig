@@ -15,11 +15,9 @@ pub fn build(b: *std.Build) void {
     const include_dir = dirOption(b, "include-dir", "Directory holding microsandbox_agent.h (default: ../../include)", "../../include");
     const lib_dir = dirOption(b, "lib-dir", "Directory holding libmicrosandbox_agent.so/.a (default: ../../target/release)", "../../target/release");
 
-    // The C declarations come from translating the header in the build graph:
-    // this Zig version has no @cImport, and translating here lets the header
-    // location be a build option.
-    // Translating a one-line wrapper lets the compiler's include search find
-    // the header, wherever -Dinclude-dir or pkg-config put it.
+    // This Zig version has no @cImport: the header is translated in the build
+    // graph. Translating a one-line wrapper lets the compiler's include search
+    // find the header, wherever -Dinclude-dir or pkg-config put it.
     const wrapper = b.addWriteFiles().add("microsandbox_agent_import.h", "#include <microsandbox_agent.h>\n");
     const translate = b.addTranslateC(.{
         .root_source_file = wrapper,
