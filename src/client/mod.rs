@@ -213,6 +213,19 @@ impl Client {
         self.inner.conn.send(message_type, id, parts, deadline)
     }
 
+    /// Subscribes to a fresh id, then sends on it (in that order: the reply
+    /// may arrive before the send returns).
+    fn send_on_new_id(
+        &self,
+        message_type: &MessageType,
+        payload: &[u8],
+        deadline: Instant,
+    ) -> Result<Subscription> {
+        let sub = self.subscribe_new()?;
+        self.send_parts(message_type, sub.id(), &[payload], deadline)?;
+        Ok(sub)
+    }
+
     /// Sends a request on a fresh id and waits up to `timeout` for the first
     /// reply. On timeout the pending entry is removed; a late reply is
     /// dropped and counted.
@@ -223,8 +236,7 @@ impl Client {
         timeout: Duration,
     ) -> Result<Message> {
         let deadline = Instant::now() + timeout;
-        let sub = self.subscribe_new()?;
-        self.send_parts(message_type, sub.id(), &[payload], deadline)?;
+        let sub = self.send_on_new_id(message_type, payload, deadline)?;
         match sub.recv_timeout(Some(deadline.saturating_duration_since(Instant::now())))? {
             Pulled::Item(m) => Ok(m),
             Pulled::Nothing => Err(Error::Timeout("waiting for a reply")),
@@ -241,8 +253,7 @@ impl Client {
         timeout: Duration,
     ) -> Result<Message> {
         let deadline = Instant::now() + timeout;
-        let sub = self.subscribe_new()?;
-        self.send_parts(message_type, sub.id(), &[payload], deadline)?;
+        let sub = self.send_on_new_id(message_type, payload, deadline)?;
         match tokio::time::timeout_at(deadline.into(), sub.recv()).await {
             Ok(Ok(Some(m))) => Ok(m),
             Ok(Ok(None)) => Err(Error::Unexpected("stream ended without a reply".into())),

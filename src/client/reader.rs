@@ -173,30 +173,17 @@ impl ReadState {
     }
 }
 
-/// `Ok(None)` when the socket has nothing now; EOF and errors end the
-/// connection.
+/// One non-blocking read into `dst`; `Ok(None)` when the socket has
+/// nothing now. EOF and errors end the connection.
 fn read_nonblocking(fd: RawFd, dst: &mut [MaybeUninit<u8>]) -> Result<Option<usize>, CloseCause> {
-    loop {
-        // SAFETY: `dst` is a live, writable buffer of `dst.len()` bytes;
-        // MSG_DONTWAIT makes this return at once.
-        let n = unsafe { libc::recv(fd, dst.as_mut_ptr().cast(), dst.len(), libc::MSG_DONTWAIT) };
-        if n > 0 {
-            return Ok(Some(n as usize));
-        }
-        if n == 0 {
-            return Err(CloseCause::Eof);
-        }
-        let e = io::Error::last_os_error();
-        match e.kind() {
-            io::ErrorKind::WouldBlock => return Ok(None),
-            io::ErrorKind::Interrupted => continue,
-            _ => return Err(CloseCause::Io(e.to_string())),
-        }
-    }
+    let mut iov = [libc::iovec {
+        iov_base: dst.as_mut_ptr().cast(),
+        iov_len: dst.len(),
+    }];
+    recv_nonblocking(fd, &mut iov)
 }
 
-/// One non-blocking vectored read into `first`, then `second`; `Ok(None)` when the
-/// socket has nothing now.
+/// One non-blocking vectored read into `first`, then `second`.
 fn readv_nonblocking(
     fd: RawFd,
     first: &mut [MaybeUninit<u8>],
@@ -212,14 +199,20 @@ fn readv_nonblocking(
             iov_len: second.len(),
         },
     ];
+    recv_nonblocking(fd, &mut iov)
+}
+
+/// `recvmsg` with MSG_DONTWAIT into `iov`, which must describe live,
+/// writable buffers borrowed for the call.
+fn recv_nonblocking(fd: RawFd, iov: &mut [libc::iovec]) -> Result<Option<usize>, CloseCause> {
     // SAFETY: an all-zero msghdr is a valid empty header.
     let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
     msg.msg_iov = iov.as_mut_ptr();
-    msg.msg_iovlen = 2;
+    msg.msg_iovlen = iov.len() as _;
     loop {
-        // SAFETY: both iovecs describe live, writable buffers of the given
-        // lengths, borrowed mutably for this call; MSG_DONTWAIT makes it
-        // return at once.
+        // SAFETY: `msg` points at `iov`, whose entries describe live, writable
+        // buffers (the callers build them from borrowed slices); MSG_DONTWAIT
+        // makes the call return at once.
         let n = unsafe { libc::recvmsg(fd, &mut msg, libc::MSG_DONTWAIT) };
         if n > 0 {
             return Ok(Some(n as usize));
