@@ -897,6 +897,50 @@ static void scripted_bad_bytes(enum wait_mode mode, enum bad_bytes bad, msb_stat
     if (peer >= 0) close(peer);
 }
 
+/*
+ * An unknown message type on an exec's id, sent when nothing else is queued:
+ * the exec pull skips it (so a pull finds nothing yet), and in poll mode the
+ * readiness fd must not claim there is something to pull (it is "readable
+ * exactly while a pull would not return MSB_NOTHING_YET"). A real message
+ * after it is delivered, and the unknown one is counted.
+ */
+static void scripted_unknown_type(enum wait_mode mode) {
+    int peer = -1;
+    msb_client *c = scripted_connect(&peer);
+    if (c == NULL) return;
+    msb_exec_request *req = new_request("true", NULL);
+    msb_exec *exec = NULL;
+    CHECK_STATUS(msb_exec_start(c, req, PULL_TIMEOUT, &exec, NULL), MSB_OK);
+    msb_exec_request_free(req);
+    if (exec != NULL) {
+        uint8_t buf[128];
+        memset(buf, 0, sizeof buf);
+        size_t n = put_frame(buf, "core.bogus.type", msb_exec_id(exec), 0, NULL, 0);
+        CHECK(write_all(peer, buf, n) == 0);
+        msb_exec_event *ev = NULL;
+        msb_error *err = NULL;
+        int64_t t0 = h_now_ms();
+        CHECK_STATUS(pull_event(exec, mode, 300, &ev, &err), MSB_NOTHING_YET);
+        CHECK_WITHIN(t0, 300);
+        msb_exec_event_free(ev);
+        msb_error_free(err);
+        CHECK(counters_of(c).unknown_type == 1);
+
+        static const uint8_t hello[] = {0xa1, 0x64, 'd', 'a', 't', 'a', 0x45, 'h', 'e', 'l', 'l', 'o'};
+        n = put_frame(buf, "core.exec.stdout", msb_exec_id(exec), 0, hello, sizeof hello);
+        CHECK(write_all(peer, buf, n) == 0);
+        ev = NULL;
+        CHECK_STATUS(pull_event(exec, mode, PULL_TIMEOUT, &ev, NULL), MSB_OK);
+        size_t len = 0;
+        const uint8_t *d = msb_exec_event_data(ev, &len);
+        CHECK(msb_exec_event_kind(ev) == MSB_EXEC_STDOUT && len == 5 && memcmp(d, "hello", 5) == 0);
+        msb_exec_event_free(ev);
+        msb_exec_free(exec);
+    }
+    msb_client_free(c);
+    close(peer);
+}
+
 #define SCRIPTED(fn, bad, code, needle)                                       \
     static void fn##_blocking(void) { scripted_bad_bytes(WAIT_BLOCKING, bad, code, needle); } \
     static void fn##_poll(void) { scripted_bad_bytes(WAIT_POLL, bad, code, needle); }
@@ -921,6 +965,7 @@ BOTH(close_mid_exec)
 BOTH(flood_not_reading)
 BOTH(flood_slow_reader)
 BOTH(stop_reading)
+BOTH(scripted_unknown_type)
 
 #define RUN_BOTH(name, fn)                                                    \
     do {                                                                      \
@@ -957,5 +1002,6 @@ int main(void) {
     RUN_BOTH("scripted/missing-type", scripted_missing_type);
     RUN_BOTH("scripted/array-body", scripted_array_body);
     RUN_BOTH("scripted/eof-mid-frame", scripted_eof_mid_frame);
+    RUN_BOTH("scripted/unknown-type", scripted_unknown_type);
     return h_finish();
 }

@@ -1,0 +1,180 @@
+#!/usr/bin/env bash
+# The hostile-guest and careless-caller suite (tests/hostile/): every fault
+# mode of msb-devrelay, a scripted peer sending malformed bytes, and caller
+# mistakes, each test program run
+#   1. as a plain build,
+#   2. rebuilt with AddressSanitizer + UBSan (LeakSanitizer included: the
+#      Rust library allocates through malloc, so leaked msb_* objects and
+#      leaks inside the library both show up),
+#   3. the plain build once under valgrind (--leak-check=full
+#      --error-exitcode=1; suppressions in tests/hostile/valgrind.supp).
+# Each program spawns its own relays (one per test, with the fault it needs).
+#
+#   scripts/test-hostile.sh [--quick] [--soak] [--tsan] [--miri]
+#
+#   --quick  plain build only (no sanitizer, no valgrind run)
+#   --soak   also run the soak test (scripts/soak.sh: 10,000 execs and
+#            10,000 fs round trips from 8 threads, then RSS and fds back
+#            where they started; ~1 minute)
+#   --tsan   also run the Rust core's unit tests and tests/client_core.rs
+#            (its concurrency tests) under ThreadSanitizer: needs the nightly
+#            toolchain with rust-src; builds std with -Zbuild-std into
+#            target/tsan (first build ~5 minutes)
+#   --miri   also run the protocol module's unit tests (frame codec, CBOR,
+#            payloads) under Miri: needs nightly with the miri component
+#
+# Environment: MSB_TEST_ONLY=SUBSTRING runs only matching tests;
+# MSB_FLOOD_SECONDS (default 10) is the flood's not-pulling window.
+# Prints each program's "N passed, M failed" line and a final
+# "hostile: N passed, M failed"; exits non-zero if anything failed.
+set -euo pipefail
+top="$(cd "$(dirname "$0")/.." && pwd)"
+cd "$top"
+
+quick=0 soak=0 tsan=0 miri=0
+for arg in "$@"; do
+  case "$arg" in
+    --quick) quick=1 ;;
+    --soak) soak=1 ;;
+    --tsan) tsan=1 ;;
+    --miri) miri=1 ;;
+    -h|--help) sed -n '2,30p' "$0"; exit 0 ;;
+    *) echo "unknown option $arg (see --help)" >&2; exit 2 ;;
+  esac
+done
+
+CC="${CC:-cc}"
+out="$top/target/hostile"
+warn=(-std=c11 -Wall -Wextra -Wpedantic -Werror)
+link=(-L"$top/target/release" -lmicrosandbox_agent -lpthread)
+programs=(faults mistakes)
+
+command -v "$CC" >/dev/null || { echo "error: C compiler '$CC' not found" >&2; exit 1; }
+if [[ $quick -eq 0 ]] && ! command -v valgrind >/dev/null; then
+  echo "error: valgrind is not installed (apt-get install valgrind, or use --quick)" >&2
+  exit 1
+fi
+
+echo "== building the library and msb-devrelay"
+cargo build --release --workspace
+
+mkdir -p "$out/lib"
+# Binaries record the library's soname, which cargo does not create.
+so="$top/target/release/libmicrosandbox_agent.so"
+soname="$(readelf -d "$so" 2>/dev/null | sed -n 's/.*(SONAME).*\[\(.*\)\]/\1/p')"
+[[ -n "$soname" ]] && ln -sf "$so" "$out/lib/$soname"
+export LD_LIBRARY_PATH="$out/lib:$top/target/release${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+export MSB_DEVRELAY="$top/target/release/msb-devrelay"
+
+echo "== compiling tests/hostile"
+for p in "${programs[@]}"; do
+  "$CC" "${warn[@]}" -g -Iinclude "tests/hostile/$p.c" "${link[@]}" -o "$out/$p"
+  if [[ $quick -eq 0 ]]; then
+    "$CC" "${warn[@]}" -g -O1 -fsanitize=address,undefined -fno-omit-frame-pointer \
+      -fno-sanitize-recover=undefined -Iinclude "tests/hostile/$p.c" "${link[@]}" -o "$out/$p-asan"
+  fi
+done
+
+total_passed=0 total_failed=0 broken_runs=0
+# Runs one test program; adds its counts to the totals. A program that dies
+# without its closing line (crash, sanitizer abort, watchdog) counts as a
+# broken run.
+run() {
+  local label="$1"; shift
+  local log="$out/last.log" rc=0
+  echo "== $label"
+  set +e
+  "$@" 2>&1 | tee "$log"
+  rc=${PIPESTATUS[0]}
+  set -e
+  local line
+  line="$(grep -E '^[0-9]+ passed, [0-9]+ failed$' "$log" | tail -1 || true)"
+  if [[ -z "$line" ]]; then
+    echo "BROKEN: $label ended without its summary line (exit $rc)"
+    broken_runs=$((broken_runs + 1))
+    return
+  fi
+  local p f
+  p="${line%% passed*}"
+  f="${line#*, }"; f="${f%% failed*}"
+  total_passed=$((total_passed + p))
+  total_failed=$((total_failed + f))
+  if [[ $rc -ne 0 && $f -eq 0 ]]; then
+    echo "BROKEN: $label exited $rc although its tests passed (sanitizer or valgrind report above)"
+    broken_runs=$((broken_runs + 1))
+  fi
+}
+
+for p in "${programs[@]}"; do
+  run "$p" "$out/$p"
+done
+
+if [[ $quick -eq 0 ]]; then
+  # The sanitizers roughly double the cost of every call; the flood's RSS
+  # limit is then checked as growth (shadow memory inflates absolute RSS),
+  # and a shorter flood window keeps the run short.
+  for p in "${programs[@]}"; do
+    MSB_TEST_INSTRUMENTED=1 MSB_FLOOD_SECONDS="${MSB_FLOOD_SECONDS:-4}" \
+    ASAN_OPTIONS="detect_leaks=1:abort_on_error=0:halt_on_error=1" \
+    UBSAN_OPTIONS="print_stacktrace=1:halt_on_error=1" \
+      run "$p under AddressSanitizer + UBSan" "$out/$p-asan"
+  done
+  # valgrind slows every instruction ~20-50x: widen the timing slack and
+  # the watchdog, shorten the flood.
+  for p in "${programs[@]}"; do
+    MSB_TEST_INSTRUMENTED=1 MSB_TEST_SLACK_MS=3000 MSB_TEST_WATCHDOG_S=600 \
+    MSB_FLOOD_SECONDS="${MSB_FLOOD_SECONDS:-3}" MSB_FLOOD_FRAMES=120 \
+      run "$p under valgrind" \
+      valgrind --quiet --leak-check=full --error-exitcode=1 --child-silent-after-fork=yes \
+      --suppressions=tests/hostile/valgrind.supp "$out/$p"
+  done
+fi
+
+if [[ $soak -eq 1 ]]; then
+  run "soak" scripts/soak.sh
+fi
+
+if [[ $tsan -eq 1 ]]; then
+  # The Rust core's own concurrency tests (eight threads sharing the socket
+  # reader, waiters woken by transport death and close, backpressure) under
+  # ThreadSanitizer. std must be rebuilt with the sanitizer (-Zbuild-std),
+  # hence nightly + rust-src. tests/client_core.rs looks for msb-devrelay
+  # beside its own binary: put the release build there.
+  echo "== Rust core under ThreadSanitizer"
+  tsan_env=(env RUSTFLAGS="-Zsanitizer=thread" RUSTDOCFLAGS="-Zsanitizer=thread" CARGO_TARGET_DIR="$top/target/tsan")
+  tsan_args=(+nightly test -Zbuild-std --target x86_64-unknown-linux-gnu -p microsandbox-agent --lib --test client_core)
+  if "${tsan_env[@]}" cargo "${tsan_args[@]}" --no-run; then
+    mkdir -p "$top/target/tsan/x86_64-unknown-linux-gnu/debug"
+    cp "$MSB_DEVRELAY" "$top/target/tsan/x86_64-unknown-linux-gnu/debug/msb-devrelay"
+    if TSAN_OPTIONS="halt_on_error=1" "${tsan_env[@]}" cargo "${tsan_args[@]}"; then
+      echo "tsan: 1 passed, 0 failed"
+      total_passed=$((total_passed + 1))
+    else
+      echo "tsan: 0 passed, 1 failed"
+      total_failed=$((total_failed + 1))
+    fi
+  else
+    echo "BROKEN: the ThreadSanitizer build failed (nightly with rust-src needed)"
+    broken_runs=$((broken_runs + 1))
+  fi
+fi
+
+if [[ $miri -eq 1 ]]; then
+  # Pure code without I/O: the frame codec, the CBOR reader/writer and the
+  # payloads (Miri cannot run the socket code).
+  echo "== protocol module under Miri"
+  if CARGO_TARGET_DIR="$top/target/miri" cargo +nightly miri test -p microsandbox-agent --lib protocol; then
+    echo "miri: 1 passed, 0 failed"
+    total_passed=$((total_passed + 1))
+  else
+    echo "miri: 0 passed, 1 failed"
+    total_failed=$((total_failed + 1))
+  fi
+fi
+
+if [[ $broken_runs -ne 0 ]]; then
+  echo "test-hostile.sh: $broken_runs run(s) broke"
+  total_failed=$((total_failed + broken_runs))
+fi
+echo "hostile: $total_passed passed, $total_failed failed"
+[[ $total_failed -eq 0 ]]
