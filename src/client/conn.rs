@@ -25,7 +25,7 @@ use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering}
 use std::sync::Arc;
 use std::time::Instant;
 
-use parking_lot::Mutex;
+use super::sync::{Mutex, TimedLock};
 use tokio::sync::Notify;
 
 use super::error::{CloseCause, Error, Result};
@@ -101,12 +101,14 @@ pub(crate) struct Conn {
     /// Readable when a reading caller must re-check whether to stop (its
     /// subscription was released under it); polled only by that caller.
     leader_wake: OwnedFd,
-    writer: Mutex<()>,
+    writer: TimedLock,
     routes: Mutex<HashMap<u32, Arc<SubShared>>>,
     closed: Mutex<Option<CloseCause>>,
+    /// Mirrors `closed.is_some()`, so the checks on every call take no lock.
+    is_closed: AtomicBool,
     pub(crate) close_notify: Notify,
     /// The socket's read side; see `reader` for who holds it when.
-    pub(crate) read_state: Mutex<ReadState>,
+    pub(crate) read_state: parking_lot::Mutex<ReadState>,
     /// The background task found the read state taken and waits for `handoff`.
     pub(crate) task_waiting: AtomicBool,
     pub(crate) handoff: Notify,
@@ -143,11 +145,12 @@ impl Conn {
             fd,
             close_event,
             leader_wake,
-            writer: Mutex::new(()),
+            writer: TimedLock::default(),
             routes: Mutex::new(HashMap::new()),
             closed: Mutex::new(None),
+            is_closed: AtomicBool::new(false),
             close_notify: Notify::new(),
-            read_state: Mutex::new(ReadState::new()),
+            read_state: parking_lot::Mutex::new(ReadState::new()),
             task_waiting: AtomicBool::new(false),
             handoff: Notify::new(),
             range,
@@ -185,6 +188,9 @@ impl Conn {
     }
 
     pub(crate) fn close_cause(&self) -> Option<CloseCause> {
+        if !self.is_closed.load(Ordering::Acquire) {
+            return None;
+        }
         self.closed.lock().clone()
     }
 
@@ -392,7 +398,7 @@ impl Conn {
         iov.extend(parts.iter().filter(|p| !p.is_empty()));
 
         self.check_open()?;
-        let Some(_guard) = self.writer.try_lock_until(deadline) else {
+        let Some(_guard) = self.writer.lock_until(deadline) else {
             return Err(Error::Timeout("waiting for another sender"));
         };
         self.check_open()?;
@@ -545,6 +551,7 @@ impl Conn {
                 return;
             }
             *closed = Some(cause.clone());
+            self.is_closed.store(true, Ordering::Release);
         }
         let one: u64 = 1;
         // SAFETY: writing 8 bytes from a live u64 to the eventfd we own.

@@ -19,6 +19,7 @@ mod handshake;
 mod pool;
 mod reader;
 mod subscription;
+mod sync;
 
 use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};

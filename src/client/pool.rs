@@ -7,8 +7,8 @@
 
 use std::sync::{Arc, Weak};
 
+use super::sync::Mutex;
 use bytes::Bytes;
-use parking_lot::Mutex;
 
 /// Buffers kept for reuse, at most.
 const MAX_POOLED: usize = 4;

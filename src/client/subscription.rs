@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::task::{Poll, Waker};
 use std::time::{Duration, Instant};
 
-use parking_lot::{Condvar, Mutex};
+use super::sync::{Condvar, Mutex, MutexGuard};
 
 use super::conn::Conn;
 use super::error::{CloseCause, Error, Result};
@@ -230,9 +230,13 @@ impl Subscription {
                 false
             } else {
                 match deadline {
-                    Some(d) => self.shared.cond.wait_until(&mut st, d).timed_out(),
+                    Some(d) => {
+                        let (guard, timed_out) = self.shared.cond.wait_until(st, d);
+                        st = guard;
+                        timed_out
+                    }
                     None => {
-                        self.shared.cond.wait(&mut st);
+                        st = self.shared.cond.wait(st);
                         false
                     }
                 }
@@ -249,7 +253,7 @@ impl Subscription {
 
     /// A waiter asked to lead that returns instead hands the request on, so
     /// that the remaining waiters are not left without a reader.
-    fn pass_on_promotion(&self, mut st: parking_lot::MutexGuard<'_, SubState>) {
+    fn pass_on_promotion(&self, mut st: MutexGuard<'_, SubState>) {
         if std::mem::take(&mut st.promoted) {
             drop(st);
             self.conn.promote_follower();
