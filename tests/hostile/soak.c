@@ -193,7 +193,7 @@ static void soak(void) {
     int fds_base = h_open_fds();
     long rss_base = h_rss_kib();
 
-    for (int i = 0; i < threads; i++) workers[i].warmup = 0;
+    for (int i = 0; i < threads; i++) workers[i].execs_done = workers[i].fs_done = 0;
     int64_t t0 = h_now_ms();
     int failures = run_threads(workers, threads, work);
     int64_t took = h_now_ms() - t0;
