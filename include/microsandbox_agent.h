@@ -57,7 +57,7 @@
 #define MSB_MAX_FRAME_SIZE ((4 * 1024) * 1024)
 
 /**
- * Pass as a timeout to wait without limit.
+ * Pass as a timeout to wait without limit (any negative value does).
  */
 #define MSB_TIMEOUT_INFINITE -1
 

@@ -31,7 +31,7 @@ use tokio::sync::Notify;
 use super::error::{CloseCause, Error, Result};
 use super::pool::FramePool;
 use super::reader::ReadState;
-use super::subscription::{charge, SubShared, Subscription};
+use super::subscription::{charge, Accept, SubShared, Subscription};
 use crate::protocol::{
     encode_frame_head, encoded_len, Message, MessageType, ID_RANGE_STEP, MAX_FRAME_SIZE,
 };
@@ -230,23 +230,26 @@ impl Conn {
         if routes.contains_key(&id) {
             return Err(Error::IdUnavailable(id));
         }
-        Ok(self.insert_route(&mut routes, id))
+        Ok(self.insert_route(&mut routes, id, None))
     }
 
     /// Allocates a fresh id and subscribes to it in one step.
-    pub(crate) fn subscribe_new(self: &Arc<Self>) -> Result<Subscription> {
+    /// Allocates a fresh id and subscribes to it in one step; with `accept`,
+    /// only messages it accepts are queued.
+    pub(crate) fn subscribe_new(self: &Arc<Self>, accept: Option<Accept>) -> Result<Subscription> {
         self.check_open()?;
         let mut routes = self.routes.lock();
         let id = self.free_id_locked(&routes);
-        Ok(self.insert_route(&mut routes, id))
+        Ok(self.insert_route(&mut routes, id, accept))
     }
 
     fn insert_route(
         self: &Arc<Self>,
         routes: &mut HashMap<u32, Arc<SubShared>>,
         id: u32,
+        accept: Option<Accept>,
     ) -> Subscription {
-        let shared = SubShared::new(id);
+        let shared = SubShared::new(id, accept);
         routes.insert(id, shared.clone());
         // A close that raced with us must still reach this subscription.
         if let Some(cause) = self.close_cause() {
@@ -603,10 +606,14 @@ impl Conn {
                 };
                 let sub = sub.clone();
                 let terminal = m.is_terminal();
-                let cost = charge(&m);
-                self.queued.fetch_add(cost, Ordering::AcqRel);
                 let mut st = sub.state.lock();
-                let wake = SubShared::push_locked(&mut st, m, cost);
+                let wake = if sub.accept.is_none_or(|accept| accept(&m)) {
+                    let cost = charge(&m);
+                    self.queued.fetch_add(cost, Ordering::AcqRel);
+                    SubShared::push_locked(&mut st, m, cost)
+                } else {
+                    terminal && SubShared::end_locked(&mut st)
+                };
                 if terminal {
                     routes.remove(&sub.id);
                 }

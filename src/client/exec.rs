@@ -44,7 +44,7 @@ impl Exec {
         if request.cmd.is_empty() {
             return Err(Error::InvalidArgument("empty command".into()));
         }
-        let sub = client.subscribe_new()?;
+        let sub = client.subscribe_new_accepting(is_exec_event)?;
         let payload = request.to_bytes();
         client.send_parts(
             &MessageType::ExecRequest,
@@ -150,6 +150,18 @@ impl Exec {
         self.client
             .send(&MessageType::ExecResize, self.id(), &p, timeout)
     }
+}
+
+/// The messages an exec session queues: everything else (unknown types,
+/// another conversation's types) is dropped as it arrives.
+fn is_exec_event(m: &Message) -> bool {
+    matches!(
+        m.message_type,
+        MessageType::ExecStarted
+            | MessageType::ExecStdout
+            | MessageType::ExecStderr
+            | MessageType::ExecExited
+    )
 }
 
 /// Stdin frames carry at most this much, well under the frame limit.

@@ -18,9 +18,34 @@ fn left(deadline: Instant) -> Option<Duration> {
     Some(deadline.saturating_duration_since(Instant::now()))
 }
 
+/// What a Read session queues: data chunks with content, and the response.
+fn is_read_reply(m: &Message) -> bool {
+    match m.message_type {
+        MessageType::FsResponse => true,
+        // An empty chunk marks the end of data; the response follows. A
+        // malformed chunk is queued, so that the pull reports it.
+        MessageType::FsData => !is_empty_data(&m.payload),
+        _ => false,
+    }
+}
+
+/// True for the encoding of `{data: h''}`, the end-of-data marker.
+fn is_empty_data(payload: &Bytes) -> bool {
+    Data::decode(payload).is_ok_and(|d| d.data.is_empty())
+}
+
+/// What every other fs session queues: its response only.
+fn is_response(m: &Message) -> bool {
+    m.message_type == MessageType::FsResponse
+}
+
 /// Opens an fs session: subscribes, then sends the request.
 fn open(client: &Client, op: FsOp, deadline: Instant) -> Result<Subscription> {
-    let sub = client.subscribe_new()?;
+    let accept = match op {
+        FsOp::Read { .. } => is_read_reply,
+        _ => is_response,
+    };
+    let sub = client.subscribe_new_accepting(accept)?;
     let payload = FsRequest { op }.to_bytes();
     client.send_parts(&MessageType::FsRequest, sub.id(), &[&payload], deadline)?;
     Ok(sub)

@@ -187,7 +187,16 @@ impl Client {
 
     /// Allocates an id and subscribes to it atomically.
     pub fn subscribe_new(&self) -> Result<Subscription> {
-        self.inner.conn.subscribe_new()
+        self.inner.conn.subscribe_new(None)
+    }
+
+    /// Like [`subscribe_new`](Self::subscribe_new), queueing only the
+    /// messages `accept` lets through.
+    pub(crate) fn subscribe_new_accepting(
+        &self,
+        accept: subscription::Accept,
+    ) -> Result<Subscription> {
+        self.inner.conn.subscribe_new(Some(accept))
     }
 
     /// Sends one message. Returns once the whole frame is in the socket;

@@ -85,16 +85,24 @@ impl SubState {
 }
 
 /// Shared between the reader (which pushes) and the subscription's owner.
+/// Which messages a subscription wants queued; the rest are dropped as they
+/// arrive. Typed conversations (exec, fs) filter out what they would skip
+/// anyway, so that a queued message always means a pull yields something,
+/// which is what their readiness fds promise.
+pub(crate) type Accept = fn(&Message) -> bool;
+
 pub(crate) struct SubShared {
     pub(crate) id: u32,
+    pub(crate) accept: Option<Accept>,
     pub(crate) state: Mutex<SubState>,
     cond: Condvar,
 }
 
 impl SubShared {
-    pub(crate) fn new(id: u32) -> Arc<SubShared> {
+    pub(crate) fn new(id: u32, accept: Option<Accept>) -> Arc<SubShared> {
         Arc::new(SubShared {
             id,
+            accept,
             state: Mutex::new(SubState::default()),
             cond: Condvar::new(),
         })
@@ -109,6 +117,15 @@ impl SubShared {
             st.terminal = true;
         }
         st.queue.push_back(m);
+        st.sync_ready_fd();
+        !was_readable
+    }
+
+    /// Ends the stream without queueing anything: a terminal frame the
+    /// subscription does not accept still ends it.
+    pub(crate) fn end_locked(st: &mut SubState) -> bool {
+        let was_readable = st.readable();
+        st.terminal = true;
         st.sync_ready_fd();
         !was_readable
     }

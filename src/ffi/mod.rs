@@ -77,7 +77,7 @@ pub const MSB_FLAG_SHUTDOWN: u8 = 0x04;
 /// passed to `msb_client_send` must fit in it with their envelope.
 pub const MSB_MAX_FRAME_SIZE: u32 = 4 * 1024 * 1024;
 
-/// Pass as a timeout to wait without limit.
+/// Pass as a timeout to wait without limit (any negative value does).
 pub const MSB_TIMEOUT_INFINITE: i64 = -1;
 
 /// Major version of this library (see `msb_version`).
