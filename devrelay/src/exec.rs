@@ -578,7 +578,7 @@ fn open_pty(rows: u16, cols: u16) -> io::Result<(OwnedFd, OwnedFd)> {
     // SAFETY: the path is a NUL-terminated literal; on success the returned
     // fd is new and owned by nobody else, so OwnedFd may take it.
     let master = unsafe {
-        let fd = libc::open(b"/dev/ptmx\0".as_ptr().cast(), flags | libc::O_NONBLOCK);
+        let fd = libc::open(c"/dev/ptmx".as_ptr(), flags | libc::O_NONBLOCK);
         if fd < 0 {
             return Err(io::Error::last_os_error());
         }
