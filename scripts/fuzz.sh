@@ -60,7 +60,7 @@ for t in "${targets[@]}"; do
   set +e
   cargo +nightly fuzz run --fuzz-dir fuzz "$t" "fuzz/corpus/$t" "fuzz/regressions/$t" -- \
     -max_total_time="$seconds" -artifact_prefix="fuzz/artifacts/$t/" -print_final_stats=1 \
-    2>&1 | tee "$log" | grep -E '^(#[0-9]+ +(INITED|DONE)|stat::number_of_executed_units|==[0-9]+== ERROR|thread .* panicked|SUMMARY)'
+    2>&1 | tee "$log" | grep -E '^(#[0-9]+[[:space:]]+(INITED|DONE)|stat::number_of_executed_units|==[0-9]+== ERROR|thread .* panicked|SUMMARY)'
   rc=${PIPESTATUS[0]}
   set -e
   if [[ $rc -ne 0 ]] || grep -qE 'panicked|ERROR: libFuzzer|SUMMARY: ' "$log"; then
