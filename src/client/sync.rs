@@ -70,22 +70,32 @@ impl Condvar {
 /// their own deadlines.
 #[derive(Default)]
 pub(crate) struct TimedLock {
-    busy: Mutex<bool>,
+    state: Mutex<TimedLockState>,
     released: Condvar,
+}
+
+#[derive(Default)]
+struct TimedLockState {
+    busy: bool,
+    /// Threads waiting for the lock; a release only pays for a futex wake
+    /// (a system call, even with nobody waiting) when this is non-zero.
+    waiters: usize,
 }
 
 impl TimedLock {
     /// Takes the lock, or returns `None` once `deadline` passes.
     pub(crate) fn lock_until(&self, deadline: Instant) -> Option<TimedLockGuard<'_>> {
-        let mut busy = self.busy.lock();
-        while *busy {
-            let (guard, timed_out) = self.released.wait_until(busy, deadline);
-            busy = guard;
-            if timed_out && *busy {
+        let mut st = self.state.lock();
+        while st.busy {
+            st.waiters += 1;
+            let (guard, timed_out) = self.released.wait_until(st, deadline);
+            st = guard;
+            st.waiters -= 1;
+            if timed_out && st.busy {
                 return None;
             }
         }
-        *busy = true;
+        st.busy = true;
         Some(TimedLockGuard { lock: self })
     }
 }
@@ -96,8 +106,13 @@ pub(crate) struct TimedLockGuard<'a> {
 
 impl Drop for TimedLockGuard<'_> {
     fn drop(&mut self) {
-        *self.lock.busy.lock() = false;
-        self.lock.released.notify_one();
+        let mut st = self.lock.state.lock();
+        st.busy = false;
+        let waiters = st.waiters > 0;
+        drop(st);
+        if waiters {
+            self.lock.released.notify_one();
+        }
     }
 }
 
