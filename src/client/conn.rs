@@ -299,9 +299,19 @@ impl Conn {
     /// Asks one waiting caller to take over reading. Call after releasing
     /// the read lock (or freeing budget), without holding any other lock.
     pub(crate) fn promote_follower(&self) {
-        let next = self.followers.lock().pop_front();
-        if let Some(sub) = next {
-            sub.promote();
+        // A follower whose message is already queued has been woken by the
+        // routing and will return; asking it to lead would cost a wake-up
+        // only for it to pass the request on. Skip to one still waiting.
+        loop {
+            let next = self.followers.lock().pop_front();
+            match next {
+                Some(sub) => {
+                    if sub.promote() {
+                        return;
+                    }
+                }
+                None => return,
+            }
         }
     }
 

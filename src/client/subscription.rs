@@ -152,14 +152,16 @@ impl SubShared {
     }
 
     /// Wakes a waiter of this subscription so that it takes over reading.
-    pub(crate) fn promote(&self) {
+    /// Returns false, asking nothing, if a pull would not block anyway.
+    pub(crate) fn promote(&self) -> bool {
         let mut st = self.state.lock();
-        st.promoted = true;
-        let waiters = st.waiters > 0;
-        drop(st);
-        if waiters {
-            self.cond.notify_one();
+        if st.readable() || st.waiters == 0 {
+            return false;
         }
+        st.promoted = true;
+        drop(st);
+        self.cond.notify_one();
+        true
     }
 
     pub(crate) fn take_wakers(st: &mut SubState) -> (Option<Waker>, bool) {
