@@ -347,11 +347,6 @@ impl Subscription {
         // socket, blocked in poll rather than on the condvar.
         self.conn.wake_leader();
     }
-
-    /// Messages queued and not yet pulled.
-    pub fn queued(&self) -> usize {
-        self.shared.state.lock().queue.len()
-    }
 }
 
 impl Drop for Subscription {
