@@ -487,7 +487,10 @@ msb_status msb_client_connect_sandbox(const char *name,
 /**
  * Performs the handshake on an already-connected stream socket. The
  * library duplicates `fd` and uses its duplicate: the caller keeps
- * ownership of `fd` and may close it at any time after this returns.
+ * ownership of `fd` and may close it at any time after this returns. The
+ * socket is switched to blocking mode (reads never block; sends wait for
+ * room, bounded by their timeout), and closing the client shuts the
+ * connection down (`shutdown(2)`), which `fd` shares.
  * Same ownership of `*client_out` and errors as `msb_client_connect`.
  */
 msb_status msb_client_connect_fd(int fd,

@@ -170,7 +170,10 @@ pub extern "C" fn msb_client_connect_sandbox(
 
 /// Performs the handshake on an already-connected stream socket. The
 /// library duplicates `fd` and uses its duplicate: the caller keeps
-/// ownership of `fd` and may close it at any time after this returns.
+/// ownership of `fd` and may close it at any time after this returns. The
+/// socket is switched to blocking mode (reads never block; sends wait for
+/// room, bounded by their timeout), and closing the client shuts the
+/// connection down (`shutdown(2)`), which `fd` shares.
 /// Same ownership of `*client_out` and errors as `msb_client_connect`.
 #[no_mangle]
 pub extern "C" fn msb_client_connect_fd(
