@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs what the test suite needs beyond the Rust toolchain and a C
 # compiler, only where it is missing: Go (Debian's golang-go), Zig (PyPI's
-# ziglang), valgrind, pkg-config and doxygen (Debian), cbindgen (crates.io, pinned in
+# ziglang), valgrind, pkg-config and doxygen (Debian), cbindgen (pinned in
 # scripts/gen-header.sh). Needs root for apt-get.
 set -euo pipefail
 ZIG_VERSION=0.17.1

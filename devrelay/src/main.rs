@@ -1,7 +1,7 @@
 //! `msb-devrelay`: a development stand-in for a microsandbox VM's agent
 //! relay and agentd.
 //!
-//! It serves the exact agent-relay protocol (see shared/PROTOCOL.md) on a
+//! It serves the exact agent-relay protocol of microsandbox 0.3.14 on a
 //! Unix socket and carries out exec and filesystem requests itself, **on the
 //! host, with no isolation whatsoever**: an exec request runs a real host
 //! process with the relay's privileges. Only fs requests are confined, to a
