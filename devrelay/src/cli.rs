@@ -96,7 +96,9 @@ handshake unless stated):
                          one core.exec.stdout frame, then close
     flood                answer an exec with core.exec.started {pid: 0}, then
                          64 KiB core.exec.stdout frames as fast as the socket
-                         takes them, until the client disconnects
+                         takes them, until the client disconnects; each
+                         frame's data is its sequence number (u64 big-endian,
+                         from 0) followed by 'f' bytes
     stop-reading         after the handshake never read from the client again
                          (the connection stays open until the client leaves)
 Where a fault keeps a connection open without serving it, input is read and

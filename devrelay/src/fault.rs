@@ -276,9 +276,16 @@ pub async fn answer_exec(fault: Option<Fault>, outbox: &Outbox, id: u32) -> bool
                 if outbox.send(started).await.is_err() {
                     return;
                 }
-                let chunk = vec![b'f'; FLOOD_CHUNK];
-                let frame = data_frame(MessageType::ExecStdout, id, &chunk);
-                while outbox.send(frame.clone()).await.is_ok() {}
+                // Each chunk starts with its sequence number (u64 big-endian)
+                // so a client can prove that nothing was lost or reordered.
+                let mut chunk = vec![b'f'; FLOOD_CHUNK];
+                for seq in 0u64.. {
+                    chunk[..8].copy_from_slice(&seq.to_be_bytes());
+                    let frame = data_frame(MessageType::ExecStdout, id, &chunk);
+                    if outbox.send(frame).await.is_err() {
+                        break;
+                    }
+                }
             });
             true
         }

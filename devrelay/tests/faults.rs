@@ -356,13 +356,16 @@ fn flood() {
     let (offset, _) = read_handshake(&mut s);
     send_exec(&mut s, offset + 1, "true", &[]);
     assert_eq!(recv_message(&mut s).message_type, MessageType::ExecStarted);
-    for _ in 0..200 {
+    for seq in 0..200u64 {
         let m = recv_message(&mut s);
         assert_eq!(
             (m.id, m.message_type.clone()),
             (offset + 1, MessageType::ExecStdout)
         );
-        assert_eq!(Data::decode(&m.payload).unwrap().data.len(), 64 * 1024);
+        let data = Data::decode(&m.payload).unwrap().data;
+        assert_eq!(data.len(), 64 * 1024);
+        assert_eq!(&data[..8], &seq.to_be_bytes(), "frames numbered in order");
+        assert!(data[8..].iter().all(|&b| b == b'f'));
     }
     drop(s);
     // The flood stops with the client; the relay serves the next one.

@@ -24,7 +24,8 @@
 #define MIB (1024 * 1024)
 #define DEFAULT_BUDGET (16 * MIB)
 /* The devrelay's flood sends core.exec.stdout frames of exactly this many
- * data bytes, every byte 'f'. */
+ * data bytes: the frame's sequence number (u64 big-endian, from 0), then
+ * 'f' bytes. */
 #define FLOOD_CHUNK (64 * 1024)
 #define FLOOD_BYTE 'f'
 /* The devrelay's id for out-of-range-id: one past the client's range. */
@@ -564,9 +565,9 @@ static void flood_not_reading(enum wait_mode mode) {
 
 /*
  * The caller reads slowly (a pause after every few pulls) through more than
- * the budget's worth of flood: every frame arrives whole, none is lost or
- * merged, and the bytes are the relay's. The flood's bytes are all 'f', so
- * order within the stream is checked by count and frame size, not content.
+ * the budget's worth of flood: every frame arrives whole and in order, none
+ * is lost or merged, and the bytes are the relay's (each frame carries its
+ * sequence number).
  */
 static void flood_slow_reader(enum wait_mode mode) {
     const int frames = (int)h_env_int("MSB_FLOOD_FRAMES", 400); /* 25 MiB */
@@ -603,8 +604,10 @@ static void flood_slow_reader(enum wait_mode mode) {
                 size_t n = 0;
                 const uint8_t *d = msb_exec_event_data(ev, &n);
                 int whole = n == FLOOD_CHUNK;
-                for (size_t i = 0; whole && i < n; i++) whole = d[i] == FLOOD_BYTE;
-                if (!whole) bad_frames++;
+                uint64_t seq = 0;
+                for (size_t i = 0; whole && i < 8; i++) seq = (seq << 8) | d[i];
+                for (size_t i = 8; whole && i < n; i++) whole = d[i] == FLOOD_BYTE;
+                if (!whole || seq != (uint64_t)got_frames) bad_frames++;
                 got_bytes += n;
                 got_frames++;
             } else {
