@@ -1,14 +1,16 @@
-//! One connection to a relay: the socket, the writer, the routing table and
-//! the reader task.
+//! One connection to a relay: the socket, the writer, the routing table,
+//! the memory budget, and who reads when.
 //!
 //! Writes happen on the caller's thread (no hop through a channel): a frame
 //! is encoded into a small head buffer and sent with one vectored write
-//! together with the payload, under a lock that keeps frames whole.
+//! together with the payload, under a lock that keeps frames whole. A send
+//! that finds the socket full blocks in the kernel, bounded by its deadline.
 //!
-//! Reads happen on the client's runtime thread: the reader fills a large
-//! buffer, splits every complete frame out of it and routes them all under
-//! one acquisition of the routing lock, waking each subscriber at most once
-//! per batch and only when its queue turns non-empty.
+//! Reads (see `reader`) happen on whichever thread holds the read state: a
+//! caller blocked in a pull, or the background task while something waits
+//! passively. Every complete frame of a read is routed under one
+//! acquisition of the routing lock, and a subscriber is woken only when its
+//! queue turns non-empty.
 //!
 //! Memory: every queued message is charged to a per-connection budget. When
 //! the budget is spent, the reader stops reading the socket until consumers
@@ -25,13 +27,13 @@ use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering}
 use std::sync::Arc;
 use std::time::Instant;
 
-use super::sync::{Mutex, TimedLock};
 use tokio::sync::Notify;
 
 use super::error::{CloseCause, Error, Result};
 use super::pool::FramePool;
 use super::reader::ReadState;
 use super::subscription::{charge, Accept, SubShared, Subscription};
+use super::sync::{Mutex, TimedLock};
 use crate::protocol::{
     encode_frame_head, encoded_len, Message, MessageType, ID_RANGE_STEP, MAX_FRAME_SIZE,
 };
