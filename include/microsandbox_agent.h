@@ -366,12 +366,25 @@ typedef int32_t msb_fs_kind;
  */
 #define MSB_EXEC_EXITED 4
 
+/**
+ * Anything else: a device, a socket, a fifo, or a kind this library does
+ * not know.
+ */
 #define MSB_FS_KIND_OTHER 0
 
+/**
+ * A regular file.
+ */
 #define MSB_FS_KIND_FILE 1
 
+/**
+ * A directory.
+ */
 #define MSB_FS_KIND_DIR 2
 
+/**
+ * A symbolic link (`msb_fs_stat` does not follow links).
+ */
 #define MSB_FS_KIND_SYMLINK 3
 
 #ifdef __cplusplus

@@ -177,9 +177,14 @@ pub extern "C" fn msb_fs_rename(
 
 /// The kind of a filesystem entry.
 pub type msb_fs_kind = i32;
+/// Anything else: a device, a socket, a fifo, or a kind this library does
+/// not know.
 pub const MSB_FS_KIND_OTHER: msb_fs_kind = 0;
+/// A regular file.
 pub const MSB_FS_KIND_FILE: msb_fs_kind = 1;
+/// A directory.
 pub const MSB_FS_KIND_DIR: msb_fs_kind = 2;
+/// A symbolic link (`msb_fs_stat` does not follow links).
 pub const MSB_FS_KIND_SYMLINK: msb_fs_kind = 3;
 
 /// Metadata of one file, directory or link.
