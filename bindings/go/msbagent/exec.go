@@ -11,7 +11,6 @@ import (
 	"context"
 	"fmt"
 	"io"
-	"os"
 	"strings"
 	"sync"
 	"syscall"
@@ -167,10 +166,8 @@ type Process struct {
 	handleMu sync.RWMutex
 	handle   *C.msb_exec
 
-	// readiness is this package's duplicate of the library's eventfd,
-	// registered with Go's poller; readinessConn waits on it.
-	readiness     *os.File
-	readinessConn syscall.RawConn
+	// readiness waits for the library's event stream on Go's poller.
+	readiness *readinessWaiter
 
 	// released is closed once the handle has been freed; it stops the
 	// goroutine watching ctx.
@@ -238,35 +235,16 @@ func newProcess(ctx context.Context, exec *C.msb_exec) (*Process, error) {
 	if status := C.msb_exec_readiness_fd(exec, &fd, &libErr); status != C.MSB_OK {
 		return nil, statusError(status, libErr)
 	}
-	// The library's descriptor is borrowed and dies with the handle; our
-	// duplicate lives as long as the *os.File that owns it.
-	dup, _, errno := syscall.Syscall(syscall.SYS_FCNTL, uintptr(fd), syscall.F_DUPFD_CLOEXEC, 0)
-	if errno != 0 {
-		return nil, &Error{Code: StatusIO, Message: "duplicating the readiness descriptor: " + errno.Error()}
-	}
-	if err := syscall.SetNonblock(int(dup), true); err != nil {
-		syscall.Close(int(dup))
-		return nil, &Error{Code: StatusIO, Message: "setting the readiness descriptor non-blocking: " + err.Error()}
-	}
-	readiness := os.NewFile(dup, "msb-exec-readiness")
-	// A descriptor that did not join the poller refuses deadlines; waiting
-	// on it would block a thread, so fail instead.
-	if err := readiness.SetReadDeadline(time.Time{}); err != nil {
-		readiness.Close()
-		return nil, &Error{Code: StatusIO, Message: "the readiness descriptor cannot be polled: " + err.Error()}
-	}
-	conn, err := readiness.SyscallConn()
+	readiness, err := newReadinessWaiter(fd, "msb-exec-readiness")
 	if err != nil {
-		readiness.Close()
-		return nil, &Error{Code: StatusIO, Message: "the readiness descriptor cannot be polled: " + err.Error()}
+		return nil, err
 	}
 	return &Process{
-		ctx:           ctx,
-		handle:        exec,
-		readiness:     readiness,
-		readinessConn: conn,
-		released:      make(chan struct{}),
-		progress:      make(chan struct{}),
+		ctx:       ctx,
+		handle:    exec,
+		readiness: readiness,
+		released:  make(chan struct{}),
+		progress:  make(chan struct{}),
 	}, nil
 }
 
@@ -286,7 +264,7 @@ func (p *Process) abort() {
 	p.mu.Lock()
 	p.finishLocked(errProcessAborted)
 	p.mu.Unlock()
-	_ = p.readiness.SetReadDeadline(time.Now())
+	p.readiness.interrupt()
 	p.mu.Lock()
 	p.releaseIfIdleLocked()
 }
@@ -322,7 +300,7 @@ func (p *Process) releaseIfIdleLocked() {
 	C.msb_exec_free(p.handle)
 	p.handle = nil
 	p.handleMu.Unlock()
-	p.readiness.Close()
+	p.readiness.close()
 	close(p.released)
 }
 
@@ -340,7 +318,7 @@ type event struct {
 func (p *Process) pullOne() (event, error) {
 	var ev event
 	var pullErr error
-	waitErr := p.readinessConn.Read(func(uintptr) bool {
+	waitErr := p.readiness.wait(func() bool {
 		var cEvent *C.msb_exec_event
 		var libErr *C.msb_error
 		p.handleMu.RLock()
@@ -568,7 +546,7 @@ func (p *Process) Close() error {
 	p.finishLocked(errProcessReleased)
 	p.mu.Unlock()
 	// Wake a goroutine waiting on the poller so the handle can be freed.
-	_ = p.readiness.SetReadDeadline(time.Now())
+	p.readiness.interrupt()
 	p.mu.Lock()
 	p.releaseIfIdleLocked()
 	return nil

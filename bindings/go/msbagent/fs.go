@@ -137,10 +137,7 @@ func (c *Client) ReadFile(ctx context.Context, name string) ([]byte, error) {
 // WriteFile writes data to a guest file, creating or truncating it, with
 // permission bits perm (0 means the guest's default).
 func (c *Client) WriteFile(ctx context.Context, name string, data []byte, perm fs.FileMode) error {
-	mode := C.int32_t(-1)
-	if perm != 0 {
-		mode = C.int32_t(perm.Perm())
-	}
+	mode := guestMode(perm)
 	// The call may outlive a cancelled caller, who is then free to reuse
 	// data: hand the library a private C copy instead.
 	return c.pathCall(ctx, name, func(h *C.msb_client, cPath *C.char, timeout C.int64_t, errOut **C.msb_error) C.msb_status {
@@ -151,6 +148,15 @@ func (c *Client) WriteFile(ctx context.Context, name string, data []byte, perm f
 		}
 		return C.msb_fs_write_file(h, cPath, (*C.uint8_t)(cData), C.size_t(len(data)), mode, timeout, errOut)
 	})
+}
+
+// guestMode is the library's mode argument for perm: its permission bits,
+// or -1 (the guest's default) for 0.
+func guestMode(perm fs.FileMode) C.int32_t {
+	if perm == 0 {
+		return -1
+	}
+	return C.int32_t(perm.Perm())
 }
 
 // Stat returns metadata of a guest path (a symlink is described itself,

@@ -4,8 +4,9 @@
 // A Client is one connection; it is safe for concurrent use. Exec starts a
 // guest process whose output is read through io.Readers; Run runs one to
 // completion; ReadFile, WriteFile, Stat, ReadDir and friends work on the
-// guest's filesystem. Every call takes a context.Context: a cancelled call
-// returns at once, and the connection stays usable.
+// guest's filesystem; Open and Create stream files too large to hold in
+// memory. Every call takes a context.Context: a cancelled call returns at
+// once, and the connection stays usable.
 //
 // Errors from the library are *Error values carrying the library's status
 // code; compare them with errors.Is against the Err* sentinels.

@@ -1,0 +1,386 @@
+package msbagent
+
+/*
+#include <stdlib.h>
+#include <microsandbox_agent.h>
+*/
+import "C"
+
+import (
+	"context"
+	"io"
+	"io/fs"
+	"sync"
+	"sync/atomic"
+	"time"
+	"unsafe"
+)
+
+// defaultStreamTimeout bounds one library write, and the wait for the
+// guest to confirm a written file, when ctx has no deadline. A write blocks
+// only while the connection's socket is full, so this much time without
+// progress means the peer has stopped reading.
+const defaultStreamTimeout = 60 * time.Second
+
+// writePiece is the most one library write is handed: it bounds the C copy
+// each write makes and the data a single timeout has to cover.
+const writePiece = 1 << 20
+
+// streamTimeoutMs is ctx's deadline as a library timeout, or
+// defaultStreamTimeout: a stream call must never wait without limit, as
+// the call cannot be interrupted.
+func streamTimeoutMs(ctx context.Context) C.int64_t {
+	if _, ok := ctx.Deadline(); ok {
+		return timeoutMs(ctx)
+	}
+	return C.int64_t(defaultStreamTimeout / time.Millisecond)
+}
+
+var errReaderClosed = &Error{Code: StatusClosed, Message: "the file reader is closed"}
+
+var errWriterClosed = &Error{Code: StatusClosed, Message: "the file writer is closed"}
+
+// FileReader reads a guest file as it arrives, holding at most one chunk
+// (a few MiB) of it in memory. It implements io.ReadCloser; Read returns
+// io.EOF once the whole file was read and the guest confirmed it. Created
+// by Client.Open.
+//
+// Waiting for data is done on Go's network poller, as for processes. Read
+// may be called from one goroutine at a time; Close from any.
+type FileReader struct {
+	ctx context.Context
+
+	// handleMu is held shared for every library call on handle and
+	// exclusively to free it; handle is nil once released.
+	handleMu    sync.RWMutex
+	handle      *C.msb_file_reader
+	readiness   *readinessWaiter
+	releaseOnce sync.Once
+	// released is closed once the handle has been freed; it stops the
+	// goroutine watching ctx.
+	released chan struct{}
+	closed   atomic.Bool
+
+	mu     sync.Mutex // serialises Read; guards chunk and endErr
+	chunk  []byte     // the unread rest of the last chunk pulled
+	endErr error      // io.EOF, or the failure that ended the stream
+}
+
+// Open starts reading a guest file. ctx governs the reader's whole life:
+// once ctx is done, Read returns ctx.Err() and the rest of the file is
+// abandoned. A missing or unreadable file is reported by the first Read,
+// as an error matching ErrGuest. Close the reader to release it.
+func (c *Client) Open(ctx context.Context, name string) (*FileReader, error) {
+	if err := checkString("path", name); err != nil {
+		return nil, err
+	}
+	var r *FileReader
+	op := func(h *C.msb_client, timeout C.int64_t) error {
+		cPath := C.CString(name)
+		defer C.free(unsafe.Pointer(cPath))
+		var reader *C.msb_file_reader
+		var libErr *C.msb_error
+		if status := C.msb_file_reader_open(h, cPath, timeout, &reader, &libErr); status != C.MSB_OK {
+			return statusError(status, libErr)
+		}
+		var err error
+		r, err = newFileReader(ctx, reader)
+		if err != nil {
+			C.msb_file_reader_free(reader)
+		}
+		return err
+	}
+	// An open abandoned by cancellation may still succeed: nobody will
+	// read that file, so let it go.
+	discard := func() { r.release() }
+	if err := c.callErr(ctx, op, discard); err != nil {
+		return nil, err
+	}
+	if ctx.Done() != nil {
+		go r.watch()
+	}
+	return r, nil
+}
+
+func newFileReader(ctx context.Context, reader *C.msb_file_reader) (*FileReader, error) {
+	var fd C.int
+	var libErr *C.msb_error
+	if status := C.msb_file_reader_readiness_fd(reader, &fd, &libErr); status != C.MSB_OK {
+		return nil, statusError(status, libErr)
+	}
+	readiness, err := newReadinessWaiter(fd, "msb-file-reader-readiness")
+	if err != nil {
+		return nil, err
+	}
+	return &FileReader{
+		ctx:       ctx,
+		handle:    reader,
+		readiness: readiness,
+		released:  make(chan struct{}),
+	}, nil
+}
+
+// watch abandons the file when ctx is done.
+func (r *FileReader) watch() {
+	select {
+	case <-r.ctx.Done():
+		r.release()
+	case <-r.released:
+	}
+}
+
+// release frees the handle, first waking a Read waiting on the poller,
+// which then finds the handle gone.
+func (r *FileReader) release() {
+	r.releaseOnce.Do(func() {
+		r.readiness.interrupt()
+		r.handleMu.Lock()
+		C.msb_file_reader_free(r.handle)
+		r.handle = nil
+		r.handleMu.Unlock()
+		r.readiness.close()
+		close(r.released)
+	})
+}
+
+// Read copies the next bytes of the file into p, waiting for the guest to
+// send more when none are left. A failure in the guest (such as a missing
+// file) matches ErrGuest; after Close, reads fail with ErrClosed.
+func (r *FileReader) Read(p []byte) (int, error) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	for {
+		if r.closed.Load() {
+			return 0, errReaderClosed
+		}
+		if err := r.ctx.Err(); err != nil {
+			return 0, err
+		}
+		if len(r.chunk) > 0 || len(p) == 0 {
+			n := copy(p, r.chunk)
+			r.chunk = r.chunk[n:]
+			return n, nil
+		}
+		if r.endErr != nil {
+			return 0, r.endErr
+		}
+		chunk, err := r.pull()
+		switch {
+		case err == nil:
+			r.chunk = chunk
+		case r.closed.Load() || r.ctx.Err() != nil:
+			// Interrupted: the checks above say why.
+		default:
+			r.endErr = err
+			// Nothing more will come: free the handle now, not at Close.
+			r.release()
+		}
+	}
+}
+
+// pull waits on the poller until the library has a chunk or the end of
+// the file, and takes it without blocking.
+func (r *FileReader) pull() ([]byte, error) {
+	var chunk []byte
+	var pullErr error
+	waitErr := r.readiness.wait(func() bool {
+		r.handleMu.RLock()
+		defer r.handleMu.RUnlock()
+		if r.handle == nil {
+			pullErr = errReaderClosed
+			return true
+		}
+		var buf *C.msb_bytes
+		var libErr *C.msb_error
+		status := C.msb_file_reader_next(r.handle, 0, &buf, &libErr)
+		switch status {
+		case C.MSB_NOTHING_YET:
+			return false
+		case C.MSB_OK:
+			chunk = C.GoBytes(unsafe.Pointer(C.msb_bytes_data(buf)), C.int(C.msb_bytes_len(buf)))
+			C.msb_bytes_free(buf)
+		case C.MSB_ENDED:
+			pullErr = io.EOF
+		default:
+			pullErr = statusError(status, libErr)
+		}
+		return true
+	})
+	if waitErr != nil {
+		return nil, &Error{Code: StatusIO, Message: "waiting for file data: " + waitErr.Error()}
+	}
+	return chunk, pullErr
+}
+
+// Close releases the reader, abandoning whatever of the file was not read.
+// A Read blocked meanwhile returns an error matching ErrClosed. Close is
+// idempotent.
+func (r *FileReader) Close() error {
+	r.closed.Store(true)
+	r.release()
+	return nil
+}
+
+// FileWriter writes a guest file piece by piece, so that it never has to
+// be in memory whole. It implements io.WriteCloser: Close completes the
+// file and reports whether the guest stored it. Created by Client.Create.
+//
+// Write and Close may be called from any goroutine; they take turns.
+type FileWriter struct {
+	ctx context.Context
+
+	// handleMu is held shared for every library call on handle and
+	// exclusively to free it; handle is nil once released.
+	handleMu    sync.RWMutex
+	handle      *C.msb_file_writer
+	releaseOnce sync.Once
+	// released is closed once the handle has been freed; it stops the
+	// goroutine watching ctx.
+	released chan struct{}
+
+	mu     sync.Mutex // serialises Write and Close; guards closed
+	closed bool
+}
+
+// Create starts writing a guest file, creating or truncating it, with
+// permission bits perm (0 means the guest's default, as for WriteFile).
+// ctx governs the writer's whole life: once ctx is done, Write and Close
+// return ctx.Err() and the file is abandoned unfinished. Each library call
+// waits at most until ctx's deadline (60 s without one).
+func (c *Client) Create(ctx context.Context, name string, perm fs.FileMode) (*FileWriter, error) {
+	if err := checkString("path", name); err != nil {
+		return nil, err
+	}
+	mode := guestMode(perm)
+	var w *FileWriter
+	op := func(h *C.msb_client, timeout C.int64_t) error {
+		cPath := C.CString(name)
+		defer C.free(unsafe.Pointer(cPath))
+		var writer *C.msb_file_writer
+		var libErr *C.msb_error
+		if status := C.msb_file_writer_open(h, cPath, mode, timeout, &writer, &libErr); status != C.MSB_OK {
+			return statusError(status, libErr)
+		}
+		w = &FileWriter{ctx: ctx, handle: writer, released: make(chan struct{})}
+		return nil
+	}
+	// An open abandoned by cancellation may still succeed: free that
+	// writer, which abandons the file.
+	discard := func() { w.release() }
+	if err := c.callErr(ctx, op, discard); err != nil {
+		return nil, err
+	}
+	if ctx.Done() != nil {
+		go w.watch()
+	}
+	return w, nil
+}
+
+// watch abandons the file when ctx is done.
+func (w *FileWriter) watch() {
+	select {
+	case <-w.ctx.Done():
+		w.release()
+	case <-w.released:
+	}
+}
+
+// release frees the handle once no library call uses it; unless the file
+// was finished, that abandons it.
+func (w *FileWriter) release() {
+	w.releaseOnce.Do(func() {
+		w.handleMu.Lock()
+		C.msb_file_writer_free(w.handle)
+		w.handle = nil
+		w.handleMu.Unlock()
+		close(w.released)
+	})
+}
+
+// Write sends b as the next bytes of the file. The bytes are on their way
+// to the guest when it returns; only Close confirms they were stored.
+// After Close, writes fail with an error matching ErrClosed.
+func (w *FileWriter) Write(b []byte) (int, error) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if w.closed {
+		return 0, errWriterClosed
+	}
+	written := 0
+	for written < len(b) {
+		piece := b[written:]
+		if len(piece) > writePiece {
+			piece = piece[:writePiece]
+		}
+		if err := w.send(piece); err != nil {
+			return written, err
+		}
+		written += len(piece)
+	}
+	return written, nil
+}
+
+// send writes one piece. On cancellation it returns at once and leaves the
+// library call to finish on its own goroutine (it is bounded by its
+// timeout); the handle is freed only after that.
+func (w *FileWriter) send(piece []byte) error {
+	if err := w.ctx.Err(); err != nil {
+		return err
+	}
+	// The call may outlive this Write, whose caller may then reuse b: hand
+	// the library a private C copy, made before the caller can get away.
+	cData := C.CBytes(piece)
+	size := C.size_t(len(piece))
+	op := func() error {
+		defer C.free(cData)
+		w.handleMu.RLock()
+		defer w.handleMu.RUnlock()
+		if w.handle == nil {
+			return errWriterClosed
+		}
+		var libErr *C.msb_error
+		status := C.msb_file_writer_write(w.handle, (*C.uint8_t)(cData), size, streamTimeoutMs(w.ctx), &libErr)
+		return statusError(status, libErr)
+	}
+	if w.ctx.Done() == nil {
+		return op()
+	}
+	result := make(chan error, 1)
+	go func() { result <- op() }()
+	select {
+	case err := <-result:
+		return err
+	case <-w.ctx.Done():
+		return w.ctx.Err()
+	}
+}
+
+// Close ends the file, waits for the guest to confirm it was stored, and
+// releases the writer. If ctx is already done it only releases the writer,
+// abandoning the file, and returns ctx.Err(). A second Close does nothing.
+func (w *FileWriter) Close() error {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if w.closed {
+		return nil
+	}
+	w.closed = true
+	err := callBlocking(w.ctx, func(C.int64_t) error {
+		w.handleMu.RLock()
+		defer w.handleMu.RUnlock()
+		if w.handle == nil {
+			return errWriterClosed
+		}
+		var libErr *C.msb_error
+		status := C.msb_file_writer_finish(w.handle, streamTimeoutMs(w.ctx), &libErr)
+		return statusError(status, libErr)
+	}, nil)
+	if w.ctx.Err() != nil {
+		// A library call abandoned by cancellation may still hold the
+		// handle: free it when that returns, without waiting here.
+		go w.release()
+	} else {
+		w.release()
+	}
+	return err
+}
