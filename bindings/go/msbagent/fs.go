@@ -139,14 +139,16 @@ func (c *Client) ReadFile(ctx context.Context, name string) ([]byte, error) {
 func (c *Client) WriteFile(ctx context.Context, name string, data []byte, perm fs.FileMode) error {
 	mode := guestMode(perm)
 	// The call may outlive a cancelled caller, who is then free to reuse
-	// data: hand the library a private C copy instead.
+	// data: take a private copy now, before WriteFile can return. The
+	// library only reads it during the call and keeps no pointer to it, so
+	// cgo lets us pass the Go memory directly.
+	private := append([]byte(nil), data...)
 	return c.pathCall(ctx, name, func(h *C.msb_client, cPath *C.char, timeout C.int64_t, errOut **C.msb_error) C.msb_status {
-		var cData unsafe.Pointer
-		if len(data) > 0 {
-			cData = C.CBytes(data)
-			defer C.free(cData)
+		var p *C.uint8_t
+		if len(private) > 0 {
+			p = (*C.uint8_t)(unsafe.Pointer(&private[0]))
 		}
-		return C.msb_fs_write_file(h, cPath, (*C.uint8_t)(cData), C.size_t(len(data)), mode, timeout, errOut)
+		return C.msb_fs_write_file(h, cPath, p, C.size_t(len(private)), mode, timeout, errOut)
 	})
 }
 
