@@ -177,7 +177,6 @@ static void relay_breaks_connection(const char *fault, enum wait_mode mode, msb_
     struct relay r;
     if (relay_start(&r, fault) != 0) {
         CHECK_MSG(0, "relay did not start");
-        relay_stop(&r);
         return;
     }
     msb_client *c = h_connect(&r, 5000, 0);
@@ -244,7 +243,6 @@ static void unknown_type(enum wait_mode mode) {
     struct relay r;
     if (relay_start(&r, "unknown-type") != 0) {
         CHECK_MSG(0, "relay did not start");
-        relay_stop(&r);
         return;
     }
     msb_client *c = h_connect(&r, 5000, 0);
@@ -281,7 +279,6 @@ static void out_of_range_id(enum wait_mode mode) {
     struct relay r;
     if (relay_start(&r, "out-of-range-id") != 0) {
         CHECK_MSG(0, "relay did not start");
-        relay_stop(&r);
         return;
     }
     msb_client *c = h_connect(&r, 5000, 0);
@@ -310,7 +307,6 @@ static void wrong_payload(enum wait_mode mode) {
     struct relay r;
     if (relay_start(&r, "wrong-payload") != 0) {
         CHECK_MSG(0, "relay did not start");
-        relay_stop(&r);
         return;
     }
     msb_client *c = h_connect(&r, 5000, 0);
@@ -378,7 +374,6 @@ static void handshake_fault(const char *fault, enum wait_mode mode, msb_status c
     struct relay r;
     if (relay_start(&r, fault) != 0) {
         CHECK_MSG(0, "relay did not start");
-        relay_stop(&r);
         return;
     }
     msb_connect_options *opts = NULL;
@@ -428,7 +423,6 @@ static void close_mid_exec(enum wait_mode mode) {
     struct relay r;
     if (relay_start(&r, "close-mid-exec") != 0) {
         CHECK_MSG(0, "relay did not start");
-        relay_stop(&r);
         return;
     }
     msb_client *c = h_connect(&r, 5000, 0);
@@ -496,7 +490,6 @@ static void flood_not_reading(enum wait_mode mode) {
     struct relay r;
     if (relay_start(&r, "flood") != 0) {
         CHECK_MSG(0, "relay did not start");
-        relay_stop(&r);
         return;
     }
     long rss_before = h_rss_kib();
@@ -574,7 +567,6 @@ static void flood_slow_reader(enum wait_mode mode) {
     struct relay r;
     if (relay_start(&r, "flood") != 0) {
         CHECK_MSG(0, "relay did not start");
-        relay_stop(&r);
         return;
     }
     msb_client *c = h_connect(&r, 5000, 0);

@@ -278,11 +278,21 @@ static inline int h_remove_entry(const char *path, const struct stat *st, int fl
     return remove(path);
 }
 
-/* Starts target/release/msb-devrelay (or $MSB_DEVRELAY) on a fresh socket,
- * with `fault` (NULL for none) and one optional extra argument pair, and
- * waits for its ready line. Returns 0 on success. */
-static inline int relay_start_with(struct relay *r, const char *fault, const char *extra_flag,
-                            const char *extra_value) {
+static inline void relay_stop(struct relay *r) {
+    if (r->pid > 0) {
+        kill(r->pid, SIGTERM);
+        int status;
+        while (waitpid(r->pid, &status, 0) < 0 && errno == EINTR) {
+        }
+        r->pid = 0;
+    }
+    if (r->dir[0] != '\0') nftw(r->dir, h_remove_entry, 16, FTW_DEPTH | FTW_PHYS);
+    r->dir[0] = '\0';
+}
+
+/* Forks the relay and waits for its ready line; see relay_start_with. */
+static inline int relay_spawn(struct relay *r, const char *fault, const char *extra_flag,
+                              const char *extra_value) {
     memset(r, 0, sizeof *r);
     snprintf(r->dir, sizeof r->dir, "/tmp/msb-hostile.XXXXXX");
     if (mkdtemp(r->dir) == NULL) return -1;
@@ -342,21 +352,22 @@ static inline int relay_start_with(struct relay *r, const char *fault, const cha
     return 0;
 }
 
+/* Starts target/release/msb-devrelay (or $MSB_DEVRELAY) on a fresh socket,
+ * with `fault` (NULL for none) and one optional extra argument pair, and
+ * waits for its ready line. Returns 0 on success; on failure the relay (if
+ * it was forked) is already stopped and its directory removed, so callers
+ * only report and return. */
+static inline int relay_start_with(struct relay *r, const char *fault, const char *extra_flag,
+                                   const char *extra_value) {
+    if (relay_spawn(r, fault, extra_flag, extra_value) == 0) return 0;
+    relay_stop(r);
+    return -1;
+}
+
 static inline int relay_start(struct relay *r, const char *fault) {
     return relay_start_with(r, fault, NULL, NULL);
 }
 
-static inline void relay_stop(struct relay *r) {
-    if (r->pid > 0) {
-        kill(r->pid, SIGTERM);
-        int status;
-        while (waitpid(r->pid, &status, 0) < 0 && errno == EINTR) {
-        }
-        r->pid = 0;
-    }
-    if (r->dir[0] != '\0') nftw(r->dir, h_remove_entry, 16, FTW_DEPTH | FTW_PHYS);
-    r->dir[0] = '\0';
-}
 
 /* Connects to `r` with a connect timeout; NULL (and a recorded failure) if
  * that fails. */
