@@ -68,35 +68,26 @@ impl Exec {
 
     /// The next event within `timeout` (`None`: no limit; zero: don't block).
     /// `Ended` after `Exited` was delivered. Frames of unknown or unrelated
-    /// types are skipped (they are counted by the client).
+    /// types never reach the queue (see `is_exec_event`), so every queued
+    /// message is an event.
     pub fn next_event(&self, timeout: Option<Duration>) -> Result<Pulled<ExecEvent>> {
-        let deadline = timeout.map(|t| Instant::now() + t);
-        loop {
-            let left = deadline.map(|d| d.saturating_duration_since(Instant::now()));
-            match self.sub.recv_timeout(left)? {
-                Pulled::Item(m) => {
-                    if let Some(ev) = self.decode(&m)? {
-                        return Ok(Pulled::Item(ev));
-                    }
-                }
-                Pulled::Nothing => return Ok(Pulled::Nothing),
-                Pulled::Ended => return Ok(Pulled::Ended),
-            }
-        }
+        Ok(match self.sub.recv_timeout(timeout)? {
+            Pulled::Item(m) => Pulled::Item(self.decode(&m)?),
+            Pulled::Nothing => Pulled::Nothing,
+            Pulled::Ended => Pulled::Ended,
+        })
     }
 
     /// Async form of [`next_event`](Self::next_event) without a timeout;
     /// `None` once the process has exited and that was delivered.
     pub async fn next_event_async(&self) -> Result<Option<ExecEvent>> {
-        while let Some(m) = self.sub.recv().await? {
-            if let Some(ev) = self.decode(&m)? {
-                return Ok(Some(ev));
-            }
+        match self.sub.recv().await? {
+            Some(m) => self.decode(&m).map(Some),
+            None => Ok(None),
         }
-        Ok(None)
     }
 
-    fn decode(&self, m: &Message) -> Result<Option<ExecEvent>> {
+    fn decode(&self, m: &Message) -> Result<ExecEvent> {
         let ev = match m.message_type {
             MessageType::ExecStarted => {
                 ExecStarted::decode(&m.payload).map(|p| ExecEvent::Started { pid: p.pid })
@@ -106,10 +97,11 @@ impl Exec {
             MessageType::ExecExited => {
                 ExecExited::decode(&m.payload).map(|p| ExecEvent::Exited { code: p.code })
             }
-            _ => return Ok(None),
+            // Filtered out on arrival; kept as an error, not a panic, in case
+            // the filter and this match ever disagree.
+            ref other => return Err(Error::Unexpected(format!("{other} in an exec session"))),
         };
-        ev.map(Some)
-            .map_err(|e| self.client.fail_protocol(e.in_message(&m.message_type)))
+        ev.map_err(|e| self.client.fail_protocol(e.in_message(&m.message_type)))
     }
 
     /// Writes to the process's stdin. An empty slice is ignored (use

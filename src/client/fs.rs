@@ -72,21 +72,27 @@ fn response(client: &Client, m: &Message) -> Result<FsResponse> {
     Ok(r)
 }
 
+/// Waits for the response of a session that queues only its response
+/// (see `is_response`).
+fn await_response(
+    client: &Client,
+    sub: &Subscription,
+    deadline: Instant,
+    what: &'static str,
+) -> Result<FsResponse> {
+    match next(sub, deadline, what)? {
+        Some(m) => response(client, &m),
+        None => Err(Error::Unexpected(
+            "fs session ended without a response".into(),
+        )),
+    }
+}
+
 /// One request, one response: everything but Read and Write.
 fn simple(client: &Client, op: FsOp, timeout: Duration) -> Result<FsResponse> {
     let deadline = Instant::now() + timeout;
     let sub = open(client, op, deadline)?;
-    loop {
-        match next(&sub, deadline, "waiting for the fs response")? {
-            Some(m) if m.message_type == MessageType::FsResponse => return response(client, &m),
-            Some(_) => continue, // unknown or stray types: skipped, already counted
-            None => {
-                return Err(Error::Unexpected(
-                    "fs session ended without a response".into(),
-                ))
-            }
-        }
-    }
+    await_response(client, &sub, deadline, "waiting for the fs response")
 }
 
 pub fn stat(client: &Client, path: &str, timeout: Duration) -> Result<FsEntryInfo> {
@@ -285,19 +291,13 @@ impl FileWriter {
             &[],
             deadline,
         )?;
-        loop {
-            match next(&self.sub, deadline, "waiting for the write confirmation")? {
-                Some(m) if m.message_type == MessageType::FsResponse => {
-                    return response(&self.client, &m).map(drop)
-                }
-                Some(_) => continue,
-                None => {
-                    return Err(Error::Unexpected(
-                        "write session ended without a response".into(),
-                    ))
-                }
-            }
-        }
+        await_response(
+            &self.client,
+            &self.sub,
+            deadline,
+            "waiting for the write confirmation",
+        )
+        .map(drop)
     }
 }
 
