@@ -130,6 +130,33 @@ fn request_response_round_trip() {
 }
 
 #[test]
+fn a_payload_sent_in_many_parts_arrives_whole() {
+    let relay = Relay::start(&[]);
+    let c = relay.connect();
+    let payload = FsRequest {
+        op: FsOp::Stat { path: "/".into() },
+    }
+    .to_bytes();
+    // More parts than a send takes without allocating, and an empty one.
+    let mut parts: Vec<&[u8]> = payload.chunks(2).collect();
+    parts.insert(3, &[]);
+    assert!(parts.len() > 8);
+    let sub = c.subscribe_new().unwrap();
+    c.send_parts(
+        &MessageType::FsRequest,
+        sub.id(),
+        &parts,
+        Instant::now() + T,
+    )
+    .unwrap();
+    let reply = match sub.recv_timeout(Some(T)).unwrap() {
+        Pulled::Item(m) => m,
+        other => panic!("no reply: {other:?}"),
+    };
+    assert!(FsResponse::decode(&reply.payload).unwrap().ok);
+}
+
+#[test]
 fn streamed_exec_with_stdin() {
     let relay = Relay::start(&[]);
     let c = relay.connect();

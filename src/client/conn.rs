@@ -62,6 +62,10 @@ struct AtomicCounters {
     unknown_type: AtomicU64,
 }
 
+/// A subscriber to wake once the routing lock is released: its async waker
+/// and whether threads wait on it.
+pub(crate) type PendingWake = (Arc<SubShared>, Option<std::task::Waker>, bool);
+
 enum SocketWait {
     Ready,
     TimedOut,
@@ -406,18 +410,35 @@ impl Conn {
         if len > MAX_FRAME_SIZE as usize {
             return Err(Error::TooLarge(len + 4));
         }
-        let mut head = Vec::with_capacity(64 + message_type.len());
-        encode_frame_head(&mut head, message_type, id, flags, payload_len);
-        let mut iov: Vec<&[u8]> = Vec::with_capacity(parts.len() + 1);
-        iov.push(&head);
-        iov.extend(parts.iter().filter(|p| !p.is_empty()));
+        FRAME_HEAD.with_borrow_mut(|head| {
+            head.clear();
+            encode_frame_head(head, message_type, id, flags, payload_len);
+            let total = head.len() + payload_len;
+            let parts = parts.iter().filter(|p| !p.is_empty());
+            if parts.clone().count() < MAX_SEND_PARTS {
+                let mut iov: [&[u8]; MAX_SEND_PARTS] = [&[]; MAX_SEND_PARTS];
+                iov[0] = head;
+                let mut count = 1;
+                for part in parts {
+                    iov[count] = part;
+                    count += 1;
+                }
+                self.write_frame(&iov[..count], total, deadline)
+            } else {
+                let iov: Vec<&[u8]> = std::iter::once(&head[..]).chain(parts.copied()).collect();
+                self.write_frame(&iov, total, deadline)
+            }
+        })
+    }
 
+    /// Writes one whole frame, given as consecutive slices totalling `total`
+    /// bytes, under the writer lock.
+    fn write_frame(&self, iov: &[&[u8]], total: usize, deadline: Instant) -> Result<()> {
         self.check_open()?;
         let Some(_guard) = self.writer.lock_until(deadline) else {
             return Err(Error::Timeout("waiting for another sender"));
         };
         self.check_open()?;
-        let total = head.len() + payload_len;
         let mut written = 0;
         // First try without blocking: small frames always fit. Once the
         // socket is full, block in the kernel (bounded by SO_SNDTIMEO) rather
@@ -437,7 +458,7 @@ impl Conn {
             } else {
                 flags |= libc::MSG_DONTWAIT;
             }
-            match write_vectored_at(self.fd.as_raw_fd(), &iov, written, flags) {
+            match write_vectored_at(self.fd.as_raw_fd(), iov, written, flags) {
                 Ok(n) => {
                     written += n;
                     blocking = true;
@@ -591,15 +612,15 @@ impl Conn {
     }
 
     /// Delivers a batch of decoded frames to their subscribers, taking the
-    /// routing lock once.
-    pub(crate) fn route(&self, batch: &mut Vec<Message>) {
+    /// routing lock once. `to_wake` is scratch space the reader keeps, so
+    /// routing allocates nothing; it is left empty.
+    pub(crate) fn route(&self, batch: &mut Vec<Message>, to_wake: &mut Vec<PendingWake>) {
         if batch.is_empty() {
             return;
         }
         let c = &self.counters;
         c.frames_received
             .fetch_add(batch.len() as u64, Ordering::Relaxed);
-        let mut to_wake: Vec<(Arc<SubShared>, Option<std::task::Waker>, bool)> = Vec::new();
         {
             let mut routes = self.routes.lock();
             for m in batch.drain(..) {
@@ -636,10 +657,19 @@ impl Conn {
                 }
             }
         }
-        for (sub, waker, waiters) in to_wake {
+        for (sub, waker, waiters) in to_wake.drain(..) {
             sub.wake(waker, waiters);
         }
     }
+}
+
+/// Slices of a frame (its head and payload parts) that are sent without
+/// allocating; callers pass one or two parts.
+const MAX_SEND_PARTS: usize = 8;
+
+thread_local! {
+    /// Each sending thread's buffer for frame heads, reused from send to send.
+    static FRAME_HEAD: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
 /// Bounds how long a blocking send may wait for room in the socket.

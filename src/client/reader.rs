@@ -31,7 +31,7 @@ use bytes::Bytes;
 use tokio::io::unix::AsyncFd;
 use tokio::io::Interest;
 
-use super::conn::Conn;
+use super::conn::{Conn, PendingWake};
 use super::error::CloseCause;
 use crate::protocol::{FrameHeader, Message, RawFrame, FRAME_HEAD_SIZE};
 
@@ -61,6 +61,7 @@ pub(crate) struct ReadState {
     /// A large frame being completed in its own buffer.
     large: Option<(FrameHeader, Vec<u8>)>,
     batch: Vec<Message>,
+    to_wake: Vec<PendingWake>,
 }
 
 impl ReadState {
@@ -71,6 +72,7 @@ impl ReadState {
             filled: 0,
             large: None,
             batch: Vec::new(),
+            to_wake: Vec::new(),
         }
     }
 
@@ -166,7 +168,7 @@ impl ReadState {
             }
         };
         // Frames that arrived intact before a bad one are still delivered.
-        conn.route(&mut self.batch);
+        conn.route(&mut self.batch, &mut self.to_wake);
         self.buf.copy_within(start..self.filled, 0);
         self.filled -= start;
         result
