@@ -13,6 +13,13 @@
  * baseline, library, ...) so that drift on a shared machine hits both alike,
  * and each reported figure is the median over --runs runs.
  *
+ * Round trips from several threads have a second reference, "threaded": the
+ * same minimal client used the way the library's callers use it, each thread
+ * blocking for its own reply. One thread at a time reads the socket and hands
+ * replies to their threads through futexes. It is the limit of any blocking
+ * call-per-thread API on this machine, which the pipelined baseline is not:
+ * one thread with many requests in flight never sleeps and wakes per request.
+ *
  * Only the round-trip and stream benches must work against any relay (they
  * need Stat and exec of `sh -c`); the file benches write and read one file
  * under --file-path in the relay's filesystem.
@@ -32,7 +39,10 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <linux/futex.h>
+#include <stdatomic.h>
 #include <sys/socket.h>
+#include <sys/syscall.h>
 #include <sys/uio.h>
 #include <sys/un.h>
 #include <sys/wait.h>
@@ -560,6 +570,9 @@ struct measurement {
     struct sample median;
     bool has_ratio;
     double ratio;
+    /* Library round trips from several threads: over the threaded reference. */
+    bool has_ratio_threaded;
+    double ratio_threaded;
 };
 
 #define MAX_MEASUREMENTS 32
@@ -764,6 +777,145 @@ static void base_roundtrip(int depth, struct sample *s) {
 
 /* ------------------------------------------------------------------------ */
 /* Streaming one exec's stdout                                               */
+
+/*
+ * The threaded reference: `threads` threads share the baseline connection,
+ * each sending one Stat and blocking until its reply is in. Whichever waiting
+ * thread finds nobody reading becomes the reader: it reads and hands out
+ * replies until its own has come, then wakes one sleeping thread to read
+ * next. Everything is as cheap as it can be: no allocation, no queue, a slot
+ * per thread, one futex wake per reply that belongs to a sleeping thread.
+ */
+struct thr_slot {
+    _Atomic uint32_t id;      /* in flight, or 0 */
+    _Atomic int ready;        /* its reply came */
+    _Atomic uint32_t wake;    /* futex word: bumped to wake the thread */
+    _Atomic int sleeping;
+    char pad[64 - 16];        /* one cache line each */
+};
+
+static struct {
+    int threads;
+    struct thr_slot slot[64];
+    pthread_mutex_t write_lock;
+    _Atomic int reading;      /* a thread is reading the socket */
+    _Atomic uint32_t next;    /* id counter */
+} thr;
+
+static void thr_poke(struct thr_slot *s) {
+    atomic_fetch_add(&s->wake, 1);
+    if (atomic_load(&s->sleeping)) syscall(SYS_futex, &s->wake, FUTEX_WAKE_PRIVATE, 1, NULL, NULL, 0);
+}
+
+/* Reads and hands out replies until `me`'s has come. */
+static void thr_read_until(int me) {
+    struct thr_slot *mine = &thr.slot[me];
+    do {
+        struct raw_frame f;
+        raw_next(&raw, &f);
+        int j = 0;
+        while (j < thr.threads && atomic_load(&thr.slot[j].id) != f.id) j++;
+        if (j == thr.threads) continue;
+        if (!type_is(&f, "core.fs.response") || !(f.flags & FLAG_TERMINAL))
+            die("threaded: Stat answered with %.*s", (int)f.type_len, (const char *)f.type);
+        atomic_store(&thr.slot[j].id, 0);
+        atomic_store(&thr.slot[j].ready, 1);
+        if (j != me) thr_poke(&thr.slot[j]);
+    } while (!atomic_load(&mine->ready) || raw_frame_buffered(&raw));
+    atomic_store(&thr.reading, 0);
+    /* Someone must read next: wake one thread still waiting for its reply. */
+    for (int j = 0; j < thr.threads; j++) {
+        struct thr_slot *s = &thr.slot[j];
+        if (j != me && atomic_load(&s->sleeping) && !atomic_load(&s->ready)) {
+            thr_poke(s);
+            break;
+        }
+    }
+}
+
+static void thr_wait_reply(int me) {
+    struct thr_slot *mine = &thr.slot[me];
+    for (;;) {
+        if (atomic_load(&mine->ready)) return;
+        int idle = 0;
+        if (atomic_compare_exchange_strong(&thr.reading, &idle, 1)) {
+            thr_read_until(me);
+            return;
+        }
+        /* Announce the sleep before the last check, so a reader that lets go
+         * or delivers our reply after it sees us and bumps the word. */
+        uint32_t seen = atomic_load(&mine->wake);
+        atomic_store(&mine->sleeping, 1);
+        if (!atomic_load(&mine->ready) && atomic_load(&thr.reading))
+            syscall(SYS_futex, &mine->wake, FUTEX_WAIT_PRIVATE, seen, NULL, NULL, 0);
+        atomic_store(&mine->sleeping, 0);
+    }
+}
+
+struct thr_worker {
+    int index;
+    size_t count;
+    uint64_t *lat_ns;
+    pthread_barrier_t *start;
+};
+
+static void *thr_worker_main(void *arg) {
+    struct thr_worker *w = arg;
+    struct thr_slot *mine = &thr.slot[w->index];
+    struct buf out = {0}; /* allocated by the first request, reused after */
+    pthread_barrier_wait(w->start);
+    for (size_t i = 0; i < w->count; i++) {
+        uint32_t id = raw.id_offset + 1 + atomic_fetch_add(&thr.next, 1) % (ID_RANGE - 1);
+        out.len = 0;
+        frame_full(&out, id, FLAG_SESSION_START, "core.fs.request", STAT_ROOT_PAYLOAD, sizeof STAT_ROOT_PAYLOAD);
+        uint64_t t0 = now_ns();
+        atomic_store(&mine->ready, 0);
+        atomic_store(&mine->id, id);
+        pthread_mutex_lock(&thr.write_lock);
+        write_all(raw.fd, out.p, out.len);
+        pthread_mutex_unlock(&thr.write_lock);
+        thr_wait_reply(w->index);
+        w->lat_ns[i] = now_ns() - t0;
+    }
+    free(out.p);
+    return NULL;
+}
+
+static void thr_roundtrip(int threads, struct sample *s) {
+    if (threads > 64) die("threaded: at most 64 threads");
+    size_t n = (size_t)opt.requests;
+    uint64_t *lat = malloc(n * sizeof *lat);
+    if (!lat) die("out of memory");
+    memset(thr.slot, 0, sizeof thr.slot);
+    thr.threads = threads;
+    thr.reading = 0;
+    thr.next = raw.next_id - raw.id_offset - 1;
+    pthread_mutex_init(&thr.write_lock, NULL);
+    pthread_t tid[threads];
+    struct thr_worker w[threads];
+    pthread_barrier_t start;
+    pthread_barrier_init(&start, NULL, (unsigned)threads + 1);
+    size_t offset = 0;
+    for (int i = 0; i < threads; i++) {
+        size_t count = n / (size_t)threads + ((size_t)i < n % (size_t)threads);
+        w[i] = (struct thr_worker){.index = i, .count = count, .lat_ns = lat + offset, .start = &start};
+        offset += count;
+        if (pthread_create(&tid[i], NULL, thr_worker_main, &w[i]) != 0) die("pthread_create failed");
+    }
+    double cpu0 = process_cpu_s();
+    pthread_barrier_wait(&start);
+    uint64_t t0 = now_ns();
+    for (int i = 0; i < threads; i++) pthread_join(tid[i], NULL);
+    uint64_t t1 = now_ns();
+    s->cpu_s = process_cpu_s() - cpu0;
+    pthread_barrier_destroy(&start);
+    pthread_mutex_destroy(&thr.write_lock);
+    /* Later baseline requests go on from where these left off. */
+    raw.next_id = raw.id_offset + 1 + thr.next % (ID_RANGE - 1);
+    s->req_per_s = (double)n / ((double)(t1 - t0) / 1e9);
+    latency_summary(lat, n, s);
+    free(lat);
+}
 
 static void stream_bytes_text(char *out, size_t cap) { snprintf(out, cap, "%" PRIu64, opt.stream_bytes); }
 
@@ -1133,21 +1285,35 @@ static int current_threads;
 static threaded_runner current_lib_rt, current_base_rt;
 static void lib_rt_current(struct sample *s) { current_lib_rt(current_threads, s); }
 static void base_rt_current(struct sample *s) { current_base_rt(current_threads, s); }
+static void thr_rt_current(struct sample *s) { thr_roundtrip(current_threads, s); }
 
 static bool progress; /* stderr is a terminal: show which run is going on */
 
-static void measure(const char *bench, int threads, int fields, runner lib, runner base) {
+/* `threaded` (may be NULL) is the threaded reference, a baseline too. */
+static void measure_with(const char *bench, int threads, int fields, runner lib, runner base, runner threaded) {
     struct measurement *lm = run_library() ? new_measurement(bench, "library", threads, fields) : NULL;
     struct measurement *bm = run_baseline() ? new_measurement(bench, "baseline", threads, fields) : NULL;
+    struct measurement *tm = run_baseline() && threaded ? new_measurement(bench, "threaded", threads, fields) : NULL;
     for (int r = 0; r < opt.runs; r++) {
         if (progress) fprintf(stderr, "\rbench: %-12s threads %-2d run %d/%d", bench, threads, r + 1, opt.runs);
         if (lm) lib(&lm->runs[lm->n++]);
         if (bm) base(&bm->runs[bm->n++]);
+        if (tm) threaded(&tm->runs[tm->n++]);
     }
     if (progress) fprintf(stderr, "\r%60s\r", "");
     if (lm) finish_measurement(lm);
     if (bm) finish_measurement(bm);
+    if (tm) finish_measurement(tm);
+    set_ratios(tm, bm);
     set_ratios(lm, bm);
+    if (lm && tm && tm->median.req_per_s > 0) {
+        lm->has_ratio_threaded = true;
+        lm->ratio_threaded = lm->median.req_per_s / tm->median.req_per_s;
+    }
+}
+
+static void measure(const char *bench, int threads, int fields, runner lib, runner base) {
+    measure_with(bench, threads, fields, lib, base, NULL);
 }
 
 static void print_json(const struct measurement *m) {
@@ -1164,6 +1330,7 @@ static void print_json(const struct measurement *m) {
     if (m->fields & F_MB) printf(", \"mb_per_s\": %.1f", s->mb_per_s);
     if (m->fields & F_CPU) printf(", \"cpu_s\": %.3f", s->cpu_s);
     if (m->has_ratio) printf(", \"ratio\": %.3f", m->ratio);
+    if (m->has_ratio_threaded) printf(", \"ratio_threaded\": %.3f", m->ratio_threaded);
     printf("}\n");
 }
 
@@ -1189,6 +1356,12 @@ static void print_table(FILE *out) {
         fprintf(out, "%-12s %-9s %4d %11s %9s %9s %9s %8s %7s\n", m->bench, m->client, m->threads, c[0], c[1],
                 c[2], c[3], c[4], c[5]);
     }
+    for (int i = 0; i < result_count; i++) {
+        const struct measurement *m = &results[i];
+        if (m->has_ratio_threaded)
+            fprintf(out, "\n%s from %d threads, library over threaded: %.2f\n", m->bench, m->threads,
+                    m->ratio_threaded);
+    }
 }
 
 static void usage(FILE *out) {
@@ -1205,11 +1378,13 @@ static void usage(FILE *out) {
             "  --connects N        connections per run (default 1000)\n"
             "  --idle-clients K    idle clients held at once (default 64)\n"
             "  --runs N            runs per measurement; medians are reported (default 3)\n"
-            "  --only library|baseline\n"
+            "  --only library|baseline   (baseline includes the threaded reference)\n"
             "  --bench LIST        comma-separated subset of: roundtrip,stream,file_write,file_read,connect,idle_clients\n"
             "  --json              one JSON line per measurement on stdout (the table goes to stderr)\n"
             "  --quick             small sizes for a smoke run (2000 requests, 64 MiB stream, 16 MiB files)\n"
-            "Ratios are library/baseline throughput (req/s, MB/s; connections per second for connect).\n");
+            "Ratios are library/baseline throughput (req/s, MB/s; connections per second for connect).\n"
+            "Round trips from several threads also run \"threaded\": the baseline's client with each thread\n"
+            "blocking for its own reply, the limit of a blocking call-per-thread API on this machine.\n");
 }
 
 static uint64_t parse_u64(const char *flag, const char *v) {
@@ -1325,7 +1500,8 @@ int main(int argc, char **argv) {
         measure("roundtrip", 1, F_REQ | F_LAT | F_CPU, lib_rt_current, base_rt_current);
         if (opt.threads != 1) {
             current_threads = opt.threads;
-            measure("roundtrip", opt.threads, F_REQ | F_LAT | F_CPU, lib_rt_current, base_rt_current);
+            measure_with("roundtrip", opt.threads, F_REQ | F_LAT | F_CPU, lib_rt_current, base_rt_current,
+                         thr_rt_current);
         }
     }
     if (bench_selected("stream")) measure("stream", 1, F_MB | F_CPU, lib_stream, base_stream);
