@@ -649,11 +649,46 @@ static uint8_t *file_data;       /* the file the file benches write */
 /* ------------------------------------------------------------------------ */
 /* Round trips                                                               */
 
+/* One of the threads of a round-trip run: its share of the requests and of
+ * the latency array. */
 struct rt_worker {
+    int index;
     size_t count;
     uint64_t *lat_ns;
     pthread_barrier_t *start;
 };
+
+/*
+ * Splits opt.requests round trips over `threads` threads running `worker_main`
+ * (which waits on w->start, then makes w->count round trips), and fills in
+ * throughput, latency and CPU time. The clock starts when all threads are up.
+ */
+static void run_rt_workers(int threads, void *(*worker_main)(void *), struct sample *s) {
+    size_t n = (size_t)opt.requests;
+    uint64_t *lat = malloc(n * sizeof *lat);
+    if (!lat) die("out of memory");
+    pthread_t tid[threads];
+    struct rt_worker w[threads];
+    pthread_barrier_t start;
+    pthread_barrier_init(&start, NULL, (unsigned)threads + 1);
+    size_t offset = 0;
+    for (int i = 0; i < threads; i++) {
+        size_t count = n / (size_t)threads + ((size_t)i < n % (size_t)threads);
+        w[i] = (struct rt_worker){.index = i, .count = count, .lat_ns = lat + offset, .start = &start};
+        offset += count;
+        if (pthread_create(&tid[i], NULL, worker_main, &w[i]) != 0) die("pthread_create failed");
+    }
+    double cpu0 = process_cpu_s();
+    pthread_barrier_wait(&start);
+    uint64_t t0 = now_ns();
+    for (int i = 0; i < threads; i++) pthread_join(tid[i], NULL);
+    uint64_t t1 = now_ns();
+    s->cpu_s = process_cpu_s() - cpu0;
+    pthread_barrier_destroy(&start);
+    s->req_per_s = (double)n / ((double)(t1 - t0) / 1e9);
+    latency_summary(lat, n, s);
+    free(lat);
+}
 
 static void lib_stat_requests(size_t count, uint64_t *lat_ns) {
     for (size_t i = 0; i < count; i++) {
@@ -679,33 +714,17 @@ static void *rt_worker_main(void *arg) {
 }
 
 static void lib_roundtrip(int threads, struct sample *s) {
+    if (threads > 1) {
+        run_rt_workers(threads, rt_worker_main, s);
+        return;
+    }
     size_t n = (size_t)opt.requests;
     uint64_t *lat = malloc(n * sizeof *lat);
     if (!lat) die("out of memory");
     double cpu0 = process_cpu_s();
-    uint64_t t0, t1;
-    if (threads == 1) {
-        t0 = now_ns();
-        lib_stat_requests(n, lat);
-        t1 = now_ns();
-    } else {
-        pthread_t tid[threads];
-        struct rt_worker w[threads];
-        pthread_barrier_t start;
-        pthread_barrier_init(&start, NULL, (unsigned)threads + 1);
-        size_t offset = 0;
-        for (int i = 0; i < threads; i++) {
-            size_t count = n / (size_t)threads + ((size_t)i < n % (size_t)threads);
-            w[i] = (struct rt_worker){.count = count, .lat_ns = lat + offset, .start = &start};
-            offset += count;
-            if (pthread_create(&tid[i], NULL, rt_worker_main, &w[i]) != 0) die("pthread_create failed");
-        }
-        pthread_barrier_wait(&start);
-        t0 = now_ns();
-        for (int i = 0; i < threads; i++) pthread_join(tid[i], NULL);
-        t1 = now_ns();
-        pthread_barrier_destroy(&start);
-    }
+    uint64_t t0 = now_ns();
+    lib_stat_requests(n, lat);
+    uint64_t t1 = now_ns();
     s->cpu_s = process_cpu_s() - cpu0;
     s->req_per_s = (double)n / ((double)(t1 - t0) / 1e9);
     latency_summary(lat, n, s);
@@ -852,15 +871,8 @@ static void thr_wait_reply(int me) {
     }
 }
 
-struct thr_worker {
-    int index;
-    size_t count;
-    uint64_t *lat_ns;
-    pthread_barrier_t *start;
-};
-
 static void *thr_worker_main(void *arg) {
-    struct thr_worker *w = arg;
+    struct rt_worker *w = arg;
     struct thr_slot *mine = &thr.slot[w->index];
     struct buf out = {0}; /* allocated by the first request, reused after */
     pthread_barrier_wait(w->start);
@@ -883,38 +895,15 @@ static void *thr_worker_main(void *arg) {
 
 static void thr_roundtrip(int threads, struct sample *s) {
     if (threads > 64) die("threaded: at most 64 threads");
-    size_t n = (size_t)opt.requests;
-    uint64_t *lat = malloc(n * sizeof *lat);
-    if (!lat) die("out of memory");
     memset(thr.slot, 0, sizeof thr.slot);
     thr.threads = threads;
     thr.reading = 0;
     thr.next = raw.next_id - raw.id_offset - 1;
     pthread_mutex_init(&thr.write_lock, NULL);
-    pthread_t tid[threads];
-    struct thr_worker w[threads];
-    pthread_barrier_t start;
-    pthread_barrier_init(&start, NULL, (unsigned)threads + 1);
-    size_t offset = 0;
-    for (int i = 0; i < threads; i++) {
-        size_t count = n / (size_t)threads + ((size_t)i < n % (size_t)threads);
-        w[i] = (struct thr_worker){.index = i, .count = count, .lat_ns = lat + offset, .start = &start};
-        offset += count;
-        if (pthread_create(&tid[i], NULL, thr_worker_main, &w[i]) != 0) die("pthread_create failed");
-    }
-    double cpu0 = process_cpu_s();
-    pthread_barrier_wait(&start);
-    uint64_t t0 = now_ns();
-    for (int i = 0; i < threads; i++) pthread_join(tid[i], NULL);
-    uint64_t t1 = now_ns();
-    s->cpu_s = process_cpu_s() - cpu0;
-    pthread_barrier_destroy(&start);
+    run_rt_workers(threads, thr_worker_main, s);
     pthread_mutex_destroy(&thr.write_lock);
     /* Later baseline requests go on from where these left off. */
     raw.next_id = raw.id_offset + 1 + thr.next % (ID_RANGE - 1);
-    s->req_per_s = (double)n / ((double)(t1 - t0) / 1e9);
-    latency_summary(lat, n, s);
-    free(lat);
 }
 
 static void stream_bytes_text(char *out, size_t cap) { snprintf(out, cap, "%" PRIu64, opt.stream_bytes); }

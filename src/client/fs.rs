@@ -54,7 +54,7 @@ fn open(client: &Client, op: FsOp, deadline: Instant) -> Result<Subscription> {
 /// Waits for the next message of the session, turning "nothing by the
 /// deadline" into a timeout error.
 fn next(sub: &Subscription, deadline: Instant, what: &'static str) -> Result<Option<Message>> {
-    match sub.recv_timeout(left(deadline))? {
+    match sub.recv_until(Some(deadline))? {
         Pulled::Item(m) => Ok(Some(m)),
         Pulled::Ended => Ok(None),
         Pulled::Nothing => Err(Error::Timeout(what)),

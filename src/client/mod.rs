@@ -247,7 +247,7 @@ impl Client {
     ) -> Result<Message> {
         let deadline = Instant::now() + timeout;
         let sub = self.send_on_new_id(message_type, payload, deadline)?;
-        match sub.recv_timeout(Some(deadline.saturating_duration_since(Instant::now())))? {
+        match sub.recv_until(Some(deadline))? {
             Pulled::Item(m) => Ok(m),
             Pulled::Nothing => Err(Error::Timeout("waiting for a reply")),
             Pulled::Ended => Err(Error::Unexpected("stream ended without a reply".into())),

@@ -210,7 +210,12 @@ impl Subscription {
     /// While nobody else is reading the socket, the waiting thread reads it
     /// itself (see `reader`), so a reply reaches it without a thread hop.
     pub fn recv_timeout(&self, timeout: Option<Duration>) -> Result<Pulled<Message>> {
-        let deadline = timeout.map(|t| Instant::now() + t);
+        self.recv_until(timeout.map(|t| Instant::now() + t))
+    }
+
+    /// [`recv_timeout`](Self::recv_timeout) with an absolute deadline, for
+    /// callers that already hold one (one clock read fewer per call).
+    pub(crate) fn recv_until(&self, deadline: Option<Instant>) -> Result<Pulled<Message>> {
         let conn = &self.conn;
         let mut st = self.shared.state.lock();
         loop {

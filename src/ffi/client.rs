@@ -370,12 +370,18 @@ pub extern "C" fn msb_client_shutdown(
 /// Thread safety: immutable; may be read from any thread.
 pub struct msb_message {
     message: Message,
-    type_name: std::ffi::CString,
+    /// Static for the types this library knows: no allocation per message.
+    type_name: std::borrow::Cow<'static, std::ffi::CStr>,
 }
 
 fn new_message(message: Message) -> *mut msb_message {
-    let type_name = std::ffi::CString::new(message.message_type.as_str())
-        .unwrap_or_else(|_| c"(invalid)".to_owned());
+    let type_name = match message.message_type.static_c_name() {
+        Some(name) => std::borrow::Cow::Borrowed(name),
+        None => std::borrow::Cow::Owned(
+            std::ffi::CString::new(message.message_type.as_str())
+                .unwrap_or_else(|_| c"(invalid)".to_owned()),
+        ),
+    };
     box_into_raw(msb_message { message, type_name })
 }
 

@@ -1,5 +1,7 @@
 //! Message types and the decoded form of a frame.
 
+use std::ffi::CStr;
+
 use bytes::Bytes;
 
 use super::{FLAG_SESSION_START, FLAG_SHUTDOWN, FLAG_TERMINAL};
@@ -26,29 +28,49 @@ pub enum MessageType {
     Unknown(Box<str>),
 }
 
-const KNOWN: [(MessageType, &str); 13] = [
-    (MessageType::Ready, "core.ready"),
-    (MessageType::Shutdown, "core.shutdown"),
-    (MessageType::ExecRequest, "core.exec.request"),
-    (MessageType::ExecStarted, "core.exec.started"),
-    (MessageType::ExecStdin, "core.exec.stdin"),
-    (MessageType::ExecStdout, "core.exec.stdout"),
-    (MessageType::ExecStderr, "core.exec.stderr"),
-    (MessageType::ExecExited, "core.exec.exited"),
-    (MessageType::ExecResize, "core.exec.resize"),
-    (MessageType::ExecSignal, "core.exec.signal"),
-    (MessageType::FsRequest, "core.fs.request"),
-    (MessageType::FsData, "core.fs.data"),
-    (MessageType::FsResponse, "core.fs.response"),
+/// Known types with their wire names, NUL-terminated so that the C API can
+/// hand them out without allocating.
+const KNOWN: [(MessageType, &CStr); 13] = [
+    (MessageType::Ready, c"core.ready"),
+    (MessageType::Shutdown, c"core.shutdown"),
+    (MessageType::ExecRequest, c"core.exec.request"),
+    (MessageType::ExecStarted, c"core.exec.started"),
+    (MessageType::ExecStdin, c"core.exec.stdin"),
+    (MessageType::ExecStdout, c"core.exec.stdout"),
+    (MessageType::ExecStderr, c"core.exec.stderr"),
+    (MessageType::ExecExited, c"core.exec.exited"),
+    (MessageType::ExecResize, c"core.exec.resize"),
+    (MessageType::ExecSignal, c"core.exec.signal"),
+    (MessageType::FsRequest, c"core.fs.request"),
+    (MessageType::FsData, c"core.fs.data"),
+    (MessageType::FsResponse, c"core.fs.response"),
 ];
+
+/// The names of `KNOWN` as `&str`, index for index.
+const KNOWN_NAMES: [&str; 13] = {
+    let mut names = [""; 13];
+    let mut i = 0;
+    while i < KNOWN.len() {
+        names[i] = match KNOWN[i].1.to_str() {
+            Ok(name) => name,
+            Err(_) => panic!("message type names are ASCII"),
+        };
+        i += 1;
+    }
+    names
+};
 
 impl MessageType {
     pub fn from_wire(s: &str) -> MessageType {
-        KNOWN
+        KNOWN_NAMES
             .iter()
-            .find(|(_, name)| *name == s)
-            .map(|(t, _)| t.clone())
+            .position(|name| *name == s)
+            .map(|i| KNOWN[i].0.clone())
             .unwrap_or_else(|| MessageType::Unknown(s.into()))
+    }
+
+    fn known_index(&self) -> Option<usize> {
+        KNOWN.iter().position(|(t, _)| t == self)
     }
 
     pub fn as_str(&self) -> &str {
@@ -61,10 +83,13 @@ impl MessageType {
     /// The wire name of a known type, or `"unknown type"`, with a static
     /// lifetime for error values.
     pub fn static_name(&self) -> &'static str {
-        KNOWN
-            .iter()
-            .find(|(t, _)| t == self)
-            .map_or("unknown type", |(_, name)| *name)
+        self.known_index()
+            .map_or("unknown type", |i| KNOWN_NAMES[i])
+    }
+
+    /// The wire name of a known type as a C string; `None` for unknown types.
+    pub fn static_c_name(&self) -> Option<&'static CStr> {
+        self.known_index().map(|i| KNOWN[i].1)
     }
 
     /// The flags byte that goes with this type; flags are a function of the
@@ -116,5 +141,24 @@ impl Message {
     /// what the relay routes on.
     pub fn is_terminal(&self) -> bool {
         self.flags & FLAG_TERMINAL != 0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn known_names_round_trip_and_match_their_c_names() {
+        for (known, c_name) in &KNOWN {
+            let name = known.as_str();
+            assert_eq!(MessageType::from_wire(name), *known);
+            assert_eq!(known.static_c_name(), Some(*c_name));
+            assert_eq!(c_name.to_bytes(), name.as_bytes());
+        }
+        let unknown = MessageType::from_wire("core.future");
+        assert_eq!(unknown, MessageType::Unknown("core.future".into()));
+        assert_eq!(unknown.as_str(), "core.future");
+        assert_eq!(unknown.static_c_name(), None);
     }
 }
