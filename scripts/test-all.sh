@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Runs every test: Rust unit and integration tests, the header freshness
 # check, the C suites (functional, hostile-guest, sanitizers, valgrind), the
-# packaging checks, and the Go and Zig bindings, each against a development
-# relay. Missing tools are installed first (scripts/install-test-deps.sh).
+# packaging checks, a smoke run of the benchmark, and the Go and Zig
+# bindings, each against a development relay. Missing tools are installed
+# first (scripts/install-test-deps.sh).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 
@@ -22,6 +23,7 @@ suites=(
   "c:scripts/test-c.sh"
   "hostile:scripts/test-hostile.sh"
   "install:scripts/test-install.sh"
+  "bench:scripts/test-bench.sh"
   "go:scripts/test-go.sh"
   "zig:scripts/test-zig.sh"
 )

@@ -815,7 +815,7 @@ struct thr_slot {
 
 static struct {
     int threads;
-    struct thr_slot slot[64];
+    struct thr_slot *slot;    /* one per thread */
     pthread_mutex_t write_lock;
     _Atomic int reading;      /* a thread is reading the socket */
     _Atomic uint32_t next;    /* id counter */
@@ -894,14 +894,16 @@ static void *thr_worker_main(void *arg) {
 }
 
 static void thr_roundtrip(int threads, struct sample *s) {
-    if (threads > 64) die("threaded: at most 64 threads");
-    memset(thr.slot, 0, sizeof thr.slot);
+    thr.slot = calloc((size_t)threads, sizeof *thr.slot);
+    if (!thr.slot) die("out of memory");
     thr.threads = threads;
     thr.reading = 0;
     thr.next = raw.next_id - raw.id_offset - 1;
     pthread_mutex_init(&thr.write_lock, NULL);
     run_rt_workers(threads, thr_worker_main, s);
     pthread_mutex_destroy(&thr.write_lock);
+    free(thr.slot);
+    thr.slot = NULL;
     /* Later baseline requests go on from where these left off. */
     raw.next_id = raw.id_offset + 1 + thr.next % (ID_RANGE - 1);
 }
