@@ -30,6 +30,8 @@ for bench in roundtrip stream file_write file_read connect; do
 done
 check "roundtrip: threaded reference from 8 threads" \
   "^\{\"bench\": \"roundtrip\", \"client\": \"threaded\", \"threads\": 8,.*\"ratio\": $number"
+check "roundtrip: library pipelined from one thread" \
+  "^\{\"bench\": \"roundtrip\", \"client\": \"lib-pipelined\", \"threads\": 8,.*\"ratio\": $number"
 check "roundtrip: library over threaded" \
   "^\{\"bench\": \"roundtrip\", \"client\": \"library\", \"threads\": 8,.*\"ratio_threaded\": $number"
 check "roundtrip: p50 and p99" "\"p50_us\": $number, \"p99_us\": $number"
@@ -46,7 +48,8 @@ fi
 
 # --only library: no baseline line at all.
 scripts/bench.sh --quick --runs 1 --json --only library --bench roundtrip >"$out"
-if grep -q '"client": "library"' "$out" && ! grep -Eq '"client": "(baseline|threaded)"' "$out"; then
+if grep -q '"client": "library"' "$out" && ! grep -Eq '"client": "(baseline|threaded)"' "$out" \
+  && grep -q '"client": "lib-pipelined"' "$out"; then
   echo "ok - --only library runs the library alone"
 else
   echo "not ok - --only library runs the library alone"

@@ -19,6 +19,8 @@
  * replies to their threads through futexes. It is the limit of any blocking
  * call-per-thread API on this machine, which the pipelined baseline is not:
  * one thread with many requests in flight never sleeps and wakes per request.
+ * They also get "lib-pipelined": the library used like the baseline, one
+ * thread keeping as many requests in flight through the raw tier.
  *
  * Only the round-trip and stream benches must work against any relay (they
  * need Stat and exec of `sh -c`); the file benches write and read one file
@@ -731,6 +733,61 @@ static void lib_roundtrip(int threads, struct sample *s) {
     free(lat);
 }
 
+/*
+ * The library used like the pipelined baseline: one thread keeps `depth`
+ * Stat requests in flight through the raw tier (subscribe, send, pull). As
+ * the baseline answers each read's batch of replies with one batch of
+ * requests, this waits for the oldest reply, takes every later one that is
+ * already in without waiting, then refills all free slots.
+ */
+static void lib_pipelined(int depth, struct sample *s) {
+    size_t n = (size_t)opt.requests;
+    uint64_t *lat = malloc(n * sizeof *lat);
+    if (!lat) die("out of memory");
+    msb_subscription *sub[depth];
+    uint64_t sent_at[depth];
+    size_t seq[depth];
+    size_t sent = 0, done = 0;
+    int oldest = 0, in_flight = 0;
+    msb_error *err = NULL;
+    msb_status st;
+    double cpu0 = process_cpu_s();
+    uint64_t t0 = now_ns();
+    while (done < n) {
+        while (in_flight < depth && sent < n) {
+            int slot = (oldest + in_flight) % depth;
+            uint32_t id = msb_client_alloc_id(lib_client);
+            if ((st = msb_client_subscribe(lib_client, id, &sub[slot], &err)) != MSB_OK)
+                die_msb("msb_client_subscribe", st, err);
+            sent_at[slot] = now_ns(), seq[slot] = sent++;
+            if ((st = msb_client_send(lib_client, "core.fs.request", id, STAT_ROOT_PAYLOAD,
+                                      sizeof STAT_ROOT_PAYLOAD, TIMEOUT_MS, &err)) != MSB_OK)
+                die_msb("msb_client_send", st, err);
+            in_flight++;
+        }
+        int64_t wait_ms = TIMEOUT_MS;
+        while (in_flight > 0) {
+            msb_message *reply = NULL;
+            st = msb_subscription_next(sub[oldest], wait_ms, &reply, &err);
+            if (st == MSB_NOTHING_YET && wait_ms == 0) break;
+            if (st != MSB_OK) die_msb("msb_subscription_next", st, err);
+            lat[seq[oldest]] = now_ns() - sent_at[oldest];
+            if (strcmp(msb_message_type(reply), "core.fs.response") != 0 ||
+                !(msb_message_flags(reply) & MSB_FLAG_TERMINAL))
+                die("library: Stat answered with %s", msb_message_type(reply));
+            msb_message_free(reply);
+            msb_subscription_free(sub[oldest]);
+            oldest = (oldest + 1) % depth, in_flight--, done++;
+            wait_ms = 0;
+        }
+    }
+    uint64_t t1 = now_ns();
+    s->cpu_s = process_cpu_s() - cpu0;
+    s->req_per_s = (double)n / ((double)(t1 - t0) / 1e9);
+    latency_summary(lat, n, s);
+    free(lat);
+}
+
 static bool raw_frame_buffered(const struct raw_conn *c) {
     size_t have = c->rend - c->rstart;
     return have >= 4 && have >= 4 + (size_t)get_be32(c->rbuf + c->rstart);
@@ -1277,25 +1334,36 @@ static threaded_runner current_lib_rt, current_base_rt;
 static void lib_rt_current(struct sample *s) { current_lib_rt(current_threads, s); }
 static void base_rt_current(struct sample *s) { current_base_rt(current_threads, s); }
 static void thr_rt_current(struct sample *s) { thr_roundtrip(current_threads, s); }
+static void lib_pipelined_current(struct sample *s) { lib_pipelined(current_threads, s); }
 
 static bool progress; /* stderr is a terminal: show which run is going on */
 
-/* `threaded` (may be NULL) is the threaded reference, a baseline too. */
-static void measure_with(const char *bench, int threads, int fields, runner lib, runner base, runner threaded) {
+/* The second library figure and the second baseline of a measurement, for
+ * round trips from several threads (see the top of this file). */
+struct extra_runners {
+    runner lib_pipelined; /* the library, pipelined from one thread */
+    runner threaded;      /* the threaded reference, a baseline */
+};
+
+static void measure_with(const char *bench, int threads, int fields, runner lib, runner base,
+                         const struct extra_runners *extra) {
     struct measurement *lm = run_library() ? new_measurement(bench, "library", threads, fields) : NULL;
     struct measurement *bm = run_baseline() ? new_measurement(bench, "baseline", threads, fields) : NULL;
-    struct measurement *tm = run_baseline() && threaded ? new_measurement(bench, "threaded", threads, fields) : NULL;
+    struct measurement *pm = run_library() && extra ? new_measurement(bench, "lib-pipelined", threads, fields) : NULL;
+    struct measurement *tm = run_baseline() && extra ? new_measurement(bench, "threaded", threads, fields) : NULL;
     for (int r = 0; r < opt.runs; r++) {
         if (progress) fprintf(stderr, "\rbench: %-12s threads %-2d run %d/%d", bench, threads, r + 1, opt.runs);
         if (lm) lib(&lm->runs[lm->n++]);
         if (bm) base(&bm->runs[bm->n++]);
-        if (tm) threaded(&tm->runs[tm->n++]);
+        if (tm) extra->threaded(&tm->runs[tm->n++]);
+        if (pm) extra->lib_pipelined(&pm->runs[pm->n++]);
     }
     if (progress) fprintf(stderr, "\r%60s\r", "");
-    if (lm) finish_measurement(lm);
-    if (bm) finish_measurement(bm);
-    if (tm) finish_measurement(tm);
+    struct measurement *all[] = {lm, bm, pm, tm};
+    for (size_t i = 0; i < sizeof all / sizeof all[0]; i++)
+        if (all[i]) finish_measurement(all[i]);
     set_ratios(tm, bm);
+    set_ratios(pm, bm);
     set_ratios(lm, bm);
     if (lm && tm && tm->median.req_per_s > 0) {
         lm->has_ratio_threaded = true;
@@ -1326,7 +1394,7 @@ static void print_json(const struct measurement *m) {
 }
 
 static void print_table(FILE *out) {
-    fprintf(out, "%-12s %-9s %4s %11s %9s %9s %9s %8s %7s\n", "bench", "client", "thr", "req/s", "p50 us",
+    fprintf(out, "%-12s %-13s %4s %11s %9s %9s %9s %8s %7s\n", "bench", "client", "thr", "req/s", "p50 us",
             "p99 us", "MB/s", "CPU s", "ratio");
     for (int i = 0; i < result_count; i++) {
         const struct measurement *m = &results[i];
@@ -1334,7 +1402,7 @@ static void print_table(FILE *out) {
         char c[7][24];
         for (int j = 0; j < 7; j++) strcpy(c[j], "-");
         if (m->fields & F_IDLE) {
-            fprintf(out, "%-12s %-9s %4d clients: %+.0f threads (%.3f per client), %.1f KiB RSS per client\n",
+            fprintf(out, "%-12s %-13s %4d clients: %+.0f threads (%.3f per client), %.1f KiB RSS per client\n",
                     m->bench, m->client, opt.idle_clients, s->extra_threads, s->threads_per_client,
                     s->rss_kib_per_client);
             continue;
@@ -1344,7 +1412,7 @@ static void print_table(FILE *out) {
         if (m->fields & F_MB) snprintf(c[3], sizeof c[3], "%.0f", s->mb_per_s);
         if (m->fields & F_CPU) snprintf(c[4], sizeof c[4], "%.3f", s->cpu_s);
         if (m->has_ratio) snprintf(c[5], sizeof c[5], "%.2f", m->ratio);
-        fprintf(out, "%-12s %-9s %4d %11s %9s %9s %9s %8s %7s\n", m->bench, m->client, m->threads, c[0], c[1],
+        fprintf(out, "%-12s %-13s %4d %11s %9s %9s %9s %8s %7s\n", m->bench, m->client, m->threads, c[0], c[1],
                 c[2], c[3], c[4], c[5]);
     }
     for (int i = 0; i < result_count; i++) {
@@ -1375,7 +1443,8 @@ static void usage(FILE *out) {
             "  --quick             small sizes for a smoke run (2000 requests, 64 MiB stream, 16 MiB files)\n"
             "Ratios are library/baseline throughput (req/s, MB/s; connections per second for connect).\n"
             "Round trips from several threads also run \"threaded\": the baseline's client with each thread\n"
-            "blocking for its own reply, the limit of a blocking call-per-thread API on this machine.\n");
+            "blocking for its own reply, the limit of a blocking call-per-thread API on this machine, and\n"
+            "\"lib-pipelined\": the library with as many requests in flight from one thread.\n");
 }
 
 static uint64_t parse_u64(const char *flag, const char *v) {
@@ -1491,8 +1560,8 @@ int main(int argc, char **argv) {
         measure("roundtrip", 1, F_REQ | F_LAT | F_CPU, lib_rt_current, base_rt_current);
         if (opt.threads != 1) {
             current_threads = opt.threads;
-            measure_with("roundtrip", opt.threads, F_REQ | F_LAT | F_CPU, lib_rt_current, base_rt_current,
-                         thr_rt_current);
+            struct extra_runners extra = {.lib_pipelined = lib_pipelined_current, .threaded = thr_rt_current};
+            measure_with("roundtrip", opt.threads, F_REQ | F_LAT | F_CPU, lib_rt_current, base_rt_current, &extra);
         }
     }
     if (bench_selected("stream")) measure("stream", 1, F_MB | F_CPU, lib_stream, base_stream);
