@@ -515,6 +515,33 @@ fn request_timeout_removes_the_pending_entry_and_late_replies_are_counted() {
 }
 
 #[test]
+fn closing_an_adopted_socket_ends_the_connection_for_the_peer() {
+    use std::os::fd::OwnedFd;
+    use std::os::unix::net::UnixStream;
+    let (ours, mut peer) = UnixStream::pair().unwrap();
+    let mut hs = 0u32.to_be_bytes().to_vec();
+    let ready = Ready {
+        boot_time_ns: 1,
+        init_time_ns: 2,
+        ready_time_ns: 3,
+    };
+    encode_frame(&mut hs, "core.ready", 0, 0, &ready.to_bytes());
+    peer.write_all(&hs).unwrap();
+    // The caller keeps a duplicate of the socket open, as msb_client_connect_fd allows.
+    let kept = ours.try_clone().unwrap();
+    let c = Client::from_fd(OwnedFd::from(ours), &ClientOptions::default()).unwrap();
+    c.close();
+    peer.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut buf = [0u8; 64];
+    assert_eq!(
+        peer.read(&mut buf).unwrap(),
+        0,
+        "the peer sees the end at once"
+    );
+    drop(kept);
+}
+
+#[test]
 fn connect_times_out_on_a_silent_relay() {
     let dir = std::env::temp_dir().join(format!("msb-silent-{}", rand_suffix()));
     std::fs::create_dir_all(&dir).unwrap();

@@ -598,6 +598,12 @@ impl Conn {
                 8,
             )
         };
+        // Shut the socket down rather than wait for the descriptor to be
+        // closed: the relay sees the end now even if a caller still holds a
+        // duplicate (connect_fd), and a read or send blocked on it returns.
+        // SAFETY: shutdown on a descriptor we own; errors (already shut
+        // down, peer gone) leave nothing to undo.
+        unsafe { libc::shutdown(self.fd.as_raw_fd(), libc::SHUT_RDWR) };
         self.close_notify.notify_one();
         let subs: Vec<Arc<SubShared>> = self.routes.lock().drain().map(|(_, s)| s).collect();
         for s in subs {

@@ -128,8 +128,9 @@ pub(crate) fn connect_unix(path: &Path, deadline: Instant) -> Result<OwnedFd> {
 
 /// Makes a connected descriptor blocking and close-on-exec, and checks that
 /// it is a stream socket. Blocking, because sends that find the socket full
-/// wait in the kernel (bounded by SO_SNDTIMEO); every read passes
-/// MSG_DONTWAIT instead, so reads never block.
+/// wait in the kernel (bounded by SO_SNDTIMEO), and a leading reader's short
+/// wait happens in the read itself (bounded by SO_RCVTIMEO); every other
+/// read passes MSG_DONTWAIT.
 pub(crate) fn prepare_fd(fd: &OwnedFd) -> Result<()> {
     let raw = fd.as_raw_fd();
     let mut ty: libc::c_int = 0;

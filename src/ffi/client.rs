@@ -170,10 +170,12 @@ pub extern "C" fn msb_client_connect_sandbox(
 
 /// Performs the handshake on an already-connected stream socket. The
 /// library duplicates `fd` and uses its duplicate: the caller keeps
-/// ownership of `fd` and may close it at any time after this returns. The
-/// socket is switched to blocking mode (reads never block; sends wait for
-/// room, bounded by their timeout), and closing the client shuts the
-/// connection down (`shutdown(2)`), which `fd` shares.
+/// ownership of `fd` and may close it at any time after this returns, but
+/// must not read from or write to it while the client lives. The socket,
+/// which `fd` shares, is switched to blocking mode with the library's own
+/// send and receive timeouts (every wait stays bounded by the timeout of
+/// the call that waits), and closing the client shuts the connection down
+/// (`shutdown(2)`).
 /// Same ownership of `*client_out` and errors as `msb_client_connect`.
 #[no_mangle]
 pub extern "C" fn msb_client_connect_fd(
