@@ -76,100 +76,14 @@ msb_exec_request *make_request(const char *cmd, ...) {
 
 /* ---------------------------------------------------------------- relays */
 
-static const char *relay_binary(void) {
-    const char *b = getenv("MSB_DEVRELAY");
-    return b ? b : "target/release/msb-devrelay";
-}
-
 bool relay_start(struct relay *r, const char *fault) {
-    memset(r, 0, sizeof *r);
-    snprintf(r->dir, sizeof r->dir, "/tmp/msb-ctest.XXXXXX");
-    if (!mkdtemp(r->dir)) {
-        test_fail(__FILE__, __LINE__, "mkdtemp: %s", strerror(errno));
-        return false;
-    }
-    snprintf(r->socket, sizeof r->socket, "%s/agent.sock", r->dir);
-    snprintf(r->root, sizeof r->root, "%s/root", r->dir);
-
-    /* Everything the child needs is prepared before fork: between fork and
-     * exec only async-signal-safe calls are allowed (the library's threads
-     * may hold locks). */
-    const char *argv[10];
-    int n = 0;
-    argv[n++] = relay_binary();
-    argv[n++] = "--socket";
-    argv[n++] = r->socket;
-    argv[n++] = "--root";
-    argv[n++] = r->root;
-    argv[n++] = "--quiet";
-    if (fault) {
-        argv[n++] = "--fault";
-        argv[n++] = fault;
-    }
-    argv[n] = NULL;
-
-    int ready_pipe[2];
-    if (pipe(ready_pipe) != 0) return false;
-    pid_t pid = fork();
-    if (pid < 0) return false;
-    if (pid == 0) {
-        dup2(ready_pipe[1], STDOUT_FILENO);
-        close(ready_pipe[0]);
-        close(ready_pipe[1]);
-        execv(argv[0], (char *const *)argv);
-        _exit(127);
-    }
-    close(ready_pipe[1]);
-    r->pid = pid;
-
-    /* The relay prints one line once it listens; EOF first means it died. */
-    char line[512];
-    size_t got = 0;
-    int64_t deadline = now_ms() + T_MS;
-    while (got < sizeof line - 1 && !memchr(line, '\n', got)) {
-        int left = (int)(deadline - now_ms());
-        if (left <= 0 || !fd_readable(ready_pipe[0], left)) break;
-        ssize_t k = read(ready_pipe[0], line + got, sizeof line - 1 - got);
-        if (k <= 0) break;
-        got += (size_t)k;
-    }
-    close(ready_pipe[0]);
-    line[got] = '\0';
-    if (!strstr(line, "listening")) {
-        test_fail(__FILE__, __LINE__, "relay %s did not start (printed \"%s\")", argv[0], line);
-        relay_stop(r, SIGKILL);
+    const char *fault_args[] = {"--fault", fault, NULL};
+    char why[512];
+    if (relay_spawn(r, "/tmp/msb-ctest.XXXXXX", fault ? fault_args : NULL, T_MS, why, sizeof why) != 0) {
+        test_fail(__FILE__, __LINE__, "%s", why);
         return false;
     }
     return true;
-}
-
-static void remove_tree(const char *path) {
-    DIR *d = opendir(path);
-    if (d) {
-        for (struct dirent *e; (e = readdir(d));) {
-            if (!strcmp(e->d_name, ".") || !strcmp(e->d_name, "..")) continue;
-            char child[1024];
-            snprintf(child, sizeof child, "%s/%s", path, e->d_name);
-            remove_tree(child);
-        }
-        closedir(d);
-        rmdir(path);
-    } else {
-        unlink(path);
-    }
-}
-
-int relay_stop(struct relay *r, int sig) {
-    int status = -1;
-    if (r->pid > 0) {
-        if (sig) kill(r->pid, sig);
-        while (waitpid(r->pid, &status, 0) < 0 && errno == EINTR) {
-        }
-        r->pid = 0;
-    }
-    if (r->dir[0]) remove_tree(r->dir);
-    r->dir[0] = '\0';
-    return status;
 }
 
 /* ---------------------------------------------------------------- exec */

@@ -17,6 +17,7 @@
 #include <sys/types.h>
 
 #include "microsandbox_agent.h"
+#include "../common/devrelay.h"
 
 /* Generous: the same binary runs under valgrind, where everything is ~20x slower. */
 #define T_MS 20000
@@ -103,18 +104,11 @@ void host_path(char *out, size_t cap, const char *guest_path);
 /* Connects to the shared relay; records a failure and returns NULL if it cannot. */
 msb_client *connect_shared(void);
 
-/* A relay this process starts itself (fork/exec of msb-devrelay). */
-struct relay {
-    pid_t pid;
-    char dir[256];
-    char socket[300];
-    char root[300];
-};
-/* Starts a relay (fault may be NULL) and waits for its ready line. */
+/* A relay this process starts itself: struct relay and relay_stop come
+ * from the devrelay helper both C suites share. */
+/* Starts a relay (fault may be NULL) and waits for its ready line; records
+ * a failure and returns false if it does not start. */
 bool relay_start(struct relay *r, const char *fault);
-/* Sends `sig` (0: only reap), waits for exit and removes its directory.
- * Returns the exit status as waitpid reports it. */
-int relay_stop(struct relay *r, int sig);
 
 /* ---- small utilities (helpers.c) */
 

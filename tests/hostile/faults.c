@@ -219,7 +219,7 @@ static void relay_breaks_connection(const char *fault, enum wait_mode mode, msb_
         (void)counters_of(c);
         msb_client_free(c);
     }
-    relay_stop(&r);
+    relay_stop(&r, SIGTERM);
 }
 
 #define RELAY_BREAKS(fn, fault, code, needle)                                 \
@@ -272,7 +272,7 @@ static void unknown_type(enum wait_mode mode) {
         CHECK(counters_of(c).unknown_type == 5);
         msb_client_free(c);
     }
-    relay_stop(&r);
+    relay_stop(&r, SIGTERM);
 }
 
 static void out_of_range_id(enum wait_mode mode) {
@@ -293,7 +293,7 @@ static void out_of_range_id(enum wait_mode mode) {
         CHECK(k.unknown_type == 0);
         msb_client_free(c);
     }
-    relay_stop(&r);
+    relay_stop(&r, SIGTERM);
 }
 
 /* ------------------------------------------------------------ payload of the wrong shape */
@@ -360,7 +360,7 @@ static void wrong_payload(enum wait_mode mode) {
         CHECK_ERROR(err, MSB_ERR_PROTOCOL, "core.fs.response payload: field \"ok\"");
         msb_client_free(c);
     }
-    relay_stop(&r);
+    relay_stop(&r, SIGTERM);
 }
 
 /* ------------------------------------------------------------ handshake faults */
@@ -405,7 +405,7 @@ static void handshake_fault(const char *fault, enum wait_mode mode, msb_status c
     CHECK_ERROR(err, code, needle);
     msb_client_free(c);
     msb_connect_options_free(opts);
-    relay_stop(&r);
+    relay_stop(&r, SIGTERM);
 }
 
 #define HANDSHAKE(fn, fault, code, needle)                                    \
@@ -467,7 +467,7 @@ static void close_mid_exec(enum wait_mode mode) {
         }
         msb_client_free(c);
     }
-    relay_stop(&r);
+    relay_stop(&r, SIGTERM);
 }
 
 /* ------------------------------------------------------------ flood */
@@ -553,7 +553,7 @@ static void flood_not_reading(enum wait_mode mode) {
         CHECK(counters_of(c).bytes_queued < FLOOD_CHUNK * 8);
         msb_client_free(c);
     }
-    relay_stop(&r);
+    relay_stop(&r, SIGTERM);
 }
 
 /*
@@ -618,7 +618,7 @@ static void flood_slow_reader(enum wait_mode mode) {
         msb_exec_free(exec);
         msb_client_free(c);
     }
-    relay_stop(&r);
+    relay_stop(&r, SIGTERM);
 }
 
 /* ------------------------------------------------------------ the relay stops reading */
@@ -710,7 +710,7 @@ static void stop_reading(enum wait_mode mode) {
         msb_client_free(c);
     }
     free(data);
-    relay_stop(&r);
+    relay_stop(&r, SIGTERM);
 }
 
 /* ------------------------------------------------------------ scripted peer */

@@ -14,7 +14,6 @@
 
 #include <errno.h>
 #include <fcntl.h>
-#include <ftw.h>
 #include <poll.h>
 #include <signal.h>
 #include <stdarg.h>
@@ -29,6 +28,7 @@
 #include <unistd.h>
 
 #include "microsandbox_agent.h"
+#include "../common/devrelay.h"
 
 /* ------------------------------------------------------------ results */
 
@@ -264,110 +264,37 @@ static inline int h_instrumented(void) { return h_env_int("MSB_TEST_INSTRUMENTED
 
 /* ------------------------------------------------------------ the relay */
 
-struct relay {
-    pid_t pid;
-    char dir[64];
-    char socket[128];
-    char root[128];
-};
+/* struct relay, relay_spawn and relay_stop come from the devrelay helper
+ * both C suites share. */
 
-static inline int h_remove_entry(const char *path, const struct stat *st, int flag, struct FTW *ftw) {
-    (void)st;
-    (void)flag;
-    (void)ftw;
-    return remove(path);
-}
-
-static inline void relay_stop(struct relay *r) {
-    if (r->pid > 0) {
-        kill(r->pid, SIGTERM);
-        int status;
-        while (waitpid(r->pid, &status, 0) < 0 && errno == EINTR) {
-        }
-        r->pid = 0;
-    }
-    if (r->dir[0] != '\0') nftw(r->dir, h_remove_entry, 16, FTW_DEPTH | FTW_PHYS);
-    r->dir[0] = '\0';
-}
-
-/* Forks the relay and waits for its ready line; see relay_start_with. */
-static inline int relay_spawn(struct relay *r, const char *fault, const char *extra_flag,
-                              const char *extra_value) {
-    memset(r, 0, sizeof *r);
-    snprintf(r->dir, sizeof r->dir, "/tmp/msb-hostile.XXXXXX");
-    if (mkdtemp(r->dir) == NULL) return -1;
-    snprintf(r->socket, sizeof r->socket, "%s/agent.sock", r->dir);
-    snprintf(r->root, sizeof r->root, "%s/root", r->dir);
-    const char *relay_path = getenv("MSB_DEVRELAY");
-    if (relay_path == NULL || *relay_path == '\0') relay_path = "target/release/msb-devrelay";
-
-    int out[2];
-    if (pipe2(out, O_CLOEXEC) != 0) return -1;
-    const char *argv[12];
+/* Starts a relay with `fault` (NULL for none) and one optional extra
+ * argument pair, and waits for its ready line. Returns 0 on success; on
+ * failure the relay (if it was forked) is already stopped and its directory
+ * removed, so callers only report and return. */
+static inline int relay_start_with(struct relay *r, const char *fault, const char *extra_flag,
+                                   const char *extra_value) {
+    const char *args[5];
     int n = 0;
-    argv[n++] = relay_path;
-    argv[n++] = "--socket";
-    argv[n++] = r->socket;
-    argv[n++] = "--root";
-    argv[n++] = r->root;
-    argv[n++] = "--quiet";
     if (fault != NULL) {
-        argv[n++] = "--fault";
-        argv[n++] = fault;
+        args[n++] = "--fault";
+        args[n++] = fault;
     }
     if (extra_flag != NULL) {
-        argv[n++] = extra_flag;
-        argv[n++] = extra_value;
+        args[n++] = extra_flag;
+        args[n++] = extra_value;
     }
-    argv[n] = NULL;
-    pid_t pid = fork();
-    if (pid < 0) return -1;
-    if (pid == 0) {
-        dup2(out[1], 1);
-        /* execv's argv is not const-qualified; it does not modify it. */
-        execv(relay_path, (char *const *)(uintptr_t)argv);
-        _exit(127);
-    }
-    close(out[1]);
-    r->pid = pid;
-    char buf[256];
-    size_t have = 0;
-    buf[0] = '\0';
-    int64_t deadline = h_now_ms() + 15000;
-    while (strstr(buf, "listening") == NULL) {
-        int64_t left = deadline - h_now_ms();
-        if (left <= 0 || !h_poll_readable(out[0], left)) break;
-        ssize_t got = read(out[0], buf + have, sizeof buf - 1 - have);
-        if (got <= 0) break;
-        have += (size_t)got;
-        buf[have] = '\0';
-        if (have == sizeof buf - 1) break;
-    }
-    buf[have] = '\0';
-    close(out[0]);
-    if (strstr(buf, "listening") == NULL) {
-        fprintf(stderr, "  relay %s (fault %s) did not start\n", relay_path, fault ? fault : "none");
+    args[n] = NULL;
+    char why[512];
+    if (relay_spawn(r, "/tmp/msb-hostile.XXXXXX", args, 15000, why, sizeof why) != 0) {
+        fprintf(stderr, "  %s (fault %s)\n", why, fault ? fault : "none");
         return -1;
     }
     return 0;
 }
 
-/* Starts target/release/msb-devrelay (or $MSB_DEVRELAY) on a fresh socket,
- * with `fault` (NULL for none) and one optional extra argument pair, and
- * waits for its ready line. Returns 0 on success; on failure the relay (if
- * it was forked) is already stopped and its directory removed, so callers
- * only report and return. */
-static inline int relay_start_with(struct relay *r, const char *fault, const char *extra_flag,
-                                   const char *extra_value) {
-    if (relay_spawn(r, fault, extra_flag, extra_value) == 0) return 0;
-    relay_stop(r);
-    return -1;
-}
-
 static inline int relay_start(struct relay *r, const char *fault) {
     return relay_start_with(r, fault, NULL, NULL);
 }
-
 
 /* Connects to `r` with a connect timeout; NULL (and a recorded failure) if
  * that fails. */

@@ -496,7 +496,7 @@ int main(void) {
     h_test_name = "setup";
     client = h_connect(&relay, TIMEOUT, 0);
     if (client == NULL) {
-        relay_stop(&relay);
+        relay_stop(&relay, SIGTERM);
         printf("0 passed, 1 failed\n");
         return 1;
     }
@@ -509,6 +509,6 @@ int main(void) {
     h_run("handle-freed-while-waiting", handle_freed_while_waiting);
     h_run("id-mistakes", id_mistakes);
     msb_client_free(client);
-    relay_stop(&relay);
+    relay_stop(&relay, SIGTERM);
     return h_finish();
 }

@@ -237,6 +237,6 @@ int main(void) {
         return 1;
     }
     h_run("soak", soak);
-    relay_stop(&relay);
+    relay_stop(&relay, SIGTERM);
     return h_finish();
 }
