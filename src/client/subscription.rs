@@ -27,6 +27,40 @@ pub(crate) fn charge(m: &Message) -> usize {
     m.payload.len() + m.message_type.as_str().len() + PER_MESSAGE_OVERHEAD
 }
 
+/// A FIFO of messages that holds its first message inline: most
+/// subscriptions (a request's) only ever get one, and allocating a queue
+/// buffer for it on the reading thread, to be freed on the pulling one, was
+/// the largest allocation cost of a round trip.
+#[derive(Default)]
+struct MessageQueue {
+    /// The oldest message, whenever `rest` is empty or it came first.
+    head: Option<Message>,
+    rest: VecDeque<Message>,
+}
+
+impl MessageQueue {
+    fn is_empty(&self) -> bool {
+        self.head.is_none() && self.rest.is_empty()
+    }
+
+    fn push_back(&mut self, m: Message) {
+        if self.head.is_none() && self.rest.is_empty() {
+            self.head = Some(m);
+        } else {
+            self.rest.push_back(m);
+        }
+    }
+
+    fn pop_front(&mut self) -> Option<Message> {
+        self.head.take().or_else(|| self.rest.pop_front())
+    }
+
+    fn clear(&mut self) {
+        self.head = None;
+        self.rest.clear();
+    }
+}
+
 /// Result of one pull.
 #[derive(Debug)]
 pub enum Pulled<T> {
@@ -40,7 +74,7 @@ pub enum Pulled<T> {
 
 #[derive(Default)]
 pub(crate) struct SubState {
-    queue: VecDeque<Message>,
+    queue: MessageQueue,
     /// Bytes of `queue` counted against the connection's budget.
     charged: usize,
     /// The terminal frame is in (or went through) the queue.
@@ -366,5 +400,33 @@ impl Drop for Subscription {
         if passive {
             self.conn.remove_passive();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::MessageType;
+
+    fn msg(id: u32) -> Message {
+        Message::new(MessageType::FsData, id, Vec::new())
+    }
+
+    #[test]
+    fn message_queue_keeps_order_across_its_inline_head() {
+        let mut q = MessageQueue::default();
+        assert!(q.is_empty() && q.pop_front().is_none());
+        q.push_back(msg(1));
+        q.push_back(msg(2));
+        assert_eq!(q.pop_front().unwrap().id, 1);
+        // The head is free again but `rest` is not empty: 3 must queue behind 2.
+        q.push_back(msg(3));
+        q.push_back(msg(4));
+        let order: Vec<u32> = std::iter::from_fn(|| q.pop_front()).map(|m| m.id).collect();
+        assert_eq!(order, [2, 3, 4]);
+        assert!(q.is_empty());
+        q.push_back(msg(5));
+        q.clear();
+        assert!(q.is_empty());
     }
 }
