@@ -256,10 +256,14 @@ impl Conn {
         accept: Option<Accept>,
     ) -> Subscription {
         let shared = SubShared::new(id, accept);
-        routes.insert(id, shared.clone());
-        // A close that raced with us must still reach this subscription.
+        // A close that raced with us must still reach this subscription. It
+        // drained the routes before we took the lock, so this one must not
+        // stay in them: a closed subscription has no route (its drop relies
+        // on that).
         if let Some(cause) = self.close_cause() {
             SubShared::close_locked(&mut shared.state.lock(), &cause);
+        } else {
+            routes.insert(id, shared.clone());
         }
         Subscription {
             conn: self.clone(),

@@ -390,7 +390,16 @@ impl Subscription {
 
 impl Drop for Subscription {
     fn drop(&mut self) {
-        self.conn.unsubscribe(&self.shared);
+        // Once the stream has ended or the connection closed, the router has
+        // already removed the route (under the same state lock that set
+        // these): skip the routing lock, which every request would take.
+        let routed = {
+            let st = self.shared.state.lock();
+            !st.terminal && st.closed.is_none()
+        };
+        if routed {
+            self.conn.unsubscribe(&self.shared);
+        }
         let mut st = self.shared.state.lock();
         let charged = std::mem::take(&mut st.charged);
         let passive = std::mem::take(&mut st.passive);
