@@ -137,7 +137,7 @@ fn a_payload_sent_in_many_parts_arrives_whole() {
         op: FsOp::Stat { path: "/".into() },
     }
     .to_bytes();
-    // More parts than a send takes without allocating, and an empty one.
+    // More parts than one sendmsg takes (8 iovecs with the head), and an empty one.
     let mut parts: Vec<&[u8]> = payload.chunks(2).collect();
     parts.insert(3, &[]);
     assert!(parts.len() > 8);

@@ -418,26 +418,19 @@ impl Conn {
             head.clear();
             encode_frame_head(head, message_type, id, flags, payload_len);
             let total = head.len() + payload_len;
-            let parts = parts.iter().filter(|p| !p.is_empty());
-            if parts.clone().count() < MAX_SEND_PARTS {
-                let mut iov: [&[u8]; MAX_SEND_PARTS] = [&[]; MAX_SEND_PARTS];
-                iov[0] = head;
-                let mut count = 1;
-                for part in parts {
-                    iov[count] = part;
-                    count += 1;
-                }
-                self.write_frame(&iov[..count], total, deadline)
-            } else {
-                let iov: Vec<&[u8]> = std::iter::once(&head[..]).chain(parts.copied()).collect();
-                self.write_frame(&iov, total, deadline)
-            }
+            self.write_frame(head, parts, total, deadline)
         })
     }
 
-    /// Writes one whole frame, given as consecutive slices totalling `total`
-    /// bytes, under the writer lock.
-    fn write_frame(&self, iov: &[&[u8]], total: usize, deadline: Instant) -> Result<()> {
+    /// Writes one whole frame, `head` then `parts`, totalling `total` bytes,
+    /// under the writer lock.
+    fn write_frame(
+        &self,
+        head: &[u8],
+        parts: &[&[u8]],
+        total: usize,
+        deadline: Instant,
+    ) -> Result<()> {
         self.check_open()?;
         let Some(_guard) = self.writer.lock_until(deadline) else {
             return Err(Error::Timeout("waiting for another sender"));
@@ -456,13 +449,13 @@ impl Conn {
                 if left < std::time::Duration::from_millis(1) {
                     return Err(self.send_timed_out(written));
                 }
-                if let Err(e) = set_send_timeout(self.fd.as_raw_fd(), left) {
+                if let Err(e) = set_socket_timeout(self.fd.as_raw_fd(), libc::SO_SNDTIMEO, left) {
                     return Err(Error::io(e, "setting the send timeout"));
                 }
             } else {
                 flags |= libc::MSG_DONTWAIT;
             }
-            match write_vectored_at(self.fd.as_raw_fd(), iov, written, flags) {
+            match write_vectored_at(self.fd.as_raw_fd(), head, parts, written, flags) {
                 Ok(n) => {
                     written += n;
                     blocking = true;
@@ -673,17 +666,18 @@ impl Conn {
     }
 }
 
-/// Slices of a frame (its head and payload parts) that are sent without
-/// allocating; callers pass one or two parts.
-const MAX_SEND_PARTS: usize = 8;
-
 thread_local! {
     /// Each sending thread's buffer for frame heads, reused from send to send.
     static FRAME_HEAD: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
-/// Bounds how long a blocking send may wait for room in the socket.
-fn set_send_timeout(fd: RawFd, timeout: std::time::Duration) -> io::Result<()> {
+/// Sets SO_SNDTIMEO or SO_RCVTIMEO: how long a send or read without
+/// MSG_DONTWAIT may block on the socket.
+pub(crate) fn set_socket_timeout(
+    fd: RawFd,
+    option: libc::c_int,
+    timeout: std::time::Duration,
+) -> io::Result<()> {
     let tv = libc::timeval {
         tv_sec: timeout.as_secs().min(i32::MAX as u64) as libc::time_t,
         tv_usec: timeout.subsec_micros() as libc::suseconds_t,
@@ -693,7 +687,7 @@ fn set_send_timeout(fd: RawFd, timeout: std::time::Duration) -> io::Result<()> {
         libc::setsockopt(
             fd,
             libc::SOL_SOCKET,
-            libc::SO_SNDTIMEO,
+            option,
             &tv as *const libc::timeval as *const _,
             std::mem::size_of::<libc::timeval>() as libc::socklen_t,
         )
@@ -705,9 +699,11 @@ fn set_send_timeout(fd: RawFd, timeout: std::time::Duration) -> io::Result<()> {
     }
 }
 
-/// One `sendmsg` of the iovecs, skipping the first `skip` bytes.
+/// One `sendmsg` of `head` then `parts`, skipping the first `skip` bytes
+/// (empty parts are skipped too).
 fn write_vectored_at(
     fd: RawFd,
+    head: &[u8],
     parts: &[&[u8]],
     mut skip: usize,
     flags: libc::c_int,
@@ -717,7 +713,7 @@ fn write_vectored_at(
         iov_len: 0,
     }; 8];
     let mut n = 0;
-    for p in parts {
+    for p in std::iter::once(head).chain(parts.iter().copied()) {
         if skip >= p.len() {
             skip -= p.len();
             continue;

@@ -39,7 +39,7 @@ use bytes::Bytes;
 use tokio::io::unix::AsyncFd;
 use tokio::io::Interest;
 
-use super::conn::{Conn, PendingWake};
+use super::conn::{set_socket_timeout, Conn, PendingWake};
 use super::error::CloseCause;
 use crate::protocol::{FrameHeader, Message, RawFrame, FRAME_HEAD_SIZE};
 
@@ -114,7 +114,7 @@ impl ReadState {
             ReadWait::No => libc::MSG_DONTWAIT,
             ReadWait::Short => {
                 if !self.receive_timeout_set {
-                    set_receive_timeout(conn.raw_fd(), SHORT_READ_WAIT)
+                    set_socket_timeout(conn.raw_fd(), libc::SO_RCVTIMEO, SHORT_READ_WAIT)
                         .map_err(|e| CloseCause::Io(format!("setting the receive timeout: {e}")))?;
                     self.receive_timeout_set = true;
                 }
@@ -280,29 +280,6 @@ fn recv(
             io::ErrorKind::Interrupted => continue,
             _ => return Err(CloseCause::Io(e.to_string())),
         }
-    }
-}
-
-/// Bounds how long a read without MSG_DONTWAIT may block.
-fn set_receive_timeout(fd: RawFd, timeout: Duration) -> io::Result<()> {
-    let tv = libc::timeval {
-        tv_sec: timeout.as_secs() as libc::time_t,
-        tv_usec: timeout.subsec_micros() as libc::suseconds_t,
-    };
-    // SAFETY: `tv` is a live timeval of the size passed.
-    let r = unsafe {
-        libc::setsockopt(
-            fd,
-            libc::SOL_SOCKET,
-            libc::SO_RCVTIMEO,
-            &tv as *const libc::timeval as *const _,
-            std::mem::size_of::<libc::timeval>() as libc::socklen_t,
-        )
-    };
-    if r < 0 {
-        Err(io::Error::last_os_error())
-    } else {
-        Ok(())
     }
 }
 
