@@ -651,6 +651,22 @@ static uint8_t *file_data;       /* the file the file benches write */
 /* ------------------------------------------------------------------------ */
 /* Round trips                                                               */
 
+/* The latency array of one round-trip run, one entry per request. */
+static uint64_t *latencies_new(size_t n) {
+    uint64_t *lat = malloc(n * sizeof *lat);
+    if (!lat) die("out of memory");
+    return lat;
+}
+
+/* Fills in `s` for n round trips timed from t0 to t1 (process CPU from cpu0)
+ * and frees their latency array. */
+static void round_trips_done(struct sample *s, uint64_t *lat, size_t n, double cpu0, uint64_t t0, uint64_t t1) {
+    s->cpu_s = process_cpu_s() - cpu0;
+    s->req_per_s = (double)n / ((double)(t1 - t0) / 1e9);
+    latency_summary(lat, n, s);
+    free(lat);
+}
+
 /* One of the threads of a round-trip run: its share of the requests and of
  * the latency array. */
 struct rt_worker {
@@ -667,8 +683,7 @@ struct rt_worker {
  */
 static void run_rt_workers(int threads, void *(*worker_main)(void *), struct sample *s) {
     size_t n = (size_t)opt.requests;
-    uint64_t *lat = malloc(n * sizeof *lat);
-    if (!lat) die("out of memory");
+    uint64_t *lat = latencies_new(n);
     pthread_t tid[threads];
     struct rt_worker w[threads];
     pthread_barrier_t start;
@@ -685,11 +700,8 @@ static void run_rt_workers(int threads, void *(*worker_main)(void *), struct sam
     uint64_t t0 = now_ns();
     for (int i = 0; i < threads; i++) pthread_join(tid[i], NULL);
     uint64_t t1 = now_ns();
-    s->cpu_s = process_cpu_s() - cpu0;
     pthread_barrier_destroy(&start);
-    s->req_per_s = (double)n / ((double)(t1 - t0) / 1e9);
-    latency_summary(lat, n, s);
-    free(lat);
+    round_trips_done(s, lat, n, cpu0, t0, t1);
 }
 
 static void lib_stat_requests(size_t count, uint64_t *lat_ns) {
@@ -721,16 +733,12 @@ static void lib_roundtrip(int threads, struct sample *s) {
         return;
     }
     size_t n = (size_t)opt.requests;
-    uint64_t *lat = malloc(n * sizeof *lat);
-    if (!lat) die("out of memory");
+    uint64_t *lat = latencies_new(n);
     double cpu0 = process_cpu_s();
     uint64_t t0 = now_ns();
     lib_stat_requests(n, lat);
     uint64_t t1 = now_ns();
-    s->cpu_s = process_cpu_s() - cpu0;
-    s->req_per_s = (double)n / ((double)(t1 - t0) / 1e9);
-    latency_summary(lat, n, s);
-    free(lat);
+    round_trips_done(s, lat, n, cpu0, t0, t1);
 }
 
 /*
@@ -742,8 +750,7 @@ static void lib_roundtrip(int threads, struct sample *s) {
  */
 static void lib_pipelined(int depth, struct sample *s) {
     size_t n = (size_t)opt.requests;
-    uint64_t *lat = malloc(n * sizeof *lat);
-    if (!lat) die("out of memory");
+    uint64_t *lat = latencies_new(n);
     msb_subscription *sub[depth];
     uint64_t sent_at[depth];
     size_t seq[depth];
@@ -782,10 +789,7 @@ static void lib_pipelined(int depth, struct sample *s) {
         }
     }
     uint64_t t1 = now_ns();
-    s->cpu_s = process_cpu_s() - cpu0;
-    s->req_per_s = (double)n / ((double)(t1 - t0) / 1e9);
-    latency_summary(lat, n, s);
-    free(lat);
+    round_trips_done(s, lat, n, cpu0, t0, t1);
 }
 
 static bool raw_frame_buffered(const struct raw_conn *c) {
@@ -839,20 +843,13 @@ static void base_roundtrip_n(size_t n, int depth, uint64_t *lat) {
 
 static void base_roundtrip(int depth, struct sample *s) {
     size_t n = (size_t)opt.requests;
-    uint64_t *lat = malloc(n * sizeof *lat);
-    if (!lat) die("out of memory");
+    uint64_t *lat = latencies_new(n);
     double cpu0 = process_cpu_s();
     uint64_t t0 = now_ns();
     base_roundtrip_n(n, depth, lat);
     uint64_t t1 = now_ns();
-    s->cpu_s = process_cpu_s() - cpu0;
-    s->req_per_s = (double)n / ((double)(t1 - t0) / 1e9);
-    latency_summary(lat, n, s);
-    free(lat);
+    round_trips_done(s, lat, n, cpu0, t0, t1);
 }
-
-/* ------------------------------------------------------------------------ */
-/* Streaming one exec's stdout                                               */
 
 /*
  * The threaded reference: `threads` threads share the baseline connection,
@@ -964,6 +961,9 @@ static void thr_roundtrip(int threads, struct sample *s) {
     /* Later baseline requests go on from where these left off. */
     raw.next_id = raw.id_offset + 1 + thr.next % (ID_RANGE - 1);
 }
+
+/* ------------------------------------------------------------------------ */
+/* Streaming one exec's stdout                                               */
 
 static void stream_bytes_text(char *out, size_t cap) { snprintf(out, cap, "%" PRIu64, opt.stream_bytes); }
 
