@@ -104,10 +104,9 @@ void host_path(char *out, size_t cap, const char *guest_path);
 /* Connects to the shared relay; records a failure and returns NULL if it cannot. */
 msb_client *connect_shared(void);
 
-/* A relay this process starts itself: struct relay and relay_stop come
- * from the devrelay helper both C suites share. */
-/* Starts a relay (fault may be NULL) and waits for its ready line; records
- * a failure and returns false if it does not start. */
+/* Starts a relay of this process's own (fault may be NULL) and waits for
+ * its ready line; records a failure and returns false if it does not start.
+ * struct relay and relay_stop come from ../common/devrelay.h. */
 bool relay_start(struct relay *r, const char *fault);
 
 /* ---- small utilities (helpers.c) */

@@ -175,10 +175,7 @@ static void check_fs_round_trip(const msb_client *c, enum wait_mode mode) {
 static void relay_breaks_connection(const char *fault, enum wait_mode mode, msb_status code,
                                     const char *needle) {
     struct relay r;
-    if (relay_start(&r, fault) != 0) {
-        CHECK_MSG(0, "relay did not start");
-        return;
-    }
+    if (!h_relay_up(&r, fault)) return;
     msb_client *c = h_connect(&r, 5000, 0);
     if (c != NULL) {
         msb_exec_request *req = new_request("true", NULL);
@@ -241,10 +238,7 @@ RELAY_BREAKS(truncated_frame, "truncated-frame", MSB_ERR_CLOSED, "connection clo
 
 static void unknown_type(enum wait_mode mode) {
     struct relay r;
-    if (relay_start(&r, "unknown-type") != 0) {
-        CHECK_MSG(0, "relay did not start");
-        return;
-    }
+    if (!h_relay_up(&r, "unknown-type")) return;
     msb_client *c = h_connect(&r, 5000, 0);
     if (c != NULL) {
         /* Each request is preceded by a core.bogus.type frame on its id: the
@@ -277,10 +271,7 @@ static void unknown_type(enum wait_mode mode) {
 
 static void out_of_range_id(enum wait_mode mode) {
     struct relay r;
-    if (relay_start(&r, "out-of-range-id") != 0) {
-        CHECK_MSG(0, "relay did not start");
-        return;
-    }
+    if (!h_relay_up(&r, "out-of-range-id")) return;
     msb_client *c = h_connect(&r, 5000, 0);
     if (c != NULL) {
         /* Before each request the relay sends two frames outside our range
@@ -305,10 +296,7 @@ static void out_of_range_id(enum wait_mode mode) {
  */
 static void wrong_payload(enum wait_mode mode) {
     struct relay r;
-    if (relay_start(&r, "wrong-payload") != 0) {
-        CHECK_MSG(0, "relay did not start");
-        return;
-    }
+    if (!h_relay_up(&r, "wrong-payload")) return;
     msb_client *c = h_connect(&r, 5000, 0);
     if (c != NULL) {
         /* core.exec.started {pid: 0}, then core.exec.stdout {} (no data). */
@@ -372,10 +360,7 @@ static void handshake_fault(const char *fault, enum wait_mode mode, msb_status c
                             const char *needle) {
     const uint64_t timeout = 500;
     struct relay r;
-    if (relay_start(&r, fault) != 0) {
-        CHECK_MSG(0, "relay did not start");
-        return;
-    }
+    if (!h_relay_up(&r, fault)) return;
     msb_connect_options *opts = NULL;
     CHECK_STATUS(msb_connect_options_new(&opts), MSB_OK);
     CHECK_STATUS(msb_connect_options_set_timeout_ms(opts, timeout), MSB_OK);
@@ -421,10 +406,7 @@ HANDSHAKE(close_in_handshake, "close-in-handshake", MSB_ERR_HANDSHAKE, "closed t
 
 static void close_mid_exec(enum wait_mode mode) {
     struct relay r;
-    if (relay_start(&r, "close-mid-exec") != 0) {
-        CHECK_MSG(0, "relay did not start");
-        return;
-    }
+    if (!h_relay_up(&r, "close-mid-exec")) return;
     msb_client *c = h_connect(&r, 5000, 0);
     if (c != NULL) {
         msb_exec_request *req = new_request("true", NULL);
@@ -488,10 +470,7 @@ static void flood_not_reading(enum wait_mode mode) {
     const int64_t seconds = h_env_int("MSB_FLOOD_SECONDS", 10);
     const int64_t stat_timeout = 200;
     struct relay r;
-    if (relay_start(&r, "flood") != 0) {
-        CHECK_MSG(0, "relay did not start");
-        return;
-    }
+    if (!h_relay_up(&r, "flood")) return;
     long rss_before = h_rss_kib();
     msb_client *c = h_connect(&r, 5000, 0);
     if (c != NULL) {
@@ -565,10 +544,7 @@ static void flood_not_reading(enum wait_mode mode) {
 static void flood_slow_reader(enum wait_mode mode) {
     const int frames = (int)h_env_int("MSB_FLOOD_FRAMES", 400); /* 25 MiB */
     struct relay r;
-    if (relay_start(&r, "flood") != 0) {
-        CHECK_MSG(0, "relay did not start");
-        return;
-    }
+    if (!h_relay_up(&r, "flood")) return;
     msb_client *c = h_connect(&r, 5000, 0);
     if (c != NULL) {
         msb_exec_request *req = new_request("true", NULL);

@@ -296,6 +296,14 @@ static inline int relay_start(struct relay *r, const char *fault) {
     return relay_start_with(r, fault, NULL, NULL);
 }
 
+/* relay_start for a test body: a relay that does not start fails the test.
+ * Returns 1 when it is up. */
+static inline int h_relay_up(struct relay *r, const char *fault) {
+    if (relay_start(r, fault) == 0) return 1;
+    CHECK_MSG(0, "relay did not start");
+    return 0;
+}
+
 /* Connects to `r` with a connect timeout; NULL (and a recorded failure) if
  * that fails. */
 static inline msb_client *h_connect(const struct relay *r, uint64_t timeout_ms, size_t budget) {

@@ -222,7 +222,7 @@ func (c *Client) Exec(ctx context.Context, cmd string, opts *ExecOptions) (*Proc
 		return nil, err
 	}
 	if ctx.Done() != nil {
-		go p.watch()
+		go abandonOnCancel(p.ctx, p.released, p.abort)
 	}
 	return p, nil
 }
@@ -246,15 +246,6 @@ func newProcess(ctx context.Context, exec *C.msb_exec) (*Process, error) {
 		released:  make(chan struct{}),
 		progress:  make(chan struct{}),
 	}, nil
-}
-
-// watch ends the process when ctx is done.
-func (p *Process) watch() {
-	select {
-	case <-p.ctx.Done():
-		p.abort()
-	case <-p.released:
-	}
 }
 
 // abort kills the process and releases it, waking a goroutine waiting on

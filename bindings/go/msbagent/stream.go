@@ -97,7 +97,7 @@ func (c *Client) Open(ctx context.Context, name string) (*FileReader, error) {
 		return nil, err
 	}
 	if ctx.Done() != nil {
-		go r.watch()
+		go abandonOnCancel(r.ctx, r.released, r.release)
 	}
 	return r, nil
 }
@@ -118,15 +118,6 @@ func newFileReader(ctx context.Context, reader *C.msb_file_reader) (*FileReader,
 		readiness: readiness,
 		released:  make(chan struct{}),
 	}, nil
-}
-
-// watch abandons the file when ctx is done.
-func (r *FileReader) watch() {
-	select {
-	case <-r.ctx.Done():
-		r.release()
-	case <-r.released:
-	}
 }
 
 // release frees the handle, first waking a Read waiting on the poller,
@@ -271,18 +262,9 @@ func (c *Client) Create(ctx context.Context, name string, perm fs.FileMode) (*Fi
 		return nil, err
 	}
 	if ctx.Done() != nil {
-		go w.watch()
+		go abandonOnCancel(w.ctx, w.released, w.release)
 	}
 	return w, nil
-}
-
-// watch abandons the file when ctx is done.
-func (w *FileWriter) watch() {
-	select {
-	case <-w.ctx.Done():
-		w.release()
-	case <-w.released:
-	}
 }
 
 // release frees the handle once no library call uses it; unless the file
