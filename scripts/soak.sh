@@ -12,12 +12,9 @@ CC="${CC:-cc}"
 out="$top/target/hostile"
 
 cargo build --release --workspace
-mkdir -p "$out/lib"
-so="$top/target/release/libmicrosandbox_agent.so"
-soname="$(readelf -d "$so" 2>/dev/null | sed -n 's/.*(SONAME).*\[\(.*\)\]/\1/p')"
-[[ -n "$soname" ]] && ln -sf "$so" "$out/lib/$soname"
+mkdir -p "$out"
 "$CC" -std=c11 -Wall -Wextra -Wpedantic -Werror -g -O1 -Iinclude tests/hostile/soak.c \
   -L"$top/target/release" -lmicrosandbox_agent -lpthread -o "$out/soak"
-LD_LIBRARY_PATH="$out/lib:$top/target/release${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}" \
+LD_LIBRARY_PATH="$top/target/release${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}" \
 MSB_DEVRELAY="$top/target/release/msb-devrelay" MSB_TEST_WATCHDOG_S="${MSB_TEST_WATCHDOG_S:-900}" \
   "$out/soak"

@@ -26,13 +26,9 @@ command -v "$CC" >/dev/null || { echo "error: C compiler '$CC' not found" >&2; e
 echo "== building the library and msb-devrelay"
 cargo build --release --workspace
 
-mkdir -p "$out/lib"
-# Programs record the library's soname (e.g. libmicrosandbox_agent.so.0.1),
-# which cargo does not create: provide it beside our binaries.
-so="$top/target/release/libmicrosandbox_agent.so"
-soname="$(readelf -d "$so" 2>/dev/null | sed -n 's/.*(SONAME).*\[\(.*\)\]/\1/p')"
-[[ -n "$soname" ]] && ln -sf "$so" "$out/lib/$soname"
-export LD_LIBRARY_PATH="$out/lib:$top/target/release${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+mkdir -p "$out"
+# build.rs links the soname the binaries record beside the library.
+export LD_LIBRARY_PATH="$top/target/release${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
 export MSB_DEVRELAY="$top/target/release/msb-devrelay"
 
 echo "== checking that the tests call every function the header declares"

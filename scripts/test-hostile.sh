@@ -62,12 +62,9 @@ fi
 echo "== building the library and msb-devrelay"
 cargo build --release --workspace
 
-mkdir -p "$out/lib"
-# Binaries record the library's soname, which cargo does not create.
-so="$top/target/release/libmicrosandbox_agent.so"
-soname="$(readelf -d "$so" 2>/dev/null | sed -n 's/.*(SONAME).*\[\(.*\)\]/\1/p')"
-[[ -n "$soname" ]] && ln -sf "$so" "$out/lib/$soname"
-export LD_LIBRARY_PATH="$out/lib:$top/target/release${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+mkdir -p "$out"
+# build.rs links the soname the binaries record beside the library.
+export LD_LIBRARY_PATH="$top/target/release${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
 export MSB_DEVRELAY="$top/target/release/msb-devrelay"
 
 echo "== compiling tests/hostile"
