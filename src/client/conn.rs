@@ -33,7 +33,7 @@ use super::error::{CloseCause, Error, Result};
 use super::pool::FramePool;
 use super::reader::ReadState;
 use super::subscription::{charge, Accept, SubShared, Subscription};
-use super::sync::{Mutex, TimedLock};
+use super::sync::{Mutex, TimedLock, WakeGroup};
 use crate::protocol::{
     encode_frame_head, encoded_len, Message, MessageType, ID_RANGE_STEP, MAX_FRAME_SIZE,
 };
@@ -61,10 +61,6 @@ struct AtomicCounters {
     dropped_out_of_range: AtomicU64,
     unknown_type: AtomicU64,
 }
-
-/// A subscriber to wake once the routing lock is released: its async waker
-/// and whether threads wait on it.
-pub(crate) type PendingWake = (Arc<SubShared>, Option<std::task::Waker>, bool);
 
 enum SocketWait {
     Ready,
@@ -127,6 +123,8 @@ pub(crate) struct Conn {
     /// Callers blocked in a pull that could not take the read lock; one of
     /// them is asked to lead when the current reader lets go.
     followers: Mutex<VecDeque<Arc<SubShared>>>,
+    /// Where those callers sleep.
+    pub(crate) blocked: WakeGroup,
     /// Subscriptions that wait without pulling (readiness fd, async waker):
     /// while any exist, the background task reads for them.
     passive: AtomicUsize,
@@ -166,6 +164,7 @@ impl Conn {
             budget_freed: Notify::new(),
             counters: AtomicCounters::default(),
             followers: Mutex::new(VecDeque::new()),
+            blocked: WakeGroup::default(),
             passive: AtomicUsize::new(0),
             passive_changed: Notify::new(),
             frame_buffers: FramePool::default(),
@@ -316,7 +315,9 @@ impl Conn {
             let next = self.followers.lock().pop_front();
             match next {
                 Some(sub) => {
-                    if sub.promote() {
+                    let bits = sub.promote();
+                    if bits != 0 {
+                        self.blocked.wake(bits);
                         return;
                     }
                 }
@@ -603,32 +604,45 @@ impl Conn {
         unsafe { libc::shutdown(self.fd.as_raw_fd(), libc::SHUT_RDWR) };
         self.close_notify.notify_one();
         let subs: Vec<Arc<SubShared>> = self.routes.lock().drain().map(|(_, s)| s).collect();
+        let mut bits = 0;
         for s in subs {
             let mut st = s.state.lock();
-            let wake = SubShared::close_locked(&mut st, &cause);
-            let (waker, waiters) = SubShared::take_wakers(&mut st);
+            SubShared::close_locked(&mut st, &cause);
+            let (waker, sub_bits) = SubShared::take_wakers(&mut st);
             drop(st);
-            if wake || waiters {
-                s.wake(waker, waiters);
-            }
+            bits |= sub_bits;
+            self.wake(waker, 0);
+        }
+        self.blocked.wake(bits);
+    }
+
+    /// Wakes an async task and the blocked pullers with `bits`, as taken
+    /// by `SubShared::take_wakers`; call without holding any lock.
+    pub(crate) fn wake(&self, waker: Option<std::task::Waker>, bits: u32) {
+        self.blocked.wake(bits);
+        if let Some(w) = waker {
+            w.wake();
         }
     }
 
     /// Delivers a batch of decoded frames to their subscribers, taking the
-    /// routing lock once. `to_wake` is scratch space the reader keeps, so
+    /// routing lock once, and wakes every blocked puller it delivered to with
+    /// one system call. `wakers` is scratch space the reader keeps, so
     /// routing allocates nothing; it is left empty.
-    pub(crate) fn route(&self, batch: &mut Vec<Message>, to_wake: &mut Vec<PendingWake>) {
+    pub(crate) fn route(&self, batch: &mut Vec<Message>, wakers: &mut Vec<std::task::Waker>) {
         if batch.is_empty() {
             return;
         }
         let c = &self.counters;
         c.frames_received
             .fetch_add(batch.len() as u64, Ordering::Relaxed);
+        // Added up once per batch: one atomic operation, not one per frame.
+        let mut bytes = 0;
+        let mut bits = 0;
         {
             let mut routes = self.routes.lock();
             for m in batch.drain(..) {
-                c.bytes_received
-                    .fetch_add(m.payload.len() as u64, Ordering::Relaxed);
+                bytes += m.payload.len() as u64;
                 if !m.message_type.is_known() {
                     c.unknown_type.fetch_add(1, Ordering::Relaxed);
                 }
@@ -654,14 +668,16 @@ impl Conn {
                     routes.remove(&sub.id);
                 }
                 if wake {
-                    let (waker, waiters) = SubShared::take_wakers(&mut st);
-                    drop(st);
-                    to_wake.push((sub, waker, waiters));
+                    let (waker, sub_bits) = SubShared::take_wakers(&mut st);
+                    bits |= sub_bits;
+                    wakers.extend(waker);
                 }
             }
         }
-        for (sub, waker, waiters) in to_wake.drain(..) {
-            sub.wake(waker, waiters);
+        c.bytes_received.fetch_add(bytes, Ordering::Relaxed);
+        self.blocked.wake(bits);
+        for w in wakers.drain(..) {
+            w.wake();
         }
     }
 }

@@ -39,7 +39,7 @@ use bytes::Bytes;
 use tokio::io::unix::AsyncFd;
 use tokio::io::Interest;
 
-use super::conn::{set_socket_timeout, Conn, PendingWake};
+use super::conn::{set_socket_timeout, Conn};
 use super::error::CloseCause;
 use crate::protocol::{FrameHeader, Message, RawFrame, FRAME_HEAD_SIZE};
 
@@ -86,7 +86,7 @@ pub(crate) struct ReadState {
     /// A large frame being completed in its own buffer.
     large: Option<(FrameHeader, Vec<u8>)>,
     batch: Vec<Message>,
-    to_wake: Vec<PendingWake>,
+    wakers: Vec<std::task::Waker>,
     /// SO_RCVTIMEO is set to `SHORT_READ_WAIT` (once, on the first short wait).
     receive_timeout_set: bool,
 }
@@ -99,7 +99,7 @@ impl ReadState {
             filled: 0,
             large: None,
             batch: Vec::new(),
-            to_wake: Vec::new(),
+            wakers: Vec::new(),
             receive_timeout_set: false,
         }
     }
@@ -209,7 +209,7 @@ impl ReadState {
             }
         };
         // Frames that arrived intact before a bad one are still delivered.
-        conn.route(&mut self.batch, &mut self.to_wake);
+        conn.route(&mut self.batch, &mut self.wakers);
         self.buf.copy_within(start..self.filled, 0);
         self.filled -= start;
         result

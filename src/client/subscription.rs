@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::task::{Poll, Waker};
 use std::time::{Duration, Instant};
 
-use super::sync::{Condvar, Mutex, MutexGuard};
+use super::sync::{thread_wake_bit, Mutex, MutexGuard};
 
 use super::conn::Conn;
 use super::error::{CloseCause, Error, Result};
@@ -85,6 +85,9 @@ pub(crate) struct SubState {
     ready_fd_signalled: bool,
     /// Threads blocked in `recv_timeout`.
     waiters: usize,
+    /// Their bits in the connection's `WakeGroup` (or-ed; cleared when the
+    /// last one leaves).
+    wait_bits: u32,
     /// A waiter was asked to take over reading the socket.
     promoted: bool,
     /// Counted in the connection's passive waiters (readiness fd or async).
@@ -129,7 +132,6 @@ pub(crate) struct SubShared {
     pub(crate) id: u32,
     pub(crate) accept: Option<Accept>,
     pub(crate) state: Mutex<SubState>,
-    cond: Condvar,
 }
 
 impl SubShared {
@@ -138,7 +140,6 @@ impl SubShared {
             id,
             accept,
             state: Mutex::new(SubState::default()),
-            cond: Condvar::new(),
         })
     }
 
@@ -174,32 +175,22 @@ impl SubShared {
         !was_readable
     }
 
-    /// Wakes whoever waits: blocked pullers and an async task. Called after
-    /// the state lock is released; the waker is taken under it.
-    pub(crate) fn wake(&self, waker: Option<Waker>, has_waiters: bool) {
-        if has_waiters {
-            self.cond.notify_all();
-        }
-        if let Some(w) = waker {
-            w.wake();
-        }
-    }
-
-    /// Wakes a waiter of this subscription so that it takes over reading.
-    /// Returns false, asking nothing, if a pull would not block anyway.
-    pub(crate) fn promote(&self) -> bool {
+    /// Asks a waiter of this subscription to take over reading; returns the
+    /// bits to wake it with (in the connection's `WakeGroup`), or 0, asking
+    /// nothing, if a pull would not block anyway.
+    pub(crate) fn promote(&self) -> u32 {
         let mut st = self.state.lock();
         if st.readable() || st.waiters == 0 {
-            return false;
+            return 0;
         }
         st.promoted = true;
-        drop(st);
-        self.cond.notify_one();
-        true
+        st.wait_bits
     }
 
-    pub(crate) fn take_wakers(st: &mut SubState) -> (Option<Waker>, bool) {
-        (st.waker.take(), st.waiters > 0)
+    /// Whom to wake: the async task's waker, and the bits of the blocked
+    /// pullers. Taken under the state lock; woken after it is released.
+    pub(crate) fn take_wakers(st: &mut SubState) -> (Option<Waker>, u32) {
+        (st.waker.take(), st.wait_bits)
     }
 }
 
@@ -281,25 +272,27 @@ impl Subscription {
             // Follow: wait for the reader to route our message, or to be
             // asked to read. Joining the queue before re-checking the lock
             // closes the gap where the reader let go just before we joined.
+            let bit = thread_wake_bit();
             st.waiters += 1;
+            st.wait_bits |= bit;
             conn.add_follower(&self.shared);
             let may_lead = !conn.read_state.is_locked() && conn.budget_available();
             let timed_out = if may_lead || st.promoted || st.readable() {
                 false
             } else {
-                match deadline {
-                    Some(d) => {
-                        let (guard, timed_out) = self.shared.cond.wait_until(st, d);
-                        st = guard;
-                        timed_out
-                    }
-                    None => {
-                        st = self.shared.cond.wait(st);
-                        false
-                    }
-                }
+                // The ticket is taken under the state lock that every waker
+                // takes before it wakes: a wake this check missed makes the
+                // wait return at once.
+                let ticket = conn.blocked.ticket();
+                drop(st);
+                let timed_out = conn.blocked.wait(ticket, bit, deadline);
+                st = self.shared.state.lock();
+                timed_out
             };
             st.waiters -= 1;
+            if st.waiters == 0 {
+                st.wait_bits = 0;
+            }
             conn.remove_follower(&self.shared);
             if timed_out {
                 let r = self.pop_locked(&mut st);
@@ -376,12 +369,10 @@ impl Subscription {
     pub fn cancel(&self) {
         self.conn.unsubscribe(&self.shared);
         let mut st = self.shared.state.lock();
-        let wake = SubShared::close_locked(&mut st, &CloseCause::Cancelled);
-        let (waker, waiters) = SubShared::take_wakers(&mut st);
+        SubShared::close_locked(&mut st, &CloseCause::Cancelled);
+        let (waker, bits) = SubShared::take_wakers(&mut st);
         drop(st);
-        if wake || waiters {
-            self.shared.wake(waker, waiters);
-        }
+        self.conn.wake(waker, bits);
         // A thread pulling on this subscription may be the one reading the
         // socket, blocked in poll rather than on the condvar.
         self.conn.wake_leader();
