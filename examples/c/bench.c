@@ -16,7 +16,8 @@
  * Round trips from several threads have a second reference, "threaded": the
  * same minimal client used the way the library's callers use it, each thread
  * blocking for its own reply. One thread at a time reads the socket and hands
- * replies to their threads through futexes. It is the limit of any blocking
+ * replies to their threads, waking all that one read served with a single
+ * futex call. It is the limit of any blocking
  * call-per-thread API on this machine, which the pipelined baseline is not:
  * one thread with many requests in flight never sleeps and wakes per request.
  * They also get "lib-pipelined": the library used like the baseline, one
@@ -857,14 +858,16 @@ static void base_roundtrip(int depth, struct sample *s) {
  * thread finds nobody reading becomes the reader: it reads and hands out
  * replies until its own has come, then wakes one sleeping thread to read
  * next. Everything is as cheap as it can be: no allocation, no queue, a slot
- * per thread, one futex wake per reply that belongs to a sleeping thread.
+ * per thread. All threads sleep on one futex word, each on a bit of its own
+ * (FUTEX_WAIT_BITSET), and the reader wakes every sleeper one read served
+ * with one FUTEX_WAKE_BITSET: woken one call each, every woken thread would
+ * preempt the reader before it woke the next.
  */
 struct thr_slot {
     _Atomic uint32_t id;      /* in flight, or 0 */
     _Atomic int ready;        /* its reply came */
-    _Atomic uint32_t wake;    /* futex word: bumped to wake the thread */
     _Atomic int sleeping;
-    char pad[64 - 16];        /* one cache line each */
+    char pad[64 - 12];        /* one cache line each */
 };
 
 static struct {
@@ -873,34 +876,44 @@ static struct {
     pthread_mutex_t write_lock;
     _Atomic int reading;      /* a thread is reading the socket */
     _Atomic uint32_t next;    /* id counter */
+    _Atomic uint32_t wake;    /* futex word: bumped by every wake */
 } thr;
 
-static void thr_poke(struct thr_slot *s) {
-    atomic_fetch_add(&s->wake, 1);
-    if (atomic_load(&s->sleeping)) syscall(SYS_futex, &s->wake, FUTEX_WAKE_PRIVATE, 1, NULL, NULL, 0);
+static uint32_t thr_bit(int index) { return 1u << (index % 32); }
+
+static void thr_wake(uint32_t bits) {
+    if (!bits) return;
+    atomic_fetch_add(&thr.wake, 1);
+    syscall(SYS_futex, &thr.wake, FUTEX_WAKE_BITSET_PRIVATE, INT32_MAX, NULL, NULL, bits);
 }
 
 /* Reads and hands out replies until `me`'s has come. */
 static void thr_read_until(int me) {
     struct thr_slot *mine = &thr.slot[me];
+    uint32_t sleepers = 0; /* served by this read, to wake when it is drained */
     do {
         struct raw_frame f;
         raw_next(&raw, &f);
         int j = 0;
         while (j < thr.threads && atomic_load(&thr.slot[j].id) != f.id) j++;
-        if (j == thr.threads) continue;
-        if (!type_is(&f, "core.fs.response") || !(f.flags & FLAG_TERMINAL))
-            die("threaded: Stat answered with %.*s", (int)f.type_len, (const char *)f.type);
-        atomic_store(&thr.slot[j].id, 0);
-        atomic_store(&thr.slot[j].ready, 1);
-        if (j != me) thr_poke(&thr.slot[j]);
+        if (j < thr.threads) {
+            if (!type_is(&f, "core.fs.response") || !(f.flags & FLAG_TERMINAL))
+                die("threaded: Stat answered with %.*s", (int)f.type_len, (const char *)f.type);
+            atomic_store(&thr.slot[j].id, 0);
+            atomic_store(&thr.slot[j].ready, 1);
+            if (j != me && atomic_load(&thr.slot[j].sleeping)) sleepers |= thr_bit(j);
+        }
+        if (!raw_frame_buffered(&raw)) {
+            thr_wake(sleepers);
+            sleepers = 0;
+        }
     } while (!atomic_load(&mine->ready) || raw_frame_buffered(&raw));
     atomic_store(&thr.reading, 0);
     /* Someone must read next: wake one thread still waiting for its reply. */
     for (int j = 0; j < thr.threads; j++) {
         struct thr_slot *s = &thr.slot[j];
         if (j != me && atomic_load(&s->sleeping) && !atomic_load(&s->ready)) {
-            thr_poke(s);
+            thr_wake(thr_bit(j));
             break;
         }
     }
@@ -915,12 +928,13 @@ static void thr_wait_reply(int me) {
             thr_read_until(me);
             return;
         }
-        /* Announce the sleep before the last check, so a reader that lets go
-         * or delivers our reply after it sees us and bumps the word. */
-        uint32_t seen = atomic_load(&mine->wake);
+        /* Take the word, then announce the sleep before the last check, so a
+         * reader that lets go or delivers our reply after it sees us and
+         * bumps the word. */
+        uint32_t seen = atomic_load(&thr.wake);
         atomic_store(&mine->sleeping, 1);
         if (!atomic_load(&mine->ready) && atomic_load(&thr.reading))
-            syscall(SYS_futex, &mine->wake, FUTEX_WAIT_PRIVATE, seen, NULL, NULL, 0);
+            syscall(SYS_futex, &thr.wake, FUTEX_WAIT_BITSET_PRIVATE, seen, NULL, NULL, thr_bit(me));
         atomic_store(&mine->sleeping, 0);
     }
 }
