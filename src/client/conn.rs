@@ -308,6 +308,13 @@ impl Conn {
     /// Asks one waiting caller to take over reading. Call after releasing
     /// the read lock (or freeing budget), without holding any other lock.
     pub(crate) fn promote_follower(&self) {
+        self.blocked.wake(self.pick_next_reader());
+    }
+
+    /// [`promote_follower`](Self::promote_follower) without the wake:
+    /// returns the bits to wake the chosen caller with (0: nobody waits), so
+    /// that the reader can wake it together with the callers it served.
+    pub(crate) fn pick_next_reader(&self) -> u32 {
         // A follower whose message is already queued has been woken by the
         // routing and will return; asking it to lead would cost a wake-up
         // only for it to pass the request on. Skip to one still waiting.
@@ -317,11 +324,10 @@ impl Conn {
                 Some(sub) => {
                     let bits = sub.promote();
                     if bits != 0 {
-                        self.blocked.wake(bits);
-                        return;
+                        return bits;
                     }
                 }
-                None => return,
+                None => return 0,
             }
         }
     }
@@ -626,12 +632,19 @@ impl Conn {
     }
 
     /// Delivers a batch of decoded frames to their subscribers, taking the
-    /// routing lock once, and wakes every blocked puller it delivered to with
-    /// one system call. `wakers` is scratch space the reader keeps, so
-    /// routing allocates nothing; it is left empty.
-    pub(crate) fn route(&self, batch: &mut Vec<Message>, wakers: &mut Vec<std::task::Waker>) {
+    /// routing lock once, and wakes the async tasks among them. Returns the
+    /// bits of the blocked pullers it delivered to, for the reader to wake
+    /// (`reader` wakes them before it reads again or lets go). `wakers` is
+    /// scratch space the reader keeps, so routing allocates nothing; it is
+    /// left empty.
+    #[must_use]
+    pub(crate) fn route(
+        &self,
+        batch: &mut Vec<Message>,
+        wakers: &mut Vec<std::task::Waker>,
+    ) -> u32 {
         if batch.is_empty() {
-            return;
+            return 0;
         }
         let c = &self.counters;
         c.frames_received
@@ -675,10 +688,10 @@ impl Conn {
             }
         }
         c.bytes_received.fetch_add(bytes, Ordering::Relaxed);
-        self.blocked.wake(bits);
         for w in wakers.drain(..) {
             w.wake();
         }
+        bits
     }
 }
 

@@ -87,6 +87,10 @@ pub(crate) struct ReadState {
     large: Option<(FrameHeader, Vec<u8>)>,
     batch: Vec<Message>,
     wakers: Vec<std::task::Waker>,
+    /// Blocked pullers (`WakeGroup` bits) that routing served and that are
+    /// not woken yet: woken before the next read, or with the caller asked
+    /// to read next when the reader lets go (one system call for both).
+    served: u32,
     /// SO_RCVTIMEO is set to `SHORT_READ_WAIT` (once, on the first short wait).
     receive_timeout_set: bool,
 }
@@ -100,6 +104,7 @@ impl ReadState {
             large: None,
             batch: Vec::new(),
             wakers: Vec::new(),
+            served: 0,
             receive_timeout_set: false,
         }
     }
@@ -107,6 +112,8 @@ impl ReadState {
     /// One read, then routing of every frame it completed. `WouldBlock`
     /// when nothing came (at once, or within the short wait).
     pub(crate) fn step(&mut self, conn: &Conn, wait: ReadWait) -> Result<Step, CloseCause> {
+        // Nobody served may wait behind a read that blocks.
+        conn.blocked.wake(std::mem::take(&mut self.served));
         if self.buf.is_empty() {
             self.buf = vec![0u8; READ_BUFFER].into_boxed_slice();
         }
@@ -209,7 +216,7 @@ impl ReadState {
             }
         };
         // Frames that arrived intact before a bad one are still delivered.
-        conn.route(&mut self.batch, &mut self.wakers);
+        self.served |= conn.route(&mut self.batch, &mut self.wakers);
         self.buf.copy_within(start..self.filled, 0);
         self.filled -= start;
         result
@@ -368,9 +375,8 @@ async fn serve_passive(conn: &Conn) -> Result<(), CloseCause> {
                 Err(cause) => break Err(cause),
             }
         };
-        drop(state);
         // Callers may have queued up behind us; one of them reads next.
-        conn.promote_follower();
+        release(conn, state);
         result?;
     }
     Ok(())
@@ -408,15 +414,24 @@ pub(crate) fn lead(
                 }
             }
             Err(cause) => {
-                drop(state);
+                // Closed first, so that nobody is asked to read a dead socket.
                 conn.fail(cause);
+                release(conn, state);
                 return;
             }
         }
     }
+    release(conn, state);
+}
+
+/// Lets go of the socket: wakes the callers the last read served together
+/// with one still waiting, asked to read next, in one system call, and the
+/// background task if it asked for a hand-over.
+fn release(conn: &Conn, mut state: parking_lot::MutexGuard<'_, ReadState>) {
+    let served = std::mem::take(&mut state.served);
     drop(state);
     if conn.task_waiting.swap(false, Ordering::SeqCst) {
         conn.handoff.notify_one();
     }
-    conn.promote_follower();
+    conn.blocked.wake(served | conn.pick_next_reader());
 }
