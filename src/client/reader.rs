@@ -8,7 +8,9 @@
 //!   it reads and routes frames on its own thread until its own message has
 //!   arrived, so a request/response costs no thread hop at all. Callers that
 //!   find the lock taken wait as followers; the leader routes their messages
-//!   to them, and when it lets go it asks one follower to lead next;
+//!   to them, and when it lets go it asks one follower to lead next. The
+//!   followers one read served, and the next leader, are woken with one
+//!   system call (`sync::WakeGroup`);
 //! - the background task on the client's runtime, only while some
 //!   subscription waits passively (a readiness fd, an async waker): those
 //!   have no thread of their own blocked in a pull. With no passive waiter,

@@ -374,7 +374,7 @@ impl Subscription {
         drop(st);
         self.conn.wake(waker, bits);
         // A thread pulling on this subscription may be the one reading the
-        // socket, blocked in poll rather than on the condvar.
+        // socket, blocked in poll rather than asleep on its wake bit.
         self.conn.wake_leader();
     }
 }
