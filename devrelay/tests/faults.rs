@@ -29,12 +29,17 @@ fn read_frame_bytes(stream: &mut UnixStream) -> Vec<u8> {
     bytes
 }
 
-fn decode_one(bytes: &[u8]) -> Message {
+/// Decodes `bytes`, which must be exactly one whole frame.
+fn decode_frame(bytes: &[u8]) -> Result<Message, ProtocolError> {
     let mut d = FrameDecoder::new();
     d.extend(bytes);
-    let m = d.next_frame().unwrap().unwrap().decode().unwrap();
+    let frame = d.next_frame().unwrap().unwrap();
     assert_eq!(d.buffered(), 0);
-    m
+    frame.decode()
+}
+
+fn decode_one(bytes: &[u8]) -> Message {
+    decode_frame(bytes).unwrap()
 }
 
 /// Reads `[id_offset][ready frame]` and returns the offset and the ready
@@ -119,10 +124,8 @@ fn bad_cbor() {
     read_handshake(&mut s);
     let bytes = read_frame_bytes(&mut s);
     assert_eq!(bytes, [0, 0, 0, 8, 0, 0, 0, 0, 0, 0xff, 0xff, 0xff]);
-    let mut d = FrameDecoder::new();
-    d.extend(&bytes);
     assert!(matches!(
-        d.next_frame().unwrap().unwrap().decode(),
+        decode_frame(&bytes),
         Err(ProtocolError::BadBody(_))
     ));
     assert!(stays_silent(&mut s, QUIET_WAIT));
@@ -136,10 +139,8 @@ fn bad_body_shape() {
     let bytes = read_frame_bytes(&mut s);
     assert_eq!(bytes[4..9], [0, 0, 0, 0, 0], "id 0, flags 0");
     assert_eq!(bytes[9] >> 5, 4, "valid CBOR: an array");
-    let mut d = FrameDecoder::new();
-    d.extend(&bytes);
     assert!(matches!(
-        d.next_frame().unwrap().unwrap().decode(),
+        decode_frame(&bytes),
         Err(ProtocolError::BadBody(_))
     ));
     assert!(stays_silent(&mut s, QUIET_WAIT));
