@@ -12,4 +12,5 @@ top="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$top"
 cargo build --release --workspace >&2
 cc -O2 -Iinclude examples/c/bench.c -Ltarget/release -lmicrosandbox_agent -lpthread -o target/bench
-LD_LIBRARY_PATH="$top/target/release${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}" exec target/bench "$@"
+source "$top/scripts/built-env.sh"
+exec target/bench "$@"

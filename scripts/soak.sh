@@ -15,6 +15,5 @@ cargo build --release --workspace
 mkdir -p "$out"
 "$CC" -std=c11 -Wall -Wextra -Wpedantic -Werror -g -O1 -Iinclude tests/hostile/soak.c \
   -L"$top/target/release" -lmicrosandbox_agent -lpthread -o "$out/soak"
-LD_LIBRARY_PATH="$top/target/release${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}" \
-MSB_DEVRELAY="$top/target/release/msb-devrelay" MSB_TEST_WATCHDOG_S="${MSB_TEST_WATCHDOG_S:-900}" \
-  "$out/soak"
+source "$top/scripts/built-env.sh"
+MSB_TEST_WATCHDOG_S="${MSB_TEST_WATCHDOG_S:-900}" "$out/soak"

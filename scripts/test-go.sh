@@ -26,7 +26,7 @@ Cflags: -I$top/include
 Libs: -L$top/target/release -lmicrosandbox_agent
 PC
 export PKG_CONFIG_PATH="$pcdir${PKG_CONFIG_PATH:+:$PKG_CONFIG_PATH}"
-export LD_LIBRARY_PATH="$top/target/release${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+source "$top/scripts/built-env.sh"
 export CGO_ENABLED=1
 # The module has no dependencies: never reach for a module proxy.
 export GOPROXY=off GOFLAGS="${GOFLAGS:-}"

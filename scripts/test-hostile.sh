@@ -63,9 +63,7 @@ echo "== building the library and msb-devrelay"
 cargo build --release --workspace
 
 mkdir -p "$out"
-# build.rs links the soname the binaries record beside the library.
-export LD_LIBRARY_PATH="$top/target/release${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
-export MSB_DEVRELAY="$top/target/release/msb-devrelay"
+source "$top/scripts/built-env.sh"
 
 echo "== compiling tests/hostile"
 for p in "${programs[@]}"; do

@@ -30,7 +30,7 @@ esac
 # minute to build the first time); keep it across runs, under /tmp.
 export ZIG_GLOBAL_CACHE_DIR="${ZIG_GLOBAL_CACHE_DIR:-/tmp/msb-zig-global-cache}"
 export ZIG_LOCAL_CACHE_DIR="${ZIG_LOCAL_CACHE_DIR:-$top/bindings/zig/.zig-cache}"
-export LD_LIBRARY_PATH="$top/target/release${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+source "$top/scripts/built-env.sh"
 
 log="$(mktemp /tmp/msb-zig-test.XXXXXX)"
 trap 'rm -f "$log"' EXIT
