@@ -347,6 +347,23 @@ static void *pull_forever(void *arg) {
     return NULL;
 }
 
+/* Starts `b` pulling on a thread of its own and gives it `settle_ms` to
+ * block. */
+static pthread_t start_blocked_pull(struct blocked_pull *b, int settle_ms) {
+    pthread_t t;
+    pthread_create(&t, NULL, pull_forever, b);
+    h_sleep_ms(settle_ms);
+    return t;
+}
+
+/* Joins the pull and checks it returned promptly after `since`, when its
+ * handle or client was closed or freed. */
+static void join_woken_promptly(pthread_t t, const struct blocked_pull *b, int64_t since) {
+    pthread_join(t, NULL);
+    CHECK_MSG(b->returned_at - since <= h_slack_ms(), "waiter woke after %lld ms",
+              (long long)(b->returned_at - since));
+}
+
 static msb_client *fresh_client(void) { return h_connect(&relay, TIMEOUT, 0); }
 
 static void closed_client(void) {
@@ -356,16 +373,12 @@ static void closed_client(void) {
     msb_subscription *sub = NULL;
     CHECK_STATUS(msb_client_subscribe(c, msb_client_alloc_id(c), &sub, NULL), MSB_OK);
     struct blocked_pull waiter = {sub, NULL, MSB_OK, NULL, 0};
-    pthread_t t;
-    pthread_create(&t, NULL, pull_forever, &waiter);
-    h_sleep_ms(100);
+    pthread_t t = start_blocked_pull(&waiter, 100);
 
     int64_t closed_at = h_now_ms();
     CHECK_STATUS(msb_client_close(c), MSB_OK);
     CHECK_STATUS(msb_client_close(c), MSB_OK); /* idempotent */
-    pthread_join(t, NULL);
-    CHECK_MSG(waiter.returned_at - closed_at <= h_slack_ms(), "waiter woke after %lld ms",
-              (long long)(waiter.returned_at - closed_at));
+    join_woken_promptly(t, &waiter, closed_at);
     error_is(waiter.status, waiter.err, MSB_ERR_CLOSED, "closed", "blocked pull at close");
 
     msb_exec_request *req = NULL;
@@ -414,14 +427,10 @@ static void client_freed_while_waiting(void) {
         return;
     }
     struct blocked_pull waiter = {NULL, exec, MSB_OK, NULL, 0};
-    pthread_t t;
-    pthread_create(&t, NULL, pull_forever, &waiter);
-    h_sleep_ms(150);
+    pthread_t t = start_blocked_pull(&waiter, 150);
     int64_t freed_at = h_now_ms();
     msb_client_free(c);
-    pthread_join(t, NULL);
-    CHECK_MSG(waiter.returned_at - freed_at <= h_slack_ms(), "waiter woke after %lld ms",
-              (long long)(waiter.returned_at - freed_at));
+    join_woken_promptly(t, &waiter, freed_at);
     error_is(waiter.status, waiter.err, MSB_ERR_CLOSED, "closed", "exec pull at client free");
     EXPECT_FAILS(MSB_ERR_CLOSED, "closed", msb_exec_signal(exec, 9, TIMEOUT, &err));
     msb_exec_free(exec);
@@ -434,14 +443,10 @@ static void handle_freed_while_waiting(void) {
     msb_subscription *sub = NULL;
     CHECK_STATUS(msb_client_subscribe(client, msb_client_alloc_id(client), &sub, NULL), MSB_OK);
     struct blocked_pull waiter = {sub, NULL, MSB_OK, NULL, 0};
-    pthread_t t;
-    pthread_create(&t, NULL, pull_forever, &waiter);
-    h_sleep_ms(100);
+    pthread_t t = start_blocked_pull(&waiter, 100);
     int64_t freed_at = h_now_ms();
     msb_subscription_free(sub);
-    pthread_join(t, NULL);
-    CHECK_MSG(waiter.returned_at - freed_at <= h_slack_ms(), "waiter woke after %lld ms",
-              (long long)(waiter.returned_at - freed_at));
+    join_woken_promptly(t, &waiter, freed_at);
     error_is(waiter.status, waiter.err, MSB_ERR_CLOSED, NULL, "pull on a freed subscription");
 
     msb_exec_request *req = NULL;
@@ -452,15 +457,12 @@ static void handle_freed_while_waiting(void) {
     msb_exec_request_free(req);
     if (exec != NULL) {
         struct blocked_pull ew = {NULL, exec, MSB_OK, NULL, 0};
-        pthread_create(&t, NULL, pull_forever, &ew);
-        h_sleep_ms(150);
+        t = start_blocked_pull(&ew, 150);
         /* Kill the process first so nothing outlives the test. */
         CHECK_STATUS(msb_exec_signal(exec, 9, TIMEOUT, NULL), MSB_OK);
         freed_at = h_now_ms();
         msb_exec_free(exec);
-        pthread_join(t, NULL);
-        CHECK_MSG(ew.returned_at - freed_at <= h_slack_ms(), "waiter woke after %lld ms",
-                  (long long)(ew.returned_at - freed_at));
+        join_woken_promptly(t, &ew, freed_at);
         /* The kill may win the race: then the pull saw the exit and ended. */
         CHECK_MSG(ew.status == MSB_ERR_CLOSED || ew.status == MSB_ENDED, "pull on a freed exec: %s",
                   msb_status_str(ew.status));
