@@ -46,6 +46,11 @@ const KNOWN: [(MessageType, &CStr); 13] = [
     (MessageType::FsResponse, c"core.fs.response"),
 ];
 
+/// `KNOWN` as one table in memory, for use at run time: every use of a
+/// `const` array of values that need dropping builds a temporary copy of all
+/// of it, and drops it again, which cost more than the lookup itself.
+static KNOWN_TABLE: [(MessageType, &CStr); 13] = KNOWN;
+
 /// The names of `KNOWN` as `&str`, index for index.
 const KNOWN_NAMES: [&str; 13] = {
     let mut names = [""; 13];
@@ -65,12 +70,12 @@ impl MessageType {
         KNOWN_NAMES
             .iter()
             .position(|name| *name == s)
-            .map(|i| KNOWN[i].0.clone())
+            .map(|i| KNOWN_TABLE[i].0.clone())
             .unwrap_or_else(|| MessageType::Unknown(s.into()))
     }
 
     fn known_index(&self) -> Option<usize> {
-        KNOWN.iter().position(|(t, _)| t == self)
+        KNOWN_TABLE.iter().position(|(t, _)| t == self)
     }
 
     pub fn as_str(&self) -> &str {
@@ -89,7 +94,7 @@ impl MessageType {
 
     /// The wire name of a known type as a C string; `None` for unknown types.
     pub fn static_c_name(&self) -> Option<&'static CStr> {
-        self.known_index().map(|i| KNOWN[i].1)
+        self.known_index().map(|i| KNOWN_TABLE[i].1)
     }
 
     /// The flags byte that goes with this type; flags are a function of the
@@ -150,7 +155,7 @@ mod tests {
 
     #[test]
     fn known_names_round_trip_and_match_their_c_names() {
-        for (known, c_name) in &KNOWN {
+        for (known, c_name) in &KNOWN_TABLE {
             let name = known.as_str();
             assert_eq!(MessageType::from_wire(name), *known);
             assert_eq!(known.static_c_name(), Some(*c_name));
