@@ -20,7 +20,7 @@
 //! or silently dropping data that arrived correctly.
 
 use std::collections::{HashMap, VecDeque};
-use std::hash::{BuildHasher, Hasher};
+use std::hash::{BuildHasher, BuildHasherDefault, Hasher};
 use std::io;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
@@ -95,6 +95,39 @@ impl IdRange {
     }
 }
 
+/// Live subscriptions by correlation id.
+type Routes = HashMap<u32, Arc<SubShared>, BuildHasherDefault<IdHasher>>;
+
+/// Hashes correlation ids for `Routes`. The ids in the table are ours: we
+/// allocate them (mostly consecutively) and nothing from the guest is ever
+/// inserted, so a keyed hash would protect nothing, and it cost more than the
+/// rest of the lookup. One multiplication spreads consecutive ids over both
+/// the bucket index (low bits) and the tag (high bits).
+#[derive(Default)]
+struct IdHasher(u64);
+
+impl IdHasher {
+    /// 2^64 divided by the golden ratio: odd, with well-mixed high bits.
+    const MULTIPLIER: u64 = 0x9e37_79b9_7f4a_7c15;
+}
+
+impl Hasher for IdHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        // Only `u32` keys are hashed here; this keeps the trait complete.
+        for &b in bytes {
+            self.0 = (self.0.rotate_left(8) ^ u64::from(b)).wrapping_mul(Self::MULTIPLIER);
+        }
+    }
+
+    fn write_u32(&mut self, n: u32) {
+        self.0 = u64::from(n).wrapping_mul(Self::MULTIPLIER);
+    }
+
+    fn finish(&self) -> u64 {
+        self.0
+    }
+}
+
 pub(crate) struct Conn {
     fd: OwnedFd,
     /// Readable when the connection is closed; writers blocked on a full
@@ -104,7 +137,7 @@ pub(crate) struct Conn {
     /// subscription was released under it); polled only by that caller.
     leader_wake: OwnedFd,
     writer: TimedLock,
-    routes: Mutex<HashMap<u32, Arc<SubShared>>>,
+    routes: Mutex<Routes>,
     closed: Mutex<Option<CloseCause>>,
     /// Mirrors `closed.is_some()`, so the checks on every call take no lock.
     is_closed: AtomicBool,
@@ -150,7 +183,7 @@ impl Conn {
             close_event,
             leader_wake,
             writer: TimedLock::default(),
-            routes: Mutex::new(HashMap::new()),
+            routes: Mutex::new(Routes::default()),
             closed: Mutex::new(None),
             is_closed: AtomicBool::new(false),
             close_notify: Notify::new(),
@@ -214,7 +247,7 @@ impl Conn {
         self.free_id_locked(&routes)
     }
 
-    fn free_id_locked(&self, routes: &HashMap<u32, Arc<SubShared>>) -> u32 {
+    fn free_id_locked(&self, routes: &Routes) -> u32 {
         // The range holds 268 million ids; live subscriptions are bounded by
         // memory, so a free id is found within a few probes.
         loop {
@@ -250,7 +283,7 @@ impl Conn {
 
     fn insert_route(
         self: &Arc<Self>,
-        routes: &mut HashMap<u32, Arc<SubShared>>,
+        routes: &mut Routes,
         id: u32,
         accept: Option<Accept>,
     ) -> Subscription {
