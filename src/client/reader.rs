@@ -37,13 +37,12 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
 use tokio::io::unix::AsyncFd;
 use tokio::io::Interest;
 
 use super::conn::{set_socket_timeout, Conn};
 use super::error::CloseCause;
-use crate::protocol::{FrameHeader, Message, RawFrame, FRAME_HEAD_SIZE};
+use crate::protocol::{decode_borrowed, FrameHeader, Message, RawFrame, FRAME_HEAD_SIZE};
 
 /// Size of the read buffer: large enough to take many small frames, or
 /// most of a 64 KiB frame, in one read.
@@ -197,12 +196,7 @@ impl ReadState {
             };
             let size = header.frame_size();
             if self.filled - start >= size {
-                let raw = RawFrame {
-                    id: header.id,
-                    flags: header.flags,
-                    body: Bytes::copy_from_slice(&self.buf[start + FRAME_HEAD_SIZE..start + size]),
-                };
-                match raw.decode() {
+                match decode_borrowed(&header, &self.buf[start + FRAME_HEAD_SIZE..start + size]) {
                     Ok(m) => self.batch.push(m),
                     Err(e) => break Err(CloseCause::Protocol(e)),
                 }

@@ -261,7 +261,7 @@ pub(crate) unsafe fn str_arg<'a>(p: *const c_char, what: &str) -> FfiResult<&'a 
     }
     // SAFETY: non-NULL and NUL-terminated per this function's contract.
     let c = unsafe { CStr::from_ptr(p) };
-    c.to_str()
+    crate::protocol::str_from_utf8(c.to_bytes())
         .map_err(|_| Fail::new(MSB_ERR_INVALID_UTF8, format!("{what} is not valid UTF-8")))
 }
 

@@ -258,7 +258,7 @@ impl<'a> Reader<'a> {
             return self.err("expected text");
         }
         match self.string(h, MAJOR_TEXT)? {
-            Cow::Borrowed(b) => match std::str::from_utf8(b) {
+            Cow::Borrowed(b) => match super::str_from_utf8(b) {
                 Ok(s) => Ok(Cow::Borrowed(s)),
                 Err(_) => self.err("text is not UTF-8"),
             },
@@ -267,6 +267,52 @@ impl<'a> Reader<'a> {
                 Err(_) => self.err("text is not UTF-8"),
             },
         }
+    }
+
+    /// Consumes `literal` if the input continues with exactly those bytes.
+    pub fn eat(&mut self, literal: &[u8]) -> bool {
+        let matches = self.buf[self.pos..].starts_with(literal);
+        if matches {
+            self.pos += literal.len();
+        }
+        matches
+    }
+
+    /// A byte string with a definite length, borrowed; `None`, consuming
+    /// nothing, for anything else (the caller falls back to `read_bytes`).
+    pub fn read_definite_bytes(&mut self) -> Option<&'a [u8]> {
+        self.definite(MAJOR_BYTES)
+    }
+
+    /// A UTF-8 text string with a definite length, borrowed; `None`,
+    /// consuming nothing, for anything else (the caller falls back to
+    /// `read_text`, which also says what is wrong).
+    pub fn read_definite_text(&mut self) -> Option<&'a str> {
+        let start = self.pos;
+        let text = self.definite(MAJOR_TEXT).map(super::str_from_utf8);
+        match text {
+            Some(Ok(s)) => Some(s),
+            _ => {
+                self.pos = start;
+                None
+            }
+        }
+    }
+
+    fn definite(&mut self, major: u8) -> Option<&'a [u8]> {
+        let start = self.pos;
+        let string = match self.head() {
+            Ok(Head {
+                major: m,
+                arg: Some(n),
+                ..
+            }) if m == major => self.bounded_len(n).and_then(|n| self.take(n)).ok(),
+            _ => None,
+        };
+        if string.is_none() {
+            self.pos = start;
+        }
+        string
     }
 
     /// Reads a byte string; like the upstream decoder, also accepts an array

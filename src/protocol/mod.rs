@@ -8,10 +8,22 @@ mod message;
 pub mod payload;
 
 pub use frame::{
-    encode_frame, encode_frame_head, encode_frame_with, encoded_len, parse_handshake_offset,
-    FrameDecoder, FrameHeader, RawFrame,
+    decode_borrowed, encode_frame, encode_frame_head, encode_frame_with, encoded_len,
+    parse_handshake_offset, FrameDecoder, FrameHeader, RawFrame,
 };
 pub use message::{Message, MessageType};
+
+/// `std::str::from_utf8`, with a shortcut for the short ASCII strings that
+/// make up most of the protocol (map keys, type names, paths): checking for
+/// ASCII first costs a fraction of the general validation's setup.
+pub fn str_from_utf8(bytes: &[u8]) -> Result<&str, std::str::Utf8Error> {
+    if bytes.is_ascii() {
+        // SAFETY: ASCII is valid UTF-8.
+        Ok(unsafe { std::str::from_utf8_unchecked(bytes) })
+    } else {
+        std::str::from_utf8(bytes)
+    }
+}
 
 /// Bytes of `len` before the rest of a frame.
 pub const LEN_PREFIX_SIZE: usize = 4;
