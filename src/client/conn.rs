@@ -232,11 +232,18 @@ impl Conn {
         self.closed.lock().clone()
     }
 
+    /// Checked several times per request: the open case is one load, inline.
+    #[inline]
     fn check_open(&self) -> Result<()> {
-        match self.close_cause() {
-            Some(c) => Err(Error::Closed(c)),
-            None => Ok(()),
+        if self.is_closed.load(Ordering::Acquire) {
+            return Err(self.closed_error());
         }
+        Ok(())
+    }
+
+    #[cold]
+    fn closed_error(&self) -> Error {
+        Error::Closed(self.close_cause().unwrap_or(CloseCause::ClosedByCaller))
     }
 
     // ------------------------------------------------------------ ids

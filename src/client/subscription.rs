@@ -260,10 +260,18 @@ impl Subscription {
                         self.shared.state.lock().readable()
                     });
                     st = self.shared.state.lock();
-                    if deadline.is_some_and(|d| Instant::now() >= d) {
-                        return self.pop_locked(&mut st);
+                    // Usually our message came: take it without reading the
+                    // clock. Otherwise, lead or follow again unless time is up.
+                    match self.pop_locked(&mut st) {
+                        Ok(Pulled::Nothing) if deadline.is_some_and(|d| Instant::now() >= d) => {
+                            return Ok(Pulled::Nothing)
+                        }
+                        Ok(Pulled::Nothing) => continue,
+                        done => {
+                            self.pass_on_promotion(st);
+                            return done;
+                        }
                     }
-                    continue;
                 }
             }
             if deadline.is_some_and(|d| Instant::now() >= d) {
