@@ -33,7 +33,7 @@ use super::error::{CloseCause, Error, Result};
 use super::pool::FramePool;
 use super::reader::ReadState;
 use super::subscription::{charge, Accept, SubShared, Subscription};
-use super::sync::{Mutex, TimedLock, WakeGroup};
+use super::sync::{CacheAligned, Mutex, TimedLock, WakeGroup};
 use crate::protocol::{
     encode_frame_head, encoded_len, Message, MessageType, ID_RANGE_STEP, MAX_FRAME_SIZE,
 };
@@ -136,28 +136,28 @@ pub(crate) struct Conn {
     /// Readable when a reading caller must re-check whether to stop (its
     /// subscription was released under it); polled only by that caller.
     leader_wake: OwnedFd,
-    writer: TimedLock,
-    routes: Mutex<Routes>,
+    writer: CacheAligned<TimedLock>,
+    routes: CacheAligned<Mutex<Routes>>,
     closed: Mutex<Option<CloseCause>>,
     /// Mirrors `closed.is_some()`, so the checks on every call take no lock.
     is_closed: AtomicBool,
     pub(crate) close_notify: Notify,
     /// The socket's read side; see `reader` for who holds it when.
-    pub(crate) read_state: parking_lot::Mutex<ReadState>,
+    pub(crate) read_state: CacheAligned<parking_lot::Mutex<ReadState>>,
     /// The background task found the read state taken and waits for `handoff`.
     pub(crate) task_waiting: AtomicBool,
     pub(crate) handoff: Notify,
     pub(crate) range: IdRange,
     next_id: AtomicU32,
     budget: usize,
-    queued: AtomicUsize,
+    queued: CacheAligned<AtomicUsize>,
     pub(crate) budget_freed: Notify,
     counters: AtomicCounters,
     /// Callers blocked in a pull that could not take the read lock; one of
     /// them is asked to lead when the current reader lets go.
-    followers: Mutex<VecDeque<Arc<SubShared>>>,
+    followers: CacheAligned<Mutex<VecDeque<Arc<SubShared>>>>,
     /// Where those callers sleep.
-    pub(crate) blocked: WakeGroup,
+    pub(crate) blocked: CacheAligned<WakeGroup>,
     /// Subscriptions that wait without pulling (readiness fd, async waker):
     /// while any exist, the background task reads for them.
     passive: AtomicUsize,
@@ -182,22 +182,22 @@ impl Conn {
             fd,
             close_event,
             leader_wake,
-            writer: TimedLock::default(),
-            routes: Mutex::new(Routes::default()),
+            writer: CacheAligned::default(),
+            routes: CacheAligned::default(),
             closed: Mutex::new(None),
             is_closed: AtomicBool::new(false),
             close_notify: Notify::new(),
-            read_state: parking_lot::Mutex::new(ReadState::new()),
+            read_state: CacheAligned(parking_lot::Mutex::new(ReadState::new())),
             task_waiting: AtomicBool::new(false),
             handoff: Notify::new(),
             range,
             next_id: AtomicU32::new(start),
             budget,
-            queued: AtomicUsize::new(0),
+            queued: CacheAligned::default(),
             budget_freed: Notify::new(),
             counters: AtomicCounters::default(),
-            followers: Mutex::new(VecDeque::new()),
-            blocked: WakeGroup::default(),
+            followers: CacheAligned::default(),
+            blocked: CacheAligned::default(),
             passive: AtomicUsize::new(0),
             passive_changed: Notify::new(),
             frame_buffers: FramePool::default(),

@@ -31,6 +31,22 @@ impl<T> Mutex<T> {
     }
 }
 
+/// A value on cache lines of its own. The connection's locks and counters
+/// are each hammered by different threads on different cores; packed
+/// together, every update would also evict its neighbours' line from the
+/// other cores. 128 bytes: x86 fetches cache lines in adjacent pairs.
+#[derive(Default)]
+#[repr(align(128))]
+pub(crate) struct CacheAligned<T>(pub(crate) T);
+
+impl<T> std::ops::Deref for CacheAligned<T> {
+    type Target = T;
+
+    fn deref(&self) -> &T {
+        &self.0
+    }
+}
+
 /// A lock that can be waited for with a deadline. Used to keep frames whole
 /// on the socket: a sender blocked on a full socket must not hold others
 /// past their own deadlines.
