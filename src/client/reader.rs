@@ -227,11 +227,15 @@ fn read(
     flags: libc::c_int,
     dst: &mut [MaybeUninit<u8>],
 ) -> Result<Option<usize>, CloseCause> {
-    let mut iov = [libc::iovec {
-        iov_base: dst.as_mut_ptr().cast(),
-        iov_len: dst.len(),
-    }];
-    recv(fd, flags, &mut iov)
+    loop {
+        // SAFETY: `dst` is a live, writable buffer borrowed for the call.
+        // Without MSG_DONTWAIT it blocks at most for the socket's receive
+        // timeout, which the leader sets before its first waiting read.
+        let n = unsafe { libc::recv(fd, dst.as_mut_ptr().cast(), dst.len(), flags) };
+        if let Some(outcome) = read_outcome(n) {
+            return outcome;
+        }
+    }
 }
 
 /// One vectored read into `first`, then `second`; as [`read`].
@@ -271,18 +275,26 @@ fn recv(
         // MSG_DONTWAIT the call blocks at most for the socket's receive
         // timeout, which the leader sets before its first waiting read.
         let n = unsafe { libc::recvmsg(fd, &mut msg, flags) };
-        if n > 0 {
-            return Ok(Some(n as usize));
+        if let Some(outcome) = read_outcome(n) {
+            return outcome;
         }
-        if n == 0 {
-            return Err(CloseCause::Eof);
-        }
-        let e = io::Error::last_os_error();
-        match e.kind() {
-            io::ErrorKind::WouldBlock => return Ok(None),
-            io::ErrorKind::Interrupted => continue,
-            _ => return Err(CloseCause::Io(e.to_string())),
-        }
+    }
+}
+
+/// What a read that returned `n` means: bytes, nothing yet (`Ok(None)`), or
+/// the end of the connection; `None` when a signal interrupted it (retry).
+fn read_outcome(n: isize) -> Option<Result<Option<usize>, CloseCause>> {
+    if n > 0 {
+        return Some(Ok(Some(n as usize)));
+    }
+    if n == 0 {
+        return Some(Err(CloseCause::Eof));
+    }
+    let e = io::Error::last_os_error();
+    match e.kind() {
+        io::ErrorKind::WouldBlock => Some(Ok(None)),
+        io::ErrorKind::Interrupted => None,
+        _ => Some(Err(CloseCause::Io(e.to_string()))),
     }
 }
 
