@@ -711,12 +711,21 @@ impl Conn {
                     c.dropped_out_of_range.fetch_add(1, Ordering::Relaxed);
                     continue;
                 }
-                let Some(sub) = routes.get(&m.id) else {
+                let terminal = m.is_terminal();
+                // A terminal frame ends the route: take it out of the table
+                // now. Otherwise borrow it; cloning the `Arc` would touch a
+                // cache line that the subscription's owner is using.
+                let removed;
+                let sub = if terminal {
+                    removed = routes.remove(&m.id);
+                    removed.as_ref()
+                } else {
+                    routes.get(&m.id)
+                };
+                let Some(sub) = sub else {
                     c.dropped_no_subscriber.fetch_add(1, Ordering::Relaxed);
                     continue;
                 };
-                let sub = sub.clone();
-                let terminal = m.is_terminal();
                 let mut st = sub.state.lock();
                 let wake = if sub.accept.is_none_or(|accept| accept(&m)) {
                     let cost = charge(&m);
@@ -725,9 +734,6 @@ impl Conn {
                 } else {
                     terminal && SubShared::end_locked(&mut st)
                 };
-                if terminal {
-                    routes.remove(&sub.id);
-                }
                 if wake {
                     let (waker, sub_bits) = SubShared::take_wakers(&mut st);
                     bits |= sub_bits;

@@ -389,9 +389,10 @@ impl Subscription {
 
 impl Drop for Subscription {
     fn drop(&mut self) {
-        // Once the stream has ended or the connection closed, the router has
-        // already removed the route (under the same state lock that set
-        // these): skip the routing lock, which every request would take.
+        // Once the stream has ended or the connection closed, the route is
+        // already gone (whoever set these removed it first, under the
+        // routing lock): skip the routing lock, which every request would
+        // take.
         let routed = {
             let st = self.shared.state.lock();
             !st.terminal && st.closed.is_none()
