@@ -2,9 +2,10 @@
 //! the memory budget, and who reads when.
 //!
 //! Writes happen on the caller's thread (no hop through a channel): a frame
-//! is encoded into a small head buffer and sent with one vectored write
-//! together with the payload, under a lock that keeps frames whole. A send
-//! that finds the socket full blocks in the kernel, bounded by its deadline.
+//! is encoded into a small head buffer and sent with one write, under a lock
+//! that keeps frames whole. A small payload is copied behind the head; a
+//! large one goes out by reference in the same (vectored) write. A send that
+//! finds the socket full blocks in the kernel, bounded by its deadline.
 //!
 //! Reads (see `reader`) happen on whichever thread holds the read state: a
 //! caller blocked in a pull, or the background task while something waits
@@ -787,8 +788,8 @@ pub(crate) fn set_socket_timeout(
     }
 }
 
-/// One `sendmsg` of `head` then `parts`, skipping the first `skip` bytes
-/// (empty parts are skipped too).
+/// One write of `head` then `parts`, skipping the first `skip` bytes (empty
+/// parts are skipped too): `send` for `head` alone, else `sendmsg`.
 fn write_vectored_at(
     fd: RawFd,
     head: &[u8],

@@ -212,7 +212,7 @@ impl Client {
     }
 
     /// Like [`send`](Self::send), with the payload given in pieces (written
-    /// with one vectored write, never copied) and an absolute deadline.
+    /// with one write; copied only when small) and an absolute deadline.
     pub fn send_parts(
         &self,
         message_type: &MessageType,

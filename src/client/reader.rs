@@ -18,9 +18,9 @@
 //!   Unread data then stays in the kernel, which is backpressure anyway.
 //!
 //! How a leader waits: replies usually come within microseconds, so it first
-//! waits inside the read itself (a blocking `recvmsg` bounded by a short
+//! waits inside the read itself (a blocking `recv` bounded by a short
 //! receive timeout), which costs one system call; measured against
-//! `poll` + `recvmsg`, that is 10-35 % more round trips. Only when nothing
+//! `poll` + `recv`, that is 10-35 % more round trips. Only when nothing
 //! came within that short wait does it fall back to `poll`, which also watches
 //! the close and re-check eventfds, so closing or cancelling reaches a waiting
 //! leader within the short wait at worst.
