@@ -51,7 +51,7 @@ const READ_BUFFER: usize = 256 * 1024;
 /// Frames at least this large that are only partly in the read buffer are
 /// completed in a buffer of their own, read straight from the socket, so
 /// large payloads are copied at most once (from the part already buffered).
-const DIRECT_READ_THRESHOLD: usize = 16 * 1024;
+const DIRECT_READ_THRESHOLD: usize = 8 * 1024;
 
 /// Bytes read into the shared buffer along with the rest of a large frame.
 const LARGE_FRAME_TAIL: usize = 4096;
@@ -94,6 +94,11 @@ pub(crate) struct ReadState {
     served: u32,
     /// SO_RCVTIMEO is set to `SHORT_READ_WAIT` (once, on the first short wait).
     receive_timeout_set: bool,
+    /// Large frames are arriving: read only `LARGE_FRAME_TAIL` bytes into
+    /// the shared buffer, so that the next one is found incomplete and the
+    /// rest of it is read into a buffer of its own instead of being copied
+    /// out of the shared one.
+    large_frames: bool,
 }
 
 impl ReadState {
@@ -107,6 +112,7 @@ impl ReadState {
             wakers: Vec::new(),
             served: 0,
             receive_timeout_set: false,
+            large_frames: false,
         }
     }
 
@@ -164,11 +170,16 @@ impl ReadState {
             self.batch.push(raw.decode().map_err(CloseCause::Protocol)?);
             self.filled = n - into_body;
             // Routes the completed frame together with whatever the tail held.
-            self.split_frames(conn)?;
+            self.split_frames(conn, true)?;
             return Ok(Step::Progress);
         }
 
-        let spare = &mut self.buf[self.filled..];
+        let end = if self.large_frames {
+            (self.filled + LARGE_FRAME_TAIL).min(self.buf.len())
+        } else {
+            self.buf.len()
+        };
+        let spare = &mut self.buf[self.filled..end];
         // SAFETY: initialised bytes may be viewed as MaybeUninit.
         let spare = unsafe {
             std::slice::from_raw_parts_mut(
@@ -180,14 +191,16 @@ impl ReadState {
             return Ok(Step::WouldBlock);
         };
         self.filled += n;
-        self.split_frames(conn)?;
+        self.split_frames(conn, false)?;
         Ok(Step::Progress)
     }
 
     /// Takes every complete frame out of the buffer and routes them as one
-    /// batch; moves a large incomplete frame to a buffer of its own.
-    fn split_frames(&mut self, conn: &Conn) -> Result<(), CloseCause> {
+    /// batch (with a large frame just completed, if `large_before`); moves a
+    /// large incomplete frame to a buffer of its own.
+    fn split_frames(&mut self, conn: &Conn, large_before: bool) -> Result<(), CloseCause> {
         let mut start = 0;
+        let mut large_frames = large_before;
         let result = loop {
             let header = match FrameHeader::parse(&self.buf[start..self.filled]) {
                 Ok(Some(h)) => h,
@@ -200,8 +213,10 @@ impl ReadState {
                     Ok(m) => self.batch.push(m),
                     Err(e) => break Err(CloseCause::Protocol(e)),
                 }
+                large_frames |= size >= DIRECT_READ_THRESHOLD;
                 start += size;
             } else if size >= DIRECT_READ_THRESHOLD || size > READ_BUFFER {
+                large_frames = true;
                 let mut body = conn.frame_buffers.take(header.body_len());
                 body.extend_from_slice(&self.buf[start + FRAME_HEAD_SIZE..self.filled]);
                 start = self.filled;
@@ -211,6 +226,7 @@ impl ReadState {
                 break Ok(());
             }
         };
+        self.large_frames = large_frames;
         // Frames that arrived intact before a bad one are still delivered.
         self.served |= conn.route(&mut self.batch, &mut self.wakers);
         self.buf.copy_within(start..self.filled, 0);
