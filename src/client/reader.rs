@@ -51,9 +51,11 @@ const READ_BUFFER: usize = 256 * 1024;
 /// Frames at least this large that are only partly in the read buffer are
 /// completed in a buffer of their own, read straight from the socket, so
 /// large payloads are copied at most once (from the part already buffered).
+/// Exec output arrives in frames of 8 to 64 KiB.
 const DIRECT_READ_THRESHOLD: usize = 8 * 1024;
 
-/// Bytes read into the shared buffer along with the rest of a large frame.
+/// Bytes read into the shared buffer along with the rest of a large frame,
+/// and at a time while large frames keep coming (see `large_frames`).
 const LARGE_FRAME_TAIL: usize = 4096;
 
 /// How long a leader waits inside a blocking read before it falls back to
