@@ -579,3 +579,48 @@ fn frames_outside_our_range_are_dropped_and_counted() {
     );
     peer.join().unwrap();
 }
+
+#[test]
+fn frames_of_every_size_sent_in_one_burst_arrive_whole_and_in_order() {
+    // Sizes around the reader's thresholds: frames that fit its shared
+    // buffer, frames read into buffers of their own, and runs of large
+    // frames that arrive complete together (after which it reads in small
+    // steps), all written at once so that reads end anywhere in a frame.
+    let sizes = [
+        0, 5, 4090, 8191, 8192, 9000, 16_384, 65_536, 65_536, 8192, 70_000, 100, 300_000, 4096,
+        12_000, 12_000, 12_000, 1,
+    ];
+    let payload =
+        |i: usize, len: usize| -> Vec<u8> { (0..len).map(|j| (i * 31 + j * 7) as u8).collect() };
+    let (path, peer) = scripted_peer(move |mut s| {
+        let (id, _) = read_frame(&mut s);
+        let mut out = Vec::new();
+        for (i, &len) in sizes.iter().enumerate() {
+            encode_frame(&mut out, "core.exec.stdout", id, 0, &payload(i, len));
+        }
+        encode_frame(&mut out, "core.exec.exited", id, 1, b"\xa1\x64code\x00");
+        s.write_all(&out).unwrap();
+        std::thread::sleep(Duration::from_millis(300));
+    });
+    let c = Client::connect(&path, &ClientOptions::default()).unwrap();
+    let sub = c.subscribe_new().unwrap();
+    c.send(&MessageType::ExecRequest, sub.id(), b"\xa0", T)
+        .unwrap();
+    for (i, &len) in sizes.iter().enumerate() {
+        let Pulled::Item(m) = sub.recv_timeout(Some(T)).unwrap() else {
+            panic!("frame {i} missing");
+        };
+        assert_eq!(m.message_type, MessageType::ExecStdout, "frame {i}");
+        assert!(
+            m.payload[..] == payload(i, len)[..],
+            "frame {i} ({len} bytes) differs"
+        );
+    }
+    let Pulled::Item(m) = sub.recv_timeout(Some(T)).unwrap() else {
+        panic!("no exit frame");
+    };
+    assert_eq!(m.message_type, MessageType::ExecExited);
+    assert!(matches!(sub.recv_timeout(Some(T)).unwrap(), Pulled::Ended));
+    assert_eq!(c.counters().frames_received, sizes.len() as u64 + 1);
+    peer.join().unwrap();
+}
