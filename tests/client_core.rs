@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use microsandbox_agent::client::exec::{self, Exec, ExecEvent};
 use microsandbox_agent::client::{fs, Client, ClientOptions, CloseCause, Error, Pulled};
 use microsandbox_agent::protocol::payload::{
-    ExecRequest, FsOp, FsRequest, FsResponse, Payload, Ready,
+    Data, ExecExited, ExecRequest, FsOp, FsRequest, FsResponse, Payload, Ready,
 };
 use microsandbox_agent::protocol::{encode_frame, MessageType, ID_RANGE_STEP};
 
@@ -94,6 +94,14 @@ fn rand_suffix() -> u64 {
         .finish()
 }
 
+/// `core.fs.request {Stat "/"}`.
+fn stat_root() -> Vec<u8> {
+    FsRequest {
+        op: FsOp::Stat { path: "/".into() },
+    }
+    .to_bytes()
+}
+
 fn sh(script: &str) -> ExecRequest {
     let mut r = ExecRequest::new("sh");
     r.args = vec!["-c".into(), script.into()];
@@ -116,11 +124,7 @@ fn handshake_gives_range_and_timings() {
 fn request_response_round_trip() {
     let relay = Relay::start(&[]);
     let c = relay.connect();
-    let payload = FsRequest {
-        op: FsOp::Stat { path: "/".into() },
-    }
-    .to_bytes();
-    let reply = c.request(&MessageType::FsRequest, &payload, T).unwrap();
+    let reply = c.request(&MessageType::FsRequest, &stat_root(), T).unwrap();
     assert_eq!(reply.message_type, MessageType::FsResponse);
     assert!(reply.is_terminal());
     let resp = FsResponse::decode(&reply.payload).unwrap();
@@ -133,27 +137,42 @@ fn request_response_round_trip() {
 fn a_payload_sent_in_many_parts_arrives_whole() {
     let relay = Relay::start(&[]);
     let c = relay.connect();
-    let payload = FsRequest {
-        op: FsOp::Stat { path: "/".into() },
+    // Both ways a payload goes out: a small one is copied behind the frame
+    // head, a large one is sent by reference with vectored writes. Each is
+    // split into more parts than one sendmsg takes (8 iovecs with the head),
+    // with an empty one among them.
+    let small = stat_root();
+    let mut exec = sh("printf %s \"$V\" | wc -c");
+    exec.env = vec![format!("V={}", "v".repeat(20_000))];
+    let large = exec.to_bytes();
+    for (message_type, payload, part_len) in [
+        (MessageType::FsRequest, &small, 2),
+        (MessageType::ExecRequest, &large, 700),
+    ] {
+        let mut parts: Vec<&[u8]> = payload.chunks(part_len).collect();
+        parts.insert(3, &[]);
+        assert!(parts.len() > 8);
+        let sub = c.subscribe_new().unwrap();
+        c.send_parts(&message_type, sub.id(), &parts, Instant::now() + T)
+            .unwrap();
+        let mut replies = Vec::new();
+        while let Pulled::Item(m) = sub.recv_timeout(Some(T)).unwrap() {
+            replies.push(m);
+        }
+        let last = replies.last().expect("a reply");
+        if message_type == MessageType::FsRequest {
+            assert!(FsResponse::decode(&last.payload).unwrap().ok);
+            continue;
+        }
+        // The command saw the whole 20 000-byte value.
+        assert_eq!(ExecExited::decode(&last.payload).unwrap().code, 0);
+        let stdout: Vec<u8> = replies
+            .iter()
+            .filter(|m| m.message_type == MessageType::ExecStdout)
+            .flat_map(|m| Data::decode(&m.payload).unwrap().data.to_vec())
+            .collect();
+        assert_eq!(String::from_utf8_lossy(&stdout).trim(), "20000");
     }
-    .to_bytes();
-    // More parts than one sendmsg takes (8 iovecs with the head), and an empty one.
-    let mut parts: Vec<&[u8]> = payload.chunks(2).collect();
-    parts.insert(3, &[]);
-    assert!(parts.len() > 8);
-    let sub = c.subscribe_new().unwrap();
-    c.send_parts(
-        &MessageType::FsRequest,
-        sub.id(),
-        &parts,
-        Instant::now() + T,
-    )
-    .unwrap();
-    let reply = match sub.recv_timeout(Some(T)).unwrap() {
-        Pulled::Item(m) => m,
-        other => panic!("no reply: {other:?}"),
-    };
-    assert!(FsResponse::decode(&reply.payload).unwrap().ok);
 }
 
 #[test]
@@ -497,10 +516,7 @@ fn request_timeout_removes_the_pending_entry_and_late_replies_are_counted() {
     });
     let c = Client::connect(&path, &ClientOptions::default()).unwrap();
     assert_eq!(c.ready().init_time_ns, 2);
-    let p = FsRequest {
-        op: FsOp::Stat { path: "/".into() },
-    }
-    .to_bytes();
+    let p = stat_root();
     let started = Instant::now();
     let err = c
         .request(&MessageType::FsRequest, &p, Duration::from_millis(100))
