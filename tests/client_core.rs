@@ -467,6 +467,19 @@ fn fs_round_trips() {
 
 // ------------------------------------------------------------ scripted peer
 
+/// What a relay sends first: id offset 0, then `core.ready` with the
+/// timings 1, 2 and 3 ns.
+fn relay_handshake() -> Vec<u8> {
+    let mut hs = 0u32.to_be_bytes().to_vec();
+    let ready = Ready {
+        boot_time_ns: 1,
+        init_time_ns: 2,
+        ready_time_ns: 3,
+    };
+    encode_frame(&mut hs, "core.ready", 0, 0, &ready.to_bytes());
+    hs
+}
+
 /// A peer that performs the handshake and then runs `script` on the socket.
 fn scripted_peer(
     script: impl FnOnce(std::os::unix::net::UnixStream) + Send + 'static,
@@ -477,14 +490,7 @@ fn scripted_peer(
     let listener = UnixListener::bind(&path).unwrap();
     let t = std::thread::spawn(move || {
         let (mut s, _) = listener.accept().unwrap();
-        let mut hs = 0u32.to_be_bytes().to_vec();
-        let ready = Ready {
-            boot_time_ns: 1,
-            init_time_ns: 2,
-            ready_time_ns: 3,
-        };
-        encode_frame(&mut hs, "core.ready", 0, 0, &ready.to_bytes());
-        s.write_all(&hs).unwrap();
+        s.write_all(&relay_handshake()).unwrap();
         script(s);
     });
     (path, t)
@@ -535,14 +541,7 @@ fn closing_an_adopted_socket_ends_the_connection_for_the_peer() {
     use std::os::fd::OwnedFd;
     use std::os::unix::net::UnixStream;
     let (ours, mut peer) = UnixStream::pair().unwrap();
-    let mut hs = 0u32.to_be_bytes().to_vec();
-    let ready = Ready {
-        boot_time_ns: 1,
-        init_time_ns: 2,
-        ready_time_ns: 3,
-    };
-    encode_frame(&mut hs, "core.ready", 0, 0, &ready.to_bytes());
-    peer.write_all(&hs).unwrap();
+    peer.write_all(&relay_handshake()).unwrap();
     // The caller keeps a duplicate of the socket open, as msb_client_connect_fd allows.
     let kept = ours.try_clone().unwrap();
     let c = Client::from_fd(OwnedFd::from(ours), &ClientOptions::default()).unwrap();
