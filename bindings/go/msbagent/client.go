@@ -130,6 +130,29 @@ func (c *Client) call(ctx context.Context, op func(h *C.msb_client, timeout C.in
 	}, discard)
 }
 
+// openBound runs op, which opens a handle that outlives the call (a
+// process, a file stream) and stores the value owning it, and ties that
+// handle to ctx: abandon gives it up when an open abandoned by cancellation
+// still succeeds, and again once ctx is done, unless the channel released
+// returns (asked for only after op succeeded) is closed first.
+func (c *Client) openBound(ctx context.Context, op func(h *C.msb_client, timeout C.int64_t) error, abandon func(), released func() <-chan struct{}) error {
+	if err := c.callErr(ctx, op, abandon); err != nil {
+		return err
+	}
+	if ctx.Done() == nil {
+		return nil
+	}
+	done := released()
+	go func() {
+		select {
+		case <-ctx.Done():
+			abandon()
+		case <-done:
+		}
+	}()
+	return nil
+}
+
 // callErr is call for operations that may also fail on the Go side.
 func (c *Client) callErr(ctx context.Context, op func(h *C.msb_client, timeout C.int64_t) error, discard func()) error {
 	return callBlocking(ctx, func(timeout C.int64_t) error {

@@ -217,12 +217,9 @@ func (c *Client) Exec(ctx context.Context, cmd string, opts *ExecOptions) (*Proc
 	}
 	// A start abandoned by cancellation may still succeed: nobody will
 	// ever see that process, so kill it.
-	discard := func() { p.abort() }
-	if err := c.callErr(ctx, op, discard); err != nil {
+	abort := func() { p.abort() }
+	if err := c.openBound(ctx, op, abort, func() <-chan struct{} { return p.released }); err != nil {
 		return nil, err
-	}
-	if ctx.Done() != nil {
-		go abandonOnCancel(p.ctx, p.released, p.abort)
 	}
 	return p, nil
 }

@@ -85,14 +85,3 @@ func callBlocking(ctx context.Context, op func(timeout C.int64_t) error, discard
 		return ctx.Err()
 	}
 }
-
-// abandonOnCancel calls abandon when ctx is done, unless released is closed
-// first: a handle that outlives its call (a process, a file stream) is
-// given up when its context ends. Run it on its own goroutine.
-func abandonOnCancel(ctx context.Context, released <-chan struct{}, abandon func()) {
-	select {
-	case <-ctx.Done():
-		abandon()
-	case <-released:
-	}
-}

@@ -92,12 +92,9 @@ func (c *Client) Open(ctx context.Context, name string) (*FileReader, error) {
 	}
 	// An open abandoned by cancellation may still succeed: nobody will
 	// read that file, so let it go.
-	discard := func() { r.release() }
-	if err := c.callErr(ctx, op, discard); err != nil {
+	release := func() { r.release() }
+	if err := c.openBound(ctx, op, release, func() <-chan struct{} { return r.released }); err != nil {
 		return nil, err
-	}
-	if ctx.Done() != nil {
-		go abandonOnCancel(r.ctx, r.released, r.release)
 	}
 	return r, nil
 }
@@ -257,12 +254,9 @@ func (c *Client) Create(ctx context.Context, name string, perm fs.FileMode) (*Fi
 	}
 	// An open abandoned by cancellation may still succeed: free that
 	// writer, which abandons the file.
-	discard := func() { w.release() }
-	if err := c.callErr(ctx, op, discard); err != nil {
+	release := func() { w.release() }
+	if err := c.openBound(ctx, op, release, func() <-chan struct{} { return w.released }); err != nil {
 		return nil, err
-	}
-	if ctx.Done() != nil {
-		go abandonOnCancel(w.ctx, w.released, w.release)
 	}
 	return w, nil
 }
