@@ -42,6 +42,26 @@ func testCtx(t *testing.T) context.Context {
 	return ctx
 }
 
+// cancelAndExpectReadCancelled cancels the context a read blocked on another
+// goroutine depends on, and checks that the read, reporting on readDone,
+// returns context.Canceled within a second.
+func cancelAndExpectReadCancelled(t *testing.T, cancel context.CancelFunc, readDone <-chan error) {
+	t.Helper()
+	cancelledAt := time.Now()
+	cancel()
+	select {
+	case err := <-readDone:
+		if !errors.Is(err, context.Canceled) {
+			t.Fatalf("read after cancel returned %v, want context.Canceled", err)
+		}
+	case <-time.After(2 * time.Second):
+		t.Fatal("read did not return within 2s of cancellation")
+	}
+	if waited := time.Since(cancelledAt); waited > time.Second {
+		t.Errorf("read took %v to notice the cancellation", waited)
+	}
+}
+
 func connect(t *testing.T) *msbagent.Client {
 	t.Helper()
 	c, err := msbagent.Connect(testCtx(t), relaySocket)
@@ -290,19 +310,7 @@ func TestCancelMidStreamLeavesClientUsable(t *testing.T) {
 		}
 	}()
 	time.Sleep(50 * time.Millisecond)
-	cancelledAt := time.Now()
-	cancel()
-	select {
-	case err := <-readDone:
-		if !errors.Is(err, context.Canceled) {
-			t.Fatalf("read after cancel returned %v, want context.Canceled", err)
-		}
-	case <-time.After(2 * time.Second):
-		t.Fatal("read did not return within 2s of cancellation")
-	}
-	if waited := time.Since(cancelledAt); waited > time.Second {
-		t.Errorf("read took %v to notice the cancellation", waited)
-	}
+	cancelAndExpectReadCancelled(t, cancel, readDone)
 	if code, err := p.Wait(); code != -1 || !errors.Is(err, context.Canceled) {
 		t.Errorf("Wait after cancel = %d, %v; want -1, context.Canceled", code, err)
 	}
