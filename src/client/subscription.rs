@@ -260,18 +260,12 @@ impl Subscription {
                         self.shared.state.lock().readable()
                     });
                     st = self.shared.state.lock();
-                    // Usually our message came: take it without reading the
-                    // clock. Otherwise, lead or follow again unless time is up.
-                    match self.pop_locked(&mut st) {
-                        Ok(Pulled::Nothing) if deadline.is_some_and(|d| Instant::now() >= d) => {
-                            return Ok(Pulled::Nothing)
-                        }
-                        Ok(Pulled::Nothing) => continue,
-                        done => {
-                            self.pass_on_promotion(st);
-                            return done;
-                        }
+                    // Usually our message came, and the top of the loop takes
+                    // it: read the clock only when it did not.
+                    if !st.readable() && deadline.is_some_and(|d| Instant::now() >= d) {
+                        return Ok(Pulled::Nothing);
                     }
+                    continue;
                 }
             }
             if deadline.is_some_and(|d| Instant::now() >= d) {
