@@ -794,23 +794,37 @@ fn write_vectored_at(
     fd: RawFd,
     head: &[u8],
     parts: &[&[u8]],
-    mut skip: usize,
+    skip: usize,
     flags: libc::c_int,
 ) -> io::Result<usize> {
+    let r = if parts.is_empty() {
+        let rest = &head[skip..];
+        // SAFETY: `rest` is a live slice borrowed for the call. Callers pass
+        // MSG_NOSIGNAL, which turns a dead peer into EPIPE instead of a
+        // SIGPIPE that would kill the host program.
+        unsafe { libc::send(fd, rest.as_ptr().cast(), rest.len(), flags) }
+    } else {
+        sendmsg_at(fd, head, parts, skip, flags)
+    };
+    if r < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(r as usize)
+    }
+}
+
+/// The `sendmsg` of [`write_vectored_at`]: at most 8 iovecs per call.
+fn sendmsg_at(
+    fd: RawFd,
+    head: &[u8],
+    parts: &[&[u8]],
+    mut skip: usize,
+    flags: libc::c_int,
+) -> isize {
     let mut iov: [libc::iovec; 8] = [libc::iovec {
         iov_base: std::ptr::null_mut(),
         iov_len: 0,
     }; 8];
-    if parts.is_empty() {
-        // SAFETY: `head[skip..]` is a live slice borrowed for the call;
-        // MSG_NOSIGNAL as below.
-        let r = unsafe { libc::send(fd, head[skip..].as_ptr().cast(), head.len() - skip, flags) };
-        return if r < 0 {
-            Err(io::Error::last_os_error())
-        } else {
-            Ok(r as usize)
-        };
-    }
     let mut n = 0;
     for p in std::iter::once(head).chain(parts.iter().copied()) {
         if skip >= p.len() {
@@ -832,14 +846,8 @@ fn write_vectored_at(
     msg.msg_iov = iov.as_mut_ptr();
     msg.msg_iovlen = n as _;
     // SAFETY: `msg` points at `n` iovecs that borrow live slices for the
-    // duration of the call. Callers pass MSG_NOSIGNAL, which turns a dead
-    // peer into EPIPE instead of a SIGPIPE that would kill the host program.
-    let r = unsafe { libc::sendmsg(fd, &msg, flags) };
-    if r < 0 {
-        Err(io::Error::last_os_error())
-    } else {
-        Ok(r as usize)
-    }
+    // duration of the call; MSG_NOSIGNAL as in `write_vectored_at`.
+    unsafe { libc::sendmsg(fd, &msg, flags) }
 }
 
 #[cfg(test)]
