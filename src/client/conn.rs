@@ -440,13 +440,22 @@ impl Conn {
         deadline: Instant,
     ) -> Result<()> {
         let payload_len: usize = parts.iter().map(|p| p.len()).sum();
-        let len = encoded_len(message_type, payload_len);
+        // The one place a frame's `v` is chosen: one value per connection.
+        let version = self.peer.stamped_generation();
+        let len = encoded_len(message_type, version, payload_len);
         if len > MAX_FRAME_SIZE as usize {
             return Err(Error::TooLarge(len + 4));
         }
         FRAME_HEAD.with_borrow_mut(|head| {
             head.clear();
-            encode_frame_head(head, message_type, id, flags, payload_len);
+            encode_frame_head(
+                head,
+                message_type,
+                id,
+                flags,
+                version,
+                payload_len,
+            );
             let total = head.len() + payload_len;
             if payload_len <= COPY_PAYLOAD_MAX {
                 // One contiguous buffer goes out with `send`, which the

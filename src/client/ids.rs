@@ -14,7 +14,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use super::error::{Error, Result};
 use super::peer::Form;
-use crate::protocol::{MessageType, ID_RANGE_STEP};
+use crate::protocol::{MessageType, LEGACY_ID_RANGE_STEP as ID_RANGE_STEP};
 
 /// A half-open range `[start, end)` of usable correlation ids.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -222,7 +222,8 @@ mod tests {
             a.claim(r.start + 5).unwrap();
             assert!(a.claim(r.end).is_err() && a.claim(r.start - 1).is_err());
         }
-        assert!(IdRange::legacy(15 * ID_RANGE_STEP + 1).is_err());
+        assert!(IdRange::legacy(u32::MAX - ID_RANGE_STEP).is_ok());
+        assert!(IdRange::legacy(u32::MAX - ID_RANGE_STEP + 1).is_err());
     }
 
     #[test]

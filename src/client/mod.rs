@@ -33,7 +33,7 @@ use bytes::Bytes;
 pub use conn::Counters;
 pub use error::{CloseCause, Error, ExecFailure, Result};
 pub use ids::IdRange;
-pub use peer::{Form, Peer, MAX_GENERATION};
+pub use peer::{Form, Peer};
 pub use subscription::{Pulled, Subscription};
 
 use crate::protocol::payload::Ready;

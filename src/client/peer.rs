@@ -8,10 +8,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use super::error::{Error, Result};
 use super::ids::IdRange;
 use crate::protocol::payload::ExecLimits;
-use crate::protocol::MessageType;
+use crate::protocol::{MessageType, LEGACY_GENERATION, MAX_GENERATION};
 
-/// The highest generation whose semantics this library implements.
-pub const MAX_GENERATION: u8 = 10;
 /// The `v` stamped on current relays while exec flow control is off: the
 /// highest generation whose every feature we implement without it (a `v`
 /// of 10 would switch flow control on in a 0.7.9+ sandbox).
@@ -63,7 +61,7 @@ impl Peer {
     ) -> Peer {
         let negotiated = match form {
             // A legacy relay's agent is generation 1 whatever it says.
-            Form::Legacy => 1,
+            Form::Legacy => LEGACY_GENERATION,
             Form::Current => peer_generation.clamp(1, MAX_GENERATION),
         };
         Peer {
@@ -121,7 +119,7 @@ impl Peer {
     /// on current ones 10 once exec flow control is on, else 7.
     pub fn stamped_generation(&self) -> u8 {
         match self.form {
-            Form::Legacy => 1,
+            Form::Legacy => LEGACY_GENERATION,
             Form::Current if self.flow_control.load(Ordering::Acquire) => {
                 STAMP_WITH_FLOW_CONTROL
             }
