@@ -17,10 +17,12 @@ use tokio::net::unix::OwnedReadHalf;
 use tokio::net::UnixStream;
 use tokio::sync::mpsc;
 
+use microsandbox_agent::protocol::payload::legacy::{self, FsOp};
 use microsandbox_agent::protocol::payload::{
-    Data, ExecRequest, ExecResize, ExecSignal, FsOp, FsRequest, FsResponse, Payload,
+    CoreError, CoreErrorKind, Data, Empty, ExecFailed, ExecFailureKind, ExecLimits, ExecOutputAck,
+    ExecRequest, ExecResize, ExecSignal, FsRequest, FsResponse, Payload, TcpConnect, Touched,
 };
-use microsandbox_agent::protocol::{FrameDecoder, MessageType, RawFrame};
+use microsandbox_agent::protocol::{FrameDecoder, Message, MessageType, RawFrame};
 
 use crate::exec::{self, Controlled, ExecEnv, ExecTable, ProcessRegistry};
 use crate::fault::{self, AfterFault, Fault, Handshake};
@@ -32,7 +34,7 @@ use crate::outbox::{data_frame, Hangup, Outbox, OutboxSettings};
 use crate::profile::{IdRange, Profile};
 use crate::rules::{Correlations, RelayRules};
 use crate::tcp::{self, TcpStreams};
-use crate::wire::{self, Consumed, CoreError, Empty, ExecFailed, ExecLimits, Touched};
+use crate::wire;
 
 /// Socket reads are this large so that one read usually yields many frames.
 const READ_BUFFER: usize = 256 * 1024;
@@ -197,42 +199,46 @@ impl Connection {
 
     /// agentd's reading of one frame the relay let through.
     async fn agentd(&mut self, raw: RawFrame) -> Result<(), Stop> {
-        let (id, flags) = (raw.id, raw.flags);
-        let v = frame_generation(&raw.body);
-        let message = match (v, raw.decode()) {
-            (Some(v), Ok(message)) => (v, message),
-            (_, Err(e)) => return Err(self.die(format!("decode message for id {id}: {e}"))),
-            (None, Ok(_)) => {
-                return Err(self.die(format!("decode message for id {id}: no usable \"v\"")))
-            }
+        let id = raw.id;
+        let message = match raw.decode() {
+            Ok(message) => message,
+            Err(e) => return Err(self.die(format!("decode message for id {id}: {e}"))),
         };
-        let (v, message) = message;
-        let t = message.message_type.as_str().to_string();
+        let Message {
+            flags,
+            version: v,
+            message_type,
+            payload,
+            ..
+        } = message;
         let profile = self.relay.profile;
-        let Some(kind) = wire::kind_of(&t).filter(|k| profile.knows(k)) else {
+        if !profile.knows(&message_type) {
             return Err(self.die(format!(
-                "decode message for id {id}: unknown message type {t:?}"
+                "decode message for id {id}: unknown message type {:?}",
+                message_type.as_str()
             )));
-        };
-        if profile.checks_flags() && flags != kind.flags {
-            let message = format!(
-                "invalid flags for {t}: got {flags}, expected {}",
-                kind.flags
-            );
-            return self.core_error(v, id, "invalid_flags", message, &t).await;
         }
-        self.dispatch(kind.name, id, v, message.payload).await
+        if profile.checks_flags() && flags != message_type.flags() {
+            let message = format!(
+                "invalid flags for {message_type}: got {flags}, expected {}",
+                message_type.flags()
+            );
+            return self
+                .core_error(v, id, CoreErrorKind::InvalidFlags, message, &message_type)
+                .await;
+        }
+        self.dispatch(message_type, id, v, payload).await
     }
 
     /// Answers a bad frame with `core.error` where agentd can (0.5.6+, and
     /// the frame's `v >= 5`); anywhere else agentd's loop fails and it exits.
     async fn core_error(
         &self,
-        v: u64,
+        v: u8,
         id: u32,
-        kind: &'static str,
+        kind: CoreErrorKind,
         message: String,
-        offending_type: &str,
+        offending_type: &MessageType,
     ) -> Result<(), Stop> {
         if !self.relay.profile.checks_flags() || v < 5 {
             return Err(self.die(format!(
@@ -242,40 +248,47 @@ impl Connection {
         let error = CoreError {
             kind,
             message,
-            offending_type: Some(offending_type.to_string()),
+            offending_type: Some(offending_type.as_str().to_string()),
+            init_failure: None,
+            workload_failure: None,
         };
-        let _ = self.outbox.send_typed("core.error", id, &error).await;
+        let _ = self
+            .outbox
+            .send_typed(MessageType::CoreError, id, &error)
+            .await;
         Ok(())
     }
 
     /// A payload that does not decode as its type.
     async fn bad_payload(
         &self,
-        v: u64,
+        v: u8,
         id: u32,
-        t: &str,
+        t: &MessageType,
         error: impl std::fmt::Display,
     ) -> Result<(), Stop> {
         let message = format!("decode payload for {t}: {error}");
-        self.core_error(v, id, "invalid_payload", message, t).await
+        self.core_error(v, id, CoreErrorKind::InvalidPayload, message, t)
+            .await
     }
 
     async fn dispatch(
         &mut self,
-        t: &'static str,
+        t: MessageType,
         id: u32,
-        v: u64,
+        v: u8,
         payload: Bytes,
     ) -> Result<(), Stop> {
+        let handle_fs = self.relay.profile.has_handle_fs();
         match t {
-            "core.exec.request" => match ExecRequest::decode(&payload) {
+            MessageType::ExecRequest => match ExecRequest::decode(&payload) {
                 Ok(req) => self.exec_request(id, v, req).await,
-                Err(e) => return self.bad_payload(v, id, t, e).await,
+                Err(e) => return self.bad_payload(v, id, &t, e).await,
             },
-            "core.exec.stdin" => {
+            MessageType::ExecStdin => {
                 let data = match Data::decode(&payload) {
                     Ok(d) => d.data,
-                    Err(e) => return self.bad_payload(v, id, t, e).await,
+                    Err(e) => return self.bad_payload(v, id, &t, e).await,
                 };
                 // Cloned out so the table lock is not held across the await.
                 let control = self
@@ -292,26 +305,26 @@ impl Connection {
                     queue.push(data).await;
                 }
             }
-            "core.exec.resize" => match ExecResize::decode(&payload) {
+            MessageType::ExecResize => match ExecResize::decode(&payload) {
                 Ok(size) => {
                     if let Some(control) = self.execs.lock().unwrap().get(&id) {
                         control.resize(size.rows, size.cols);
                     }
                 }
-                Err(e) => return self.bad_payload(v, id, t, e).await,
+                Err(e) => return self.bad_payload(v, id, &t, e).await,
             },
-            "core.exec.signal" => match ExecSignal::decode(&payload) {
+            MessageType::ExecSignal => match ExecSignal::decode(&payload) {
                 Ok(signal) => {
                     if let Some(control) = self.execs.lock().unwrap().get(&id) {
                         control.signal(signal.signal);
                     }
                 }
-                Err(e) => return self.bad_payload(v, id, t, e).await,
+                Err(e) => return self.bad_payload(v, id, &t, e).await,
             },
-            "core.exec.output.ack" => {
-                let ack: Consumed = match wire::from_cbor(&payload) {
+            MessageType::ExecOutputAck => {
+                let ack = match ExecOutputAck::decode(&payload) {
                     Ok(a) => a,
-                    Err(e) => return self.bad_payload(v, id, t, e).await,
+                    Err(e) => return self.bad_payload(v, id, &t, e).await,
                 };
                 let flow = self
                     .execs
@@ -323,56 +336,58 @@ impl Connection {
                     flow.on_output_ack(ack.consumed).map_err(Stop::Disconnect)?;
                 }
             }
-            "core.fs.request" if self.relay.profile.has_handle_fs() => {
-                let request: wire::FsRequest = match wire::from_cbor(&payload) {
-                    Ok(r) => r,
-                    Err(e) => return self.bad_payload(v, id, t, e).await,
-                };
-                self.fs_request(id, request).await;
-            }
-            "core.fs.request" => match FsRequest::decode(&payload) {
-                Ok(request) => self.legacy_fs_request(id, request.op).await,
-                Err(e) => {
-                    return Err(self.die(format!("decode payload for {t}: {e}")));
-                }
+            MessageType::FsRequest if handle_fs => match FsRequest::decode(&payload) {
+                Ok(request) => self.fs_request(id, request).await,
+                Err(e) => return self.bad_payload(v, id, &t, e).await,
             },
-            "core.fs.data" => {
+            MessageType::FsRequest => match legacy::FsRequest::decode(&payload) {
+                Ok(request) => self.legacy_fs_request(id, request.op).await,
+                Err(e) => return Err(self.die(format!("decode payload for {t}: {e}"))),
+            },
+            MessageType::FsData => {
                 let data = match Data::decode(&payload) {
                     Ok(d) => d.data,
-                    Err(e) => return self.bad_payload(v, id, t, e).await,
+                    Err(e) if handle_fs => return self.bad_payload(v, id, &t, e).await,
+                    Err(e) => return Err(self.die(format!("decode payload for {t}: {e}"))),
                 };
-                if self.relay.profile.has_handle_fs() {
+                if handle_fs {
                     self.fs_data(id, data).await;
                 } else {
                     self.legacy_fs_data(id, data).await;
                 }
             }
-            "core.tcp.connect" => match wire::from_cbor::<wire::TcpConnect>(&payload) {
+            MessageType::TcpConnect => match TcpConnect::decode(&payload) {
                 Ok(request) => self.tcp.connect(&self.outbox, id, request),
-                Err(e) => return self.bad_payload(v, id, t, e).await,
+                Err(e) => return self.bad_payload(v, id, &t, e).await,
             },
-            "core.tcp.data" => {
+            MessageType::TcpData => {
                 let data = match Data::decode(&payload) {
                     Ok(d) => d.data,
-                    Err(e) => return self.bad_payload(v, id, t, e).await,
+                    Err(e) => return self.bad_payload(v, id, &t, e).await,
                 };
                 if !self.tcp.forward(id, Some(data)) {
                     tcp::unknown_stream(&self.outbox, id).await;
                 }
             }
-            "core.tcp.eof" => {
+            MessageType::TcpEof => {
                 self.tcp.forward(id, None);
             }
-            "core.tcp.close" => self.tcp.close(id),
-            "core.ping" => {
-                let _ = self.outbox.send_typed("core.pong", id, &Empty {}).await;
+            MessageType::TcpClose => self.tcp.close(id),
+            MessageType::Ping => {
+                let _ = self
+                    .outbox
+                    .send_typed(MessageType::Pong, id, &Empty {})
+                    .await;
             }
-            "core.touch" => {
+            MessageType::Touch => {
                 let activity_seq = self.relay.activity_seq.fetch_add(1, Ordering::SeqCst) + 1;
                 let touched = Touched { activity_seq };
-                let _ = self.outbox.send_typed("core.touched", id, &touched).await;
+                let _ = self
+                    .outbox
+                    .send_typed(MessageType::Touched, id, &touched)
+                    .await;
             }
-            "core.shutdown" => {
+            MessageType::Shutdown => {
                 log!("core.shutdown received");
                 let _ = self.relay.ending.send(Ending::Shutdown);
             }
@@ -381,12 +396,12 @@ impl Connection {
         Ok(())
     }
 
-    async fn exec_request(&mut self, id: u32, v: u64, req: ExecRequest) {
+    async fn exec_request(&mut self, id: u32, v: u8, req: ExecRequest) {
         let fault = self.relay.fault;
         let controlled = if self.relay.profile.has_exec_flow_control() && v >= 10 {
             let Some(admission) = self.relay.admission.try_admit() else {
                 let failed = ExecFailed {
-                    kind: "resource_limit",
+                    kind: ExecFailureKind::ResourceLimit,
                     errno: None,
                     errno_name: None,
                     message: "active execution limit reached".into(),
@@ -394,7 +409,7 @@ impl Connection {
                 };
                 let _ = self
                     .outbox
-                    .send_typed("core.exec.failed", id, &failed)
+                    .send_typed(MessageType::ExecFailed, id, &failed)
                     .await;
                 return;
             };
@@ -426,7 +441,7 @@ impl Connection {
     }
 
     /// A generation-2 FS request.
-    async fn fs_request(&mut self, id: u32, request: wire::FsRequest) {
+    async fn fs_request(&mut self, id: u32, request: FsRequest) {
         let fault = self.relay.fault;
         if fault::before_request(fault, &self.outbox, self.range, id, false)
             .await
@@ -440,10 +455,10 @@ impl Connection {
         if request.bulk.is_some() {
             // Generation-8 raw bulk is not imitated: refuse the offer the way
             // agentd refuses one it cannot take.
-            let refused = wire::FsResponse::error("msb-devrelay does not serve raw bulk transfers");
+            let refused = FsResponse::error("msb-devrelay does not serve raw bulk transfers");
             let _ = self
                 .outbox
-                .send_typed("core.fs.response", id, &refused)
+                .send_typed(MessageType::FsResponse, id, &refused)
                 .await;
             return;
         }
@@ -452,7 +467,7 @@ impl Connection {
             fs2::Outcome::Respond(response) => {
                 let _ = self
                     .outbox
-                    .send_typed("core.fs.response", id, &response)
+                    .send_typed(MessageType::FsResponse, id, &response)
                     .await;
             }
             fs2::Outcome::AwaitData => {}
@@ -471,7 +486,7 @@ impl Connection {
         if let Some(response) = answer {
             let _ = self
                 .outbox
-                .send_typed("core.fs.response", id, &response)
+                .send_typed(MessageType::FsResponse, id, &response)
                 .await;
         }
     }
@@ -546,15 +561,6 @@ impl Connection {
                 tokio::task::block_in_place(|| pending.flush());
             }
         }
-    }
-}
-
-/// The `v` of a frame body: read straight from a canonical `{v, ...}`
-/// head, else from the parsed envelope.
-fn frame_generation(body: &[u8]) -> Option<u64> {
-    match body {
-        [0xa3, 0x61, b'v', v, ..] if *v < 24 => Some(u64::from(*v)),
-        _ => wire::Envelope::read(body).and_then(|e| e.v),
     }
 }
 

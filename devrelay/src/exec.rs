@@ -33,7 +33,10 @@ use crate::flow::{AdmissionSlot, ExecFlow};
 use crate::log;
 use crate::outbox::{Closed, Hangup, Outbox};
 use crate::profile::Profile;
-use crate::wire::{self, Consumed, ExecFailed, ExecStdinError};
+use crate::wire;
+use microsandbox_agent::protocol::payload::{
+    ExecFailed, ExecFailureKind, ExecStdinAck, ExecStdinError,
+};
 
 /// Stdin bytes one exec may have queued before the connection's reader
 /// waits for the process to take them.
@@ -241,7 +244,7 @@ async fn stdin_writer(
                     };
                     let _ = reports
                         .outbox
-                        .send_typed("core.exec.stdin.error", reports.id, &error)
+                        .send_typed(MessageType::ExecStdinError, reports.id, &error)
                         .await;
                 }
             }
@@ -250,7 +253,11 @@ async fn stdin_writer(
                     let consumed = flow.on_stdin_written(data.len());
                     let _ = reports
                         .outbox
-                        .send_typed("core.exec.stdin.ack", reports.id, &Consumed { consumed })
+                        .send_typed(
+                            MessageType::ExecStdinAck,
+                            reports.id,
+                            &ExecStdinAck { consumed },
+                        )
                         .await;
                 }
             }
@@ -269,19 +276,24 @@ struct Prepared {
 }
 
 /// Checks a request; an error carries the `core.exec.failed` kind.
-fn prepare(req: &ExecRequest) -> Result<Prepared, (&'static str, String)> {
+fn prepare(req: &ExecRequest) -> Result<Prepared, (ExecFailureKind, String)> {
     let mut env = Vec::with_capacity(req.env.len());
     for entry in &req.env {
         match entry.split_once('=') {
             Some((key, value)) if !key.is_empty() => env.push((key.into(), value.into())),
-            _ => return Err(("bad_args", format!("env entry {entry:?} is not KEY=VALUE"))),
+            _ => {
+                return Err((
+                    ExecFailureKind::BadArgs,
+                    format!("env entry {entry:?} is not KEY=VALUE"),
+                ))
+            }
         }
     }
     let mut rlimits = Vec::with_capacity(req.rlimits.len());
     for limit in &req.rlimits {
         let resource = rlimit_resource(&limit.resource).ok_or_else(|| {
             (
-                "bad_args",
+                ExecFailureKind::BadArgs,
                 format!("unknown rlimit resource {:?}", limit.resource),
             )
         })?;
@@ -295,7 +307,7 @@ fn prepare(req: &ExecRequest) -> Result<Prepared, (&'static str, String)> {
     }
     let user = match &req.user {
         None => None,
-        Some(name) => Some(lookup_user(name).map_err(|e| ("user_setup_failed", e))?),
+        Some(name) => Some(lookup_user(name).map_err(|e| (ExecFailureKind::UserSetupFailed, e))?),
     };
     Ok(Prepared { env, rlimits, user })
 }
@@ -345,7 +357,7 @@ pub async fn start(env: ExecEnv, id: u32, req: ExecRequest, controlled: Option<C
         // Replacing the entry would orphan the running session's controls.
         let message = format!("id {id} already belongs to a running exec");
         log!("exec {id} refused: {message}");
-        let _ = refuse(&env, id, "bad_args", &message).await;
+        let _ = refuse(&env, id, ExecFailureKind::BadArgs, &message).await;
         return;
     }
     let prepared = match prepare(&req) {
@@ -367,7 +379,10 @@ pub async fn start(env: ExecEnv, id: u32, req: ExecRequest, controlled: Option<C
             log!("exec {id}: cannot spawn {:?}: {e}", req.cmd);
             if env.profile.has_exec_failed() {
                 let failed = spawn_failure(&e, &req.cmd);
-                let _ = env.outbox.send_typed("core.exec.failed", id, &failed).await;
+                let _ = env
+                    .outbox
+                    .send_typed(MessageType::ExecFailed, id, &failed)
+                    .await;
             } else {
                 let _ = send_exited(&env.outbox, id, -1).await;
             }
@@ -439,14 +454,16 @@ pub async fn start(env: ExecEnv, id: u32, req: ExecRequest, controlled: Option<C
 fn spawn_failure(e: &io::Error, cmd: &str) -> ExecFailed {
     let errno = e.raw_os_error();
     let kind = match errno {
-        Some(libc::ENOENT) => "not_found",
-        Some(libc::ENOTDIR) => "bad_cwd",
-        Some(libc::EACCES | libc::EPERM) => "permission_denied",
-        Some(libc::ENOEXEC | libc::EISDIR | libc::ETXTBSY) => "not_executable",
-        Some(libc::E2BIG | libc::ELOOP | libc::ENAMETOOLONG | libc::EFAULT) => "bad_args",
-        Some(libc::EMFILE | libc::ENFILE | libc::EAGAIN) => "resource_limit",
-        Some(libc::ENOMEM) => "out_of_memory",
-        _ => "other",
+        Some(libc::ENOENT) => ExecFailureKind::NotFound,
+        Some(libc::ENOTDIR) => ExecFailureKind::BadCwd,
+        Some(libc::EACCES | libc::EPERM) => ExecFailureKind::PermissionDenied,
+        Some(libc::ENOEXEC | libc::EISDIR | libc::ETXTBSY) => ExecFailureKind::NotExecutable,
+        Some(libc::E2BIG | libc::ELOOP | libc::ENAMETOOLONG | libc::EFAULT) => {
+            ExecFailureKind::BadArgs
+        }
+        Some(libc::EMFILE | libc::ENFILE | libc::EAGAIN) => ExecFailureKind::ResourceLimit,
+        Some(libc::ENOMEM) => ExecFailureKind::OutOfMemory,
+        _ => ExecFailureKind::Other,
     };
     ExecFailed {
         kind,
@@ -579,7 +596,12 @@ async fn pump(
 
 /// Refuses a request that cannot run: on 0.3.14 as a message on stderr and
 /// exit code -1, later as `core.exec.failed` of `kind`.
-async fn refuse(env: &ExecEnv, id: u32, kind: &'static str, message: &str) -> Result<(), Closed> {
+async fn refuse(
+    env: &ExecEnv,
+    id: u32,
+    kind: ExecFailureKind,
+    message: &str,
+) -> Result<(), Closed> {
     if env.profile.has_exec_failed() {
         let failed = ExecFailed {
             kind,
@@ -588,7 +610,10 @@ async fn refuse(env: &ExecEnv, id: u32, kind: &'static str, message: &str) -> Re
             message: message.to_string(),
             stage: Some("prepare".into()),
         };
-        return env.outbox.send_typed("core.exec.failed", id, &failed).await;
+        return env
+            .outbox
+            .send_typed(MessageType::ExecFailed, id, &failed)
+            .await;
     }
     let text = format!("msb-devrelay: {message}\n");
     env.outbox

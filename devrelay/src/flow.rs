@@ -19,7 +19,7 @@ use std::sync::{Arc, Mutex};
 
 use tokio::sync::{Notify, Semaphore};
 
-use crate::wire::ExecLimits;
+use microsandbox_agent::protocol::payload::ExecLimits;
 
 /// Bytes each output chunk costs beyond its payload.
 pub const OUTPUT_EVENT_OVERHEAD: u64 = 256;

@@ -25,7 +25,9 @@ use microsandbox_agent::protocol::MessageType;
 
 use crate::fs::{Follow, GuestFs};
 use crate::outbox::Outbox;
-use crate::wire::{FsEntryInfo, FsOp, FsOpenOptions, FsResponse, FsResponseData, FsSetAttrs};
+use microsandbox_agent::protocol::payload::{
+    FsEntryInfo, FsOp, FsOpenOptions, FsResponse, FsResponseData, FsSetAttrs,
+};
 
 pub const MAX_HANDLES_PER_CLIENT: usize = 1024;
 const DEFAULT_READ_DIR_LIMIT: u32 = 128;
@@ -224,7 +226,7 @@ impl ClientFs {
                     "write length mismatch: expected {expected}, wrote {}",
                     session.written
                 ))),
-                _ => Some(FsResponse::ok(None)),
+                _ => Some(FsResponse::ok()),
             }
         } else if session.expected.is_some_and(|expected| end > expected) {
             Some(FsResponse::error(format!(
@@ -272,8 +274,10 @@ impl ClientFs {
             FsOp::List { path } => ("readdir", self.list(&path)),
             FsOp::RealPath { path } => ("realpath", self.real_path(&path)),
             FsOp::ReadLink { path } => ("readlink", self.read_link(&path)),
-            FsOp::Symlink { target, link_path } => ("symlink", self.symlink(&target, &link_path)),
-            FsOp::Mkdir { path, mode } => ("mkdir", self.mkdir(&path, mode)),
+            FsOp::Symlink {
+                target, link_path, ..
+            } => ("symlink", self.symlink(&target, &link_path)),
+            FsOp::Mkdir { path, mode, .. } => ("mkdir", self.mkdir(&path, mode)),
             FsOp::Remove { path } => (
                 "remove",
                 self.fs
@@ -321,7 +325,10 @@ impl ClientFs {
             }
         };
         match result {
-            Ok(data) => FsResponse::ok(data),
+            Ok(data) => FsResponse {
+                data,
+                ..FsResponse::ok()
+            },
             Err(e) => FsResponse::error(format!("{prefix}: {e}")),
         }
     }
@@ -520,10 +527,10 @@ pub fn stream_read(
             None => READ_CHUNK,
         };
         if want == 0 {
-            break FsResponse::ok(None);
+            break FsResponse::ok();
         }
         let n = match read_full_at(file, &mut buf[..want], position) {
-            Ok(0) => break FsResponse::ok(None),
+            Ok(0) => break FsResponse::ok(),
             Ok(n) => n,
             Err(e) => break FsResponse::error(format!("read: {e}")),
         };
@@ -536,10 +543,10 @@ pub fn stream_read(
             return;
         }
         if n < want {
-            break FsResponse::ok(None);
+            break FsResponse::ok();
         }
     };
-    let _ = runtime.block_on(outbox.send_typed("core.fs.response", id, &response));
+    let _ = runtime.block_on(outbox.send_typed(MessageType::FsResponse, id, &response));
 }
 
 /// Reads as much of `buf` as the file has from `offset`.

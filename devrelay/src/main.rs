@@ -37,6 +37,7 @@ mod tcp;
 mod wire;
 
 use conn::Ending;
+use microsandbox_agent::protocol::payload::ExecLimits;
 use profile::Profile;
 
 static QUIET: AtomicBool = AtomicBool::new(false);
@@ -149,7 +150,7 @@ fn run(options: cli::Options, process_start: Instant) -> Result<(), String> {
         ),
         ending: ending_tx,
         handles: Arc::default(),
-        admission: flow::Admission::new(wire::ExecLimits::default().max_executions),
+        admission: flow::Admission::new(ExecLimits::default().max_executions),
         activity_seq: Default::default(),
     });
 

@@ -17,7 +17,9 @@ use tokio::net::unix::OwnedWriteHalf;
 use tokio::sync::{mpsc, Notify, Semaphore};
 
 use microsandbox_agent::protocol::payload::{Data, Payload};
-use microsandbox_agent::protocol::{encode_frame, encode_frame_with, MessageType};
+use microsandbox_agent::protocol::{
+    encode_frame, encode_frame_with, MessageType, LEGACY_GENERATION,
+};
 
 use crate::log;
 use crate::rules::Correlations;
@@ -143,12 +145,12 @@ impl Outbox {
         self.send(data_frame(message_type, id, data)).await
     }
 
-    /// Encodes and queues a message of any type with a serde payload.
+    /// Encodes and queues a message with a typed payload.
     pub async fn send_typed(
         &self,
-        message_type: &str,
+        message_type: MessageType,
         id: u32,
-        payload: &impl serde::Serialize,
+        payload: &impl Payload,
     ) -> Result<(), Closed> {
         self.send(wire::typed(self.v, message_type, id, payload))
             .await
@@ -175,7 +177,14 @@ pub fn typed_frame(message_type: MessageType, id: u32, payload: &impl Payload) -
 
 pub fn raw_frame(message_type: &str, id: u32, flags: u8, payload: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(payload.len() + 48);
-    encode_frame(&mut out, message_type, id, flags, payload);
+    encode_frame(
+        &mut out,
+        message_type,
+        id,
+        flags,
+        LEGACY_GENERATION,
+        payload,
+    );
     out
 }
 
@@ -187,6 +196,7 @@ pub fn data_frame(message_type: MessageType, id: u32, data: &[u8]) -> Vec<u8> {
         message_type.as_str(),
         id,
         message_type.flags(),
+        LEGACY_GENERATION,
         payload_len,
         |o| Data::encode_slice(data, o),
     );

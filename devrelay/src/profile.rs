@@ -2,7 +2,27 @@
 //! the releases that is a plain fact about the release (numbers, forms,
 //! switches). The behaviour those facts drive lives with the behaviour.
 
-use crate::wire::{self, ExecControl, ExecLimits, LocalTransport, ReadyPayload};
+use microsandbox_agent::protocol::payload::{
+    BulkTransportReady, ExecControlReady, ExecLimits, MaxFormat, Payload, Ready,
+};
+use microsandbox_agent::protocol::MessageType;
+
+/// The message types agentd 0.3.14 knew; any other type kills it.
+const TYPES_OF_0_3_14: [MessageType; 13] = [
+    MessageType::Ready,
+    MessageType::Shutdown,
+    MessageType::ExecRequest,
+    MessageType::ExecStarted,
+    MessageType::ExecStdin,
+    MessageType::ExecStdout,
+    MessageType::ExecStderr,
+    MessageType::ExecExited,
+    MessageType::ExecResize,
+    MessageType::ExecSignal,
+    MessageType::FsRequest,
+    MessageType::FsData,
+    MessageType::FsResponse,
+];
 
 /// A microsandbox release whose relay + agentd pair we imitate.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -102,26 +122,34 @@ impl Profile {
     /// The `core.ready` payload this release's relay hands its clients.
     pub fn ready_payload(self, times: [u64; 3], control_endpoint: &str) -> Vec<u8> {
         let [boot_time_ns, init_time_ns, ready_time_ns] = times;
-        let mut ready = ReadyPayload {
+        let mut ready = Ready {
             boot_time_ns,
             init_time_ns,
             ready_time_ns,
-            ..ReadyPayload::default()
+            ..Ready::default()
         };
         match self {
             Profile::V0_3_14 => {}
             Profile::V0_6_14 => ready.agent_version = "0.6.14".into(),
             Profile::V0_7_13 => {
                 ready.agent_version = "0.7.13".into();
-                ready.bulk_transport = Some(wire::BulkTransport::dual_port());
-                ready.relay_lease = Some(LocalTransport { max_format: 1 });
-                ready.local_transport = Some(LocalTransport { max_format: 1 });
+                ready.bulk_transport = Some(BulkTransportReady {
+                    profile: "dual-port-v1".into(),
+                    port: "agent-bulk".into(),
+                    connection_id: random_token(),
+                });
+                ready.relay_lease = Some(MaxFormat { max_format: 1 });
+                ready.local_transport = Some(MaxFormat { max_format: 1 });
                 ready.workload_transport_barrier_version = Some(2);
                 ready.exec_limits = Some(ExecLimits::default());
-                ready.exec_control = Some(ExecControl::new(control_endpoint));
+                ready.exec_control = Some(ExecControlReady {
+                    version: 1,
+                    endpoint: control_endpoint.into(),
+                    connection: random_token(),
+                });
             }
         }
-        wire::ready_payload_bytes(&ready)
+        ready.to_bytes()
     }
 
     /// Whether this agentd has handle-based (generation-2) FS shapes.
@@ -158,11 +186,21 @@ impl Profile {
 
     /// Whether a message type exists in this release (an unknown one kills
     /// agentd).
-    pub fn knows(self, kind: &wire::Kind) -> bool {
+    pub fn knows(self, message_type: &MessageType) -> bool {
         match self {
-            Profile::V0_3_14 => kind.in_0_3_14,
-            Profile::V0_6_14 => kind.generation <= 7,
-            Profile::V0_7_13 => true,
+            Profile::V0_3_14 => TYPES_OF_0_3_14.contains(message_type),
+            Profile::V0_6_14 => message_type.is_known() && message_type.min_generation() <= 7,
+            Profile::V0_7_13 => message_type.is_known(),
         }
     }
+}
+
+/// 16 random bytes for the connection tokens the 0.7 ready payload carries.
+fn random_token() -> [u8; 16] {
+    let mut token = [0u8; 16];
+    // SAFETY: getrandom writes at most `token.len()` bytes into the live
+    // local buffer; a short or failed read only leaves zeros, which is a
+    // valid (if predictable) token for a development relay.
+    unsafe { libc::getrandom(token.as_mut_ptr().cast(), token.len(), 0) };
+    token
 }

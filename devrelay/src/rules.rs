@@ -12,7 +12,9 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 
 use crate::profile::{IdRange, Profile};
-use crate::wire::{Envelope, FLAG_BULK, FLAG_SHUTDOWN, FLAG_TERMINAL};
+use microsandbox_agent::protocol::{FLAG_BULK, FLAG_SHUTDOWN, FLAG_TERMINAL};
+
+use crate::wire::Envelope;
 
 /// Types whose id the 0.7 relay registers as a correlation.
 const CORRELATED: [&str; 3] = ["core.exec.request", "core.fs.request", "core.tcp.connect"];

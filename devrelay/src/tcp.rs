@@ -17,7 +17,8 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
 use crate::outbox::Outbox;
-use crate::wire::{DataRef, Empty, TcpConnect, TcpFailed};
+use microsandbox_agent::protocol::payload::{Empty, TcpConnect, TcpFailed};
+use microsandbox_agent::protocol::MessageType;
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
 const CHUNK: usize = 64 * 1024;
@@ -91,7 +92,7 @@ pub async fn unknown_stream(outbox: &Outbox, id: u32) {
     let failed = TcpFailed {
         error: format!("unknown tcp session: {id}"),
     };
-    let _ = outbox.send_typed("core.tcp.failed", id, &failed).await;
+    let _ = outbox.send_typed(MessageType::TcpFailed, id, &failed).await;
 }
 
 async fn run(
@@ -107,7 +108,7 @@ async fn run(
         Err(_) => return fail(outbox, id, "connect: timed out".into()).await,
     };
     if outbox
-        .send_typed("core.tcp.connected", id, &Empty {})
+        .send_typed(MessageType::TcpConnected, id, &Empty {})
         .await
         .is_err()
     {
@@ -121,13 +122,12 @@ async fn run(
             read = remote_rx.read(&mut buf), if !remote_done => match read {
                 Ok(0) => {
                     remote_done = true;
-                    if outbox.send_typed("core.tcp.eof", id, &Empty {}).await.is_err() {
+                    if outbox.send_typed(MessageType::TcpEof, id, &Empty {}).await.is_err() {
                         return;
                     }
                 }
                 Ok(n) => {
-                    let data = DataRef { data: &buf[..n] };
-                    if outbox.send_typed("core.tcp.data", id, &data).await.is_err() {
+                    if outbox.send_data(MessageType::TcpData, id, &buf[..n]).await.is_err() {
                         return;
                     }
                 }
@@ -147,11 +147,13 @@ async fn run(
             },
         }
     }
-    let _ = outbox.send_typed("core.tcp.closed", id, &Empty {}).await;
+    let _ = outbox
+        .send_typed(MessageType::TcpClosed, id, &Empty {})
+        .await;
 }
 
 async fn fail(outbox: &Outbox, id: u32, error: String) {
     let _ = outbox
-        .send_typed("core.tcp.failed", id, &TcpFailed { error })
+        .send_typed(MessageType::TcpFailed, id, &TcpFailed { error })
         .await;
 }

@@ -36,7 +36,8 @@ use super::reader::ReadState;
 use super::subscription::{charge, Accept, SubShared, Subscription};
 use super::sync::{CacheAligned, Mutex, TimedLock, WakeGroup};
 use crate::protocol::{
-    encode_frame_head, encoded_len, Message, MessageType, ID_RANGE_STEP, MAX_FRAME_SIZE,
+    encode_frame_head, encoded_len, Message, MessageType, LEGACY_GENERATION,
+    LEGACY_ID_RANGE_STEP as ID_RANGE_STEP, MAX_FRAME_SIZE,
 };
 
 /// What a guest did to this connection, for users to inspect.
@@ -458,13 +459,20 @@ impl Conn {
         deadline: Instant,
     ) -> Result<()> {
         let payload_len: usize = parts.iter().map(|p| p.len()).sum();
-        let len = encoded_len(message_type, payload_len);
+        let len = encoded_len(message_type, LEGACY_GENERATION, payload_len);
         if len > MAX_FRAME_SIZE as usize {
             return Err(Error::TooLarge(len + 4));
         }
         FRAME_HEAD.with_borrow_mut(|head| {
             head.clear();
-            encode_frame_head(head, message_type, id, flags, payload_len);
+            encode_frame_head(
+                head,
+                message_type,
+                id,
+                flags,
+                LEGACY_GENERATION,
+                payload_len,
+            );
             let total = head.len() + payload_len;
             if payload_len <= COPY_PAYLOAD_MAX {
                 // One contiguous buffer goes out with `send`, which the

@@ -168,9 +168,7 @@ pub(crate) fn send_data(
     deadline: Instant,
 ) -> Result<()> {
     let mut prefix = Vec::with_capacity(16);
-    prefix.push(0xa1);
-    crate::protocol::cbor::write_text(&mut prefix, "data");
-    crate::protocol::cbor::write_bytes_head(&mut prefix, data.len());
+    Data::encode_head(data.len(), &mut prefix);
     debug_assert_eq!(prefix.len() + data.len(), Data::encoded_len(data.len()));
     client.send_parts(message_type, id, &[&prefix, data], deadline)
 }

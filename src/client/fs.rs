@@ -9,9 +9,8 @@ use super::error::{Error, Result};
 use super::exec::send_data;
 use super::subscription::{Pulled, Subscription};
 use super::Client;
-use crate::protocol::payload::{
-    Data, FsEntryInfo, FsOp, FsRequest, FsResponse, FsResponseData, Payload,
-};
+use crate::protocol::payload::legacy::{FsEntryInfo, FsOp, FsRequest, FsResponse, FsResponseData};
+use crate::protocol::payload::{Data, Payload};
 use crate::protocol::{Message, MessageType, FS_CHUNK_SIZE};
 
 fn left(deadline: Instant) -> Option<Duration> {

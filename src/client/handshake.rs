@@ -10,7 +10,7 @@ use std::time::Instant;
 use super::error::{Error, Result};
 use crate::protocol::{
     parse_handshake_offset, FrameHeader, Message, MessageType, ProtocolError, RawFrame,
-    FRAME_HEAD_SIZE, ID_RANGE_STEP,
+    FRAME_HEAD_SIZE, LEGACY_ID_RANGE_STEP as ID_RANGE_STEP,
 };
 
 pub(crate) struct Handshake {

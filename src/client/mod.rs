@@ -160,8 +160,8 @@ impl Client {
     }
 
     /// Timings from the relay's `core.ready`.
-    pub fn ready(&self) -> Ready {
-        self.inner.ready
+    pub fn ready(&self) -> &Ready {
+        &self.inner.ready
     }
 
     /// The raw CBOR payload of `core.ready`, as received.
