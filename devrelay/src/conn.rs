@@ -24,7 +24,7 @@ use microsandbox_agent::protocol::payload::{
 };
 use microsandbox_agent::protocol::{FrameDecoder, Message, MessageType, RawFrame};
 
-use crate::exec::{self, Controlled, ExecEnv, ExecTable, ProcessRegistry};
+use crate::exec::{self, Controlled, ExecEnv, ExecTable, FlowTable, ProcessRegistry};
 use crate::fault::{self, AfterFault, Fault, Handshake};
 use crate::flow::{Admission, ExecFlow};
 use crate::fs::{self, GuestFs, PendingWrite};
@@ -85,6 +85,7 @@ struct Connection {
     outbox: Outbox,
     hangup: Arc<Hangup>,
     execs: ExecTable,
+    flows: FlowTable,
     rules: RelayRules,
     correlations: Arc<Correlations>,
     legacy_writes: HashMap<u32, PendingWrite>,
@@ -142,6 +143,7 @@ pub async fn serve(relay: Arc<Relay>, mut stream: UnixStream, slot: u32) {
         relay,
         hangup: hangup.clone(),
         execs: Arc::new(Mutex::new(HashMap::new())),
+        flows: Arc::default(),
         legacy_writes: HashMap::new(),
         tcp: TcpStreams::default(),
     };
@@ -155,9 +157,9 @@ pub async fn serve(relay: Arc<Relay>, mut stream: UnixStream, slot: u32) {
     // The client is gone or cut off: what it started must not outlive it.
     for control in conn.execs.lock().unwrap().values() {
         exec::signal_group(control.pid, libc::SIGKILL);
-        if let Some(flow) = &control.flow {
-            flow.close();
-        }
+    }
+    for flow in conn.flows.lock().unwrap().values() {
+        flow.close();
     }
     hangup.trigger();
     // Its FS handles and TCP streams go with `conn`.
@@ -326,12 +328,7 @@ impl Connection {
                     Ok(a) => a,
                     Err(e) => return self.bad_payload(v, id, &t, e).await,
                 };
-                let flow = self
-                    .execs
-                    .lock()
-                    .unwrap()
-                    .get(&id)
-                    .and_then(|c| c.flow.clone());
+                let flow = self.flows.lock().unwrap().get(&id).cloned();
                 if let Some(flow) = flow {
                     flow.on_output_ack(ack.consumed).map_err(Stop::Disconnect)?;
                 }
@@ -436,6 +433,7 @@ impl Connection {
             registry: self.relay.processes.clone(),
             chunk: self.relay.exec_chunk,
             profile: self.relay.profile,
+            flows: self.flows.clone(),
         };
         exec::start(env, id, req, controlled).await;
     }

@@ -352,6 +352,8 @@ fn user_is_refused_when_not_root() {
     let socket = dir.path().join("s.sock");
     let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_msb-devrelay"));
     command
+        .arg("--profile")
+        .arg("0.3.14")
         .arg("--socket")
         .arg(&socket)
         .arg("--root")
