@@ -326,6 +326,13 @@ impl Client {
         client
     }
 
+    /// Stamps at most generation 7, as a 0.6.14 client does: execs take the
+    /// legacy path (no flow control) even on 0.7.13.
+    pub fn at_most_gen7(&mut self) {
+        self.v = self.v.min(7);
+        self.auto_ack = false;
+    }
+
     pub fn next_id(&mut self) -> u32 {
         let id = self.next_id;
         self.next_id += 1;
