@@ -901,3 +901,99 @@ payloads! {
     TcpConnect => "core.tcp.connect",
     TcpFailed => "core.tcp.failed",
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Payloads near the canonical `{data}`: every truncation and every
+    /// one-byte change of canonical payloads, plus tolerated variants.
+    fn payloads_near_canonical() -> Vec<Vec<u8>> {
+        let mut canonical = Vec::new();
+        for len in [0, 1, 23, 24, 255, 256, 70_000] {
+            let data: Vec<u8> = (0..len).map(|i| i as u8).collect();
+            let mut p = Vec::new();
+            Data::encode_slice(&data, &mut p);
+            canonical.push(p);
+        }
+        let mut payloads = Vec::new();
+        for p in &canonical {
+            for len in 0..p.len().min(80) {
+                payloads.push(p[..len].to_vec());
+            }
+            for i in 0..p.len().min(40) {
+                for b in [
+                    0x00, 0x18, 0x1f, 0x40, 0x41, 0x5f, 0x61, 0x64, 0x7f, 0x80, 0xa2, 0xbf, 0xc0,
+                    0xf6, 0xff,
+                ] {
+                    let mut changed = p.clone();
+                    changed[i] = b;
+                    payloads.push(changed);
+                }
+            }
+            let mut trailing = p.clone();
+            trailing.extend_from_slice(b"\xff\x00");
+            payloads.push(trailing);
+            payloads.push(p.clone());
+        }
+        // Byte-string key, indefinite map, indefinite bytes, integer array,
+        // an unknown key before `data`, a wider head than needed.
+        payloads.push(b"\xa1\x44data\x41x".to_vec());
+        payloads.push(b"\xbf\x64data\x41x\xff".to_vec());
+        payloads.push(b"\xa1\x64data\x5f\x41x\x41y\xff".to_vec());
+        payloads.push(b"\xa1\x64data\x82\x01\x18\xff".to_vec());
+        payloads.push(b"\xa2\x61z\x61\xff\x64data\x41x".to_vec());
+        payloads.push(b"\xa1\x64data\x58\x01x".to_vec());
+        payloads
+    }
+
+    #[test]
+    fn the_data_shortcut_agrees_with_serde() {
+        let mut shortcut_taken = 0;
+        for p in payloads_near_canonical() {
+            let p = Bytes::from(p);
+            let general = decode_cbor::<Data>(&p, Data::NAME);
+            if let Some(fast) = Data::decode_canonical(&p) {
+                shortcut_taken += 1;
+                assert_eq!(Ok(&fast), general.as_ref(), "payload {p:02x?}");
+                // Zero copy: the data points into the payload.
+                let range = p.as_ptr_range();
+                assert!(fast.data.is_empty() || range.contains(&fast.data.as_ptr()));
+            }
+            assert_eq!(Data::decode(&p), general, "payload {p:02x?}");
+        }
+        assert!(
+            shortcut_taken > 100,
+            "only {shortcut_taken} payloads took the shortcut"
+        );
+    }
+
+    #[test]
+    fn data_encodes_as_serde_does() {
+        for len in [0, 1, 23, 24, 255, 256, 65_535, 65_536, 70_000] {
+            let data = Data {
+                data: Bytes::from(vec![7u8; len]),
+            };
+            let mut by_serde = Vec::new();
+            encode_cbor(&data, &mut by_serde);
+            assert_eq!(data.to_bytes(), by_serde, "{len}");
+            assert_eq!(Data::encoded_len(len), by_serde.len(), "{len}");
+        }
+    }
+
+    #[test]
+    fn unknown_kinds_are_kept_and_known_ones_in_either_enum_form() {
+        let text: ExecFailureKind = decode_cbor(b"\x69not_found", "t").unwrap();
+        assert_eq!(text, ExecFailureKind::NotFound);
+        let map: ExecFailureKind = decode_cbor(b"\xa1\x69not_found\xf6", "t").unwrap();
+        assert_eq!(map, ExecFailureKind::NotFound);
+        // A byte-string name only inside the map form, as ciborium allows.
+        let bytes: ExecFailureKind = decode_cbor(b"\xa1\x49not_found\xf6", "t").unwrap();
+        assert_eq!(bytes, ExecFailureKind::NotFound);
+        assert!(decode_cbor::<ExecFailureKind>(b"\x49not_found", "t").is_err());
+        let unknown: ExecFailureKind = decode_cbor(b"\x63new", "t").unwrap();
+        assert_eq!(unknown, ExecFailureKind::Unknown("new".into()));
+        assert!(decode_cbor::<ExecFailureKind>(b"\x01", "t").is_err());
+        assert!(decode_cbor::<ExecFailureKind>(b"\x42\xff\xfe", "t").is_err());
+    }
+}
