@@ -265,17 +265,31 @@ pub struct Ready {
     /// Execution flow-control policy (0.7.9+, generation 10).
     #[serde(default)]
     pub exec_limits: Option<ExecLimits>,
-    /// Out-of-band signal route (0.7.8+ relays). A malformed one is dropped
-    /// rather than failing the handshake, as upstream's `Ready` ignores it.
-    #[serde(default, deserialize_with = "lenient")]
+    /// Out-of-band signal route (0.7.8+ relays). Read in a second pass (see
+    /// `Payload::decode`), so that it never changes the verdict on a ready
+    /// payload: upstream's `Ready` does not have it and ignores it.
+    #[serde(skip_deserializing)]
     pub exec_control: Option<ExecControlReady>,
 }
 
-/// Decodes an optional value that must never fail its container: a value
-/// of the wrong shape counts as absent.
-fn lenient<'de, D: Deserializer<'de>, T: DeserializeOwned>(d: D) -> Result<Option<T>, D::Error> {
-    let value = ciborium::Value::deserialize(d)?;
-    Ok(value.deserialized().ok())
+/// The second look at a ready payload, for `exec_control` alone.
+#[derive(Deserialize)]
+struct ExecControlDiscovery {
+    #[serde(default)]
+    exec_control: Option<ExecControlReady>,
+}
+
+impl Payload for Ready {
+    const NAME: &'static str = "core.ready";
+    fn decode(payload: &Bytes) -> Result<Self, ProtocolError> {
+        let mut ready: Ready = decode_cbor(payload, Self::NAME)?;
+        // A malformed `exec_control` counts as absent: it is optional, and
+        // the handshake must not fail over it.
+        ready.exec_control = ciborium::de::from_reader::<ExecControlDiscovery, _>(&payload[..])
+            .ok()
+            .and_then(|d| d.exec_control);
+        Ok(ready)
+    }
 }
 
 impl Serialize for Ready {
@@ -883,7 +897,6 @@ pub struct TcpFailed {
 }
 
 payloads! {
-    Ready => "core.ready",
     Empty => "empty",
     Touched => "core.touched",
     CoreError => "core.error",
