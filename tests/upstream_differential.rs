@@ -171,8 +171,11 @@ fn write(v: &Value, style: Style, out: &mut Vec<u8>) {
     }
 }
 
-/// Each map in `v`, by path of indices, for targeted changes.
-fn visit_maps(v: &mut Value, f: &mut dyn FnMut(&mut Vec<(Value, Value)>)) {
+/// The entries of one CBOR map.
+type Entries = Vec<(Value, Value)>;
+
+/// Each map in `v`, depth first, for targeted changes.
+fn visit_maps(v: &mut Value, f: &mut dyn FnMut(&mut Entries)) {
     match v {
         Value::Map(entries) => {
             f(entries);
@@ -195,11 +198,7 @@ fn count_entries(v: &Value) -> usize {
 }
 
 /// Applies `change` to the `target`-th map entry (depth first).
-fn change_entry(
-    v: &Value,
-    target: usize,
-    change: &dyn Fn(&mut Vec<(Value, Value)>, usize),
-) -> Value {
+fn change_entry(v: &Value, target: usize, change: &dyn Fn(&mut Entries, usize)) -> Value {
     let mut v = v.clone();
     let mut seen = 0;
     visit_maps(&mut v, &mut |entries| {

@@ -4,7 +4,7 @@
 //! the others through the envelope.
 
 use bytes::Bytes;
-use microsandbox_agent::protocol::payload::{self, legacy, Payload};
+use microsandbox_agent::protocol::payload::{self, Payload};
 use microsandbox_agent::protocol::{
     encode_frame, parse_handshake_offset, FrameDecoder, Message, MessageType, ProtocolError,
     LEGACY_GENERATION, LEGACY_ID_RANGE_STEP,
