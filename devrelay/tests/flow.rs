@@ -65,7 +65,11 @@ fn charge(frames: &[Message]) -> u64 {
 #[test]
 fn the_vectors_flow_control_example() {
     let vectors: serde_json::Value = serde_json::from_str(
-        &std::fs::read_to_string("/work/shared/vectors/protocol-0.7.13.json").unwrap(),
+        &std::fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../tests/data/protocol-0.7.13.json"
+        ))
+        .unwrap(),
     )
     .unwrap();
     let steps = vectors["flow_control_example"]["exec_steps"]

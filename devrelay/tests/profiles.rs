@@ -14,7 +14,10 @@ use microsandbox_agent::protocol::{
 };
 
 fn vectors(release: &str) -> serde_json::Value {
-    let path = format!("/work/shared/vectors/protocol-{release}.json");
+    let path = format!(
+        "{}/../tests/data/protocol-{release}.json",
+        env!("CARGO_MANIFEST_DIR")
+    );
     serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
 }
 
