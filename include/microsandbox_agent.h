@@ -616,7 +616,8 @@ const char *msb_error_message(const struct msb_error *err);
  *
  * Guest failures (`MSB_ERR_GUEST`, `MSB_ERR_NOT_FOUND`, `MSB_ERR_PERMISSION`,
  * `MSB_ERR_EXISTS` from filesystem and TCP calls) carry the errno the guest
- * reported in its message. The guest is Linux: compare with Linux's numbers
+ * reported in its message, and `MSB_ERR_EXEC_FAILED` the errno of the
+ * failed start when the guest gave one. The guest is Linux: compare with Linux's numbers
  * (ENOENT 2, EPERM 1, EACCES 13, EEXIST 17, ...), not the host's `<errno.h>`
  * on other systems. `MSB_ERR_NOT_FOUND` from connecting has errno 0.
  */

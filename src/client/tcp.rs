@@ -248,6 +248,13 @@ impl TcpStream {
     /// Aborts the connection (`core.tcp.close`, which has no reply) unless
     /// the session already ended, and ends the stream locally.
     pub fn close(&self, timeout: Duration) -> Result<()> {
+        // A terminal already queued means the guest ended the session: then
+        // there is nothing to abort, and nothing may be sent on its id.
+        if !self.finished.load(Ordering::Acquire) {
+            while let Ok(Pulled::Item(m)) = self.sub.recv_timeout(Some(Duration::ZERO)) {
+                self.note_end(&m);
+            }
+        }
         let result = if self.finished.swap(true, Ordering::AcqRel) {
             Ok(())
         } else {
