@@ -187,9 +187,12 @@ typedef struct msb_error msb_error;
 typedef struct msb_exec msb_exec;
 
 /**
- * One event of a process.
+ * One event of a process, owned by the caller of `msb_exec_next_event`.
  *
- * Thread safety: immutable; may be read from any thread.
+ * Thread safety: the accessors (which take `const msb_exec_event *`) only
+ * read it and may run on any thread at once. `msb_exec_event_take_data`
+ * (which takes it non-const) moves its data out: no other call on the
+ * event may run meanwhile.
  */
 typedef struct msb_exec_event msb_exec_event;
 
@@ -230,7 +233,8 @@ typedef struct msb_file_reader msb_file_reader;
  *
  * Thread safety: calls may come from any thread, but chunks written from
  * several threads at once land in an undefined order: write from one
- * thread at a time.
+ * thread at a time. `msb_file_writer_free` wakes a thread blocked in
+ * `msb_file_writer_finish` with `MSB_ERR_CLOSED`.
  */
 typedef struct msb_file_writer msb_file_writer;
 
@@ -242,11 +246,24 @@ typedef struct msb_file_writer msb_file_writer;
 typedef struct msb_fs_entries msb_fs_entries;
 
 /**
- * Metadata of one file, directory or link.
+ * Metadata of one file, directory or link, owned by the caller: returned
+ * by `msb_fs_stat`, `msb_fs_stat_follow` and `msb_file_fstat`, released
+ * with `msb_fs_entry_free`. Read it through `msb_fs_entry_as_view`.
  *
  * Thread safety: immutable; may be read from any thread.
  */
 typedef struct msb_fs_entry msb_fs_entry;
+
+/**
+ * Metadata of one file, directory or link, borrowed: from a listing
+ * (`msb_fs_entries_get`, valid until `msb_fs_entries_free`) or from an
+ * owned entry (`msb_fs_entry_as_view`, valid until `msb_fs_entry_free`).
+ * Every `msb_fs_entry_*` accessor takes a view. There is no function to
+ * free a view: its owner frees it.
+ *
+ * Thread safety: immutable; may be read from any thread.
+ */
+typedef struct msb_fs_entry_view msb_fs_entry_view;
 
 /**
  * The attributes a set-stat changes: a builder, each field left alone
@@ -564,19 +581,20 @@ const char *msb_version(void);
 const char *msb_status_str(msb_status status);
 
 /**
- * The status code of `err` (`MSB_ERR_NULL_POINTER` if `err` is NULL).
+ * The status code of `err`; 0 (`MSB_OK`: no error object, no error) if
+ * `err` is NULL.
  */
 msb_status msb_error_code(const struct msb_error *err);
 
 /**
  * The message of `err`: NUL-terminated UTF-8. Borrowed: valid until
- * `msb_error_free(err)`. Returns "" if `err` is NULL.
+ * `msb_error_free(err)`. NULL if `err` is NULL.
  */
 const char *msb_error_message(const struct msb_error *err);
 
 /**
  * The guest's errno behind `err`, or 0 when there is none (the error did not
- * come from the guest, the guest gave no errno, or `err` is NULL).
+ * come from the guest or the guest gave no errno); 0 if `err` is NULL.
  *
  * Guest failures (`MSB_ERR_GUEST`, `MSB_ERR_NOT_FOUND`, `MSB_ERR_PERMISSION`,
  * `MSB_ERR_EXISTS` from filesystem and TCP calls) carry the errno the guest
@@ -619,11 +637,15 @@ void msb_bytes_free(struct msb_bytes *bytes);
 msb_status msb_connect_options_new(struct msb_connect_options **options_out);
 
 /**
- * Sets the deadline for connecting plus the handshake, in milliseconds
- * (must be positive).
+ * Sets the deadline for connecting plus the handshake, in milliseconds.
+ * It must be positive: a connection always has a deadline, because a
+ * stalled guest would otherwise hold the caller forever, so 0 and every
+ * negative value (`MSB_TIMEOUT_INFINITE` included) are
+ * `MSB_ERR_INVALID_ARGUMENT` and leave the options unchanged. Errors:
+ * `MSB_ERR_NULL_POINTER`, `MSB_ERR_INVALID_ARGUMENT`.
  */
 msb_status msb_connect_options_set_timeout_ms(struct msb_connect_options *options,
-                                              uint64_t timeout_ms);
+                                              int64_t timeout_ms);
 
 /**
  * Sets the memory budget: bytes of received, not yet pulled messages the
@@ -689,18 +711,23 @@ msb_status msb_client_connect_fd(int fd,
                                  struct msb_error **err_out);
 
 /**
- * Closes the connection: every call blocked on this client (and its
- * subscriptions, execs and file streams) returns `MSB_ERR_CLOSED`, and
- * later calls fail the same way. Idempotent; callable from any thread. The
- * handle must still be released with `msb_client_free`.
+ * Closes the connection: calls blocked on this client (and its
+ * subscriptions, execs and file streams) wake, and later calls fail with
+ * `MSB_ERR_CLOSED`, except that a pull (`msb_subscription_next`,
+ * `msb_exec_next_event`, `msb_file_reader_next`, `msb_tcp_read`) first
+ * delivers what was received before the close, then returns
+ * `MSB_ERR_CLOSED`. Idempotent; callable from any thread. The handle must
+ * still be released with `msb_client_free`.
  */
 msb_status msb_client_close(const struct msb_client *client);
 
 /**
  * Closes the connection (as `msb_client_close`), waits for the client's
  * background thread (if one was started) to exit, and releases the handle:
- * no thread of the library is left running for this client. Subscriptions, execs
- * and file streams of this client stay valid to free but fail with
+ * no thread of the library is left running for this client. Subscriptions,
+ * execs and file streams of this client stay valid (and must still be
+ * freed): sends on them fail with `MSB_ERR_CLOSED` at once, while pulls
+ * first deliver what was received before the close, then return
  * `MSB_ERR_CLOSED`. NULL is ignored; freeing twice is forbidden.
  */
 void msb_client_free(struct msb_client *client);
@@ -764,8 +791,8 @@ bool msb_client_is_legacy(const struct msb_client *client);
 
 /**
  * The agent's version from `core.ready` (e.g. "0.6.14"); "" when the
- * sandbox does not say (before 0.5.5) or `client` is NULL. Borrowed: valid
- * until `msb_client_free(client)`.
+ * sandbox does not say (before 0.5.5). Borrowed: valid until
+ * `msb_client_free(client)`. NULL if `client` is NULL.
  */
 const char *msb_client_agent_version(const struct msb_client *client);
 
@@ -917,13 +944,14 @@ uint8_t msb_message_flags(const struct msb_message *message);
 /**
  * The message type, e.g. "core.fs.response"; types unknown to this library
  * are reported as received. Borrowed: valid until `msb_message_free`.
- * "" if `message` is NULL.
+ * NULL if `message` is NULL.
  */
 const char *msb_message_type(const struct msb_message *message);
 
 /**
  * The CBOR payload; its length goes to `*len_out` (which may be NULL).
- * Borrowed: valid until `msb_message_free`. NULL if `message` is NULL.
+ * Borrowed: valid until `msb_message_free`. Never NULL for a live
+ * message, even when empty; NULL (length 0) if `message` is NULL.
  */
 const uint8_t *msb_message_payload(const struct msb_message *message,
                                    size_t *len_out);
@@ -1127,29 +1155,39 @@ const char *msb_exec_event_message(const struct msb_exec_event *event);
 const char *msb_exec_event_stage(const struct msb_exec_event *event);
 
 /**
- * The guest pid of a `MSB_EXEC_STARTED` event (0 for other kinds).
+ * The guest pid of a `MSB_EXEC_STARTED` event (0 for other kinds); 0 if
+ * `event` is NULL.
  */
 uint32_t msb_exec_event_pid(const struct msb_exec_event *event);
 
 /**
  * The exit code of a `MSB_EXEC_EXITED` event: -1 if the process was
- * killed by a signal or could not be started (0 for other kinds).
+ * killed by a signal or could not be started (0 for other kinds); 0 if
+ * `event` is NULL.
  */
 int32_t msb_exec_event_exit_code(const struct msb_exec_event *event);
 
 /**
  * The bytes of a `MSB_EXEC_STDOUT` or `MSB_EXEC_STDERR` event; the length
- * goes to `*len_out` (may be NULL). Other kinds: length 0. Borrowed: valid
- * until `msb_exec_event_free(event)`.
+ * goes to `*len_out` (may be NULL). Other kinds, and an event whose data
+ * `msb_exec_event_take_data` moved out: length 0 (the pointer is not
+ * NULL). Borrowed: valid until `msb_exec_event_free(event)` or
+ * `msb_exec_event_take_data(event)`, whichever comes first. NULL (length
+ * 0) if `event` is NULL.
  */
 const uint8_t *msb_exec_event_data(const struct msb_exec_event *event,
                                    size_t *len_out);
 
 /**
- * Takes the output of a `MSB_EXEC_STDOUT` / `MSB_EXEC_STDERR` event as an
- * owned buffer without copying. On success the caller owns `*data_out` and
- * must release it with `msb_bytes_free`; the event stays valid (its data
- * becomes empty).
+ * Moves the output of a `MSB_EXEC_STDOUT` / `MSB_EXEC_STDERR` event out of
+ * the event into an owned buffer, without copying (other kinds give an
+ * empty buffer). This is the one call that modifies an event, hence its
+ * non-const parameter: no other thread may read the event meanwhile, and
+ * a pointer from an earlier `msb_exec_event_data(event)` is invalid once
+ * it returns. Afterwards the event stays valid, of the same kind, and
+ * `msb_exec_event_data` gives length 0 (a second take gives an empty
+ * buffer). On success the caller owns `*data_out` and must release it
+ * with `msb_bytes_free`. Errors: `MSB_ERR_NULL_POINTER`.
  */
 msb_status msb_exec_event_take_data(struct msb_exec_event *event,
                                     struct msb_bytes **data_out);
@@ -1180,25 +1218,29 @@ msb_status msb_exec_run(const struct msb_client *client,
                         struct msb_error **err_out);
 
 /**
- * The exit code (-1: killed by a signal or not started); 0 if NULL.
+ * The exit code (-1: killed by a signal or not started); 0 if `output` is
+ * NULL.
  */
 int32_t msb_run_output_exit_code(const struct msb_run_output *output);
 
 /**
  * Captured stdout; length to `*len_out` (may be NULL). Borrowed: valid
- * until `msb_run_output_free(output)`. Not NUL-terminated.
+ * until `msb_run_output_free(output)`. Not NUL-terminated; never NULL for
+ * a live output, even when empty. NULL (length 0) if `output` is NULL.
  */
 const uint8_t *msb_run_output_stdout(const struct msb_run_output *output,
                                      size_t *len_out);
 
 /**
- * Captured stderr; as `msb_run_output_stdout`.
+ * Captured stderr; as `msb_run_output_stdout` (NULL, length 0, if
+ * `output` is NULL).
  */
 const uint8_t *msb_run_output_stderr(const struct msb_run_output *output,
                                      size_t *len_out);
 
 /**
- * True if output beyond `capture_limit` was discarded.
+ * True if output beyond `capture_limit` was discarded; false if `output`
+ * is NULL.
  */
 bool msb_run_output_truncated(const struct msb_run_output *output);
 
@@ -1288,36 +1330,47 @@ msb_status msb_fs_stat(const struct msb_client *client,
                        struct msb_error **err_out);
 
 /**
- * The entry's guest path. Borrowed: valid until the entry (or the list
- * holding it) is freed. "" if `entry` is NULL.
+ * A borrowed view of an owned entry, for the `msb_fs_entry_*` accessors.
+ * Borrowed: valid until `msb_fs_entry_free(entry)`; NULL if `entry` is
+ * NULL.
  */
-const char *msb_fs_entry_path(const struct msb_fs_entry *entry);
+const struct msb_fs_entry_view *msb_fs_entry_as_view(const struct msb_fs_entry *entry);
 
 /**
- * The entry's kind (`MSB_FS_KIND_*`); `MSB_FS_KIND_OTHER` if NULL.
+ * The entry's guest path. Borrowed: valid as long as the view. NULL if
+ * `entry` is NULL.
  */
-msb_fs_kind msb_fs_entry_kind(const struct msb_fs_entry *entry);
+const char *msb_fs_entry_path(const struct msb_fs_entry_view *entry);
 
 /**
- * Size in bytes (0 if NULL).
+ * The entry's kind (`MSB_FS_KIND_*`); 0 (`MSB_FS_KIND_OTHER`) if `entry`
+ * is NULL.
  */
-uint64_t msb_fs_entry_size(const struct msb_fs_entry *entry);
+msb_fs_kind msb_fs_entry_kind(const struct msb_fs_entry_view *entry);
 
 /**
- * Mode including the file-type bits, e.g. 0100644 (0 if NULL).
+ * Size in bytes; 0 if `entry` is NULL.
  */
-uint32_t msb_fs_entry_mode(const struct msb_fs_entry *entry);
+uint64_t msb_fs_entry_size(const struct msb_fs_entry_view *entry);
+
+/**
+ * Mode including the file-type bits, e.g. 0100644; 0 if `entry` is NULL.
+ */
+uint32_t msb_fs_entry_mode(const struct msb_fs_entry_view *entry);
 
 /**
  * Writes the modification time (Unix seconds) to `*mtime_out` and returns
- * true, or returns false if the guest did not report one (or on NULL).
+ * true, or returns false if the guest did not report one; false (nothing
+ * written) if `entry` or `mtime_out` is NULL.
  */
-bool msb_fs_entry_mtime(const struct msb_fs_entry *entry,
+bool msb_fs_entry_mtime(const struct msb_fs_entry_view *entry,
                         int64_t *mtime_out);
 
 /**
- * Releases an entry returned by `msb_fs_stat`. Do not call it on entries
- * borrowed from a list. NULL is ignored; freeing twice is forbidden.
+ * Releases an owned entry (from `msb_fs_stat`, `msb_fs_stat_follow` or
+ * `msb_file_fstat`) and its view. Entries of a listing are views, not
+ * entries: their listing frees them. NULL is ignored; freeing twice is
+ * forbidden.
  */
 void msb_fs_entry_free(struct msb_fs_entry *entry);
 
@@ -1334,16 +1387,17 @@ msb_status msb_fs_list(const struct msb_client *client,
                        struct msb_error **err_out);
 
 /**
- * Number of entries (0 if NULL).
+ * Number of entries; 0 if `entries` is NULL.
  */
 size_t msb_fs_entries_len(const struct msb_fs_entries *entries);
 
 /**
- * Entry `index`, or NULL if out of range. Borrowed: valid until
- * `msb_fs_entries_free(entries)`; do not free it.
+ * A view of entry `index`; NULL if out of range or if `entries` is NULL.
+ * Borrowed: valid until `msb_fs_entries_free(entries)`. A view has no
+ * free function (`msb_fs_entry_free` does not accept it).
  */
-const struct msb_fs_entry *msb_fs_entries_get(const struct msb_fs_entries *entries,
-                                              size_t index);
+const struct msb_fs_entry_view *msb_fs_entries_get(const struct msb_fs_entries *entries,
+                                                   size_t index);
 
 /**
  * Releases a listing and its entries. NULL is ignored; freeing twice is
@@ -1419,15 +1473,18 @@ msb_status msb_file_writer_write(const struct msb_file_writer *writer,
 
 /**
  * Ends the file and waits up to `timeout_ms` for the guest to confirm it.
- * After this, writes fail with `MSB_ERR_WRONG_STATE`; the handle must still
- * be freed.
+ * After this, writes and another finish fail with `MSB_ERR_WRONG_STATE`;
+ * the handle must still be freed. `msb_file_writer_free` from another
+ * thread wakes this wait with `MSB_ERR_CLOSED` (the write is abandoned).
  */
 msb_status msb_file_writer_finish(const struct msb_file_writer *writer,
                                   int64_t timeout_ms,
                                   struct msb_error **err_out);
 
 /**
- * Releases a writer. NULL is ignored; freeing twice is forbidden.
+ * Releases a writer; without a finish, the write is abandoned. A thread
+ * blocked in `msb_file_writer_finish` on it wakes with `MSB_ERR_CLOSED`.
+ * NULL is ignored; freeing twice is forbidden.
  */
 void msb_file_writer_free(struct msb_file_writer *writer);
 
@@ -1561,22 +1618,22 @@ msb_status msb_fs_set_stat(const struct msb_client *client,
                            struct msb_error **err_out);
 
 /**
- * The owner's user id (0 if NULL, and on legacy relays, which do not
- * report it).
+ * The owner's user id (0 on legacy relays, which do not report it); 0 if
+ * `entry` is NULL.
  */
-uint32_t msb_fs_entry_uid(const struct msb_fs_entry *entry);
+uint32_t msb_fs_entry_uid(const struct msb_fs_entry_view *entry);
 
 /**
- * The owner's group id (0 if NULL, and on legacy relays).
+ * The owner's group id (0 on legacy relays); 0 if `entry` is NULL.
  */
-uint32_t msb_fs_entry_gid(const struct msb_fs_entry *entry);
+uint32_t msb_fs_entry_gid(const struct msb_fs_entry_view *entry);
 
 /**
  * Writes the access time (Unix seconds) to `*atime_out` and returns true,
  * or returns false if the guest did not report one (legacy relays never
- * do) or on NULL.
+ * do); false (nothing written) if `entry` or `atime_out` is NULL.
  */
-bool msb_fs_entry_atime(const struct msb_fs_entry *entry,
+bool msb_fs_entry_atime(const struct msb_fs_entry_view *entry,
                         int64_t *atime_out);
 
 /**

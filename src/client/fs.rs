@@ -617,7 +617,9 @@ impl FileWriter {
 
     /// Sends the end-of-data marker, waits for the guest's confirmation,
     /// then (generation 2+) closes the handle, also when the write failed.
-    pub fn finish(self, timeout: Duration) -> Result<()> {
+    /// Borrows the writer so that another thread can cancel its
+    /// subscription, which wakes this wait with `Closed`.
+    pub fn finish(&self, timeout: Duration) -> Result<()> {
         let deadline = Instant::now() + timeout;
         let written = send_data(
             &self.client,

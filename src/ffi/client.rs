@@ -44,21 +44,28 @@ pub extern "C" fn msb_connect_options_new(
     })
 }
 
-/// Sets the deadline for connecting plus the handshake, in milliseconds
-/// (must be positive).
+/// Sets the deadline for connecting plus the handshake, in milliseconds.
+/// It must be positive: a connection always has a deadline, because a
+/// stalled guest would otherwise hold the caller forever, so 0 and every
+/// negative value (`MSB_TIMEOUT_INFINITE` included) are
+/// `MSB_ERR_INVALID_ARGUMENT` and leave the options unchanged. Errors:
+/// `MSB_ERR_NULL_POINTER`, `MSB_ERR_INVALID_ARGUMENT`.
 #[no_mangle]
 pub extern "C" fn msb_connect_options_set_timeout_ms(
     options: *mut msb_connect_options,
-    timeout_ms: u64,
+    timeout_ms: i64,
 ) -> msb_status {
     run(std::ptr::null_mut(), || {
         // SAFETY: NULL or a live options object owned by the caller, not
         // shared with another thread during this call (documented).
         let o = unsafe { options.as_mut() }.ok_or_else(|| Fail::null("options"))?;
-        if timeout_ms == 0 {
-            return Err(Fail::invalid("timeout must be positive"));
-        }
-        o.options.connect_timeout = Duration::from_millis(timeout_ms);
+        let ms = u64::try_from(timeout_ms)
+            .ok()
+            .filter(|&ms| ms > 0)
+            .ok_or_else(|| {
+                Fail::invalid("the connect timeout must be positive: a connection needs a deadline")
+            })?;
+        o.options.connect_timeout = Duration::from_millis(ms);
         Ok(MSB_OK)
     })
 }
@@ -210,10 +217,13 @@ pub extern "C" fn msb_client_connect_fd(
     })
 }
 
-/// Closes the connection: every call blocked on this client (and its
-/// subscriptions, execs and file streams) returns `MSB_ERR_CLOSED`, and
-/// later calls fail the same way. Idempotent; callable from any thread. The
-/// handle must still be released with `msb_client_free`.
+/// Closes the connection: calls blocked on this client (and its
+/// subscriptions, execs and file streams) wake, and later calls fail with
+/// `MSB_ERR_CLOSED`, except that a pull (`msb_subscription_next`,
+/// `msb_exec_next_event`, `msb_file_reader_next`, `msb_tcp_read`) first
+/// delivers what was received before the close, then returns
+/// `MSB_ERR_CLOSED`. Idempotent; callable from any thread. The handle must
+/// still be released with `msb_client_free`.
 #[no_mangle]
 pub extern "C" fn msb_client_close(client: *const msb_client) -> msb_status {
     run(std::ptr::null_mut(), || {
@@ -224,8 +234,10 @@ pub extern "C" fn msb_client_close(client: *const msb_client) -> msb_status {
 
 /// Closes the connection (as `msb_client_close`), waits for the client's
 /// background thread (if one was started) to exit, and releases the handle:
-/// no thread of the library is left running for this client. Subscriptions, execs
-/// and file streams of this client stay valid to free but fail with
+/// no thread of the library is left running for this client. Subscriptions,
+/// execs and file streams of this client stay valid (and must still be
+/// freed): sends on them fail with `MSB_ERR_CLOSED` at once, while pulls
+/// first deliver what was received before the close, then return
 /// `MSB_ERR_CLOSED`. NULL is ignored; freeing twice is forbidden.
 #[no_mangle]
 pub extern "C" fn msb_client_free(client: *mut msb_client) {
@@ -352,15 +364,15 @@ pub extern "C" fn msb_client_is_legacy(client: *const msb_client) -> bool {
 }
 
 /// The agent's version from `core.ready` (e.g. "0.6.14"); "" when the
-/// sandbox does not say (before 0.5.5) or `client` is NULL. Borrowed: valid
-/// until `msb_client_free(client)`.
+/// sandbox does not say (before 0.5.5). Borrowed: valid until
+/// `msb_client_free(client)`. NULL if `client` is NULL.
 #[no_mangle]
 pub extern "C" fn msb_client_agent_version(client: *const msb_client) -> *const c_char {
-    run_value(c"".as_ptr(), || match client_arg(client) {
+    run_value(std::ptr::null(), || match client_arg(client) {
         // The string lives in the client's peer, which lives as long as any
         // handle to the client, so it outlives this borrowed Arc.
         Ok(c) => c.client.peer().agent_version_c().as_ptr(),
-        Err(_) => c"".as_ptr(),
+        Err(_) => std::ptr::null(),
     })
 }
 
@@ -716,23 +728,22 @@ pub extern "C" fn msb_message_flags(message: *const msb_message) -> u8 {
 
 /// The message type, e.g. "core.fs.response"; types unknown to this library
 /// are reported as received. Borrowed: valid until `msb_message_free`.
-/// "" if `message` is NULL.
+/// NULL if `message` is NULL.
 #[no_mangle]
 pub extern "C" fn msb_message_type(message: *const msb_message) -> *const c_char {
-    box_ref(message, "message").map_or(c"".as_ptr(), |m| m.type_name.as_ptr())
+    box_ref(message, "message").map_or(std::ptr::null(), |m| m.type_name.as_ptr())
 }
 
 /// The CBOR payload; its length goes to `*len_out` (which may be NULL).
-/// Borrowed: valid until `msb_message_free`. NULL if `message` is NULL.
+/// Borrowed: valid until `msb_message_free`. Never NULL for a live
+/// message, even when empty; NULL (length 0) if `message` is NULL.
 #[no_mangle]
 pub extern "C" fn msb_message_payload(
     message: *const msb_message,
     len_out: *mut usize,
 ) -> *const u8 {
-    match box_ref(message, "message") {
-        Ok(m) => borrowed_slice(&m.message.payload, len_out),
-        Err(_) => std::ptr::null(),
-    }
+    let data = box_ref(message, "message").ok().map(|m| &m.message.payload[..]);
+    borrowed_slice(data, len_out)
 }
 
 /// Releases a message. NULL is ignored; freeing twice is forbidden.

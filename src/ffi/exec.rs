@@ -253,9 +253,12 @@ pub const MSB_EXEC_FAILED: msb_exec_kind = 5;
 /// process runs on and more events follow.
 pub const MSB_EXEC_STDIN_ERROR: msb_exec_kind = 6;
 
-/// One event of a process.
+/// One event of a process, owned by the caller of `msb_exec_next_event`.
 ///
-/// Thread safety: immutable; may be read from any thread.
+/// Thread safety: the accessors (which take `const msb_exec_event *`) only
+/// read it and may run on any thread at once. `msb_exec_event_take_data`
+/// (which takes it non-const) moves its data out: no other call on the
+/// event may run meanwhile.
 pub struct msb_exec_event {
     event: ExecEvent,
     /// The texts of a failure event, NUL-terminated for the accessors.
@@ -499,7 +502,8 @@ pub extern "C" fn msb_exec_event_stage(event: *const msb_exec_event) -> *const c
         .map_or(std::ptr::null(), |s| s.as_ptr())
 }
 
-/// The guest pid of a `MSB_EXEC_STARTED` event (0 for other kinds).
+/// The guest pid of a `MSB_EXEC_STARTED` event (0 for other kinds); 0 if
+/// `event` is NULL.
 #[no_mangle]
 pub extern "C" fn msb_exec_event_pid(event: *const msb_exec_event) -> u32 {
     box_ref(event, "event").map_or(0, |e| match e.event {
@@ -509,7 +513,8 @@ pub extern "C" fn msb_exec_event_pid(event: *const msb_exec_event) -> u32 {
 }
 
 /// The exit code of a `MSB_EXEC_EXITED` event: -1 if the process was
-/// killed by a signal or could not be started (0 for other kinds).
+/// killed by a signal or could not be started (0 for other kinds); 0 if
+/// `event` is NULL.
 #[no_mangle]
 pub extern "C" fn msb_exec_event_exit_code(event: *const msb_exec_event) -> i32 {
     box_ref(event, "event").map_or(0, |e| match e.event {
@@ -519,24 +524,32 @@ pub extern "C" fn msb_exec_event_exit_code(event: *const msb_exec_event) -> i32 
 }
 
 /// The bytes of a `MSB_EXEC_STDOUT` or `MSB_EXEC_STDERR` event; the length
-/// goes to `*len_out` (may be NULL). Other kinds: length 0. Borrowed: valid
-/// until `msb_exec_event_free(event)`.
+/// goes to `*len_out` (may be NULL). Other kinds, and an event whose data
+/// `msb_exec_event_take_data` moved out: length 0 (the pointer is not
+/// NULL). Borrowed: valid until `msb_exec_event_free(event)` or
+/// `msb_exec_event_take_data(event)`, whichever comes first. NULL (length
+/// 0) if `event` is NULL.
 #[no_mangle]
 pub extern "C" fn msb_exec_event_data(
     event: *const msb_exec_event,
     len_out: *mut usize,
 ) -> *const u8 {
-    let data: &[u8] = match box_ref(event, "event").map(|e| &e.event) {
-        Ok(ExecEvent::Stdout(d)) | Ok(ExecEvent::Stderr(d)) => d,
+    let data = box_ref(event, "event").ok().map(|e| match &e.event {
+        ExecEvent::Stdout(d) | ExecEvent::Stderr(d) => &d[..],
         _ => &[],
-    };
+    });
     borrowed_slice(data, len_out)
 }
 
-/// Takes the output of a `MSB_EXEC_STDOUT` / `MSB_EXEC_STDERR` event as an
-/// owned buffer without copying. On success the caller owns `*data_out` and
-/// must release it with `msb_bytes_free`; the event stays valid (its data
-/// becomes empty).
+/// Moves the output of a `MSB_EXEC_STDOUT` / `MSB_EXEC_STDERR` event out of
+/// the event into an owned buffer, without copying (other kinds give an
+/// empty buffer). This is the one call that modifies an event, hence its
+/// non-const parameter: no other thread may read the event meanwhile, and
+/// a pointer from an earlier `msb_exec_event_data(event)` is invalid once
+/// it returns. Afterwards the event stays valid, of the same kind, and
+/// `msb_exec_event_data` gives length 0 (a second take gives an empty
+/// buffer). On success the caller owns `*data_out` and must release it
+/// with `msb_bytes_free`. Errors: `MSB_ERR_NULL_POINTER`.
 #[no_mangle]
 pub extern "C" fn msb_exec_event_take_data(
     event: *mut msb_exec_event,
@@ -603,34 +616,38 @@ pub extern "C" fn msb_exec_run(
     })
 }
 
-/// The exit code (-1: killed by a signal or not started); 0 if NULL.
+/// The exit code (-1: killed by a signal or not started); 0 if `output` is
+/// NULL.
 #[no_mangle]
 pub extern "C" fn msb_run_output_exit_code(output: *const msb_run_output) -> i32 {
     box_ref(output, "output").map_or(0, |o| o.output.code)
 }
 
 /// Captured stdout; length to `*len_out` (may be NULL). Borrowed: valid
-/// until `msb_run_output_free(output)`. Not NUL-terminated.
+/// until `msb_run_output_free(output)`. Not NUL-terminated; never NULL for
+/// a live output, even when empty. NULL (length 0) if `output` is NULL.
 #[no_mangle]
 pub extern "C" fn msb_run_output_stdout(
     output: *const msb_run_output,
     len_out: *mut usize,
 ) -> *const u8 {
-    let data = box_ref(output, "output").map_or(&[][..], |o| &o.output.stdout[..]);
+    let data = box_ref(output, "output").ok().map(|o| &o.output.stdout[..]);
     borrowed_slice(data, len_out)
 }
 
-/// Captured stderr; as `msb_run_output_stdout`.
+/// Captured stderr; as `msb_run_output_stdout` (NULL, length 0, if
+/// `output` is NULL).
 #[no_mangle]
 pub extern "C" fn msb_run_output_stderr(
     output: *const msb_run_output,
     len_out: *mut usize,
 ) -> *const u8 {
-    let data = box_ref(output, "output").map_or(&[][..], |o| &o.output.stderr[..]);
+    let data = box_ref(output, "output").ok().map(|o| &o.output.stderr[..]);
     borrowed_slice(data, len_out)
 }
 
-/// True if output beyond `capture_limit` was discarded.
+/// True if output beyond `capture_limit` was discarded; false if `output`
+/// is NULL.
 #[no_mangle]
 pub extern "C" fn msb_run_output_truncated(output: *const msb_run_output) -> bool {
     box_ref(output, "output").is_ok_and(|o| o.output.truncated)

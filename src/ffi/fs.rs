@@ -187,19 +187,44 @@ pub const MSB_FS_KIND_DIR: msb_fs_kind = 2;
 /// A symbolic link (`msb_fs_stat` does not follow links).
 pub const MSB_FS_KIND_SYMLINK: msb_fs_kind = 3;
 
-/// Metadata of one file, directory or link.
+/// Metadata of one file, directory or link, owned by the caller: returned
+/// by `msb_fs_stat`, `msb_fs_stat_follow` and `msb_file_fstat`, released
+/// with `msb_fs_entry_free`. Read it through `msb_fs_entry_as_view`.
 ///
 /// Thread safety: immutable; may be read from any thread.
 pub struct msb_fs_entry {
+    view: msb_fs_entry_view,
+}
+
+/// Metadata of one file, directory or link, borrowed: from a listing
+/// (`msb_fs_entries_get`, valid until `msb_fs_entries_free`) or from an
+/// owned entry (`msb_fs_entry_as_view`, valid until `msb_fs_entry_free`).
+/// Every `msb_fs_entry_*` accessor takes a view. There is no function to
+/// free a view: its owner frees it.
+///
+/// Thread safety: immutable; may be read from any thread.
+pub struct msb_fs_entry_view {
     pub(crate) info: FsEntryInfo,
     path: CString,
 }
 
-impl msb_fs_entry {
-    pub(crate) fn new(info: FsEntryInfo) -> msb_fs_entry {
+impl msb_fs_entry_view {
+    fn new(info: FsEntryInfo) -> msb_fs_entry_view {
         let path = CString::new(info.path.replace('\0', "")).unwrap_or_default();
-        msb_fs_entry { info, path }
+        msb_fs_entry_view { info, path }
     }
+}
+
+/// Hands an owned entry to C.
+pub(crate) fn new_entry(info: FsEntryInfo) -> *mut msb_fs_entry {
+    box_into_raw(msb_fs_entry {
+        view: msb_fs_entry_view::new(info),
+    })
+}
+
+/// Borrows a view for an accessor; NULL gives `None`.
+pub(crate) fn view_ref<'a>(view: *const msb_fs_entry_view) -> Option<&'a msb_fs_entry_view> {
+    box_ref(view, "entry").ok()
 }
 
 /// Metadata of `path` (symlinks are not followed).
@@ -221,22 +246,31 @@ pub extern "C" fn msb_fs_stat(
         need_out(entry_out, "entry_out")?;
         let info = fs::stat(&c.client, p, deadline_arg(timeout_ms))?;
         // SAFETY: checked non-NULL above.
-        unsafe { put(entry_out, box_into_raw(msb_fs_entry::new(info))) };
+        unsafe { put(entry_out, new_entry(info)) };
         Ok(MSB_OK)
     })
 }
 
-/// The entry's guest path. Borrowed: valid until the entry (or the list
-/// holding it) is freed. "" if `entry` is NULL.
+/// A borrowed view of an owned entry, for the `msb_fs_entry_*` accessors.
+/// Borrowed: valid until `msb_fs_entry_free(entry)`; NULL if `entry` is
+/// NULL.
 #[no_mangle]
-pub extern "C" fn msb_fs_entry_path(entry: *const msb_fs_entry) -> *const c_char {
-    box_ref(entry, "entry").map_or(c"".as_ptr(), |e| e.path.as_ptr())
+pub extern "C" fn msb_fs_entry_as_view(entry: *const msb_fs_entry) -> *const msb_fs_entry_view {
+    box_ref(entry, "entry").map_or(std::ptr::null(), |e| &e.view as *const msb_fs_entry_view)
 }
 
-/// The entry's kind (`MSB_FS_KIND_*`); `MSB_FS_KIND_OTHER` if NULL.
+/// The entry's guest path. Borrowed: valid as long as the view. NULL if
+/// `entry` is NULL.
 #[no_mangle]
-pub extern "C" fn msb_fs_entry_kind(entry: *const msb_fs_entry) -> msb_fs_kind {
-    box_ref(entry, "entry").map_or(MSB_FS_KIND_OTHER, |e| match e.info.kind.as_str() {
+pub extern "C" fn msb_fs_entry_path(entry: *const msb_fs_entry_view) -> *const c_char {
+    view_ref(entry).map_or(std::ptr::null(), |e| e.path.as_ptr())
+}
+
+/// The entry's kind (`MSB_FS_KIND_*`); 0 (`MSB_FS_KIND_OTHER`) if `entry`
+/// is NULL.
+#[no_mangle]
+pub extern "C" fn msb_fs_entry_kind(entry: *const msb_fs_entry_view) -> msb_fs_kind {
+    view_ref(entry).map_or(MSB_FS_KIND_OTHER, |e| match e.info.kind.as_str() {
         "file" => MSB_FS_KIND_FILE,
         "dir" => MSB_FS_KIND_DIR,
         "symlink" => MSB_FS_KIND_SYMLINK,
@@ -244,23 +278,24 @@ pub extern "C" fn msb_fs_entry_kind(entry: *const msb_fs_entry) -> msb_fs_kind {
     })
 }
 
-/// Size in bytes (0 if NULL).
+/// Size in bytes; 0 if `entry` is NULL.
 #[no_mangle]
-pub extern "C" fn msb_fs_entry_size(entry: *const msb_fs_entry) -> u64 {
-    box_ref(entry, "entry").map_or(0, |e| e.info.size)
+pub extern "C" fn msb_fs_entry_size(entry: *const msb_fs_entry_view) -> u64 {
+    view_ref(entry).map_or(0, |e| e.info.size)
 }
 
-/// Mode including the file-type bits, e.g. 0100644 (0 if NULL).
+/// Mode including the file-type bits, e.g. 0100644; 0 if `entry` is NULL.
 #[no_mangle]
-pub extern "C" fn msb_fs_entry_mode(entry: *const msb_fs_entry) -> u32 {
-    box_ref(entry, "entry").map_or(0, |e| e.info.mode)
+pub extern "C" fn msb_fs_entry_mode(entry: *const msb_fs_entry_view) -> u32 {
+    view_ref(entry).map_or(0, |e| e.info.mode)
 }
 
 /// Writes the modification time (Unix seconds) to `*mtime_out` and returns
-/// true, or returns false if the guest did not report one (or on NULL).
+/// true, or returns false if the guest did not report one; false (nothing
+/// written) if `entry` or `mtime_out` is NULL.
 #[no_mangle]
-pub extern "C" fn msb_fs_entry_mtime(entry: *const msb_fs_entry, mtime_out: *mut i64) -> bool {
-    match box_ref(entry, "entry").ok().and_then(|e| e.info.modified) {
+pub extern "C" fn msb_fs_entry_mtime(entry: *const msb_fs_entry_view, mtime_out: *mut i64) -> bool {
+    match view_ref(entry).and_then(|e| e.info.modified) {
         Some(t) if !mtime_out.is_null() => {
             // SAFETY: non-NULL, caller-provided storage for an int64_t.
             unsafe { put(mtime_out, t) };
@@ -270,8 +305,10 @@ pub extern "C" fn msb_fs_entry_mtime(entry: *const msb_fs_entry, mtime_out: *mut
     }
 }
 
-/// Releases an entry returned by `msb_fs_stat`. Do not call it on entries
-/// borrowed from a list. NULL is ignored; freeing twice is forbidden.
+/// Releases an owned entry (from `msb_fs_stat`, `msb_fs_stat_follow` or
+/// `msb_file_fstat`) and its view. Entries of a listing are views, not
+/// entries: their listing frees them. NULL is ignored; freeing twice is
+/// forbidden.
 #[no_mangle]
 pub extern "C" fn msb_fs_entry_free(entry: *mut msb_fs_entry) {
     free_box(entry);
@@ -281,7 +318,7 @@ pub extern "C" fn msb_fs_entry_free(entry: *mut msb_fs_entry) {
 ///
 /// Thread safety: immutable; may be read from any thread.
 pub struct msb_fs_entries {
-    entries: Vec<msb_fs_entry>,
+    entries: Vec<msb_fs_entry_view>,
 }
 
 /// Lists the immediate children of `path` (unsorted).
@@ -302,30 +339,31 @@ pub extern "C" fn msb_fs_list(
         let p = unsafe { str_arg(path, "path") }?;
         need_out(entries_out, "entries_out")?;
         let list = fs::list(&c.client, p, deadline_arg(timeout_ms))?;
-        let entries = list.into_iter().map(msb_fs_entry::new).collect();
+        let entries = list.into_iter().map(msb_fs_entry_view::new).collect();
         // SAFETY: checked non-NULL above.
         unsafe { put(entries_out, box_into_raw(msb_fs_entries { entries })) };
         Ok(MSB_OK)
     })
 }
 
-/// Number of entries (0 if NULL).
+/// Number of entries; 0 if `entries` is NULL.
 #[no_mangle]
 pub extern "C" fn msb_fs_entries_len(entries: *const msb_fs_entries) -> usize {
     box_ref(entries, "entries").map_or(0, |l| l.entries.len())
 }
 
-/// Entry `index`, or NULL if out of range. Borrowed: valid until
-/// `msb_fs_entries_free(entries)`; do not free it.
+/// A view of entry `index`; NULL if out of range or if `entries` is NULL.
+/// Borrowed: valid until `msb_fs_entries_free(entries)`. A view has no
+/// free function (`msb_fs_entry_free` does not accept it).
 #[no_mangle]
 pub extern "C" fn msb_fs_entries_get(
     entries: *const msb_fs_entries,
     index: usize,
-) -> *const msb_fs_entry {
+) -> *const msb_fs_entry_view {
     box_ref(entries, "entries")
         .ok()
         .and_then(|l| l.entries.get(index))
-        .map_or(std::ptr::null(), |e| e as *const msb_fs_entry)
+        .map_or(std::ptr::null(), |e| e as *const msb_fs_entry_view)
 }
 
 /// Releases a listing and its entries. NULL is ignored; freeing twice is
@@ -429,9 +467,13 @@ pub extern "C" fn msb_file_reader_free(reader: *mut msb_file_reader) {
 ///
 /// Thread safety: calls may come from any thread, but chunks written from
 /// several threads at once land in an undefined order: write from one
-/// thread at a time.
+/// thread at a time. `msb_file_writer_free` wakes a thread blocked in
+/// `msb_file_writer_finish` with `MSB_ERR_CLOSED`.
 pub struct msb_file_writer {
-    writer: parking_lot::Mutex<Option<FileWriter>>,
+    writer: FileWriter,
+    /// Held by a write or a finish for its whole length, so that a finish
+    /// never overtakes a write; true once a finish began.
+    finished: parking_lot::Mutex<bool>,
 }
 
 /// Starts writing `path` (created or truncated) with `mode` (-1: the
@@ -456,7 +498,8 @@ pub extern "C" fn msb_file_writer_open(
         need_out(writer_out, "writer_out")?;
         let w = FileWriter::create(&c.client, p, mode_arg(mode)?, deadline_arg(timeout_ms))?;
         let h = arc_into_raw(msb_file_writer {
-            writer: parking_lot::Mutex::new(Some(w)),
+            writer: w,
+            finished: parking_lot::Mutex::new(false),
         });
         // SAFETY: checked non-NULL above.
         unsafe { put(writer_out, h) };
@@ -464,16 +507,7 @@ pub extern "C" fn msb_file_writer_open(
     })
 }
 
-fn writer_call<T>(
-    writer: *const msb_file_writer,
-    f: impl FnOnce(&mut Option<FileWriter>) -> FfiResult<T>,
-) -> FfiResult<T> {
-    let w = arc_borrow(writer, "writer")?;
-    let mut slot = w.writer.lock();
-    f(&mut slot)
-}
-
-fn finished() -> Fail {
+fn finished_error() -> Fail {
     Fail::new(MSB_ERR_WRONG_STATE, "the writer was already finished")
 }
 
@@ -491,17 +525,20 @@ pub extern "C" fn msb_file_writer_write(
     run(err_out, || {
         // SAFETY: `len` readable bytes, borrowed for this call.
         let d = unsafe { bytes_arg(data, len, "data") }?;
-        writer_call(writer, |w| {
-            let w = w.as_ref().ok_or_else(finished)?;
-            w.write(d, deadline_arg(timeout_ms))?;
-            Ok(MSB_OK)
-        })
+        let w = arc_borrow(writer, "writer")?;
+        let finished = w.finished.lock();
+        if *finished {
+            return Err(finished_error());
+        }
+        w.writer.write(d, deadline_arg(timeout_ms))?;
+        Ok(MSB_OK)
     })
 }
 
 /// Ends the file and waits up to `timeout_ms` for the guest to confirm it.
-/// After this, writes fail with `MSB_ERR_WRONG_STATE`; the handle must still
-/// be freed.
+/// After this, writes and another finish fail with `MSB_ERR_WRONG_STATE`;
+/// the handle must still be freed. `msb_file_writer_free` from another
+/// thread wakes this wait with `MSB_ERR_CLOSED` (the write is abandoned).
 #[no_mangle]
 pub extern "C" fn msb_file_writer_finish(
     writer: *const msb_file_writer,
@@ -509,16 +546,24 @@ pub extern "C" fn msb_file_writer_finish(
     err_out: *mut *mut msb_error,
 ) -> msb_status {
     run(err_out, || {
-        writer_call(writer, |w| {
-            let w = w.take().ok_or_else(finished)?;
-            w.finish(deadline_arg(timeout_ms))?;
-            Ok(MSB_OK)
-        })
+        let w = arc_borrow(writer, "writer")?;
+        let mut finished = w.finished.lock();
+        if std::mem::replace(&mut *finished, true) {
+            return Err(finished_error());
+        }
+        w.writer.finish(deadline_arg(timeout_ms))?;
+        Ok(MSB_OK)
     })
 }
 
-/// Releases a writer. NULL is ignored; freeing twice is forbidden.
+/// Releases a writer; without a finish, the write is abandoned. A thread
+/// blocked in `msb_file_writer_finish` on it wakes with `MSB_ERR_CLOSED`.
+/// NULL is ignored; freeing twice is forbidden.
 #[no_mangle]
 pub extern "C" fn msb_file_writer_free(writer: *mut msb_file_writer) {
-    run_value((), || drop(arc_release(writer)));
+    run_value((), || {
+        if let Some(w) = arc_release(writer) {
+            w.writer.subscription().cancel();
+        }
+    });
 }

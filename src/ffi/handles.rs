@@ -10,7 +10,7 @@ use bytes::Bytes;
 use parking_lot::RwLock;
 
 use super::client::{client_arg, msb_client};
-use super::fs::msb_fs_entry;
+use super::fs::{msb_fs_entry, msb_fs_entry_view, new_entry, view_ref};
 use super::handle::{arc_borrow, arc_into_raw, arc_release, box_into_raw, box_ref, free_box};
 use super::{
     bytes_arg, deadline_arg, msb_bytes, msb_error, msb_status, need_out, new_bytes, put, run,
@@ -33,7 +33,7 @@ fn put_entry(
     out: *mut *mut msb_fs_entry,
 ) -> msb_status {
     // SAFETY: the caller checked `out` non-NULL.
-    unsafe { put(out, box_into_raw(msb_fs_entry::new(info))) };
+    unsafe { put(out, new_entry(info)) };
     MSB_OK
 }
 
@@ -318,25 +318,25 @@ pub extern "C" fn msb_fs_set_stat(
 
 // ---------------------------------------------------------------- entries
 
-/// The owner's user id (0 if NULL, and on legacy relays, which do not
-/// report it).
+/// The owner's user id (0 on legacy relays, which do not report it); 0 if
+/// `entry` is NULL.
 #[no_mangle]
-pub extern "C" fn msb_fs_entry_uid(entry: *const msb_fs_entry) -> u32 {
-    box_ref(entry, "entry").map_or(0, |e| e.info.uid)
+pub extern "C" fn msb_fs_entry_uid(entry: *const msb_fs_entry_view) -> u32 {
+    view_ref(entry).map_or(0, |e| e.info.uid)
 }
 
-/// The owner's group id (0 if NULL, and on legacy relays).
+/// The owner's group id (0 on legacy relays); 0 if `entry` is NULL.
 #[no_mangle]
-pub extern "C" fn msb_fs_entry_gid(entry: *const msb_fs_entry) -> u32 {
-    box_ref(entry, "entry").map_or(0, |e| e.info.gid)
+pub extern "C" fn msb_fs_entry_gid(entry: *const msb_fs_entry_view) -> u32 {
+    view_ref(entry).map_or(0, |e| e.info.gid)
 }
 
 /// Writes the access time (Unix seconds) to `*atime_out` and returns true,
 /// or returns false if the guest did not report one (legacy relays never
-/// do) or on NULL.
+/// do); false (nothing written) if `entry` or `atime_out` is NULL.
 #[no_mangle]
-pub extern "C" fn msb_fs_entry_atime(entry: *const msb_fs_entry, atime_out: *mut i64) -> bool {
-    match box_ref(entry, "entry").ok().and_then(|e| e.info.atime) {
+pub extern "C" fn msb_fs_entry_atime(entry: *const msb_fs_entry_view, atime_out: *mut i64) -> bool {
+    match view_ref(entry).and_then(|e| e.info.atime) {
         Some(t) if !atime_out.is_null() => {
             // SAFETY: non-NULL, caller-provided storage for an int64_t.
             unsafe { put(atime_out, t) };

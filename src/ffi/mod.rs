@@ -174,29 +174,24 @@ pub struct msb_error {
     errno: i32,
 }
 
-/// The status code of `err` (`MSB_ERR_NULL_POINTER` if `err` is NULL).
+/// The status code of `err`; 0 (`MSB_OK`: no error object, no error) if
+/// `err` is NULL.
 #[no_mangle]
 pub extern "C" fn msb_error_code(err: *const msb_error) -> msb_status {
     // SAFETY: the caller passes NULL or a live msb_error (header contract).
-    match unsafe { err.as_ref() } {
-        Some(e) => e.code,
-        None => MSB_ERR_NULL_POINTER,
-    }
+    unsafe { err.as_ref() }.map_or(MSB_OK, |e| e.code)
 }
 
 /// The message of `err`: NUL-terminated UTF-8. Borrowed: valid until
-/// `msb_error_free(err)`. Returns "" if `err` is NULL.
+/// `msb_error_free(err)`. NULL if `err` is NULL.
 #[no_mangle]
 pub extern "C" fn msb_error_message(err: *const msb_error) -> *const c_char {
     // SAFETY: the caller passes NULL or a live msb_error (header contract).
-    match unsafe { err.as_ref() } {
-        Some(e) => e.message.as_ptr(),
-        None => c"".as_ptr(),
-    }
+    unsafe { err.as_ref() }.map_or(std::ptr::null(), |e| e.message.as_ptr())
 }
 
 /// The guest's errno behind `err`, or 0 when there is none (the error did not
-/// come from the guest, the guest gave no errno, or `err` is NULL).
+/// come from the guest or the guest gave no errno); 0 if `err` is NULL.
 ///
 /// Guest failures (`MSB_ERR_GUEST`, `MSB_ERR_NOT_FOUND`, `MSB_ERR_PERMISSION`,
 /// `MSB_ERR_EXISTS` from filesystem and TCP calls) carry the errno the guest
@@ -393,16 +388,17 @@ pub(crate) fn need_out<T>(out: *mut T, what: &str) -> FfiResult<()> {
 
 /// Hands out a borrowed view of `data`: writes its length to `len_out`
 /// (if non-NULL) and returns a pointer that is never NULL, even for zero
-/// bytes, so callers can pass it on to functions that reject NULL.
-pub(crate) fn borrowed_slice(data: &[u8], len_out: *mut usize) -> *const u8 {
+/// bytes, so callers can pass it on to functions that reject NULL. `None`
+/// (the accessor's object was NULL) gives NULL and length 0.
+pub(crate) fn borrowed_slice(data: Option<&[u8]>, len_out: *mut usize) -> *const u8 {
     if !len_out.is_null() {
         // SAFETY: non-NULL, caller-provided storage for a size_t.
-        unsafe { put(len_out, data.len()) };
+        unsafe { put(len_out, data.map_or(0, <[u8]>::len)) };
     }
-    if data.is_empty() {
-        std::ptr::NonNull::<u8>::dangling().as_ptr()
-    } else {
-        data.as_ptr()
+    match data {
+        None => std::ptr::null(),
+        Some([]) => std::ptr::NonNull::<u8>::dangling().as_ptr(),
+        Some(d) => d.as_ptr(),
     }
 }
 
@@ -426,10 +422,8 @@ pub(crate) fn new_bytes(data: Bytes) -> *mut msb_bytes {
 #[no_mangle]
 pub extern "C" fn msb_bytes_data(bytes: *const msb_bytes) -> *const u8 {
     // SAFETY: the caller passes NULL or a live msb_bytes (header contract).
-    match unsafe { bytes.as_ref() } {
-        Some(b) => borrowed_slice(&b.data, std::ptr::null_mut()),
-        None => std::ptr::null(),
-    }
+    let data = unsafe { bytes.as_ref() }.map(|b| &b.data[..]);
+    borrowed_slice(data, std::ptr::null_mut())
 }
 
 /// The buffer's length in bytes (0 if `bytes` is NULL).
