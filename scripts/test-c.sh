@@ -41,6 +41,46 @@ for fn in $(grep -vE '^\s*(\*|/\*)' include/microsandbox_agent.h | grep -oE '\bm
 done
 [[ $missing -eq 0 ]] || { echo "error: $missing header functions have no C test" >&2; exit 1; }
 
+echo "== checking that the NULL-accessor test covers every accessor"
+# An accessor: returns a value (not a status, not void) read from the object
+# its first parameter points at.
+for fn in $(grep -vE '^\s*(\*|/\*)' include/microsandbox_agent.h | tr '\n' ' ' |
+            grep -oE '[a-z_0-9]+ \*?msb_[a-z_0-9]+\(const struct' | grep -vE '^(msb_status|void) ' |
+            grep -oE 'msb_[a-z_0-9]+\(' | tr -d '('); do
+  if ! grep -q "NULL_CASE($fn)" tests/c/test_basics.c; then
+    echo "accessor missing from test_every_accessor_on_null: $fn"
+    missing=$((missing + 1))
+  fi
+done
+[[ $missing -eq 0 ]] || { echo "error: $missing accessors are not checked with NULL" >&2; exit 1; }
+
+echo "== checking that the compiler rejects freeing a borrowed fs entry"
+# The positive control compiles the same call shapes with the right types,
+# so the negative one fails for the type alone.
+cat >"$out/entry_owned.c" <<'C'
+#include "microsandbox_agent.h"
+uint64_t size_of(const msb_fs_entries *l, msb_fs_entry *owned) {
+    uint64_t n = msb_fs_entry_size(msb_fs_entries_get(l, 0)) + msb_fs_entry_size(msb_fs_entry_as_view(owned));
+    msb_fs_entry_free(owned);
+    return n;
+}
+C
+cat >"$out/entry_borrowed.c" <<'C'
+#include "microsandbox_agent.h"
+void free_borrowed(const msb_fs_entries *l) { msb_fs_entry_free(msb_fs_entries_get(l, 0)); }
+C
+"$CC" "${warn[@]}" -Iinclude -c "$out/entry_owned.c" -o /dev/null
+if "$CC" "${warn[@]}" -Iinclude -c "$out/entry_borrowed.c" -o /dev/null 2>/dev/null; then
+  echo "error: msb_fs_entry_free accepted a view from msb_fs_entries_get" >&2; exit 1
+fi
+if command -v c++ >/dev/null; then
+  # C++ rejects it without any warning flag.
+  c++ -x c++ -Iinclude -c "$out/entry_owned.c" -o /dev/null
+  if c++ -x c++ -Iinclude -c "$out/entry_borrowed.c" -o /dev/null 2>/dev/null; then
+    echo "error: C++ accepted freeing a view from msb_fs_entries_get" >&2; exit 1
+  fi
+fi
+
 echo "== compiling examples and tests"
 # The examples this script runs (other programs in examples/c, such as the
 # benchmark, have their own build).

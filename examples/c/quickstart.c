@@ -57,7 +57,7 @@ static int file_round_trip(msb_client *client) {
     if (msb_fs_list(client, "/tmp", TIMEOUT_MS, &entries, &err) != MSB_OK) return fail("msb_fs_list", err);
     printf("/tmp holds %zu entries:\n", msb_fs_entries_len(entries));
     for (size_t i = 0; i < msb_fs_entries_len(entries); i++) {
-        const msb_fs_entry *e = msb_fs_entries_get(entries, i);
+        const msb_fs_entry_view *e = msb_fs_entries_get(entries, i);
         printf("  %-40s %10llu bytes  mode %o\n", msb_fs_entry_path(e),
                (unsigned long long)msb_fs_entry_size(e), (unsigned)msb_fs_entry_mode(e));
     }

@@ -238,17 +238,18 @@ private:
     bool ended_ = false;
 };
 
-// A borrowed directory entry; valid while its Entries lives.
+// A borrowed directory entry (a view: the listing owns it); valid while its
+// Entries lives.
 class EntryView {
 public:
-    explicit EntryView(const msb_fs_entry *entry) noexcept : entry_(entry) {}
+    explicit EntryView(const msb_fs_entry_view *entry) noexcept : entry_(entry) {}
     std::string_view path() const noexcept { return msb_fs_entry_path(entry_); }
     msb_fs_kind kind() const noexcept { return msb_fs_entry_kind(entry_); }
     std::uint64_t size() const noexcept { return msb_fs_entry_size(entry_); }
     std::uint32_t mode() const noexcept { return msb_fs_entry_mode(entry_); }
 
 private:
-    const msb_fs_entry *entry_;
+    const msb_fs_entry_view *entry_;
 };
 
 // A directory listing.

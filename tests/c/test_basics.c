@@ -69,8 +69,6 @@ static void test_error_object_code_and_message(void) {
     CHECK_INT(msb_exec_request_new(NULL, &req, NULL), MSB_ERR_NULL_POINTER);
     CHECK(req == (msb_exec_request *)&req);
 
-    CHECK_INT(msb_error_code(NULL), MSB_ERR_NULL_POINTER);
-    CHECK_STR(msb_error_message(NULL), "");
     msb_error_free(NULL);
 }
 
@@ -78,6 +76,135 @@ static void test_bytes_accessors_on_null(void) {
     CHECK(msb_bytes_data(NULL) == NULL);
     CHECK_INT(msb_bytes_len(NULL), 0);
     msb_bytes_free(NULL);
+}
+
+/* ---- every accessor given NULL: NULL, 0 or false out (README "How the API
+ * behaves"). One thunk per accessor, by shape, so that one loop checks them
+ * all; `scripts/test-c.sh` fails when the header gains an accessor that is
+ * not in this table. */
+
+struct null_outcome {
+    const void *pointer; /* pointer-returning accessors */
+    long long number;    /* number- and bool-returning accessors */
+    size_t len;          /* what a *len_out parameter received (99 if untouched) */
+    int64_t time;        /* what a time out-parameter holds (42: untouched) */
+};
+
+#define NULL_POINTER_ACCESSOR(fn)                                                                  \
+    static struct null_outcome null_##fn(void) {                                                   \
+        return (struct null_outcome){.pointer = fn(NULL), .len = 0, .time = 42};                   \
+    }
+#define NULL_SLICE_ACCESSOR(fn)                                                                    \
+    static struct null_outcome null_##fn(void) {                                                   \
+        size_t len = 99;                                                                           \
+        const void *p = fn(NULL, &len);                                                            \
+        return (struct null_outcome){.pointer = p, .len = len, .time = 42};                        \
+    }
+#define NULL_NUMBER_ACCESSOR(fn)                                                                   \
+    static struct null_outcome null_##fn(void) {                                                   \
+        return (struct null_outcome){.number = (long long)fn(NULL), .time = 42};                   \
+    }
+#define NULL_TIME_ACCESSOR(fn)                                                                     \
+    static struct null_outcome null_##fn(void) {                                                   \
+        int64_t t = 42;                                                                            \
+        bool got = fn(NULL, &t);                                                                   \
+        return (struct null_outcome){.number = got, .time = t};                                    \
+    }
+
+NULL_POINTER_ACCESSOR(msb_error_message)
+NULL_NUMBER_ACCESSOR(msb_error_code)
+NULL_NUMBER_ACCESSOR(msb_error_errno)
+NULL_POINTER_ACCESSOR(msb_bytes_data)
+NULL_NUMBER_ACCESSOR(msb_bytes_len)
+NULL_NUMBER_ACCESSOR(msb_client_id_offset)
+NULL_NUMBER_ACCESSOR(msb_client_generation)
+NULL_NUMBER_ACCESSOR(msb_client_peer_generation)
+NULL_NUMBER_ACCESSOR(msb_client_is_legacy)
+NULL_POINTER_ACCESSOR(msb_client_agent_version)
+NULL_NUMBER_ACCESSOR(msb_client_alloc_id)
+NULL_NUMBER_ACCESSOR(msb_client_open_files)
+NULL_NUMBER_ACCESSOR(msb_subscription_id)
+NULL_NUMBER_ACCESSOR(msb_message_id)
+NULL_NUMBER_ACCESSOR(msb_message_flags)
+NULL_POINTER_ACCESSOR(msb_message_type)
+NULL_SLICE_ACCESSOR(msb_message_payload)
+NULL_NUMBER_ACCESSOR(msb_exec_id)
+NULL_NUMBER_ACCESSOR(msb_exec_event_kind)
+NULL_POINTER_ACCESSOR(msb_exec_event_failure_kind)
+NULL_NUMBER_ACCESSOR(msb_exec_event_errno)
+NULL_POINTER_ACCESSOR(msb_exec_event_message)
+NULL_POINTER_ACCESSOR(msb_exec_event_stage)
+NULL_NUMBER_ACCESSOR(msb_exec_event_pid)
+NULL_NUMBER_ACCESSOR(msb_exec_event_exit_code)
+NULL_SLICE_ACCESSOR(msb_exec_event_data)
+NULL_NUMBER_ACCESSOR(msb_run_output_exit_code)
+NULL_SLICE_ACCESSOR(msb_run_output_stdout)
+NULL_SLICE_ACCESSOR(msb_run_output_stderr)
+NULL_NUMBER_ACCESSOR(msb_run_output_truncated)
+NULL_POINTER_ACCESSOR(msb_fs_entry_as_view)
+NULL_POINTER_ACCESSOR(msb_fs_entry_path)
+NULL_NUMBER_ACCESSOR(msb_fs_entry_kind)
+NULL_NUMBER_ACCESSOR(msb_fs_entry_size)
+NULL_NUMBER_ACCESSOR(msb_fs_entry_mode)
+NULL_TIME_ACCESSOR(msb_fs_entry_mtime)
+NULL_NUMBER_ACCESSOR(msb_fs_entry_uid)
+NULL_NUMBER_ACCESSOR(msb_fs_entry_gid)
+NULL_TIME_ACCESSOR(msb_fs_entry_atime)
+NULL_NUMBER_ACCESSOR(msb_fs_entries_len)
+NULL_NUMBER_ACCESSOR(msb_tcp_stream_id)
+
+/* Accessors with a second argument: NULL object, valid other argument. */
+static struct null_outcome null_msb_client_supports(void) {
+    return (struct null_outcome){.number = msb_client_supports(NULL, "core.exec.request"), .time = 42};
+}
+static struct null_outcome null_msb_fs_entries_get(void) {
+    return (struct null_outcome){.pointer = msb_fs_entries_get(NULL, 0), .time = 42};
+}
+
+#define NULL_CASE(fn) {#fn, null_##fn}
+static const struct {
+    const char *name;
+    struct null_outcome (*call)(void);
+} null_accessors[] = {
+    NULL_CASE(msb_error_message),         NULL_CASE(msb_error_code),
+    NULL_CASE(msb_error_errno),           NULL_CASE(msb_bytes_data),
+    NULL_CASE(msb_bytes_len),             NULL_CASE(msb_client_id_offset),
+    NULL_CASE(msb_client_generation),     NULL_CASE(msb_client_peer_generation),
+    NULL_CASE(msb_client_is_legacy),      NULL_CASE(msb_client_agent_version),
+    NULL_CASE(msb_client_alloc_id),       NULL_CASE(msb_client_open_files),
+    NULL_CASE(msb_client_supports),       NULL_CASE(msb_subscription_id),
+    NULL_CASE(msb_message_id),            NULL_CASE(msb_message_flags),
+    NULL_CASE(msb_message_type),          NULL_CASE(msb_message_payload),
+    NULL_CASE(msb_exec_id),               NULL_CASE(msb_exec_event_kind),
+    NULL_CASE(msb_exec_event_failure_kind), NULL_CASE(msb_exec_event_errno),
+    NULL_CASE(msb_exec_event_message),    NULL_CASE(msb_exec_event_stage),
+    NULL_CASE(msb_exec_event_pid),        NULL_CASE(msb_exec_event_exit_code),
+    NULL_CASE(msb_exec_event_data),       NULL_CASE(msb_run_output_exit_code),
+    NULL_CASE(msb_run_output_stdout),     NULL_CASE(msb_run_output_stderr),
+    NULL_CASE(msb_run_output_truncated),  NULL_CASE(msb_fs_entry_as_view),
+    NULL_CASE(msb_fs_entry_path),         NULL_CASE(msb_fs_entry_kind),
+    NULL_CASE(msb_fs_entry_size),         NULL_CASE(msb_fs_entry_mode),
+    NULL_CASE(msb_fs_entry_mtime),        NULL_CASE(msb_fs_entry_uid),
+    NULL_CASE(msb_fs_entry_gid),          NULL_CASE(msb_fs_entry_atime),
+    NULL_CASE(msb_fs_entries_len),        NULL_CASE(msb_fs_entries_get),
+    NULL_CASE(msb_tcp_stream_id),
+};
+
+static void test_every_accessor_on_null(void) {
+    for (size_t i = 0; i < sizeof null_accessors / sizeof null_accessors[0]; i++) {
+        struct null_outcome o = null_accessors[i].call();
+        if (o.pointer != NULL || o.number != 0 || o.len != 0 || o.time != 42)
+            test_fail(__FILE__, __LINE__, "%s(NULL) gave pointer %p, value %lld, length %zu, time %lld",
+                      null_accessors[i].name, o.pointer, o.number, o.len, (long long)o.time);
+    }
+    /* The rule is about the object: a live object gives "" and non-NULL
+     * empty buffers, never NULL, where a pointer is promised. */
+    msb_error *err = NULL;
+    msb_exec_request *req = NULL;
+    CHECK_INT(msb_exec_request_new("", &req, &err), MSB_ERR_INVALID_ARGUMENT);
+    REQUIRE(err);
+    CHECK(msb_error_message(err) != NULL);
+    msb_error_free(err);
 }
 
 static void test_version_macros_match_runtime(void) {
@@ -100,7 +227,14 @@ static void test_connect_options(void) {
 
     msb_connect_options *opts = NULL;
     REQUIRE(msb_connect_options_new(&opts) == MSB_OK && opts);
+    /* A connection always has a deadline: 0 and every negative value,
+     * MSB_TIMEOUT_INFINITE included, are refused. */
     CHECK_INT(msb_connect_options_set_timeout_ms(opts, 0), MSB_ERR_INVALID_ARGUMENT);
+    CHECK_INT(msb_connect_options_set_timeout_ms(opts, MSB_TIMEOUT_INFINITE), MSB_ERR_INVALID_ARGUMENT);
+    CHECK_INT(msb_connect_options_set_timeout_ms(opts, -2), MSB_ERR_INVALID_ARGUMENT);
+    CHECK_INT(msb_connect_options_set_timeout_ms(opts, INT64_MIN), MSB_ERR_INVALID_ARGUMENT);
+    CHECK_INT(msb_connect_options_set_timeout_ms(opts, INT64_MAX), MSB_OK);
+    CHECK_INT(msb_connect_options_set_timeout_ms(opts, 1), MSB_OK);
     CHECK_INT(msb_connect_options_set_timeout_ms(opts, 5000), MSB_OK);
     CHECK_INT(msb_connect_options_set_memory_budget(opts, 65535), MSB_ERR_INVALID_ARGUMENT);
     CHECK_INT(msb_connect_options_set_memory_budget(opts, 0), MSB_ERR_INVALID_ARGUMENT);
@@ -206,7 +340,7 @@ static void test_connect_sandbox_by_name(void) {
     if (EXPECT(MSB_OK, msb_client_connect_sandbox("devbox", NULL, &c, ERR))) {
         msb_fs_entry *e = NULL;
         EXPECT(MSB_OK, msb_fs_stat(c, "/", T_MS, &e, ERR));
-        CHECK_INT(msb_fs_entry_kind(e), MSB_FS_KIND_DIR);
+        CHECK_INT(msb_fs_entry_kind(msb_fs_entry_as_view(e)), MSB_FS_KIND_DIR);
         msb_fs_entry_free(e);
     }
     msb_client_free(c);
@@ -235,7 +369,7 @@ static void test_connect_fd_uses_its_own_duplicate(void) {
     CHECK(close(fd) == 0);
     msb_fs_entry *e = NULL;
     EXPECT(MSB_OK, msb_fs_stat(c, "/", T_MS, &e, ERR));
-    CHECK_INT(msb_fs_entry_kind(e), MSB_FS_KIND_DIR);
+    CHECK_INT(msb_fs_entry_kind(msb_fs_entry_as_view(e)), MSB_FS_KIND_DIR);
     msb_fs_entry_free(e);
     msb_client_free(c);
 }
@@ -331,6 +465,7 @@ const struct test_case basics_tests[] = {
     {"msb_status_str describes every code", test_status_str_describes_every_code},
     {"msb_error carries code and message; err_out optional", test_error_object_code_and_message},
     {"msb_bytes accessors accept NULL", test_bytes_accessors_on_null},
+    {"every accessor given NULL returns NULL, 0 or false", test_every_accessor_on_null},
     {"version macros match msb_version()", test_version_macros_match_runtime},
     {"connect options validate and apply (64 KiB budget carries 1 MiB)", test_connect_options},
     {"connect argument errors (NULL, UTF-8, missing, path > 108 bytes)", test_connect_argument_errors},

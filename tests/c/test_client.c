@@ -199,7 +199,7 @@ static void test_raw_request_stat(void) {
     /* The message accessors accept NULL. */
     CHECK_INT(msb_message_id(NULL), 0);
     CHECK_INT(msb_message_flags(NULL), 0);
-    CHECK_STR(msb_message_type(NULL), "");
+    CHECK(msb_message_type(NULL) == NULL);
     size_t len = 99;
     CHECK(msb_message_payload(NULL, &len) == NULL);
     msb_message_free(NULL);
@@ -472,7 +472,7 @@ static void test_peer_generation_and_supports(void) {
     CHECK_INT(msb_client_generation(NULL), 0);
     CHECK_INT(msb_client_peer_generation(NULL), 0);
     CHECK(!msb_client_is_legacy(NULL));
-    CHECK_STR(msb_client_agent_version(NULL), "");
+    CHECK(msb_client_agent_version(NULL) == NULL);
     msb_client_free(c);
 }
 

@@ -74,19 +74,19 @@ static void test_write_read_stat(void) {
 
     msb_fs_entry *e = NULL;
     if (EXPECT(MSB_OK, msb_fs_stat(c, "/fs1/a.txt", T_MS, &e, ERR))) {
-        CHECK_STR(msb_fs_entry_path(e), "/fs1/a.txt");
-        CHECK_INT(msb_fs_entry_kind(e), MSB_FS_KIND_FILE);
-        CHECK_INT(msb_fs_entry_size(e), strlen(text));
-        CHECK_INT(msb_fs_entry_mode(e), 0100640);
+        CHECK_STR(msb_fs_entry_path(msb_fs_entry_as_view(e)), "/fs1/a.txt");
+        CHECK_INT(msb_fs_entry_kind(msb_fs_entry_as_view(e)), MSB_FS_KIND_FILE);
+        CHECK_INT(msb_fs_entry_size(msb_fs_entry_as_view(e)), strlen(text));
+        CHECK_INT(msb_fs_entry_mode(msb_fs_entry_as_view(e)), 0100640);
         int64_t mtime = 0;
-        CHECK(msb_fs_entry_mtime(e, &mtime));
+        CHECK(msb_fs_entry_mtime(msb_fs_entry_as_view(e), &mtime));
         int64_t now = (int64_t)time(NULL);
         CHECK(mtime > now - 600 && mtime <= now + 5);
-        CHECK(!msb_fs_entry_mtime(e, NULL));
+        CHECK(!msb_fs_entry_mtime(msb_fs_entry_as_view(e), NULL));
     }
     msb_fs_entry_free(e);
     e = NULL;
-    if (EXPECT(MSB_OK, msb_fs_stat(c, "/fs1/deep", T_MS, &e, ERR))) CHECK_INT(msb_fs_entry_kind(e), MSB_FS_KIND_DIR);
+    if (EXPECT(MSB_OK, msb_fs_stat(c, "/fs1/deep", T_MS, &e, ERR))) CHECK_INT(msb_fs_entry_kind(msb_fs_entry_as_view(e)), MSB_FS_KIND_DIR);
     msb_fs_entry_free(e);
 
     /* Zero length: (NULL, 0) writes an empty file; reading it gives a live,
@@ -125,7 +125,7 @@ static void test_list_and_symlink(void) {
     CHECK_INT(msb_fs_entries_len(list), 4);
     int seen = 0;
     for (size_t i = 0; i < msb_fs_entries_len(list); i++) {
-        const msb_fs_entry *e = msb_fs_entries_get(list, i);
+        const msb_fs_entry_view *e = msb_fs_entries_get(list, i);
         REQUIRE(e);
         const char *p = msb_fs_entry_path(e);
         if (!strcmp(p, "/fs2/sub")) {
@@ -154,7 +154,7 @@ static void test_list_and_symlink(void) {
     /* Stat does not follow symlinks. */
     msb_fs_entry *e = NULL;
     if (EXPECT(MSB_OK, msb_fs_stat(c, "/fs2/link", T_MS, &e, ERR)))
-        CHECK_INT(msb_fs_entry_kind(e), MSB_FS_KIND_SYMLINK);
+        CHECK_INT(msb_fs_entry_kind(msb_fs_entry_as_view(e)), MSB_FS_KIND_SYMLINK);
     msb_fs_entry_free(e);
 
     /* An empty directory lists as zero entries. */
@@ -292,7 +292,7 @@ static void test_fs_null_and_utf8_arguments(void) {
     msb_file_reader_free(NULL);
     msb_file_writer_free(NULL);
 
-    CHECK_STR(msb_fs_entry_path(NULL), "");
+    CHECK(msb_fs_entry_path(NULL) == NULL);
     CHECK_INT(msb_fs_entry_kind(NULL), MSB_FS_KIND_OTHER);
     CHECK_INT(msb_fs_entry_size(NULL), 0);
     CHECK_INT(msb_fs_entry_mode(NULL), 0);

@@ -76,10 +76,10 @@ static void test_unsupported_below_generation_two(void) {
     /* The connection is untouched: today's calls still work. */
     msb_fs_entry *root = NULL;
     if (EXPECT(MSB_OK, msb_fs_stat(c, "/", T_MS, &root, ERR))) {
-        CHECK_INT(msb_fs_entry_kind(root), MSB_FS_KIND_DIR);
-        CHECK_INT(msb_fs_entry_uid(root), 0);
+        CHECK_INT(msb_fs_entry_kind(msb_fs_entry_as_view(root)), MSB_FS_KIND_DIR);
+        CHECK_INT(msb_fs_entry_uid(msb_fs_entry_as_view(root)), 0);
         int64_t t = -1;
-        CHECK(!msb_fs_entry_atime(root, &t));
+        CHECK(!msb_fs_entry_atime(msb_fs_entry_as_view(root), &t));
         CHECK_INT(t, -1);
     }
     msb_fs_entry_free(root);
@@ -107,22 +107,22 @@ static void test_links_and_paths(void) {
     /* stat describes the link, stat_follow what it points at. */
     msb_fs_entry *e = NULL;
     if (EXPECT(MSB_OK, msb_fs_stat(c, "/h1/link", T_MS, &e, ERR)))
-        CHECK_INT(msb_fs_entry_kind(e), MSB_FS_KIND_SYMLINK);
+        CHECK_INT(msb_fs_entry_kind(msb_fs_entry_as_view(e)), MSB_FS_KIND_SYMLINK);
     msb_fs_entry_free(e);
     e = NULL;
     if (EXPECT(MSB_OK, msb_fs_stat_follow(c, "/h1/link", T_MS, &e, ERR))) {
-        CHECK_INT(msb_fs_entry_kind(e), MSB_FS_KIND_FILE);
-        CHECK_INT(msb_fs_entry_size(e), 5);
-        CHECK_INT(msb_fs_entry_mode(e) & 07777, 0640);
+        CHECK_INT(msb_fs_entry_kind(msb_fs_entry_as_view(e)), MSB_FS_KIND_FILE);
+        CHECK_INT(msb_fs_entry_size(msb_fs_entry_as_view(e)), 5);
+        CHECK_INT(msb_fs_entry_mode(msb_fs_entry_as_view(e)) & 07777, 0640);
         CHECK(host_stat("/h1/dir/target.txt", &st));
-        CHECK_INT(msb_fs_entry_uid(e), st.st_uid);
-        CHECK_INT(msb_fs_entry_gid(e), st.st_gid);
+        CHECK_INT(msb_fs_entry_uid(msb_fs_entry_as_view(e)), st.st_uid);
+        CHECK_INT(msb_fs_entry_gid(msb_fs_entry_as_view(e)), st.st_gid);
         int64_t atime = -1, mtime = -1;
-        CHECK(msb_fs_entry_atime(e, &atime));
+        CHECK(msb_fs_entry_atime(msb_fs_entry_as_view(e), &atime));
         CHECK_INT(atime, st.st_atime);
-        CHECK(msb_fs_entry_mtime(e, &mtime));
+        CHECK(msb_fs_entry_mtime(msb_fs_entry_as_view(e), &mtime));
         CHECK_INT(mtime, st.st_mtime);
-        CHECK(!msb_fs_entry_atime(e, NULL));
+        CHECK(!msb_fs_entry_atime(msb_fs_entry_as_view(e), NULL));
     }
     msb_fs_entry_free(e);
 
@@ -201,11 +201,11 @@ static void test_set_stat(void) {
     /* The guest reports the new owner and times on its entries. */
     msb_fs_entry *e = NULL;
     if (EXPECT(MSB_OK, msb_fs_stat(c, "/h2/f", T_MS, &e, ERR))) {
-        CHECK_INT(msb_fs_entry_uid(e), uid);
-        CHECK_INT(msb_fs_entry_gid(e), gid);
+        CHECK_INT(msb_fs_entry_uid(msb_fs_entry_as_view(e)), uid);
+        CHECK_INT(msb_fs_entry_gid(msb_fs_entry_as_view(e)), gid);
         int64_t t = 0;
-        CHECK(msb_fs_entry_atime(e, &t) && t == 1000000000);
-        CHECK(msb_fs_entry_mtime(e, &t) && t == 1200000000);
+        CHECK(msb_fs_entry_atime(msb_fs_entry_as_view(e), &t) && t == 1000000000);
+        CHECK(msb_fs_entry_mtime(msb_fs_entry_as_view(e), &t) && t == 1200000000);
     }
     msb_fs_entry_free(e);
 
@@ -330,8 +330,8 @@ static void test_file_handles(void) {
     /* fstat and fset_stat through the handle. */
     msb_fs_entry *e = NULL;
     if (EXPECT(MSB_OK, msb_file_fstat(f, T_MS, &e, ERR))) {
-        CHECK_INT(msb_fs_entry_size(e), 100 + big);
-        CHECK_INT(msb_fs_entry_kind(e), MSB_FS_KIND_FILE);
+        CHECK_INT(msb_fs_entry_size(msb_fs_entry_as_view(e)), 100 + big);
+        CHECK_INT(msb_fs_entry_kind(msb_fs_entry_as_view(e)), MSB_FS_KIND_FILE);
     }
     msb_fs_entry_free(e);
     msb_fs_set_attrs *a = NULL;

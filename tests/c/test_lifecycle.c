@@ -21,6 +21,7 @@ struct blocked_pull {
     pthread_t thread;
     msb_subscription *sub;
     msb_exec *exec;
+    msb_file_writer *writer;  /* for a blocked msb_file_writer_finish */
     const msb_client *client; /* for a blocked msb_client_request */
     atomic_int tid; /* set by the thread before it calls in */
     atomic_int returned;
@@ -37,6 +38,8 @@ static void *pull_thread(void *arg) {
         msb_message *m = NULL;
         b->status = msb_subscription_next(b->sub, MSB_TIMEOUT_INFINITE, &m, &err);
         msb_message_free(m);
+    } else if (b->writer) {
+        b->status = msb_file_writer_finish(b->writer, MSB_TIMEOUT_INFINITE, &err);
     } else if (b->exec) {
         msb_exec_event *ev = NULL;
         /* Skip the STARTED event; block on what never comes. */
@@ -119,6 +122,86 @@ static void test_free_subscription_while_another_thread_pulls(void) {
     int64_t t0 = now_ms();
     msb_subscription_free(b.sub);
     expect_woken_closed(&b, c, t0);
+    msb_client_free(c);
+}
+
+/* A relay that takes a write's request and its end marker but never answers
+ * (0.3.14 shapes: opening a writer waits for nothing, so only the finish
+ * waits): freeing the writer must wake the finish. */
+static void test_free_writer_while_another_thread_finishes(void) {
+    struct relay r;
+    static const char *const args[] = {"--profile", "0.3.14", "--fault", "stop-reading", NULL};
+    char why[512];
+    if (relay_spawn(&r, "/tmp/msb-ctest.XXXXXX", args, T_MS, why, sizeof why) != 0) {
+        test_fail(__FILE__, __LINE__, "%s", why);
+        return;
+    }
+    msb_client *c = NULL;
+    if (EXPECT(MSB_OK, msb_client_connect(r.socket, NULL, &c, ERR))) {
+        struct blocked_pull b = {0};
+        if (EXPECT(MSB_OK, msb_file_writer_open(c, "/stalled.txt", 0644, T_MS, &b.writer, ERR))) {
+            EXPECT(MSB_OK, msb_file_writer_write(b.writer, (const uint8_t *)"abc", 3, T_MS, ERR));
+            if (start_blocked(&b)) {
+                int64_t t0 = now_ms();
+                msb_file_writer_free(b.writer);
+                expect_woken_closed(&b, c, t0);
+                CHECK(b.returned_at - t0 < 2000);
+            } else {
+                test_fail(__FILE__, __LINE__, "msb_file_writer_finish did not block (status %d)", b.status);
+                pthread_join(b.thread, NULL);
+                msb_file_writer_free(b.writer);
+            }
+        }
+        /* The client is unharmed by the freed writer. */
+        CHECK_INT(msb_client_generation(c), 1);
+    }
+    msb_client_free(c);
+    relay_stop(&r, SIGTERM);
+}
+
+/* msb_client_free closes the connection, but what had already arrived for a
+ * live exec is delivered first (nothing received correctly is lost); only
+ * then do its pulls return MSB_ERR_CLOSED, and its sends fail at once. */
+static void test_client_free_delivers_what_already_arrived(void) {
+    msb_client *c = connect_shared();
+    REQUIRE(c);
+    msb_exec_request *req = make_request("sh", "-c", "echo queued; exec sleep 30", NULL);
+    msb_exec *exec = NULL;
+    if (EXPECT(MSB_OK, msb_exec_start(c, req, T_MS, &exec, ERR))) {
+        /* Waiting on the readiness fd makes the library read for us. STARTED
+         * is pulled now; once the fd is readable again, the stdout frame is
+         * queued, unpulled, when the client goes. */
+        int fd = -1;
+        EXPECT(MSB_OK, msb_exec_readiness_fd(exec, &fd, ERR));
+        CHECK(fd_readable(fd, T_MS));
+        msb_exec_event *ev = NULL;
+        if (EXPECT(MSB_OK, msb_exec_next_event(exec, 0, &ev, ERR))) CHECK_INT(msb_exec_event_kind(ev), MSB_EXEC_STARTED);
+        msb_exec_event_free(ev);
+        ev = NULL;
+        CHECK(fd_readable(fd, T_MS));
+        msb_counters k = {.struct_size = sizeof k};
+        CHECK_INT(msb_client_counters(c, &k), MSB_OK);
+        CHECK(k.bytes_queued > 0);
+        msb_client_free(c);
+        c = NULL;
+
+        if (EXPECT(MSB_OK, msb_exec_next_event(exec, 0, &ev, ERR))) {
+            CHECK_INT(msb_exec_event_kind(ev), MSB_EXEC_STDOUT);
+            size_t len = 0;
+            const uint8_t *data = msb_exec_event_data(ev, &len);
+            CHECK_MEM(data, len, "queued\n");
+        }
+        msb_exec_event_free(ev);
+        ev = NULL;
+        /* Everything received was pulled: now the close shows, every time. */
+        EXPECT(MSB_ERR_CLOSED, msb_exec_next_event(exec, 0, &ev, ERR));
+        EXPECT(MSB_ERR_CLOSED, msb_exec_next_event(exec, T_MS, &ev, ERR));
+        CHECK(ev == NULL);
+        EXPECT(MSB_ERR_CLOSED, msb_exec_write_stdin(exec, (const uint8_t *)"x", 1, T_MS, ERR));
+        EXPECT(MSB_ERR_CLOSED, msb_exec_signal(exec, 15, T_MS, ERR));
+    }
+    msb_exec_free(exec);
+    msb_exec_request_free(req);
     msb_client_free(c);
 }
 
@@ -300,7 +383,7 @@ static void test_stray_frames_are_dropped_and_counted(void) {
     msb_client *c = NULL;
     if (EXPECT(MSB_OK, msb_client_connect(r.socket, NULL, &c, ERR))) {
         msb_fs_entry *e = NULL;
-        if (EXPECT(MSB_OK, msb_fs_stat(c, "/", T_MS, &e, ERR))) CHECK_INT(msb_fs_entry_kind(e), MSB_FS_KIND_DIR);
+        if (EXPECT(MSB_OK, msb_fs_stat(c, "/", T_MS, &e, ERR))) CHECK_INT(msb_fs_entry_kind(msb_fs_entry_as_view(e)), MSB_FS_KIND_DIR);
         msb_fs_entry_free(e);
         msb_counters k = {.struct_size = sizeof k};
         CHECK_INT(msb_client_counters(c, &k), MSB_OK);
@@ -313,7 +396,7 @@ static void test_stray_frames_are_dropped_and_counted(void) {
     c = NULL;
     if (EXPECT(MSB_OK, msb_client_connect(r.socket, NULL, &c, ERR))) {
         msb_fs_entry *e = NULL;
-        if (EXPECT(MSB_OK, msb_fs_stat(c, "/", T_MS, &e, ERR))) CHECK_INT(msb_fs_entry_kind(e), MSB_FS_KIND_DIR);
+        if (EXPECT(MSB_OK, msb_fs_stat(c, "/", T_MS, &e, ERR))) CHECK_INT(msb_fs_entry_kind(msb_fs_entry_as_view(e)), MSB_FS_KIND_DIR);
         msb_fs_entry_free(e);
         msb_counters k = {.struct_size = sizeof k};
         CHECK_INT(msb_client_counters(c, &k), MSB_OK);
@@ -469,7 +552,7 @@ static void *share_client(void *arg) {
     snprintf(path, sizeof path, "/share-%d", s->index);
     for (int i = 0; i < ROUND_TRIPS; i++) {
         msb_fs_entry *e = NULL;
-        if (msb_fs_stat(s->client, "/", T_MS, &e, NULL) == MSB_OK && msb_fs_entry_kind(e) == MSB_FS_KIND_DIR) s->ok++;
+        if (msb_fs_stat(s->client, "/", T_MS, &e, NULL) == MSB_OK && msb_fs_entry_kind(msb_fs_entry_as_view(e)) == MSB_FS_KIND_DIR) s->ok++;
         msb_fs_entry_free(e);
         /* Raw requests interleave with typed calls on the same connection. */
         msb_message *m = NULL;
@@ -513,6 +596,8 @@ static void test_eight_threads_share_one_client(void) {
 const struct test_case lifecycle_tests[] = {
     {"freeing a subscription wakes its blocked puller with CLOSED", test_free_subscription_while_another_thread_pulls},
     {"freeing an exec wakes its blocked puller with CLOSED", test_free_exec_while_another_thread_pulls},
+    {"freeing a file writer wakes its blocked finish with CLOSED", test_free_writer_while_another_thread_finishes},
+    {"client free: queued exec events first, then CLOSED", test_client_free_delivers_what_already_arrived},
     {"client close wakes every waiter; later calls are CLOSED", test_client_close_wakes_every_waiter},
     {"client free while another thread waits in a request", test_client_free_while_another_thread_waits},
     {"handles outlive their client and report CLOSED", test_handles_outlive_their_client},
