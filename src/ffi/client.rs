@@ -742,7 +742,9 @@ pub extern "C" fn msb_message_payload(
     message: *const msb_message,
     len_out: *mut usize,
 ) -> *const u8 {
-    let data = box_ref(message, "message").ok().map(|m| &m.message.payload[..]);
+    let data = box_ref(message, "message")
+        .ok()
+        .map(|m| &m.message.payload[..]);
     borrowed_slice(data, len_out)
 }
 

@@ -69,7 +69,7 @@ func connect(ctx context.Context, what, target string, connectC connectFunc) (*C
 		}
 		defer C.msb_connect_options_free(opts)
 		if hasDeadline {
-			if status := C.msb_connect_options_set_timeout_ms(opts, C.uint64_t(timeout)); status != C.MSB_OK {
+			if status := C.msb_connect_options_set_timeout_ms(opts, timeout); status != C.MSB_OK {
 				return statusError(status, nil)
 			}
 		}

@@ -51,8 +51,9 @@ func (fi *FileInfo) IsDir() bool { return fi.mode.IsDir() }
 // Sys returns nil: there is no underlying host data.
 func (fi *FileInfo) Sys() any { return nil }
 
-// newFileInfo copies a library entry into Go memory.
-func newFileInfo(entry *C.msb_fs_entry) *FileInfo {
+// newFileInfo copies a library entry (a view: owned by a listing or by an
+// msb_fs_entry) into Go memory.
+func newFileInfo(entry *C.msb_fs_entry_view) *FileInfo {
 	unixMode := uint32(C.msb_fs_entry_mode(entry))
 	mode := fs.FileMode(unixMode & 0o777)
 	const setuid, setgid, sticky = 0o4000, 0o2000, 0o1000
@@ -169,7 +170,7 @@ func (c *Client) Stat(ctx context.Context, name string) (*FileInfo, error) {
 		var entry *C.msb_fs_entry
 		status := C.msb_fs_stat(h, cPath, timeout, &entry, errOut)
 		if status == C.MSB_OK {
-			fi = newFileInfo(entry)
+			fi = newFileInfo(C.msb_fs_entry_as_view(entry))
 			C.msb_fs_entry_free(entry)
 		}
 		return status

@@ -251,7 +251,9 @@ pub const Client = struct {
         var native: ?*c.msb_connect_options = null;
         try check(c.msb_connect_options_new(&native), null, diag);
         errdefer c.msb_connect_options_free(native);
-        if (options.timeout_ms) |ms| try check(c.msb_connect_options_set_timeout_ms(native, ms), null, diag);
+        // The C timeout is an int64_t; beyond its range the deadline is the
+        // same (millions of years), so clamp rather than fail.
+        if (options.timeout_ms) |ms| try check(c.msb_connect_options_set_timeout_ms(native, @intCast(@min(ms, std.math.maxInt(i64)))), null, diag);
         if (options.memory_budget) |bytes| try check(c.msb_connect_options_set_memory_budget(native, bytes), null, diag);
         return native;
     }
@@ -384,7 +386,7 @@ pub const Client = struct {
         var err: ?*c.msb_error = null;
         try check(c.msb_fs_stat(self.handle, path.ptr, timeout.toMs(), &entry, &err), err, diag);
         defer c.msb_fs_entry_free(entry);
-        return Entry.copy(allocator, entry.?);
+        return Entry.copy(allocator, c.msb_fs_entry_as_view(entry).?);
     }
 
     /// The immediate children of `path`, unsorted, copied into memory of
@@ -658,7 +660,8 @@ pub const Entry = struct {
     /// Modification time in Unix seconds, if the guest reported one.
     mtime: ?i64,
 
-    fn copy(allocator: Allocator, native: *const c.msb_fs_entry) Allocator.Error!Entry {
+    /// `native` is a view: borrowed from a listing or from an owned entry.
+    fn copy(allocator: Allocator, native: *const c.msb_fs_entry_view) Allocator.Error!Entry {
         var mtime: i64 = 0;
         const has_mtime = c.msb_fs_entry_mtime(native, &mtime);
         return .{
