@@ -16,6 +16,7 @@ mod error;
 pub mod exec;
 pub mod fs;
 mod handshake;
+mod platform;
 mod pool;
 mod reader;
 mod subscription;
@@ -28,13 +29,14 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
-pub use conn::Counters;
+pub use reader::{Backpressure, Counters};
 pub use error::{CloseCause, Error, Result};
 pub use subscription::{Pulled, Subscription};
 
 use crate::protocol::payload::Ready;
 use crate::protocol::{Message, MessageType, ProtocolError, FLAG_SHUTDOWN};
-use conn::{Conn, IdRange};
+use conn::Conn;
+use reader::IdRange;
 
 /// Default deadline for connect plus handshake.
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -48,9 +50,12 @@ pub const MIN_MEMORY_BUDGET: usize = 64 * 1024;
 pub struct ClientOptions {
     /// One deadline for connecting and completing the handshake.
     pub connect_timeout: Duration,
-    /// Bytes of unread messages the client holds before it stops reading the
-    /// socket (backpressure). At most one frame (4 MiB) more is ever held.
+    /// Memory that unread messages may hold; what happens when it is full
+    /// is `backpressure`'s choice. The README's "Memory" section states the
+    /// bound this gives.
     pub memory_budget: usize,
+    /// Fail the largest stream (the default), or pause the socket.
+    pub backpressure: Backpressure,
 }
 
 impl Default for ClientOptions {
@@ -58,6 +63,7 @@ impl Default for ClientOptions {
         ClientOptions {
             connect_timeout: DEFAULT_CONNECT_TIMEOUT,
             memory_budget: DEFAULT_MEMORY_BUDGET,
+            backpressure: Backpressure::default(),
         }
     }
 }
@@ -149,6 +155,7 @@ impl Client {
                 offset: hs.id_offset,
             },
             options.memory_budget,
+            options.backpressure,
         )?;
         Ok(Client {
             inner: Arc::new(ClientInner {
@@ -171,7 +178,7 @@ impl Client {
 
     /// The first id of this client's range minus one (the relay's `id_offset`).
     pub fn id_offset(&self) -> u32 {
-        self.inner.conn.range.offset
+        self.inner.conn.range().offset
     }
 
     /// An id of this client's range that has no live subscription now.
@@ -194,7 +201,7 @@ impl Client {
     /// messages `accept` lets through.
     pub(crate) fn subscribe_new_accepting(
         &self,
-        accept: subscription::Accept,
+        accept: reader::Accept,
     ) -> Result<Subscription> {
         self.inner.conn.subscribe_new(Some(accept))
     }
