@@ -345,3 +345,272 @@ fn sendmsg_at(
     unsafe { libc::sendmsg(fd, &msg, flags) }
 }
 
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::{encode_frame, Message, ID_RANGE_STEP};
+    use std::io::{Read, Write};
+    use std::os::unix::net::UnixStream;
+
+    use super::super::reader::{Pulled, TAKEOVER_GRACE};
+
+    const BUDGET: usize = 256 * 1024;
+
+    /// A connection on one end of a socket pair, with the test as the relay
+    /// on the other; slot 1's id range.
+    fn pair(backpressure: Backpressure) -> (Arc<Conn>, UnixStream) {
+        let (ours, peer) = UnixStream::pair().unwrap();
+        let conn = Conn::new(
+            OwnedFd::from(ours),
+            IdRange {
+                offset: ID_RANGE_STEP,
+            },
+            BUDGET,
+            backpressure,
+        )
+        .unwrap();
+        (conn, peer)
+    }
+
+    fn frame(t: &str, id: u32, flags: u8, payload: &[u8]) -> Vec<u8> {
+        let mut out = Vec::new();
+        encode_frame(&mut out, t, id, flags, payload);
+        out
+    }
+
+    fn pull(sub: &Subscription, ms: u64) -> Result<Pulled<Message>> {
+        sub.recv_timeout(Some(Duration::from_millis(ms)))
+    }
+
+    #[test]
+    fn an_unread_stream_fails_alone_and_the_socket_keeps_being_read() {
+        let (conn, mut peer) = pair(Backpressure::FailStream);
+        let flood = conn.subscribe_new(None).unwrap();
+        let other = conn.subscribe_new(None).unwrap();
+        // Far more than the budget and the socket buffers together: the
+        // writes finish only because the background thread keeps reading
+        // while nobody pulls.
+        let chunk = frame("core.fs.data", flood.id(), 0, &[7u8; 32 * 1024]);
+        let writer = {
+            let mut peer = peer.try_clone().unwrap();
+            std::thread::spawn(move || {
+                for _ in 0..256 {
+                    peer.write_all(&chunk).unwrap();
+                }
+            })
+        };
+        writer.join().unwrap();
+        peer.write_all(&frame("core.fs.data", other.id(), 1, b"hi"))
+            .unwrap();
+        match pull(&other, 5000).unwrap() {
+            Pulled::Item(m) => assert_eq!(&m.payload[..], b"hi"),
+            p => panic!("{p:?}"),
+        }
+        let k = conn.counters();
+        assert!(k.bytes_queued <= BUDGET as u64, "{k:?}");
+        assert!(k.dropped_overflow > 0, "{k:?}");
+        // What was queued before the overflow comes first, then the error.
+        let mut delivered = 0;
+        let err = loop {
+            match pull(&flood, 1000) {
+                Ok(Pulled::Item(m)) => delivered += m.payload.len(),
+                Ok(p) => panic!("{p:?}"),
+                Err(e) => break e,
+            }
+        };
+        assert!(delivered > BUDGET / 2, "delivered {delivered}");
+        assert!(
+            matches!(&err, Error::Closed(CloseCause::StreamOverflow(_))),
+            "{err}"
+        );
+        assert!(conn.close_cause().is_none(), "the connection lives");
+        assert_eq!(conn.counters().bytes_queued, 0);
+    }
+
+    #[test]
+    fn a_full_budget_releases_the_largest_other_stream() {
+        let (conn, mut peer) = pair(Backpressure::FailStream);
+        let big = conn.subscribe_new(None).unwrap();
+        let small = conn.subscribe_new(None).unwrap();
+        for _ in 0..7 {
+            peer.write_all(&frame("core.fs.data", big.id(), 0, &[1u8; 32 * 1024]))
+                .unwrap();
+        }
+        // `small` then needs more room than is left: `big` holds the most,
+        // so it fails and what it held is released.
+        for _ in 0..3 {
+            peer.write_all(&frame("core.fs.data", small.id(), 0, &[2u8; 20 * 1024]))
+                .unwrap();
+        }
+        // Nobody pulls until the background thread has routed all ten.
+        let started = Instant::now();
+        while conn.counters().frames_received < 10 {
+            assert!(started.elapsed() < Duration::from_secs(5), "not read");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        for _ in 0..3 {
+            match pull(&small, 5000).unwrap() {
+                Pulled::Item(m) => assert_eq!(m.payload.len(), 20 * 1024),
+                p => panic!("{p:?}"),
+            }
+        }
+        match pull(&big, 1000) {
+            Err(Error::Closed(CloseCause::StreamOverflow(d))) => {
+                assert!(d.contains("released"), "{d}")
+            }
+            other => panic!("{:?}", other.map(|p| matches!(p, Pulled::Item(_)))),
+        }
+        assert!(conn.counters().dropped_overflow >= 7);
+    }
+
+    #[test]
+    fn pausing_the_socket_holds_back_the_peer_and_loses_nothing() {
+        let (conn, mut peer) = pair(Backpressure::PauseSocket);
+        let sub = conn.subscribe_new(None).unwrap();
+        peer.set_nonblocking(true).unwrap();
+        let chunk = frame("core.fs.data", sub.id(), 0, &[3u8; 32 * 1024]);
+        let mut sent = 0usize;
+        let started = Instant::now();
+        // Write until the socket stays full: the reader stopped reading.
+        let mut stalled_since = None;
+        while started.elapsed() < Duration::from_secs(5) {
+            match peer.write(&chunk[sent % chunk.len()..]) {
+                Ok(n) => {
+                    sent += n;
+                    stalled_since = None;
+                }
+                Err(_) => {
+                    let s = *stalled_since.get_or_insert_with(Instant::now);
+                    if s.elapsed() > TAKEOVER_GRACE * 10 {
+                        break;
+                    }
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+            }
+        }
+        assert!(stalled_since.is_some(), "the peer was never held back");
+        let k = conn.counters();
+        assert!(k.bytes_queued as usize <= BUDGET + 64 * 1024, "{k:?}");
+        assert!(k.bytes_queued as usize >= BUDGET, "{k:?}");
+        assert_eq!(k.dropped_overflow, 0);
+        let _ = sent;
+    }
+
+    #[test]
+    fn a_frame_cut_off_by_eof_is_a_protocol_error_naming_the_cut() {
+        for (body, size) in [(100usize, 100 + 9 + 30), (20 * 1024, 20 * 1024 + 9 + 30)] {
+            let (conn, mut peer) = pair(Backpressure::FailStream);
+            let sub = conn.subscribe_new(None).unwrap();
+            let whole = frame("core.fs.data", sub.id(), 0, &vec![0u8; body]);
+            let cut = whole.len() / 2;
+            peer.write_all(&whole[..cut]).unwrap();
+            drop(peer);
+            match pull(&sub, 5000) {
+                Err(Error::Closed(CloseCause::Protocol(e))) => {
+                    let text = e.to_string();
+                    assert!(
+                        text.contains(&format!("frame of {} bytes cut off after {cut}", whole.len())),
+                        "{text} (frame {} ~ {size})",
+                        whole.len()
+                    );
+                }
+                other => panic!("{other:?}"),
+            }
+        }
+        // EOF between frames stays an ordinary close.
+        let (conn, peer) = pair(Backpressure::FailStream);
+        let sub = conn.subscribe_new(None).unwrap();
+        drop(peer);
+        assert!(matches!(
+            pull(&sub, 5000),
+            Err(Error::Closed(CloseCause::Eof))
+        ));
+    }
+
+    #[test]
+    fn sends_outside_the_range_are_refused() {
+        let (conn, mut peer) = pair(Backpressure::FailStream);
+        let deadline = Instant::now() + Duration::from_secs(1);
+        for id in [1, ID_RANGE_STEP, 2 * ID_RANGE_STEP, u32::MAX] {
+            let r = conn.send(&MessageType::FsData, id, &[b""], deadline);
+            assert!(matches!(r, Err(Error::InvalidArgument(_))), "{id}: {r:?}");
+        }
+        assert!(matches!(
+            conn.send_with_flags("core.fs.data", 0, 0, &[], deadline),
+            Err(Error::InvalidArgument(_))
+        ));
+        conn.send_with_flags("core.shutdown", 0, 4, &[], deadline)
+            .unwrap();
+        conn.send(&MessageType::FsData, ID_RANGE_STEP + 1, &[b""], deadline)
+            .unwrap();
+        drop(conn);
+        let mut got = [0u8; 4];
+        peer.read_exact(&mut got).unwrap();
+    }
+
+    #[test]
+    fn a_reader_panic_wakes_every_waiter_with_an_error() {
+        let (conn, mut peer) = pair(Backpressure::FailStream);
+        let blocking = conn.subscribe_new(None).unwrap();
+        let passive = conn.subscribe_new(None).unwrap();
+        let fd = passive.readiness_fd().unwrap();
+        let puller = std::thread::spawn(move || {
+            blocking.recv_timeout(Some(Duration::from_secs(20)))
+        });
+        std::thread::sleep(TAKEOVER_GRACE * 3);
+        // Whoever reads next panics: the blocked puller or the background
+        // thread (which reads for the readiness fd); some data makes sure
+        // one of them reads.
+        conn.inject_reader_panic();
+        peer.write_all(&frame("core.fs.data", ID_RANGE_STEP + 5, 0, b"x"))
+            .unwrap();
+        let r = puller.join().unwrap();
+        assert!(
+            matches!(&r, Err(Error::Closed(CloseCause::ReaderPanicked(_)))),
+            "{:?}",
+            r.map(|_| ())
+        );
+        let mut p = libc::pollfd {
+            fd,
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: one live pollfd.
+        assert_eq!(unsafe { libc::poll(&mut p, 1, 5000) }, 1, "fd readable");
+        assert!(matches!(
+            pull(&passive, 0),
+            Err(Error::Closed(CloseCause::ReaderPanicked(_)))
+        ));
+        // A later pull fails at once instead of reading a dead socket.
+        let late = conn.subscribe_new(None);
+        assert!(matches!(late, Err(Error::Closed(_))));
+        conn.join_background();
+    }
+
+    #[test]
+    fn a_panic_on_the_background_thread_fails_the_connection() {
+        let (conn, mut peer) = pair(Backpressure::FailStream);
+        let passive = conn.subscribe_new(None).unwrap();
+        let fd = passive.readiness_fd().unwrap();
+        // Nobody leads: only the background thread reads.
+        conn.inject_reader_panic();
+        peer.write_all(&frame("core.fs.data", ID_RANGE_STEP + 5, 0, b"x"))
+            .unwrap();
+        let mut p = libc::pollfd {
+            fd,
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: one live pollfd.
+        assert_eq!(unsafe { libc::poll(&mut p, 1, 5000) }, 1, "fd readable");
+        match pull(&passive, 0) {
+            Err(Error::Closed(CloseCause::ReaderPanicked(m))) => {
+                assert!(m.contains("injected"), "{m}")
+            }
+            other => panic!("{other:?}"),
+        }
+        let handle = conn.background.lock().take().unwrap();
+        assert!(handle.join().is_ok(), "the thread ended without unwinding");
+    }
+}
