@@ -5,12 +5,14 @@
 #             stream fed in chunks, checked against feeding it whole, and
 #             every decoded frame re-encoded and decoded again;
 #   payloads  every Payload::decode, with decode -> encode -> decode round
-#             trips that must give equal values and stable bytes.
+#             trips that must give equal values and stable bytes;
+#   reader    the client's real reader through a socket, the stream split
+#             at arbitrary points, checked against a whole-stream decode.
 # The seed corpus is generated from tests/data/protocol-0.3.14.json (every
 # frame, the handshake, all frames as one stream, every payload); inputs in
 # fuzz/regressions/<target>/ are replayed first on every run.
 #
-#   scripts/fuzz.sh [SECONDS_PER_TARGET] [TARGET...]     (default 60, both targets)
+#   scripts/fuzz.sh [SECONDS_PER_TARGET] [TARGET...]     (default 60, every target)
 #
 # Needs the nightly toolchain and cargo-fuzz (cargo install cargo-fuzz).
 # A crash leaves its input in fuzz/artifacts/<target>/ and fails the script;
@@ -22,7 +24,7 @@ cd "$top"
 seconds="${1:-60}"
 shift || true
 targets=("$@")
-[[ ${#targets[@]} -gt 0 ]] || targets=(frames payloads)
+[[ ${#targets[@]} -gt 0 ]] || targets=(frames payloads reader)
 
 cargo +nightly --version >/dev/null 2>&1 || { echo "error: the nightly toolchain is needed" >&2; exit 1; }
 cargo +nightly fuzz --version >/dev/null 2>&1 || { echo "error: cargo-fuzz is missing (cargo install cargo-fuzz)" >&2; exit 1; }
@@ -48,8 +50,19 @@ put("frames", bytes([3]) + handshake)
 put("frames", bytes([255]) + handshake + b"".join(frames))
 for m in vectors["messages"]:
     put("payloads", bytes.fromhex(m["payload_cbor_hex"]))
-print("frames: %d seeds, payloads: %d seeds" % (
-    len(os.listdir("fuzz/corpus/frames")), len(os.listdir("fuzz/corpus/payloads"))))
+# reader: byte 0 is the number of split points, then u16 offsets, then the
+# stream. Frames of slot 0 would be needed to reach subscribers; the vectors'
+# frames exercise splitting, dropping and the error paths as they are.
+stream = b"".join(frames)
+for splits in ([], [1], [4, 9, 10, 200]):
+    head = bytes([len(splits)]) + b"".join(s.to_bytes(2, "little") for s in splits)
+    put("reader", head + stream)
+    for f in frames:
+        put("reader", head + f)
+    put("reader", head + stream[: len(stream) // 2])
+print("frames: %d seeds, payloads: %d seeds, reader: %d seeds" % (
+    len(os.listdir("fuzz/corpus/frames")), len(os.listdir("fuzz/corpus/payloads")),
+    len(os.listdir("fuzz/corpus/reader"))))
 PY
 
 status=0

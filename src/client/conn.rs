@@ -17,11 +17,15 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::error::{CloseCause, Error, Result};
+use super::flow::{self, ExecLimits};
 use super::platform;
 use super::reader::{set_socket_timeout, Accept, Backpressure, Counters, IdRange, Outbox, Reader};
 use super::subscription::Subscription;
 use super::sync::{CacheAligned, Mutex, TimedLock};
 use crate::protocol::{encode_frame_head, encoded_len, MessageType, MAX_FRAME_SIZE};
+
+/// The acknowledgement of consumed exec output (generation 10).
+const OUTPUT_ACK: &str = "core.exec.output.ack";
 
 /// Stack of the background thread: it runs only the reader, no caller code.
 const BACKGROUND_STACK: usize = 128 * 1024;
@@ -44,10 +48,11 @@ impl Conn {
         range: IdRange,
         budget: usize,
         backpressure: Backpressure,
+        exec_limits: Option<ExecLimits>,
     ) -> Result<Arc<Conn>> {
         platform::prepare_socket(fd.as_raw_fd())
             .map_err(|e| Error::io(e, "preparing the socket"))?;
-        let reader = Reader::new(fd.as_raw_fd(), range, budget, backpressure)
+        let reader = Reader::new(fd.as_raw_fd(), range, budget, backpressure, exec_limits)
             .map_err(|e| Error::io(e, "creating the reader's events"))?;
         let conn = Arc::new(Conn {
             fd,
@@ -73,6 +78,11 @@ impl Conn {
 
     pub(crate) fn close_cause(&self) -> Option<CloseCause> {
         self.reader.close_cause()
+    }
+
+    #[cfg(any(test, feature = "test-hooks"))]
+    pub(crate) fn raw_fd(&self) -> RawFd {
+        self.fd.as_raw_fd()
     }
 
     /// Marks the connection dead with `cause` (the first cause wins) and
@@ -128,6 +138,56 @@ impl Conn {
     #[cfg(any(test, feature = "test-hooks"))]
     pub(crate) fn inject_reader_panic(&self) {
         self.reader.inject_panic();
+    }
+
+    // ------------------------------------------------------------ stdin
+
+    /// Writes `data` to the stdin of the exec on `sub`. With exec flow
+    /// control, waits for `core.exec.started` and for room in the input
+    /// window, in chunks of `stdin_chunk_size`; otherwise sends at once, in
+    /// chunks of [`LEGACY_STDIN_CHUNK`]. All within `deadline`.
+    pub(crate) fn write_stdin(
+        &self,
+        sub: &Subscription,
+        data: &[u8],
+        deadline: Instant,
+    ) -> Result<()> {
+        if !self.reader.exec_flow_control() {
+            for chunk in data.chunks(LEGACY_STDIN_CHUNK) {
+                self.send_stdin(sub.id(), chunk, deadline)?;
+            }
+            return Ok(());
+        }
+        let mut rest = data;
+        while !rest.is_empty() {
+            let n = self
+                .reader
+                .reserve_stdin(&sub.stream, rest.len(), deadline, self)?;
+            if let Err(e) = self.send_stdin(sub.id(), &rest[..n], deadline) {
+                self.reader.unreserve_stdin(&sub.stream, n);
+                return Err(e);
+            }
+            rest = &rest[n..];
+        }
+        Ok(())
+    }
+
+    /// Ends the exec's stdin with the empty chunk; with flow control, only
+    /// once it has started, and never twice.
+    pub(crate) fn close_stdin(&self, sub: &Subscription, deadline: Instant) -> Result<()> {
+        if self.reader.exec_flow_control() {
+            self.reader.reserve_stdin(&sub.stream, 0, deadline, self)?;
+        }
+        self.send_stdin(sub.id(), &[], deadline)
+    }
+
+    /// One `core.exec.stdin` frame, the data written from the caller's buffer.
+    fn send_stdin(&self, id: u32, data: &[u8], deadline: Instant) -> Result<()> {
+        let mut prefix = Vec::with_capacity(16);
+        prefix.push(0xa1);
+        crate::protocol::cbor::write_text(&mut prefix, "data");
+        crate::protocol::cbor::write_bytes_head(&mut prefix, data.len());
+        self.send(&MessageType::ExecStdin, id, &[&prefix, data], deadline)
     }
 
     // ------------------------------------------------------------ writing
@@ -256,7 +316,28 @@ impl Conn {
 
 }
 
+/// Stdin frames carry at most this much without flow control, well under
+/// the frame limit.
+pub(crate) const LEGACY_STDIN_CHUNK: usize = 1024 * 1024;
+
+/// How long the reader or a pulling caller may spend sending an output
+/// acknowledgement; it is small, and the socket is rarely full.
+const ACK_SEND_TIMEOUT: Duration = Duration::from_secs(5);
+
 impl Outbox for Conn {
+    fn ack_output(&self, id: u32, consumed: u64) {
+        let payload = flow::encode_consumed(consumed);
+        // A lost acknowledgement would stall the guest: a send that fails
+        // has failed the connection (or it was closed) anyway.
+        let _ = self.send_with_flags(
+            OUTPUT_ACK,
+            id,
+            0,
+            &[&payload],
+            Instant::now() + ACK_SEND_TIMEOUT,
+        );
+    }
+
     fn kill_exec(&self, id: u32) {
         let p = crate::protocol::payload::ExecSignal {
             signal: libc::SIGKILL,
@@ -354,6 +435,7 @@ mod tests {
     use std::os::unix::net::UnixStream;
 
     use super::super::reader::{Pulled, TAKEOVER_GRACE};
+    use crate::protocol::MessageType;
 
     const BUDGET: usize = 256 * 1024;
 
@@ -368,6 +450,7 @@ mod tests {
             },
             BUDGET,
             backpressure,
+            None,
         )
         .unwrap();
         (conn, peer)
@@ -612,5 +695,180 @@ mod tests {
         }
         let handle = conn.background.lock().take().unwrap();
         assert!(handle.join().is_ok(), "the thread ended without unwinding");
+    }
+
+    /// Reads frames from the peer's end until `n` arrived or `wait` passed.
+    fn read_frames(peer: &mut UnixStream, n: usize, wait: Duration) -> Vec<Message> {
+        use crate::protocol::FrameDecoder;
+        peer.set_read_timeout(Some(Duration::from_millis(20))).unwrap();
+        let mut d = FrameDecoder::new();
+        let mut got = Vec::new();
+        let until = Instant::now() + wait;
+        let mut buf = vec![0u8; 64 * 1024];
+        while got.len() < n && Instant::now() < until {
+            if let Ok(k) = peer.read(&mut buf) {
+                d.extend(&buf[..k]);
+            }
+            while let Ok(Some(raw)) = d.next_frame() {
+                got.push(raw.decode().unwrap());
+            }
+        }
+        got
+    }
+
+    fn consumed_of(m: &Message) -> u64 {
+        flow::decode_consumed(&m.payload).unwrap()
+    }
+
+    #[test]
+    fn exec_flow_control_follows_the_worked_exchange() {
+        let (ours, mut peer) = UnixStream::pair().unwrap();
+        let limits = ExecLimits {
+            output_limit: 1_048_576,
+            input_limit: 65_536,
+            stdin_chunk_size: 16_384,
+        };
+        let conn = Conn::new(
+            OwnedFd::from(ours),
+            IdRange {
+                offset: ID_RANGE_STEP,
+            },
+            BUDGET,
+            Backpressure::FailStream,
+            Some(limits),
+        )
+        .unwrap();
+        let sub = Arc::new(conn.subscribe_new(None).unwrap());
+        let id = sub.id();
+        let writer = {
+            let (conn, sub) = (conn.clone(), sub.clone());
+            std::thread::spawn(move || {
+                let data = vec![b'x'; 70_000];
+                conn.write_stdin(&sub, &data, Instant::now() + Duration::from_secs(20))
+            })
+        };
+        // No stdin before core.exec.started.
+        assert!(read_frames(&mut peer, 1, Duration::from_millis(200)).is_empty());
+        peer.write_all(&frame("core.exec.started", id, 0, &[0xa1, 0x63, b'p', b'i', b'd', 0x18, 0x4d]))
+            .unwrap();
+        // Four chunks of 16 384 fill input_limit; then nothing until an ack.
+        let chunks = read_frames(&mut peer, 5, Duration::from_millis(500));
+        assert_eq!(chunks.len(), 4, "input_limit holds back the fifth chunk");
+        for c in &chunks {
+            assert_eq!(c.message_type, MessageType::ExecStdin);
+            assert_eq!(flow::data_len(&c.payload), 16_384);
+        }
+        let mut ack = [0xa1, 0x68].to_vec();
+        ack.extend_from_slice(b"consumed");
+        ack.extend_from_slice(&[0x19, 0x80, 0x00]);
+        peer.write_all(&frame("core.exec.stdin.ack", id, 0, &ack)).unwrap();
+        let rest = read_frames(&mut peer, 2, Duration::from_secs(1));
+        let sizes: Vec<usize> = rest.iter().map(|m| flow::data_len(&m.payload)).collect();
+        assert_eq!(sizes, [70_000 - 4 * 16_384]);
+        writer.join().unwrap().unwrap();
+
+        // Output: "a" and "bb" queued together, consumed: one ack of 515.
+        let out = |d: &[u8]| {
+            let mut p = vec![0xa1, 0x64, b'd', b'a', b't', b'a', 0x40 | d.len() as u8];
+            p.extend_from_slice(d);
+            frame("core.exec.stdout", id, 0, &p)
+        };
+        let received = conn.counters().frames_received;
+        peer.write_all(&[out(b"a"), out(b"bb")].concat()).unwrap();
+        while conn.counters().frames_received < received + 2 {
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        // The started event, then the two chunks; the stdin ack was not queued.
+        for _ in 0..3 {
+            assert!(matches!(pull(&sub, 1000).unwrap(), Pulled::Item(_)));
+        }
+        let acks = read_frames(&mut peer, 2, Duration::from_millis(300));
+        assert_eq!(acks.len(), 1, "one acknowledgement for the batch");
+        assert_eq!(acks[0].message_type.as_str(), "core.exec.output.ack");
+        assert_eq!(consumed_of(&acks[0]), 515);
+        peer.write_all(&out(b"ccc")).unwrap();
+        assert!(matches!(pull(&sub, 5000).unwrap(), Pulled::Item(_)));
+        let acks = read_frames(&mut peer, 1, Duration::from_secs(5));
+        assert_eq!(consumed_of(&acks[0]), 774);
+
+        // EOF only once; stdin after it is refused.
+        conn.close_stdin(&sub, Instant::now() + Duration::from_secs(5))
+            .unwrap();
+        let eof = read_frames(&mut peer, 1, Duration::from_secs(5));
+        assert_eq!(eof[0].message_type, MessageType::ExecStdin);
+        assert_eq!(flow::data_len(&eof[0].payload), 0);
+        assert!(conn
+            .write_stdin(&sub, b"late", Instant::now() + Duration::from_secs(1))
+            .is_err());
+
+        // Output left unread when the exec is freed is acknowledged too.
+        let received = conn.counters().frames_received;
+        peer.write_all(&out(b"dddd")).unwrap();
+        while conn.counters().frames_received < received + 1 {
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        drop(Arc::try_unwrap(sub).ok().unwrap());
+        let acks = read_frames(&mut peer, 1, Duration::from_secs(5));
+        assert_eq!(consumed_of(&acks[0]), 774 + 4 + 256);
+    }
+
+    #[test]
+    fn stdin_waits_for_the_start_only_within_its_deadline() {
+        let (ours, _peer) = UnixStream::pair().unwrap();
+        let limits = ExecLimits {
+            output_limit: 1 << 20,
+            input_limit: 1 << 16,
+            stdin_chunk_size: 1 << 14,
+        };
+        let conn = Conn::new(
+            OwnedFd::from(ours),
+            IdRange {
+                offset: ID_RANGE_STEP,
+            },
+            BUDGET,
+            Backpressure::FailStream,
+            Some(limits),
+        )
+        .unwrap();
+        let sub = conn.subscribe_new(None).unwrap();
+        let started = Instant::now();
+        let r = conn.write_stdin(&sub, b"x", started + Duration::from_millis(100));
+        assert!(matches!(r, Err(Error::Timeout(_))), "{r:?}");
+        assert!(started.elapsed() < Duration::from_secs(2));
+        assert!(matches!(
+            conn.close_stdin(&sub, Instant::now() + Duration::from_millis(50)),
+            Err(Error::Timeout(_))
+        ));
+    }
+
+    #[test]
+    fn the_real_reader_frames_streams_whatever_the_splits() {
+        use super::super::testing::drive_reader;
+        let mut stream = Vec::new();
+        let sizes = [0usize, 1, 100, 8 * 1024 - 40, 8 * 1024, 20_000, 70_000, 300_000];
+        for (i, &n) in sizes.iter().enumerate() {
+            let payload: Vec<u8> = (0..n).map(|k| (k * 7 + i) as u8).collect();
+            encode_frame(&mut stream, "core.fs.data", 1 + (i as u32 % 3), 0, &payload);
+            encode_frame(&mut stream, "x.unknown", 500, 0, b"dropped");
+        }
+        let cuts_list: [&[usize]; 4] = [&[], &[1, 2, 3, 4, 5], &[9, 8200, 8300, 30_000], &[100_000, 200_000, 350_000]];
+        for cuts in cuts_list {
+            let run = drive_reader(&stream, cuts);
+            assert!(matches!(run.close, CloseCause::Eof), "{}", run.close);
+            let got: Vec<usize> = run
+                .delivered
+                .iter()
+                .flatten()
+                .map(|m| m.payload.len())
+                .collect();
+            assert_eq!(got.len(), sizes.len(), "{cuts:?}");
+            assert_eq!(run.counters.dropped_no_subscriber, sizes.len() as u64);
+            assert_eq!(run.counters.bytes_queued, 0);
+        }
+        // Cut off inside a large frame, at every kind of point.
+        for end in [stream.len() - 1, 20, 8 * 1024 + 100] {
+            let run = drive_reader(&stream[..end], &[10]);
+            assert!(matches!(run.close, CloseCause::Protocol(_)), "{end}: {}", run.close);
+        }
     }
 }

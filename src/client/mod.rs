@@ -14,6 +14,7 @@
 mod conn;
 mod error;
 pub mod exec;
+mod flow;
 pub mod fs;
 mod handshake;
 mod platform;
@@ -21,6 +22,9 @@ mod pool;
 mod reader;
 mod subscription;
 mod sync;
+#[cfg(any(test, feature = "test-hooks"))]
+#[doc(hidden)]
+pub mod testing;
 
 use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
@@ -156,6 +160,9 @@ impl Client {
             },
             options.memory_budget,
             options.backpressure,
+            // Exec flow control needs the negotiated generation and the
+            // relay's exec limits from the handshake (peer information).
+            None,
         )?;
         Ok(Client {
             inner: Arc::new(ClientInner {
@@ -308,6 +315,10 @@ impl Client {
     pub fn close_and_join(&self) {
         self.close();
         self.inner.conn.join_background();
+    }
+
+    pub(crate) fn conn(&self) -> &Arc<Conn> {
+        &self.inner.conn
     }
 
     /// Why the connection is closed, or `None` while it is open.

@@ -58,6 +58,7 @@ use std::task::Waker;
 use std::time::{Duration, Instant};
 
 use super::error::{CloseCause, Error, Result};
+use super::flow::{self, ExecFlow, ExecLimits, StdinBlocked};
 use super::platform::Event;
 use super::pool::FramePool;
 use super::sync::{thread_wake_bit, CacheAligned, Mutex, MutexGuard, WakeGroup};
@@ -162,6 +163,8 @@ struct AtomicCounters {
 pub(crate) trait Outbox {
     /// Kills the exec on `id` (its output overflowed).
     fn kill_exec(&self, id: u32);
+    /// Acknowledges `consumed` (cumulative) of the exec on `id`'s output.
+    fn ack_output(&self, id: u32, consumed: u64);
 }
 
 // ---------------------------------------------------------------- streams
@@ -245,6 +248,9 @@ struct StreamState {
     promoted: bool,
     /// Counted in the reader's passive waiters (readiness fd or async).
     passive: bool,
+    /// Generation-10 flow control of an exec, from its `core.exec.started`
+    /// on (only on connections that negotiated it).
+    flow: Option<ExecFlow>,
 }
 
 impl StreamState {
@@ -416,6 +422,13 @@ pub(crate) struct Reader {
     passive: AtomicUsize,
     /// Execs whose output overflowed, to be killed by whoever read.
     kills: Mutex<Vec<u32>>,
+    /// The relay's exec limits when exec flow control is on.
+    exec_limits: Option<ExecLimits>,
+    /// Moves whenever stdin may have become sendable (an exec started, a
+    /// stdin acknowledgement, a stream or the connection ended); stdin
+    /// writers that cannot read themselves wait on it.
+    stdin_progress: std::sync::Mutex<u64>,
+    stdin_progressed: std::sync::Condvar,
     /// Large frame buffers, reused once the caller frees them.
     frame_buffers: FramePool,
     #[cfg(any(test, feature = "test-hooks"))]
@@ -428,6 +441,7 @@ impl Reader {
         range: IdRange,
         budget: usize,
         backpressure: Backpressure,
+        exec_limits: Option<ExecLimits>,
     ) -> io::Result<Reader> {
         use std::hash::BuildHasher;
         // Start at a random point of the range: a recycled slot may still get
@@ -466,6 +480,9 @@ impl Reader {
             blocked: CacheAligned::default(),
             passive: AtomicUsize::new(0),
             kills: Mutex::new(Vec::new()),
+            exec_limits: exec_limits.map(ExecLimits::sanitized),
+            stdin_progress: std::sync::Mutex::new(0),
+            stdin_progressed: std::sync::Condvar::new(),
             frame_buffers: FramePool::default(),
             #[cfg(any(test, feature = "test-hooks"))]
             inject_panic: AtomicBool::new(false),
@@ -547,6 +564,7 @@ impl Reader {
         // Waiters of streams no longer routed (finished, overflowed) share
         // the word; a spurious wake only makes them re-check.
         self.blocked.wake(bits | u32::MAX);
+        self.stdin_progress();
     }
 
     // ------------------------------------------------------------ streams
@@ -620,7 +638,7 @@ impl Reader {
 
     /// Closes a stream whose handle is being released: unroutes it, frees
     /// what it holds, and stops counting it as passive.
-    pub(crate) fn release_stream(&self, stream: &Arc<Stream>) {
+    pub(crate) fn release_stream(&self, stream: &Arc<Stream>, out: &dyn Outbox) {
         // Once the stream has ended or the connection closed, the route is
         // already gone: skip the routing lock, which every request would take.
         if stream.state.lock().routed {
@@ -629,8 +647,25 @@ impl Reader {
         let mut st = stream.state.lock();
         let held = std::mem::take(&mut st.held);
         let passive = std::mem::take(&mut st.passive);
+        // Unread output counts as consumed: the guest must not wait for an
+        // application that has gone (its exit code waits for these acks).
+        let mut final_ack = None;
+        if let Some(mut flow) = st.flow.take() {
+            while let Some((m, _)) = st.queue.pop_front() {
+                if is_output(&m) {
+                    flow.output.consume(flow::data_len(&m.payload));
+                }
+            }
+            final_ack = flow.output.flush();
+        }
         st.queue.clear();
+        let ended = st.terminal || st.closed.is_some();
         drop(st);
+        if let Some(total) = final_ack {
+            if !ended {
+                out.ack_output(stream.id, total);
+            }
+        }
         self.release_memory(held);
         if passive {
             self.passive.fetch_sub(1, Ordering::SeqCst);
@@ -706,12 +741,22 @@ impl Reader {
 
     // ------------------------------------------------------------ pulling
 
-    /// Takes the next message if one is queued.
-    fn pop_locked(&self, st: &mut StreamState) -> Result<Pulled<Message>> {
+    /// Takes the next message if one is queued. For a flow-controlled
+    /// exec, output taken counts as consumed; `ack` is set when an
+    /// acknowledgement is due (sent by the caller once the lock is gone).
+    fn pop_locked(&self, st: &mut StreamState, ack: &mut Option<u64>) -> Result<Pulled<Message>> {
         if let Some((m, cost)) = st.queue.pop_front() {
             st.held -= cost;
             st.sync_ready();
             self.release_memory(cost);
+            if let Some(flow) = &mut st.flow {
+                if is_output(&m) {
+                    flow.output.consume(flow::data_len(&m.payload));
+                }
+                // Due at a quarter of the window, or when nothing more is
+                // queued (the caller is about to wait: the guest must not).
+                *ack = flow.output.due(st.queue.is_empty()).or(*ack);
+            }
             return Ok(Pulled::Item(m));
         }
         if st.terminal {
@@ -734,11 +779,15 @@ impl Reader {
         out: &dyn Outbox,
     ) -> Result<Pulled<Message>> {
         let mut st = stream.state.lock();
+        let mut ack = None;
         loop {
-            match self.pop_locked(&mut st) {
+            match self.pop_locked(&mut st, &mut ack) {
                 Ok(Pulled::Nothing) => {}
                 done => {
                     self.pass_on_promotion(st);
+                    if let Some(total) = ack {
+                        out.ack_output(stream.id, total);
+                    }
                     return done;
                 }
             }
@@ -786,8 +835,11 @@ impl Reader {
             }
             self.remove_follower(stream);
             if timed_out {
-                let r = self.pop_locked(&mut st);
+                let r = self.pop_locked(&mut st, &mut ack);
                 self.pass_on_promotion(st);
+                if let Some(total) = ack {
+                    out.ack_output(stream.id, total);
+                }
                 return r;
             }
         }
@@ -795,14 +847,133 @@ impl Reader {
 
     /// Non-blocking pull for async callers: registers `waker` when nothing
     /// is queued (the background thread then reads for it).
-    pub(crate) fn poll_pull(&self, stream: &Stream, waker: &Waker) -> Result<Pulled<Message>> {
+    pub(crate) fn poll_pull(
+        &self,
+        stream: &Stream,
+        waker: &Waker,
+        out: &dyn Outbox,
+    ) -> Result<Pulled<Message>> {
         let mut st = stream.state.lock();
-        let r = self.pop_locked(&mut st);
+        let mut ack = None;
+        let r = self.pop_locked(&mut st, &mut ack);
         if let Ok(Pulled::Nothing) = r {
             st.waker = Some(waker.clone());
             self.mark_passive(st);
+        } else {
+            drop(st);
+        }
+        if let Some(total) = ack {
+            out.ack_output(stream.id, total);
         }
         r
+    }
+
+    // ------------------------------------------------------------ stdin
+
+    /// Whether exec flow control is on for this connection.
+    pub(crate) fn exec_flow_control(&self) -> bool {
+        self.exec_limits.is_some()
+    }
+
+    fn stdin_progress(&self) {
+        let mut g = self
+            .stdin_progress
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        *g = g.wrapping_add(1);
+        drop(g);
+        self.stdin_progressed.notify_all();
+    }
+
+    fn stdin_generation(&self) -> u64 {
+        *self
+            .stdin_progress
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Waits until the exec on `stream` may take stdin (it has started and
+    /// its window has room), then reserves up to `wanted` bytes of it (at
+    /// most one chunk) and returns how many; `wanted == 0` waits to send
+    /// the end of input and marks it sent. The caller sends what was
+    /// reserved, or gives it back with [`unreserve_stdin`].
+    pub(crate) fn reserve_stdin(
+        &self,
+        stream: &Arc<Stream>,
+        wanted: usize,
+        deadline: Instant,
+        out: &dyn Outbox,
+    ) -> Result<usize> {
+        loop {
+            let seen = self.stdin_generation();
+            {
+                let mut st = stream.state.lock();
+                let state = if st.terminal {
+                    Err(Error::InvalidArgument("the process has ended; its stdin is closed".into()))
+                } else if let Some(c) = &st.closed {
+                    Err(Error::Closed(c.clone()))
+                } else {
+                    Ok(())
+                };
+                state?;
+                let blocked = match &mut st.flow {
+                    None => StdinBlocked::NotStarted,
+                    Some(flow) if wanted == 0 => match flow.input.may_end() {
+                        Ok(()) => {
+                            flow.input.ended();
+                            return Ok(0);
+                        }
+                        Err(b) => b,
+                    },
+                    Some(flow) => match flow.input.allowance(wanted) {
+                        Ok(n) => {
+                            flow.input.sent(n);
+                            return Ok(n);
+                        }
+                        Err(b) => b,
+                    },
+                };
+                if blocked == StdinBlocked::Ended {
+                    return Err(Error::InvalidArgument("stdin was already closed".into()));
+                }
+            }
+            if Instant::now() >= deadline {
+                return Err(Error::Timeout(
+                    "waiting for the process to start or to take stdin",
+                ));
+            }
+            // Read the socket ourselves if nobody does (the ack may be in
+            // it); otherwise wait for whoever reads to route one.
+            if self.may_read() {
+                if let Some(state) = self.state.try_lock() {
+                    self.lead(state, Some(deadline), out, || {
+                        self.stdin_generation() != seen || self.is_closed.load(Ordering::Acquire)
+                    });
+                    continue;
+                }
+            }
+            let g = self
+                .stdin_progress
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            if *g == seen {
+                let nap = deadline
+                    .saturating_duration_since(Instant::now())
+                    .min(TAKEOVER_GRACE);
+                drop(
+                    self.stdin_progressed
+                        .wait_timeout(g, nap)
+                        .unwrap_or_else(std::sync::PoisonError::into_inner),
+                );
+            }
+        }
+    }
+
+    /// Gives back stdin reserved by [`reserve_stdin`] that was not sent.
+    pub(crate) fn unreserve_stdin(&self, stream: &Stream, n: usize) {
+        if let Some(flow) = &mut stream.state.lock().flow {
+            flow.input.unsent(n);
+        }
     }
 
     /// A waiter asked to lead that returns instead hands the request on, so
@@ -1260,6 +1431,11 @@ impl Reader {
                     c.dropped_no_subscriber.fetch_add(1, Ordering::Relaxed);
                     continue;
                 };
+                if let Some(limits) = &self.exec_limits {
+                    if self.flow_frame(stream, &m, limits) {
+                        continue;
+                    }
+                }
                 let cost = held + PER_MESSAGE_OVERHEAD;
                 let accepted = stream.accept.is_none_or(|accept| accept(&m));
                 if accepted
@@ -1302,6 +1478,37 @@ impl Reader {
             w.wake();
         }
         bits
+    }
+
+    /// Flow-control bookkeeping of a routed frame: `core.exec.started`
+    /// opens the exec's windows, and stdin acknowledgements are taken here
+    /// (true: consumed, not queued). The end of an exec wakes stdin writers.
+    fn flow_frame(&self, stream: &Stream, m: &Message, limits: &ExecLimits) -> bool {
+        if m.message_type == MessageType::ExecStarted {
+            let mut st = stream.state.lock();
+            if st.flow.is_none() {
+                let mut flow = ExecFlow::new(limits);
+                flow.input.start();
+                st.flow = Some(flow);
+            }
+            drop(st);
+            self.stdin_progress();
+            return false;
+        }
+        if m.message_type.as_str() == STDIN_ACK {
+            if let (Some(flow), Some(consumed)) = (
+                &mut stream.state.lock().flow,
+                flow::decode_consumed(&m.payload),
+            ) {
+                flow.input.acknowledged(consumed);
+            }
+            self.stdin_progress();
+            return true;
+        }
+        if m.is_terminal() {
+            self.stdin_progress();
+        }
+        false
     }
 
     /// Makes room for a message of `cost` bytes for `stream` within the
@@ -1415,6 +1622,17 @@ impl Reader {
         self.background_wake.signal();
         self.leader_wake.signal();
     }
+}
+
+/// The guest's acknowledgement of stdin (generation 10).
+const STDIN_ACK: &str = "core.exec.stdin.ack";
+
+/// A stdout or stderr chunk: what the output window charges.
+fn is_output(m: &Message) -> bool {
+    matches!(
+        m.message_type,
+        MessageType::ExecStdout | MessageType::ExecStderr
+    )
 }
 
 /// Whether the message is output of an exec (its stream is then an exec's).

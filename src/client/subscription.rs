@@ -52,7 +52,7 @@ impl Subscription {
     /// Waits for the next message; `Ok(None)` once the stream has ended.
     /// Cancel-safe: dropping the future consumes nothing.
     pub async fn recv(&self) -> Result<Option<Message>> {
-        poll_fn(|cx| match self.conn.reader.poll_pull(&self.stream, cx.waker()) {
+        poll_fn(|cx| match self.conn.reader.poll_pull(&self.stream, cx.waker(), &*self.conn) {
             Ok(Pulled::Item(m)) => Poll::Ready(Ok(Some(m))),
             Ok(Pulled::Ended) => Poll::Ready(Ok(None)),
             Err(e) => Poll::Ready(Err(e)),
@@ -79,6 +79,6 @@ impl Subscription {
 
 impl Drop for Subscription {
     fn drop(&mut self) {
-        self.conn.reader.release_stream(&self.stream);
+        self.conn.reader.release_stream(&self.stream, &*self.conn);
     }
 }

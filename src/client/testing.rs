@@ -1,0 +1,109 @@
+//! Entry points for tests and fuzz targets that must drive the real reader
+//! (not a model of it). Built only with the `test-hooks` feature; not part
+//! of the library's API.
+
+use std::io::Write;
+use std::os::fd::OwnedFd;
+use std::os::unix::net::UnixStream;
+use std::time::{Duration, Instant};
+
+use super::conn::Conn;
+use super::error::{CloseCause, Error};
+use super::reader::{Backpressure, IdRange, Pulled};
+use super::Counters;
+use crate::protocol::Message;
+
+/// Ids the driven reader subscribes to (slot 0's range starts at 1).
+pub const SUBSCRIBED_IDS: std::ops::RangeInclusive<u32> = 1..=8;
+
+/// What the reader made of a byte stream.
+#[derive(Debug)]
+pub struct ReaderRun {
+    /// Messages delivered to the ids of [`SUBSCRIBED_IDS`], per id in order.
+    pub delivered: Vec<Vec<Message>>,
+    /// How the connection ended.
+    pub close: CloseCause,
+    pub counters: Counters,
+}
+
+/// Feeds `stream` to a real connection's reader through a socket, cut at
+/// `splits` (offsets into the stream; each piece is read by the reader
+/// before the next is written), then closes the peer's end, and pulls every
+/// subscribed id dry.
+pub fn drive_reader(stream: &[u8], splits: &[usize]) -> ReaderRun {
+    let (ours, mut peer) = UnixStream::pair().expect("socketpair");
+    let conn = Conn::new(
+        OwnedFd::from(ours),
+        IdRange { offset: 0 },
+        super::DEFAULT_MEMORY_BUDGET,
+        Backpressure::FailStream,
+        None,
+    )
+    .expect("connection");
+    let subs: Vec<_> = SUBSCRIBED_IDS
+        .map(|id| conn.subscribe(id).expect("subscribe"))
+        .collect();
+    let mut cuts: Vec<usize> = splits.iter().map(|&s| s.min(stream.len())).collect();
+    cuts.sort_unstable();
+    cuts.push(stream.len());
+    let mut from = 0;
+    for cut in cuts {
+        if cut <= from {
+            continue;
+        }
+        if peer.write_all(&stream[from..cut]).is_err() {
+            break; // the reader failed the connection and shut it down
+        }
+        from = cut;
+        wait_until_read(&conn);
+    }
+    let _ = peer.shutdown(std::net::Shutdown::Write);
+    let mut delivered = Vec::new();
+    let mut close = None;
+    for sub in &subs {
+        let mut got = Vec::new();
+        loop {
+            match sub.recv_timeout(Some(Duration::from_secs(10))) {
+                Ok(Pulled::Item(m)) => got.push(m),
+                Ok(Pulled::Ended) => break,
+                Ok(Pulled::Nothing) => panic!("the reader never closed"),
+                Err(Error::Closed(c)) => {
+                    close.get_or_insert(c);
+                    break;
+                }
+                Err(e) => panic!("unexpected {e}"),
+            }
+        }
+        delivered.push(got);
+    }
+    let counters = conn.counters();
+    drop(subs);
+    conn.fail(CloseCause::ClosedByCaller);
+    conn.join_background();
+    let close = close.or_else(|| conn.close_cause()).expect("closed");
+    ReaderRun {
+        delivered,
+        close,
+        counters,
+    }
+}
+
+/// Waits (up to a second) until the socket holds nothing unread, so that
+/// the next write is a separate read for the reader.
+fn wait_until_read(conn: &Conn) {
+    let deadline = Instant::now() + Duration::from_secs(1);
+    while Instant::now() < deadline && conn.close_cause().is_none() {
+        let mut unread: libc::c_int = 0;
+        // SAFETY: FIONREAD writes one int to the live `unread`.
+        let r = unsafe { libc::ioctl(conn.raw_fd(), libc::FIONREAD as _, &mut unread) };
+        if r < 0 || unread == 0 {
+            return;
+        }
+        std::thread::sleep(Duration::from_micros(200));
+    }
+}
+
+/// Makes the connection's reader panic on its next read.
+pub fn inject_reader_panic(client: &super::Client) {
+    client.inner.conn.inject_reader_panic();
+}
