@@ -220,7 +220,8 @@ impl Conn {
     ) -> Result<()> {
         // Ids of another client's range would reach that client; id 0 is
         // the relay's, and only `core.shutdown` is addressed to it.
-        if !self.reader.range().contains(id) && !(id == 0 && message_type == "core.shutdown") {
+        let relay_shutdown = id == 0 && message_type == "core.shutdown";
+        if !(self.reader.range().contains(id) || relay_shutdown) {
             return Err(Error::InvalidArgument(format!(
                 "id {id} is outside this client's range ({}..={}); only core.shutdown may use id 0",
                 self.reader.range().offset + 1,
@@ -313,7 +314,6 @@ impl Conn {
         }
         Error::Timeout("sending a frame")
     }
-
 }
 
 /// Stdin frames carry at most this much without flow control, well under
@@ -425,7 +425,6 @@ fn sendmsg_at(
     // duration of the call; MSG_NOSIGNAL as in `write_vectored_at`.
     unsafe { libc::sendmsg(fd, &msg, flags) }
 }
-
 
 #[cfg(test)]
 mod tests {
@@ -593,7 +592,10 @@ mod tests {
                 Err(Error::Closed(CloseCause::Protocol(e))) => {
                     let text = e.to_string();
                     assert!(
-                        text.contains(&format!("frame of {} bytes cut off after {cut}", whole.len())),
+                        text.contains(&format!(
+                            "frame of {} bytes cut off after {cut}",
+                            whole.len()
+                        )),
                         "{text} (frame {} ~ {size})",
                         whole.len()
                     );
@@ -638,9 +640,8 @@ mod tests {
         let blocking = conn.subscribe_new(None).unwrap();
         let passive = conn.subscribe_new(None).unwrap();
         let fd = passive.readiness_fd().unwrap();
-        let puller = std::thread::spawn(move || {
-            blocking.recv_timeout(Some(Duration::from_secs(20)))
-        });
+        let puller =
+            std::thread::spawn(move || blocking.recv_timeout(Some(Duration::from_secs(20))));
         std::thread::sleep(TAKEOVER_GRACE * 3);
         // Whoever reads next panics: the blocked puller or the background
         // thread (which reads for the readiness fd); some data makes sure
@@ -700,7 +701,8 @@ mod tests {
     /// Reads frames from the peer's end until `n` arrived or `wait` passed.
     fn read_frames(peer: &mut UnixStream, n: usize, wait: Duration) -> Vec<Message> {
         use crate::protocol::FrameDecoder;
-        peer.set_read_timeout(Some(Duration::from_millis(20))).unwrap();
+        peer.set_read_timeout(Some(Duration::from_millis(20)))
+            .unwrap();
         let mut d = FrameDecoder::new();
         let mut got = Vec::new();
         let until = Instant::now() + wait;
@@ -749,8 +751,13 @@ mod tests {
         };
         // No stdin before core.exec.started.
         assert!(read_frames(&mut peer, 1, Duration::from_millis(200)).is_empty());
-        peer.write_all(&frame("core.exec.started", id, 0, &[0xa1, 0x63, b'p', b'i', b'd', 0x18, 0x4d]))
-            .unwrap();
+        peer.write_all(&frame(
+            "core.exec.started",
+            id,
+            0,
+            &[0xa1, 0x63, b'p', b'i', b'd', 0x18, 0x4d],
+        ))
+        .unwrap();
         // Four chunks of 16 384 fill input_limit; then nothing until an ack.
         let chunks = read_frames(&mut peer, 5, Duration::from_millis(500));
         assert_eq!(chunks.len(), 4, "input_limit holds back the fifth chunk");
@@ -761,7 +768,8 @@ mod tests {
         let mut ack = [0xa1, 0x68].to_vec();
         ack.extend_from_slice(b"consumed");
         ack.extend_from_slice(&[0x19, 0x80, 0x00]);
-        peer.write_all(&frame("core.exec.stdin.ack", id, 0, &ack)).unwrap();
+        peer.write_all(&frame("core.exec.stdin.ack", id, 0, &ack))
+            .unwrap();
         let rest = read_frames(&mut peer, 2, Duration::from_secs(1));
         let sizes: Vec<usize> = rest.iter().map(|m| flow::data_len(&m.payload)).collect();
         assert_eq!(sizes, [70_000 - 4 * 16_384]);
@@ -845,13 +853,27 @@ mod tests {
     fn the_real_reader_frames_streams_whatever_the_splits() {
         use super::super::testing::drive_reader;
         let mut stream = Vec::new();
-        let sizes = [0usize, 1, 100, 8 * 1024 - 40, 8 * 1024, 20_000, 70_000, 300_000];
+        let sizes = [
+            0usize,
+            1,
+            100,
+            8 * 1024 - 40,
+            8 * 1024,
+            20_000,
+            70_000,
+            300_000,
+        ];
         for (i, &n) in sizes.iter().enumerate() {
             let payload: Vec<u8> = (0..n).map(|k| (k * 7 + i) as u8).collect();
             encode_frame(&mut stream, "core.fs.data", 1 + (i as u32 % 3), 0, &payload);
             encode_frame(&mut stream, "x.unknown", 500, 0, b"dropped");
         }
-        let cuts_list: [&[usize]; 4] = [&[], &[1, 2, 3, 4, 5], &[9, 8200, 8300, 30_000], &[100_000, 200_000, 350_000]];
+        let cuts_list: [&[usize]; 4] = [
+            &[],
+            &[1, 2, 3, 4, 5],
+            &[9, 8200, 8300, 30_000],
+            &[100_000, 200_000, 350_000],
+        ];
         for cuts in cuts_list {
             let run = drive_reader(&stream, cuts);
             assert!(matches!(run.close, CloseCause::Eof), "{}", run.close);
@@ -868,7 +890,11 @@ mod tests {
         // Cut off inside a large frame, at every kind of point.
         for end in [stream.len() - 1, 20, 8 * 1024 + 100] {
             let run = drive_reader(&stream[..end], &[10]);
-            assert!(matches!(run.close, CloseCause::Protocol(_)), "{end}: {}", run.close);
+            assert!(
+                matches!(run.close, CloseCause::Protocol(_)),
+                "{end}: {}",
+                run.close
+            );
         }
     }
 }

@@ -139,7 +139,9 @@ impl InputWindow {
         if room == 0 {
             return Err(StdinBlocked::WindowFull);
         }
-        Ok(wanted.min(self.chunk).min(room.min(usize::MAX as u64) as usize))
+        Ok(wanted
+            .min(self.chunk)
+            .min(room.min(usize::MAX as u64) as usize))
     }
 
     pub(crate) fn sent(&mut self, n: usize) {

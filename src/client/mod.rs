@@ -3,13 +3,13 @@
 //! conversations built on top. No C in here; the ABI wraps it.
 //!
 //! Threads: sends run on the caller's thread, and a caller blocked in a pull
-//! reads the socket itself. Each [`Client`] also has a private
-//! single-threaded tokio runtime on a background thread of its own, started
-//! the first time something waits without pulling (a readiness fd, an async
-//! `recv`); its one task reads the socket for those waiters. Idle clients and
-//! purely blocking use never start it. When the last handle to a client is
-//! dropped, the connection is closed and that thread is joined, so nothing
-//! of ours keeps running.
+//! reads the socket itself. Each [`Client`] also has one background thread,
+//! started with the connection, that reads the socket whenever no caller
+//! does, so the relay never sees a client that stops reading (see
+//! `reader`). When the last handle to a client is dropped, the connection
+//! is closed and that thread is joined, so nothing of ours keeps running.
+//! Memory: the bound is stated once, in the README ("Memory, and what a
+//! hostile guest can do").
 
 mod conn;
 mod error;
@@ -33,8 +33,8 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
-pub use reader::{Backpressure, Counters};
 pub use error::{CloseCause, Error, Result};
+pub use reader::{Backpressure, Counters};
 pub use subscription::{Pulled, Subscription};
 
 use crate::protocol::payload::Ready;
@@ -44,7 +44,8 @@ use reader::IdRange;
 
 /// Default deadline for connect plus handshake.
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
-/// Default cap on bytes of received messages not yet pulled by the caller.
+/// Default memory budget for received messages not yet pulled (see the
+/// README's "Memory" section for the bound it gives).
 pub const DEFAULT_MEMORY_BUDGET: usize = 16 * 1024 * 1024;
 /// Smallest budget accepted: below it, normal traffic would stall.
 pub const MIN_MEMORY_BUDGET: usize = 64 * 1024;
@@ -206,10 +207,7 @@ impl Client {
 
     /// Like [`subscribe_new`](Self::subscribe_new), queueing only the
     /// messages `accept` lets through.
-    pub(crate) fn subscribe_new_accepting(
-        &self,
-        accept: reader::Accept,
-    ) -> Result<Subscription> {
+    pub(crate) fn subscribe_new_accepting(&self, accept: reader::Accept) -> Result<Subscription> {
         self.inner.conn.subscribe_new(Some(accept))
     }
 

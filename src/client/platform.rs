@@ -161,7 +161,8 @@ mod imp {
                 return Err(io::Error::last_os_error());
             }
             // SAFETY: both descriptors are fresh and owned by nobody else.
-            let (read, write) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+            let (read, write) =
+                unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
             for fd in [&read, &write] {
                 super::set_cloexec_nonblock(fd.as_raw_fd())?;
             }
@@ -371,7 +372,12 @@ mod tests {
     #[test]
     fn wait_times_out_and_returns_when_the_word_moved() {
         let word = AtomicU32::new(5);
-        assert!(!wait(&word, 4, 1, Some(Instant::now() + Duration::from_secs(5))));
+        assert!(!wait(
+            &word,
+            4,
+            1,
+            Some(Instant::now() + Duration::from_secs(5))
+        ));
         let start = Instant::now();
         assert!(wait(&word, 5, 1, Some(start + Duration::from_millis(20))));
         assert!(start.elapsed() >= Duration::from_millis(20));

@@ -909,7 +909,9 @@ impl Reader {
             {
                 let mut st = stream.state.lock();
                 let state = if st.terminal {
-                    Err(Error::InvalidArgument("the process has ended; its stdin is closed".into()))
+                    Err(Error::InvalidArgument(
+                        "the process has ended; its stdin is closed".into(),
+                    ))
                 } else if let Some(c) = &st.closed {
                     Err(Error::Closed(c.clone()))
                 } else {
@@ -1187,7 +1189,8 @@ impl Reader {
                 // have left the read state alone for a whole grace.
                 let seen = self.activity.load(Ordering::Relaxed);
                 let grace = Instant::now() + TAKEOVER_GRACE;
-                if let Woken::Closed = self.wait_for(Some(&self.background_wake), false, Some(grace))
+                if let Woken::Closed =
+                    self.wait_for(Some(&self.background_wake), false, Some(grace))
                 {
                     return closed();
                 }

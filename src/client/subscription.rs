@@ -52,11 +52,17 @@ impl Subscription {
     /// Waits for the next message; `Ok(None)` once the stream has ended.
     /// Cancel-safe: dropping the future consumes nothing.
     pub async fn recv(&self) -> Result<Option<Message>> {
-        poll_fn(|cx| match self.conn.reader.poll_pull(&self.stream, cx.waker(), &*self.conn) {
-            Ok(Pulled::Item(m)) => Poll::Ready(Ok(Some(m))),
-            Ok(Pulled::Ended) => Poll::Ready(Ok(None)),
-            Err(e) => Poll::Ready(Err(e)),
-            Ok(Pulled::Nothing) => Poll::Pending,
+        poll_fn(|cx| {
+            match self
+                .conn
+                .reader
+                .poll_pull(&self.stream, cx.waker(), &*self.conn)
+            {
+                Ok(Pulled::Item(m)) => Poll::Ready(Ok(Some(m))),
+                Ok(Pulled::Ended) => Poll::Ready(Ok(None)),
+                Err(e) => Poll::Ready(Err(e)),
+                Ok(Pulled::Nothing) => Poll::Pending,
+            }
         })
         .await
     }
