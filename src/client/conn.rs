@@ -17,15 +17,14 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::error::{CloseCause, Error, Result};
-use super::flow::{self, ExecLimits};
+use super::flow;
+use super::ids::IdAllocator;
+use super::peer::Peer;
 use super::platform;
-use super::reader::{set_socket_timeout, Accept, Backpressure, Counters, IdRange, Outbox, Reader};
+use super::reader::{set_socket_timeout, Accept, Backpressure, Counters, Outbox, Reader};
 use super::subscription::Subscription;
 use super::sync::{CacheAligned, Mutex, TimedLock};
 use crate::protocol::{encode_frame_head, encoded_len, MessageType, MAX_FRAME_SIZE};
-
-/// The acknowledgement of consumed exec output (generation 10).
-const OUTPUT_ACK: &str = "core.exec.output.ack";
 
 /// Stack of the background thread: it runs only the reader, no caller code.
 const BACKGROUND_STACK: usize = 128 * 1024;
@@ -36,6 +35,8 @@ const KILL_SEND_TIMEOUT: Duration = Duration::from_millis(200);
 
 pub(crate) struct Conn {
     fd: OwnedFd,
+    /// What the handshake said; gives the `v` every frame is stamped with.
+    pub(crate) peer: Arc<Peer>,
     writer: CacheAligned<TimedLock>,
     pub(crate) reader: Reader,
     /// The background reader thread; taken when joined.
@@ -45,17 +46,20 @@ pub(crate) struct Conn {
 impl Conn {
     pub(crate) fn new(
         fd: OwnedFd,
-        range: IdRange,
+        ids: IdAllocator,
+        peer: Arc<Peer>,
         budget: usize,
         backpressure: Backpressure,
-        exec_limits: Option<ExecLimits>,
+        exec_limits: Option<crate::protocol::payload::ExecLimits>,
     ) -> Result<Arc<Conn>> {
         platform::prepare_socket(fd.as_raw_fd())
             .map_err(|e| Error::io(e, "preparing the socket"))?;
-        let reader = Reader::new(fd.as_raw_fd(), range, budget, backpressure, exec_limits)
+        let exec_limits = exec_limits.map(|l| flow::ExecLimits::from(&l));
+        let reader = Reader::new(fd.as_raw_fd(), ids, budget, backpressure, exec_limits)
             .map_err(|e| Error::io(e, "creating the reader's events"))?;
         let conn = Arc::new(Conn {
             fd,
+            peer,
             writer: CacheAligned::default(),
             reader,
             background: Mutex::new(None),
@@ -106,13 +110,15 @@ impl Conn {
         self.reader.counters()
     }
 
-    pub(crate) fn range(&self) -> IdRange {
-        self.reader.range()
+    /// An id of our range that has no live subscription right now, for a
+    /// caller that subscribes to it later.
+    pub(crate) fn alloc_id(&self) -> Result<u32> {
+        self.reader.alloc_id()
     }
 
-    /// An id of our range that has no live subscription right now.
-    pub(crate) fn alloc_id(&self) -> u32 {
-        self.reader.alloc_id()
+    /// Checks the id of an outgoing frame (see `IdAllocator::check_send`).
+    pub(crate) fn check_send_id(&self, message_type: &MessageType, id: u32) -> Result<()> {
+        self.reader.ids().check_send(message_type, id)
     }
 
     /// Subscribes to `id`, which must be in our range and not subscribed.
@@ -184,9 +190,7 @@ impl Conn {
     /// One `core.exec.stdin` frame, the data written from the caller's buffer.
     fn send_stdin(&self, id: u32, data: &[u8], deadline: Instant) -> Result<()> {
         let mut prefix = Vec::with_capacity(16);
-        prefix.push(0xa1);
-        crate::protocol::cbor::write_text(&mut prefix, "data");
-        crate::protocol::cbor::write_bytes_head(&mut prefix, data.len());
+        crate::protocol::payload::Data::encode_head(data.len(), &mut prefix);
         self.send(&MessageType::ExecStdin, id, &[&prefix, data], deadline)
     }
 
@@ -219,23 +223,21 @@ impl Conn {
         deadline: Instant,
     ) -> Result<()> {
         // Ids of another client's range would reach that client; id 0 is
-        // the relay's, and only `core.shutdown` is addressed to it.
-        let relay_shutdown = id == 0 && message_type == "core.shutdown";
-        if !(self.reader.range().contains(id) || relay_shutdown) {
-            return Err(Error::InvalidArgument(format!(
-                "id {id} is outside this client's range ({}..={}); only core.shutdown may use id 0",
-                self.reader.range().offset + 1,
-                self.reader.range().offset + (crate::protocol::ID_RANGE_STEP - 1)
-            )));
-        }
+        // the relay's, and only `core.shutdown` is addressed to it. Every
+        // send goes through here, so none escapes the check.
+        self.reader
+            .ids()
+            .check_send(&MessageType::from_wire(message_type), id)?;
         let payload_len: usize = parts.iter().map(|p| p.len()).sum();
-        let len = encoded_len(message_type, payload_len);
+        // The one place a frame's `v` is chosen: one value per connection.
+        let version = self.peer.stamped_generation();
+        let len = encoded_len(message_type, version, payload_len);
         if len > MAX_FRAME_SIZE as usize {
             return Err(Error::TooLarge(len + 4));
         }
         FRAME_HEAD.with_borrow_mut(|head| {
             head.clear();
-            encode_frame_head(head, message_type, id, flags, payload_len);
+            encode_frame_head(head, message_type, id, flags, version, payload_len);
             let total = head.len() + payload_len;
             if payload_len <= COPY_PAYLOAD_MAX {
                 // One contiguous buffer goes out with `send`, which the
@@ -329,10 +331,9 @@ impl Outbox for Conn {
         let payload = flow::encode_consumed(consumed);
         // A lost acknowledgement would stall the guest: a send that fails
         // has failed the connection (or it was closed) anyway.
-        let _ = self.send_with_flags(
-            OUTPUT_ACK,
+        let _ = self.send(
+            &MessageType::ExecOutputAck,
             id,
-            0,
             &[&payload],
             Instant::now() + ACK_SEND_TIMEOUT,
         );
@@ -429,12 +430,14 @@ fn sendmsg_at(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::protocol::{encode_frame, Message, ID_RANGE_STEP};
+    use crate::protocol::{encode_frame, Message};
     use std::io::{Read, Write};
     use std::os::unix::net::UnixStream;
 
     use super::super::reader::{Pulled, TAKEOVER_GRACE};
-    use crate::protocol::MessageType;
+    use super::super::testing::test_conn;
+    use crate::protocol::payload::ExecLimits;
+    use crate::protocol::{MessageType, LEGACY_ID_RANGE_STEP as ID_RANGE_STEP};
 
     const BUDGET: usize = 256 * 1024;
 
@@ -442,22 +445,13 @@ mod tests {
     /// on the other; slot 1's id range.
     fn pair(backpressure: Backpressure) -> (Arc<Conn>, UnixStream) {
         let (ours, peer) = UnixStream::pair().unwrap();
-        let conn = Conn::new(
-            OwnedFd::from(ours),
-            IdRange {
-                offset: ID_RANGE_STEP,
-            },
-            BUDGET,
-            backpressure,
-            None,
-        )
-        .unwrap();
+        let conn = test_conn(OwnedFd::from(ours), BUDGET, backpressure, None);
         (conn, peer)
     }
 
     fn frame(t: &str, id: u32, flags: u8, payload: &[u8]) -> Vec<u8> {
         let mut out = Vec::new();
-        encode_frame(&mut out, t, id, flags, payload);
+        encode_frame(&mut out, t, id, flags, 10, payload);
         out
     }
 
@@ -725,21 +719,13 @@ mod tests {
     #[test]
     fn exec_flow_control_follows_the_worked_exchange() {
         let (ours, mut peer) = UnixStream::pair().unwrap();
-        let limits = ExecLimits {
-            output_limit: 1_048_576,
-            input_limit: 65_536,
-            stdin_chunk_size: 16_384,
-        };
-        let conn = Conn::new(
+        let limits = ExecLimits::default();
+        let conn = test_conn(
             OwnedFd::from(ours),
-            IdRange {
-                offset: ID_RANGE_STEP,
-            },
             BUDGET,
             Backpressure::FailStream,
             Some(limits),
-        )
-        .unwrap();
+        );
         let sub = Arc::new(conn.subscribe_new(None).unwrap());
         let id = sub.id();
         let writer = {
@@ -763,6 +749,10 @@ mod tests {
         assert_eq!(chunks.len(), 4, "input_limit holds back the fifth chunk");
         for c in &chunks {
             assert_eq!(c.message_type, MessageType::ExecStdin);
+            assert_eq!(
+                c.version, 10,
+                "every frame of the connection carries v = 10"
+            );
             assert_eq!(flow::data_len(&c.payload), 16_384);
         }
         let mut ack = [0xa1, 0x68].to_vec();
@@ -792,7 +782,8 @@ mod tests {
         }
         let acks = read_frames(&mut peer, 2, Duration::from_millis(300));
         assert_eq!(acks.len(), 1, "one acknowledgement for the batch");
-        assert_eq!(acks[0].message_type.as_str(), "core.exec.output.ack");
+        assert_eq!(acks[0].message_type, MessageType::ExecOutputAck);
+        assert_eq!(acks[0].version, 10);
         assert_eq!(consumed_of(&acks[0]), 515);
         peer.write_all(&out(b"ccc")).unwrap();
         assert!(matches!(pull(&sub, 5000).unwrap(), Pulled::Item(_)));
@@ -823,21 +814,13 @@ mod tests {
     #[test]
     fn stdin_waits_for_the_start_only_within_its_deadline() {
         let (ours, _peer) = UnixStream::pair().unwrap();
-        let limits = ExecLimits {
-            output_limit: 1 << 20,
-            input_limit: 1 << 16,
-            stdin_chunk_size: 1 << 14,
-        };
-        let conn = Conn::new(
+        let limits = ExecLimits::default();
+        let conn = test_conn(
             OwnedFd::from(ours),
-            IdRange {
-                offset: ID_RANGE_STEP,
-            },
             BUDGET,
             Backpressure::FailStream,
             Some(limits),
-        )
-        .unwrap();
+        );
         let sub = conn.subscribe_new(None).unwrap();
         let started = Instant::now();
         let r = conn.write_stdin(&sub, b"x", started + Duration::from_millis(100));
@@ -865,8 +848,16 @@ mod tests {
         ];
         for (i, &n) in sizes.iter().enumerate() {
             let payload: Vec<u8> = (0..n).map(|k| (k * 7 + i) as u8).collect();
-            encode_frame(&mut stream, "core.fs.data", 1 + (i as u32 % 3), 0, &payload);
-            encode_frame(&mut stream, "x.unknown", 500, 0, b"dropped");
+            let first = *super::super::testing::SUBSCRIBED_IDS.start();
+            encode_frame(
+                &mut stream,
+                "core.fs.data",
+                first + (i as u32 % 3),
+                0,
+                10,
+                &payload,
+            );
+            encode_frame(&mut stream, "x.unknown", first + 500, 0, 10, b"dropped");
         }
         let cuts_list: [&[usize]; 4] = [
             &[],

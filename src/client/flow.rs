@@ -11,7 +11,9 @@
 //! `input_limit` bytes sent and not yet acknowledged by the guest's
 //! `core.exec.stdin.ack`, and the empty end-of-input chunk comes last.
 
-use crate::protocol::cbor;
+use bytes::Bytes;
+
+use crate::protocol::payload::{Data, ExecOutputAck, ExecStdinAck, Payload};
 
 /// What a stdout or stderr chunk costs in the output window beyond its
 /// payload.
@@ -23,6 +25,16 @@ pub(crate) struct ExecLimits {
     pub output_limit: u64,
     pub input_limit: u64,
     pub stdin_chunk_size: usize,
+}
+
+impl From<&crate::protocol::payload::ExecLimits> for ExecLimits {
+    fn from(l: &crate::protocol::payload::ExecLimits) -> ExecLimits {
+        ExecLimits {
+            output_limit: u64::from(l.output_limit),
+            input_limit: u64::from(l.input_limit),
+            stdin_chunk_size: l.stdin_chunk_size as usize,
+        }
+    }
 }
 
 impl ExecLimits {
@@ -202,47 +214,20 @@ impl ExecFlow {
     }
 }
 
-/// The `{consumed: uint}` payload of both acknowledgements.
+/// The `{consumed: uint}` payload of an output acknowledgement.
 pub(crate) fn encode_consumed(consumed: u64) -> Vec<u8> {
-    let mut out = Vec::with_capacity(16);
-    cbor::write_map_head(&mut out, 1);
-    cbor::write_text(&mut out, "consumed");
-    cbor::write_u64(&mut out, consumed);
-    out
+    ExecOutputAck { consumed }.to_bytes()
 }
 
-/// `consumed` of an acknowledgement's payload; unknown keys are skipped.
-pub(crate) fn decode_consumed(payload: &[u8]) -> Option<u64> {
-    let mut r = cbor::Reader::new(payload);
-    let mut seq = r.read_map().ok()?;
-    let mut consumed = None;
-    while r.next_item(&mut seq).ok()? {
-        if r.read_text().ok()? == "consumed" {
-            consumed = Some(r.read_u64().ok()?);
-        } else {
-            r.skip().ok()?;
-        }
-    }
-    consumed
+/// `consumed` of a stdin acknowledgement's payload.
+pub(crate) fn decode_consumed(payload: &Bytes) -> Option<u64> {
+    ExecStdinAck::decode(payload).ok().map(|a| a.consumed)
 }
 
 /// The length of the data in a `{data: bytes}` payload: what an output
 /// chunk is charged for (with the overhead). 0 if it has no such field.
-pub(crate) fn data_len(payload: &[u8]) -> usize {
-    let mut r = cbor::Reader::new(payload);
-    let Ok(mut seq) = r.read_map() else { return 0 };
-    while let Ok(true) = r.next_item(&mut seq) {
-        match r.read_text() {
-            Ok(k) if k == "data" => return r.read_bytes().map_or(0, |b| b.len()),
-            Ok(_) => {
-                if r.skip().is_err() {
-                    return 0;
-                }
-            }
-            Err(_) => return 0,
-        }
-    }
-    0
+pub(crate) fn data_len(payload: &Bytes) -> usize {
+    Data::decode(payload).map_or(0, |d| d.data.len())
 }
 
 #[cfg(test)]
@@ -337,17 +322,17 @@ mod tests {
         want.extend_from_slice(b"consumed");
         want.extend_from_slice(&[0x19, 0x02, 0x08]);
         assert_eq!(encode_consumed(520), want);
-        assert_eq!(decode_consumed(&want), Some(520));
+        assert_eq!(decode_consumed(&Bytes::from(want)), Some(520));
         // exec_steps' stdin.ack: consumed 32768.
         let ack = [
             0xa1, 0x68, b'c', b'o', b'n', b's', b'u', b'm', b'e', b'd', 0x19, 0x80, 0x00,
         ];
-        assert_eq!(decode_consumed(&ack), Some(32_768));
-        assert_eq!(decode_consumed(&[0xa0]), None);
+        assert_eq!(decode_consumed(&Bytes::copy_from_slice(&ack)), Some(32_768));
+        assert_eq!(decode_consumed(&Bytes::from_static(&[0xa0])), None);
         // stdout "bb" of exec_steps: a1 64 "data" 42 6262.
         let data = [0xa1, 0x64, b'd', b'a', b't', b'a', 0x42, b'b', b'b'];
-        assert_eq!(data_len(&data), 2);
-        assert_eq!(data_len(&[0xff]), 0);
+        assert_eq!(data_len(&Bytes::copy_from_slice(&data)), 2);
+        assert_eq!(data_len(&Bytes::from_static(&[0xff])), 0);
     }
 
     #[test]

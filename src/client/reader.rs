@@ -59,12 +59,12 @@ use std::time::{Duration, Instant};
 
 use super::error::{CloseCause, Error, Result};
 use super::flow::{self, ExecFlow, ExecLimits, StdinBlocked};
+use super::ids::IdAllocator;
 use super::platform::Event;
 use super::pool::FramePool;
 use super::sync::{thread_wake_bit, CacheAligned, Mutex, MutexGuard, WakeGroup};
 use crate::protocol::{
     decode_borrowed, FrameHeader, Message, MessageType, ProtocolError, RawFrame, FRAME_HEAD_SIZE,
-    ID_RANGE_STEP,
 };
 
 /// Size of the read buffer: large enough to take many small frames, or
@@ -112,22 +112,6 @@ pub enum Backpressure {
     /// relay disconnects it after 5 s (killing its processes), a 0.6 relay
     /// stalls every client of the sandbox meanwhile.
     PauseSocket,
-}
-
-/// The client's id range: `offset + 1 ..= offset + STEP - 1`.
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct IdRange {
-    pub offset: u32,
-}
-
-impl IdRange {
-    pub fn contains(&self, id: u32) -> bool {
-        id > self.offset && (id as u64) < self.offset as u64 + ID_RANGE_STEP as u64
-    }
-
-    fn nth(&self, n: u32) -> u32 {
-        self.offset + 1 + n % (ID_RANGE_STEP - 1)
-    }
 }
 
 /// What a guest did to this connection, for users to inspect.
@@ -389,10 +373,10 @@ struct ReadState {
 pub(crate) struct Reader {
     /// The socket; owned by the connection, which owns this reader.
     fd: RawFd,
-    range: IdRange,
+    /// The connection's correlation ids (see `ids`).
+    ids: IdAllocator,
     state: CacheAligned<parking_lot::Mutex<ReadState>>,
     routes: CacheAligned<Mutex<Routes>>,
-    next_id: AtomicU32,
     closed: Mutex<Option<CloseCause>>,
     /// Mirrors `closed.is_some()`, so the checks on every call take no lock.
     is_closed: AtomicBool,
@@ -438,20 +422,14 @@ pub(crate) struct Reader {
 impl Reader {
     pub(crate) fn new(
         fd: RawFd,
-        range: IdRange,
+        ids: IdAllocator,
         budget: usize,
         backpressure: Backpressure,
         exec_limits: Option<ExecLimits>,
     ) -> io::Result<Reader> {
-        use std::hash::BuildHasher;
-        // Start at a random point of the range: a recycled slot may still get
-        // late frames addressed to the previous client's first ids.
-        let start = std::collections::hash_map::RandomState::new()
-            .build_hasher()
-            .finish() as u32;
         Ok(Reader {
             fd,
-            range,
+            ids,
             state: CacheAligned(parking_lot::Mutex::new(ReadState {
                 // Allocated by the first read: idle clients should cost little.
                 buf: Box::default(),
@@ -464,7 +442,6 @@ impl Reader {
                 large_frames: false,
             })),
             routes: CacheAligned::default(),
-            next_id: AtomicU32::new(start),
             closed: Mutex::new(None),
             is_closed: AtomicBool::new(false),
             close_event: Event::new()?,
@@ -489,8 +466,8 @@ impl Reader {
         })
     }
 
-    pub(crate) fn range(&self) -> IdRange {
-        self.range
+    pub(crate) fn ids(&self) -> &IdAllocator {
+        &self.ids
     }
 
     pub(crate) fn counters(&self) -> Counters {
@@ -569,33 +546,22 @@ impl Reader {
 
     // ------------------------------------------------------------ streams
 
-    /// An id of our range that has no live stream right now.
-    pub(crate) fn alloc_id(&self) -> u32 {
+    /// An id of our range that has no live stream right now, for a caller
+    /// that opens it later.
+    pub(crate) fn alloc_id(&self) -> Result<u32> {
         let routes = self.routes.lock();
-        self.free_id_locked(&routes)
+        self.ids.hand_out(|id| routes.contains_key(&id))
     }
 
-    fn free_id_locked(&self, routes: &Routes) -> u32 {
-        // The range holds 268 million ids; live streams are bounded by
-        // memory, so a free id is found within a few probes.
-        loop {
-            let id = self.range.nth(self.next_id.fetch_add(1, Ordering::Relaxed));
-            if !routes.contains_key(&id) {
-                return id;
-            }
-        }
-    }
-
-    /// Opens the stream of `id`, which must be in our range and not open.
+    /// Opens the stream of `id`, which must be in our range, not open, and
+    /// (on current relays) never used before on this connection.
     pub(crate) fn open(&self, id: u32) -> Result<Arc<Stream>> {
         self.check_open()?;
-        if !self.range.contains(id) {
-            return Err(Error::IdUnavailable(id));
-        }
         let mut routes = self.routes.lock();
         if routes.contains_key(&id) {
             return Err(Error::IdUnavailable(id));
         }
+        self.ids.claim(id)?;
         Ok(self.insert_route(&mut routes, id, None))
     }
 
@@ -604,7 +570,7 @@ impl Reader {
     pub(crate) fn open_new(&self, accept: Option<Accept>) -> Result<Arc<Stream>> {
         self.check_open()?;
         let mut routes = self.routes.lock();
-        let id = self.free_id_locked(&routes);
+        let id = self.ids.next_id(|id| routes.contains_key(&id))?;
         Ok(self.insert_route(&mut routes, id, accept))
     }
 
@@ -1415,7 +1381,7 @@ impl Reader {
                 if !m.message_type.is_known() {
                     c.unknown_type.fetch_add(1, Ordering::Relaxed);
                 }
-                if !self.range.contains(m.id) {
+                if !self.ids.range().contains(m.id) {
                     c.dropped_out_of_range.fetch_add(1, Ordering::Relaxed);
                     continue;
                 }
@@ -1498,7 +1464,7 @@ impl Reader {
             self.stdin_progress();
             return false;
         }
-        if m.message_type.as_str() == STDIN_ACK {
+        if m.message_type == MessageType::ExecStdinAck {
             if let (Some(flow), Some(consumed)) = (
                 &mut stream.state.lock().flow,
                 flow::decode_consumed(&m.payload),
@@ -1626,9 +1592,6 @@ impl Reader {
         self.leader_wake.signal();
     }
 }
-
-/// The guest's acknowledgement of stdin (generation 10).
-const STDIN_ACK: &str = "core.exec.stdin.ack";
 
 /// A stdout or stderr chunk: what the output window charges.
 fn is_output(m: &Message) -> bool {
@@ -1792,24 +1755,5 @@ mod tests {
         q.push_back(msg(5));
         assert_eq!(q.clear(), 1);
         assert!(q.is_empty());
-    }
-
-    #[test]
-    fn ids_wrap_inside_the_range_and_never_hit_its_edges() {
-        for slot in [0u32, 1, 15] {
-            let r = IdRange {
-                offset: slot * ID_RANGE_STEP,
-            };
-            let first = r.nth(0);
-            assert_eq!(first, r.offset + 1);
-            let last = r.nth(ID_RANGE_STEP - 2);
-            assert_eq!(last, r.offset + ID_RANGE_STEP - 1);
-            assert!(r.contains(first) && r.contains(last));
-            assert_eq!(r.nth(ID_RANGE_STEP - 1), first, "wraps to the start");
-            assert!(!r.contains(r.offset) && !r.contains(r.offset + ID_RANGE_STEP));
-            for n in [u32::MAX, u32::MAX - 1, 12345] {
-                assert!(r.contains(r.nth(n)));
-            }
-        }
     }
 }

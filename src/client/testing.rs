@@ -5,16 +5,21 @@
 use std::io::Write;
 use std::os::fd::OwnedFd;
 use std::os::unix::net::UnixStream;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::conn::Conn;
 use super::error::{CloseCause, Error};
-use super::reader::{Backpressure, IdRange, Pulled};
+use super::ids::{IdAllocator, IdRange};
+use super::peer::{Form, Peer};
+use super::reader::{Backpressure, Pulled};
 use super::Counters;
+use crate::protocol::payload::ExecLimits;
 use crate::protocol::Message;
 
-/// Ids the driven reader subscribes to (slot 0's range starts at 1).
-pub const SUBSCRIBED_IDS: std::ops::RangeInclusive<u32> = 1..=8;
+/// Ids the driven reader subscribes to (the first of slot 1's range).
+pub const SUBSCRIBED_IDS: std::ops::RangeInclusive<u32> =
+    crate::protocol::LEGACY_ID_RANGE_STEP + 1..=crate::protocol::LEGACY_ID_RANGE_STEP + 8;
 
 /// What the reader made of a byte stream.
 #[derive(Debug)]
@@ -32,14 +37,12 @@ pub struct ReaderRun {
 /// subscribed id dry.
 pub fn drive_reader(stream: &[u8], splits: &[usize]) -> ReaderRun {
     let (ours, mut peer) = UnixStream::pair().expect("socketpair");
-    let conn = Conn::new(
+    let conn = test_conn(
         OwnedFd::from(ours),
-        IdRange { offset: 0 },
         super::DEFAULT_MEMORY_BUDGET,
         Backpressure::FailStream,
         None,
-    )
-    .expect("connection");
+    );
     let subs: Vec<_> = SUBSCRIBED_IDS
         .map(|id| conn.subscribe(id).expect("subscribe"))
         .collect();
@@ -86,6 +89,40 @@ pub fn drive_reader(stream: &[u8], splits: &[usize]) -> ReaderRun {
         close,
         counters,
     }
+}
+
+/// A connection on `fd` without a handshake, as a peer of slot 1 would
+/// give it: a legacy range (ids from 268435456) without `exec_limits`, or
+/// with them a current relay of generation 10 with exec flow control on.
+pub(crate) fn test_conn(
+    fd: OwnedFd,
+    budget: usize,
+    backpressure: Backpressure,
+    exec_limits: Option<ExecLimits>,
+) -> Arc<Conn> {
+    let step = crate::protocol::LEGACY_ID_RANGE_STEP;
+    let (form, generation, range) = match exec_limits {
+        None => (Form::Legacy, 1, IdRange::legacy(step).expect("range")),
+        Some(_) => (
+            Form::Current,
+            10,
+            IdRange::current(step + 1, 2 * step).expect("range"),
+        ),
+    };
+    let peer = Arc::new(Peer::new(form, generation, "", exec_limits, range));
+    if exec_limits.is_some() {
+        assert!(peer.enable_flow_control());
+    }
+    let limits = exec_limits.filter(|_| peer.flow_control());
+    Conn::new(
+        fd,
+        IdAllocator::new(range, form),
+        peer,
+        budget,
+        backpressure,
+        limits,
+    )
+    .expect("connection")
 }
 
 /// Waits (up to a second) until the socket holds nothing unread, so that
