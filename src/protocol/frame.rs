@@ -193,7 +193,7 @@ fn decode_any_body(body: &[u8]) -> Result<Body<'_>, ProtocolError> {
     Ok((
         MessageType::from_wire(&envelope.t),
         envelope.v.0,
-        Cow::Owned(envelope.p.0.into()),
+        Cow::Owned(envelope.p.0),
     ))
 }
 
