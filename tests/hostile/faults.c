@@ -712,6 +712,13 @@ static void unread_commands_on(const char *profile, enum wait_mode mode) {
         printf("     unread %s (profile %s, %s): %llu bytes, %s\n", names[i], profile,
                wait_mode_name(mode), (unsigned long long)bytes,
                exited ? "exited" : msb_status_str(last));
+        /* 0.7.13 runs exec flow control: the window paused both commands
+         * while nobody read, nothing overflowed, and the fixed one then
+         * finished with every byte delivered. */
+        if (strcmp(profile, "0.7.13") == 0) {
+            CHECK_MSG(i == 0 ? last == MSB_OK : exited, "%s on 0.7.13: %s", names[i],
+                      exited ? "exited" : msb_status_str(last));
+        }
         if (exited) {
             CHECK_MSG(i == 1, "the endless command exited");
             CHECK(code == 0);
