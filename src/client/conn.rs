@@ -7,13 +7,16 @@
 //! large one goes out by reference in the same (vectored) write. A send that
 //! finds the socket full blocks in the kernel, bounded by its deadline.
 //!
-//! Each connection has one background thread, started with it, which keeps
-//! the socket read whenever no caller does (see `reader`), and which is
-//! joined when the client is freed.
+//! Each connection has one background thread, which keeps the socket read
+//! whenever no caller does (see `reader`), and which is joined when the
+//! client is freed. It starts with the first send: relays send nothing
+//! unasked after the handshake, so a client that never sent has nothing to
+//! read, and connecting costs no thread.
 
 use std::io;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
 use super::error::{CloseCause, Error, Result};
@@ -39,8 +42,13 @@ pub(crate) struct Conn {
     pub(crate) peer: Arc<Peer>,
     writer: CacheAligned<TimedLock>,
     pub(crate) reader: Reader,
-    /// The background reader thread; taken when joined.
+    /// The background reader thread, started by the first send (nothing
+    /// arrives unasked, so a client that never sent needs no reader);
+    /// taken when joined.
     background: Mutex<Option<std::thread::JoinHandle<()>>>,
+    background_started: AtomicBool,
+    /// This connection, for the thread to hold on to.
+    this: Weak<Conn>,
 }
 
 impl Conn {
@@ -57,27 +65,57 @@ impl Conn {
         let exec_limits = exec_limits.map(|l| flow::ExecLimits::from(&l));
         let reader = Reader::new(fd.as_raw_fd(), ids, budget, backpressure, exec_limits)
             .map_err(|e| Error::io(e, "creating the reader's events"))?;
-        let conn = Arc::new(Conn {
+        Ok(Arc::new_cyclic(|this| Conn {
             fd,
             peer,
             writer: CacheAligned::default(),
             reader,
             background: Mutex::new(None),
-        });
-        let for_thread = conn.clone();
+            background_started: AtomicBool::new(false),
+            this: this.clone(),
+        }))
+    }
+
+    /// Starts the background reader unless it runs already: before the
+    /// first frame goes out, so that whatever comes back is read whatever
+    /// the caller does.
+    #[inline]
+    pub(crate) fn ensure_background(&self) -> Result<()> {
+        if self.background_started.load(Ordering::Acquire) {
+            return Ok(());
+        }
+        self.start_background()
+    }
+
+    #[cold]
+    fn start_background(&self) -> Result<()> {
+        let mut slot = self.background.lock();
+        if self.background_started.load(Ordering::Acquire) {
+            return Ok(());
+        }
+        // Checked under the slot's lock: a close that joined already left
+        // nothing to join a new thread, so none may start.
+        self.reader.check_open()?;
+        let Some(conn) = self.this.upgrade() else {
+            return self.reader.check_open();
+        };
         let started = std::thread::Builder::new()
             .name("msb-client".into())
             .stack_size(BACKGROUND_STACK)
-            .spawn(move || for_thread.reader.run_background(&*for_thread));
+            .spawn(move || conn.reader.run_background(&*conn));
         match started {
-            Ok(handle) => *conn.background.lock() = Some(handle),
+            Ok(handle) => {
+                *slot = Some(handle);
+                self.background_started.store(true, Ordering::Release);
+                Ok(())
+            }
             Err(e) => {
+                drop(slot);
                 // Without it, an unread socket would stall the relay.
-                conn.fail(CloseCause::Io(format!("starting the reader thread: {e}")));
-                return Err(Error::io(e, "starting the reader thread"));
+                self.fail(CloseCause::Io(format!("starting the reader thread: {e}")));
+                Err(Error::io(e, "starting the reader thread"))
             }
         }
-        Ok(conn)
     }
 
     pub(crate) fn close_cause(&self) -> Option<CloseCause> {
@@ -224,10 +262,14 @@ impl Conn {
     ) -> Result<()> {
         // Ids of another client's range would reach that client; id 0 is
         // the relay's, and only `core.shutdown` is addressed to it. Every
-        // send goes through here, so none escapes the check.
-        self.reader
-            .ids()
-            .check_send(&MessageType::from_wire(message_type), id)?;
+        // send goes through here, so none escapes the check (the type is
+        // parsed only for ids outside the range).
+        if !self.reader.ids().range().contains(id) {
+            self.reader
+                .ids()
+                .check_send(&MessageType::from_wire(message_type), id)?;
+        }
+        self.ensure_background()?;
         let payload_len: usize = parts.iter().map(|p| p.len()).sum();
         // The one place a frame's `v` is chosen: one value per connection.
         let version = self.peer.stamped_generation();

@@ -18,8 +18,8 @@
 //!   messages to them and, when it lets go, asks one of them to lead next
 //!   (one system call wakes the served followers and the next leader,
 //!   `sync::WakeGroup`);
-//! - the connection's background thread, started with the connection. It
-//!   reads at once while some stream is waited on passively (a readiness fd,
+//! - the connection's background thread, started by its first send (see
+//!   `conn`). It reads at once while some stream is waited on passively (a readiness fd,
 //!   an async waker). Otherwise it stays out of the callers' way: it watches
 //!   the socket only once no caller has led for [`TAKEOVER_GRACE`], so a
 //!   thread doing round trips never competes with it, and a caller that
@@ -280,6 +280,11 @@ pub(crate) struct Stream {
     id: u32,
     accept: Option<Accept>,
     state: Mutex<StreamState>,
+    /// The last output total acknowledged, held while one is sent: totals
+    /// are computed under `state` but sent after it is let go, and two
+    /// threads pulling one exec must not send them out of order (a relay
+    /// disconnects a client whose acknowledgement goes backwards).
+    acked: Mutex<u64>,
 }
 
 impl Stream {
@@ -391,8 +396,9 @@ pub(crate) struct Reader {
     /// The background thread found the read state taken by a leader and
     /// waits to be told when it is free.
     background_waiting: AtomicBool,
-    /// Moves every time a caller lets go of the read state.
-    activity: AtomicU32,
+    /// Moves every time a caller lets go of the read state (on a line of
+    /// its own: every leader writes it).
+    activity: CacheAligned<AtomicU32>,
     budget: usize,
     backpressure: Backpressure,
     held: CacheAligned<AtomicUsize>,
@@ -448,7 +454,7 @@ impl Reader {
             leader_wake: Event::new()?,
             background_wake: Event::new()?,
             background_waiting: AtomicBool::new(false),
-            activity: AtomicU32::new(0),
+            activity: CacheAligned(AtomicU32::new(0)),
             budget,
             backpressure,
             held: CacheAligned::default(),
@@ -579,6 +585,7 @@ impl Reader {
             id,
             accept,
             state: Mutex::new(StreamState::default()),
+            acked: Mutex::new(0),
         });
         // A close that raced with us must still reach this stream. It
         // drained the routes before we took the lock, so this one must not
@@ -629,7 +636,7 @@ impl Reader {
         drop(st);
         if let Some(total) = final_ack {
             if !ended {
-                out.ack_output(stream.id, total);
+                self.ack_output(stream, total, out);
             }
         }
         self.release_memory(held);
@@ -752,7 +759,7 @@ impl Reader {
                 done => {
                     self.pass_on_promotion(st);
                     if let Some(total) = ack {
-                        out.ack_output(stream.id, total);
+                        self.ack_output(stream, total, out);
                     }
                     return done;
                 }
@@ -804,7 +811,7 @@ impl Reader {
                 let r = self.pop_locked(&mut st, &mut ack);
                 self.pass_on_promotion(st);
                 if let Some(total) = ack {
-                    out.ack_output(stream.id, total);
+                    self.ack_output(stream, total, out);
                 }
                 return r;
             }
@@ -829,9 +836,19 @@ impl Reader {
             drop(st);
         }
         if let Some(total) = ack {
-            out.ack_output(stream.id, total);
+            self.ack_output(stream, total, out);
         }
         r
+    }
+
+    /// Sends an output acknowledgement of `total`, unless a larger one
+    /// went out already.
+    fn ack_output(&self, stream: &Stream, total: u64, out: &dyn Outbox) {
+        let mut acked = stream.acked.lock();
+        if total > *acked {
+            out.ack_output(stream.id, total);
+            *acked = total;
+        }
     }
 
     // ------------------------------------------------------------ stdin
@@ -1493,14 +1510,15 @@ impl Reader {
         wakers: &mut Vec<Waker>,
     ) -> bool {
         loop {
-            if stream.state.lock().overflowed {
-                return false;
-            }
             let held = self.held.load(Ordering::Acquire);
             // A message larger than the whole budget is still taken when
             // nothing else is held, so a small budget never refuses one frame.
+            // (A stream that failed already is dropped by the caller.)
             if held + cost <= self.budget || held == 0 {
                 return true;
+            }
+            if stream.state.lock().overflowed {
+                return false;
             }
             // The live stream that holds the most, counting this message.
             let own = stream.state.lock().held + cost;

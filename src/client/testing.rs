@@ -114,7 +114,7 @@ pub(crate) fn test_conn(
         assert!(peer.enable_flow_control());
     }
     let limits = exec_limits.filter(|_| peer.flow_control());
-    Conn::new(
+    let conn = Conn::new(
         fd,
         IdAllocator::new(range, form),
         peer,
@@ -122,7 +122,10 @@ pub(crate) fn test_conn(
         backpressure,
         limits,
     )
-    .expect("connection")
+    .expect("connection");
+    // As after a client's first send: the peer here writes unasked.
+    conn.ensure_background().expect("reader thread");
+    conn
 }
 
 /// Waits (up to a second) until the socket holds nothing unread, so that
