@@ -24,8 +24,7 @@ use super::flow;
 use super::ids::IdAllocator;
 use super::peer::Peer;
 use super::platform;
-use super::reader::{set_socket_timeout, Accept, Backpressure, Counters, Outbox, Reader};
-use super::subscription::Subscription;
+use super::reader::{set_socket_timeout, Backpressure, Counters, Outbox, Reader, Stream};
 use super::sync::{CacheAligned, Mutex, TimedLock};
 use crate::protocol::{encode_frame_head, encoded_len, MessageType, MAX_FRAME_SIZE};
 
@@ -159,25 +158,6 @@ impl Conn {
         self.reader.ids().check_send(message_type, id)
     }
 
-    /// Subscribes to `id`, which must be in our range and not subscribed.
-    pub(crate) fn subscribe(self: &Arc<Self>, id: u32) -> Result<Subscription> {
-        let stream = self.reader.open(id)?;
-        Ok(Subscription {
-            conn: self.clone(),
-            stream,
-        })
-    }
-
-    /// Allocates a fresh id and subscribes to it in one step; with `accept`,
-    /// only messages it accepts are queued.
-    pub(crate) fn subscribe_new(self: &Arc<Self>, accept: Option<Accept>) -> Result<Subscription> {
-        let stream = self.reader.open_new(accept)?;
-        Ok(Subscription {
-            conn: self.clone(),
-            stream,
-        })
-    }
-
     /// Makes the reader panic on its next read (tests of panic containment).
     #[cfg(any(test, feature = "test-hooks"))]
     pub(crate) fn inject_reader_panic(&self) {
@@ -192,13 +172,13 @@ impl Conn {
     /// chunks of [`LEGACY_STDIN_CHUNK`]. All within `deadline`.
     pub(crate) fn write_stdin(
         &self,
-        sub: &Subscription,
+        stream: &Arc<Stream>,
         data: &[u8],
         deadline: Instant,
     ) -> Result<()> {
         if !self.reader.exec_flow_control() {
             for chunk in data.chunks(LEGACY_STDIN_CHUNK) {
-                self.send_stdin(sub.id(), chunk, deadline)?;
+                self.send_stdin(stream.id(), chunk, deadline)?;
             }
             return Ok(());
         }
@@ -206,9 +186,9 @@ impl Conn {
         while !rest.is_empty() {
             let n = self
                 .reader
-                .reserve_stdin(&sub.stream, rest.len(), deadline, self)?;
-            if let Err(e) = self.send_stdin(sub.id(), &rest[..n], deadline) {
-                self.reader.unreserve_stdin(&sub.stream, n);
+                .reserve_stdin(stream, rest.len(), deadline, self)?;
+            if let Err(e) = self.send_stdin(stream.id(), &rest[..n], deadline) {
+                self.reader.unreserve_stdin(stream, n);
                 return Err(e);
             }
             rest = &rest[n..];
@@ -218,11 +198,11 @@ impl Conn {
 
     /// Ends the exec's stdin with the empty chunk; with flow control, only
     /// once it has started, and never twice.
-    pub(crate) fn close_stdin(&self, sub: &Subscription, deadline: Instant) -> Result<()> {
+    pub(crate) fn close_stdin(&self, stream: &Arc<Stream>, deadline: Instant) -> Result<()> {
         if self.reader.exec_flow_control() {
-            self.reader.reserve_stdin(&sub.stream, 0, deadline, self)?;
+            self.reader.reserve_stdin(stream, 0, deadline, self)?;
         }
-        self.send_stdin(sub.id(), &[], deadline)
+        self.send_stdin(stream.id(), &[], deadline)
     }
 
     /// One `core.exec.stdin` frame, the data written from the caller's buffer.
@@ -477,6 +457,7 @@ mod tests {
     use std::os::unix::net::UnixStream;
 
     use super::super::reader::{Pulled, TAKEOVER_GRACE};
+    use super::super::subscription::Subscription;
     use super::super::testing::test_conn;
     use crate::protocol::payload::ExecLimits;
     use crate::protocol::{MessageType, LEGACY_ID_RANGE_STEP as ID_RANGE_STEP};
@@ -774,7 +755,7 @@ mod tests {
             let (conn, sub) = (conn.clone(), sub.clone());
             std::thread::spawn(move || {
                 let data = vec![b'x'; 70_000];
-                conn.write_stdin(&sub, &data, Instant::now() + Duration::from_secs(20))
+                conn.write_stdin(&sub.stream, &data, Instant::now() + Duration::from_secs(20))
             })
         };
         // No stdin before core.exec.started.
@@ -833,13 +814,17 @@ mod tests {
         assert_eq!(consumed_of(&acks[0]), 774);
 
         // EOF only once; stdin after it is refused.
-        conn.close_stdin(&sub, Instant::now() + Duration::from_secs(5))
+        conn.close_stdin(&sub.stream, Instant::now() + Duration::from_secs(5))
             .unwrap();
         let eof = read_frames(&mut peer, 1, Duration::from_secs(5));
         assert_eq!(eof[0].message_type, MessageType::ExecStdin);
         assert_eq!(flow::data_len(&eof[0].payload), 0);
         assert!(conn
-            .write_stdin(&sub, b"late", Instant::now() + Duration::from_secs(1))
+            .write_stdin(
+                &sub.stream,
+                b"late",
+                Instant::now() + Duration::from_secs(1)
+            )
             .is_err());
 
         // Output left unread when the exec is freed is acknowledged too.
@@ -865,11 +850,11 @@ mod tests {
         );
         let sub = conn.subscribe_new(None).unwrap();
         let started = Instant::now();
-        let r = conn.write_stdin(&sub, b"x", started + Duration::from_millis(100));
+        let r = conn.write_stdin(&sub.stream, b"x", started + Duration::from_millis(100));
         assert!(matches!(r, Err(Error::Timeout(_))), "{r:?}");
         assert!(started.elapsed() < Duration::from_secs(2));
         assert!(matches!(
-            conn.close_stdin(&sub, Instant::now() + Duration::from_millis(50)),
+            conn.close_stdin(&sub.stream, Instant::now() + Duration::from_millis(50)),
             Err(Error::Timeout(_))
         ));
     }

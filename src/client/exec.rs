@@ -143,16 +143,12 @@ impl Exec {
     /// With exec flow control (generation 10), waits for the process to
     /// start and for the guest to take earlier input, within `timeout`.
     pub fn write_stdin(&self, data: &[u8], timeout: Duration) -> Result<()> {
-        self.client
-            .conn()
-            .write_stdin(&self.sub, data, Instant::now() + timeout)
+        self.sub.write_stdin(data, Instant::now() + timeout)
     }
 
     /// Closes the process's stdin (an empty stdin frame).
     pub fn close_stdin(&self, timeout: Duration) -> Result<()> {
-        self.client
-            .conn()
-            .close_stdin(&self.sub, Instant::now() + timeout)
+        self.sub.close_stdin(Instant::now() + timeout)
     }
 
     pub fn signal(&self, signal: i32, timeout: Duration) -> Result<()> {

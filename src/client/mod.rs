@@ -361,10 +361,6 @@ impl Client {
         self.inner.conn.join_background();
     }
 
-    pub(crate) fn conn(&self) -> &Arc<Conn> {
-        &self.inner.conn
-    }
-
     /// Why the connection is closed, or `None` while it is open.
     pub fn close_cause(&self) -> Option<CloseCause> {
         self.inner.conn.close_cause()

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use super::conn::Conn;
 use super::error::Result;
-use super::reader::Stream;
+use super::reader::{Accept, Stream};
 use crate::protocol::Message;
 
 pub use super::reader::Pulled;
@@ -30,9 +30,43 @@ pub struct Subscription {
     pub(crate) stream: Arc<Stream>,
 }
 
+/// Opening streams lives here, beside the handle it returns: the
+/// connection itself knows nothing of subscriptions.
+impl Conn {
+    /// Subscribes to `id`, which must be in our range and not subscribed.
+    pub(crate) fn subscribe(self: &Arc<Self>, id: u32) -> Result<Subscription> {
+        let stream = self.reader.open(id)?;
+        Ok(Subscription {
+            conn: self.clone(),
+            stream,
+        })
+    }
+
+    /// Allocates a fresh id and subscribes to it in one step; with `accept`,
+    /// only messages it accepts are queued.
+    pub(crate) fn subscribe_new(self: &Arc<Self>, accept: Option<Accept>) -> Result<Subscription> {
+        let stream = self.reader.open_new(accept)?;
+        Ok(Subscription {
+            conn: self.clone(),
+            stream,
+        })
+    }
+}
+
 impl Subscription {
     pub fn id(&self) -> u32 {
         self.stream.id()
+    }
+
+    /// Writes to the stdin of the exec this subscription belongs to (see
+    /// `Conn::write_stdin`).
+    pub(crate) fn write_stdin(&self, data: &[u8], deadline: Instant) -> Result<()> {
+        self.conn.write_stdin(&self.stream, data, deadline)
+    }
+
+    /// Ends the stdin of the exec this subscription belongs to.
+    pub(crate) fn close_stdin(&self, deadline: Instant) -> Result<()> {
+        self.conn.close_stdin(&self.stream, deadline)
     }
 
     /// Waits up to `timeout` for the next message (`None`: wait without
