@@ -9,9 +9,11 @@
 //!
 //! Each connection has one background thread, which keeps the socket read
 //! whenever no caller does (see `reader`), and which is joined when the
-//! client is freed. It starts with the first send: relays send nothing
-//! unasked after the handshake, so a client that never sent has nothing to
-//! read, and connecting costs no thread.
+//! client is freed. It starts with the first send or the first passive
+//! wait (a readiness fd, an async `recv`): relays send nothing unasked after
+//! the handshake, so a client that never sent has nothing to read but the
+//! end of the connection, which a blocking pull reads itself; connecting
+//! costs no thread.
 
 use std::io;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
@@ -41,9 +43,8 @@ pub(crate) struct Conn {
     pub(crate) peer: Arc<Peer>,
     writer: CacheAligned<TimedLock>,
     pub(crate) reader: Reader,
-    /// The background reader thread, started by the first send (nothing
-    /// arrives unasked, so a client that never sent needs no reader);
-    /// taken when joined.
+    /// The background reader thread, started by the first send or passive
+    /// wait (see the module docs); taken when joined.
     background: Mutex<Option<std::thread::JoinHandle<()>>>,
     background_started: AtomicBool,
     /// This connection, for the thread to hold on to.

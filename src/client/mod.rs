@@ -4,7 +4,7 @@
 //!
 //! Threads: sends run on the caller's thread, and a caller blocked in a pull
 //! reads the socket itself. Each [`Client`] also has one background thread,
-//! started by its first send, that reads the socket whenever no caller
+//! started by its first send or readiness fd, that reads the socket whenever no caller
 //! does, so the relay never sees a client that stops reading (see
 //! `reader`). When the last handle to a client is dropped, the connection
 //! is closed and that thread is joined, so nothing of ours keeps running.

@@ -18,7 +18,7 @@
 //!   messages to them and, when it lets go, asks one of them to lead next
 //!   (one system call wakes the served followers and the next leader,
 //!   `sync::WakeGroup`);
-//! - the connection's background thread, started by its first send (see
+//! - the connection's background thread, started by its first send or passive wait (see
 //!   `conn`). It reads at once while some stream is waited on passively (a readiness fd,
 //!   an async waker). Otherwise it stays out of the callers' way: it watches
 //!   the socket only once no caller has led for [`TAKEOVER_GRACE`], so a

@@ -86,6 +86,8 @@ impl Subscription {
     /// Waits for the next message; `Ok(None)` once the stream has ended.
     /// Cancel-safe: dropping the future consumes nothing.
     pub async fn recv(&self) -> Result<Option<Message>> {
+        // Nobody pulls while this waits: the background thread must read.
+        self.conn.ensure_background()?;
         poll_fn(|cx| {
             match self
                 .conn
@@ -106,6 +108,9 @@ impl Subscription {
     /// would not return `Nothing`. Owned by the subscription; valid until it
     /// is dropped. Created on first use.
     pub fn readiness_fd(&self) -> Result<RawFd> {
+        // Whoever polls it pulls only once it is readable: the background
+        // thread must read meanwhile (for frames, and for the end).
+        self.conn.ensure_background()?;
         self.conn.reader.readiness_fd(&self.stream)
     }
 
