@@ -138,7 +138,12 @@ impl Conn {
     pub(crate) fn join_background(&self) {
         let handle = self.background.lock().take();
         if let Some(h) = handle {
-            if h.thread().id() != std::thread::current().id() {
+            use std::os::unix::thread::JoinHandleExt;
+            // Compared by pthread id: `thread::current()` would allocate a
+            // handle for a caller's thread that the library never frees.
+            // SAFETY: pthread_self has no preconditions and cannot fail.
+            let this_thread = unsafe { libc::pthread_self() };
+            if h.as_pthread_t() as libc::pthread_t != this_thread {
                 let _ = h.join();
             }
         }
