@@ -534,6 +534,40 @@ mod tests {
     }
 
     #[test]
+    fn a_burst_for_a_stream_being_pulled_does_not_overflow_a_small_budget() {
+        let (ours, mut peer) = UnixStream::pair().unwrap();
+        let conn = test_conn(
+            OwnedFd::from(ours),
+            64 * 1024,
+            Backpressure::FailStream,
+            None,
+        );
+        let sub = conn.subscribe_new(None).unwrap();
+        let burst: Vec<u8> = (0..12)
+            .flat_map(|_| frame("core.fs.data", sub.id(), 0, &[5u8; 16 * 1024]))
+            .collect();
+        let puller = {
+            let conn = conn.clone();
+            std::thread::spawn(move || {
+                let mut got = 0;
+                while got < 12 {
+                    match pull(&sub, 5000) {
+                        Ok(Pulled::Item(m)) => assert_eq!(m.payload.len(), 16 * 1024),
+                        other => panic!("{:?}", other.map(|_| ())),
+                    }
+                    got += 1;
+                }
+                drop(conn);
+            })
+        };
+        std::thread::sleep(Duration::from_millis(50));
+        // 192 KiB in one write, three budgets: one read takes most of it.
+        peer.write_all(&burst).unwrap();
+        puller.join().unwrap();
+        assert_eq!(conn.counters().dropped_overflow, 0);
+    }
+
+    #[test]
     fn a_full_budget_releases_the_largest_other_stream() {
         let (conn, mut peer) = pair(Backpressure::FailStream);
         let big = conn.subscribe_new(None).unwrap();

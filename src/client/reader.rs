@@ -37,7 +37,8 @@
 //! the memory it holds: the capacity of its buffer (a large frame's own
 //! buffer may be larger than the frame) plus [`PER_MESSAGE_OVERHEAD`]. With
 //! [`Backpressure::FailStream`] (the default) a message that would take the
-//! connection past its budget fails a stream with
+//! connection past its budget (beyond [`PULLED_STREAM_SLACK`] for a stream a
+//! thread is blocked pulling, which one read may fill) fails a stream with
 //! [`CloseCause::StreamOverflow`] instead of being queued: the stream of
 //! that message if it holds the most, else the stream that holds the most,
 //! whose unread messages are then released to make room. A failed stream
@@ -94,6 +95,10 @@ const SHORT_READ_MIN_LEFT: Duration = Duration::from_millis(20);
 /// relay's 5 s stall limit; long against a round trip, so that a thread
 /// doing round trips never wakes it more than once per grace.
 pub(crate) const TAKEOVER_GRACE: Duration = Duration::from_millis(20);
+
+/// How far a stream that a thread is blocked pulling may take the connection
+/// past its budget: what one read can bring (the read buffer, or one frame).
+const PULLED_STREAM_SLACK: usize = READ_BUFFER + crate::protocol::MAX_FRAME_SIZE as usize;
 
 /// Bytes charged for one queued message beyond its buffer: the queue slot
 /// and allocation overhead, so that a flood of tiny frames is bounded too.
@@ -230,6 +235,8 @@ struct StreamState {
     wait_bits: u32,
     /// A waiter was asked to take over reading the socket.
     promoted: bool,
+    /// A thread pulling this stream is reading the socket for it.
+    leading: bool,
     /// Counted in the reader's passive waiters (readiness fd or async).
     passive: bool,
     /// Generation-10 flow control of an exec, from its `core.exec.started`
@@ -768,9 +775,11 @@ impl Reader {
             if self.may_read() {
                 if let Some(read_state) = self.state.try_lock() {
                     // Routing locks streams, ours included: let go of it.
+                    st.leading = true;
                     drop(st);
                     self.lead(read_state, deadline, out, || stream.state.lock().readable());
                     st = stream.state.lock();
+                    st.leading = false;
                     // Usually our message came, and the top of the loop takes
                     // it: read the clock only when it did not.
                     if !st.readable() && deadline.is_some_and(|d| Instant::now() >= d) {
@@ -1517,8 +1526,17 @@ impl Reader {
             if held + cost <= self.budget || held == 0 {
                 return true;
             }
-            if stream.state.lock().overflowed {
-                return false;
+            {
+                let st = stream.state.lock();
+                if st.overflowed {
+                    return false;
+                }
+                // A stream a thread is blocked pulling is emptied as soon as
+                // it wakes: what one read brings for it is not a backlog.
+                let pulled = st.waiters > 0 || st.leading;
+                if pulled && st.held + cost <= PULLED_STREAM_SLACK {
+                    return true;
+                }
             }
             // The live stream that holds the most, counting this message.
             let own = stream.state.lock().held + cost;
