@@ -35,6 +35,30 @@
   (MSB_VERSION_NUMBER >= ((major) * 10000 + (minor) * 100 + (patch)))
 
 
+#define EPERM 1
+
+#define ENOENT 2
+
+#define EACCES 13
+
+#define EEXIST 17
+
+/**
+ * Open handles the guest allows one relay client (agentd's own limit).
+ */
+#define GUEST_HANDLE_LIMIT 1024
+
+/**
+ * The most one `read_at` returns: the reply is held in memory whole.
+ */
+#define MAX_READ_AT ((64 * 1024) * 1024)
+
+/**
+ * Most bytes one `core.tcp.data` carries from us: what agentd reads at a
+ * time from its side, so both directions use the same chunks.
+ */
+#define TCP_CHUNK_SIZE (64 * 1024)
+
 /**
  * `msb_connect_options_set_backpressure`: when unread messages fill the
  * memory budget, fail the stream holding the most (default).
@@ -87,6 +111,45 @@
  * Patch version of this library.
  */
 #define MSB_VERSION_PATCH 0
+
+/**
+ * `msb_file_open` flag: open for reading.
+ */
+#define MSB_FILE_READ 1
+
+/**
+ * `msb_file_open` flag: open for writing.
+ */
+#define MSB_FILE_WRITE 2
+
+/**
+ * `msb_file_open` flag: every write goes to the end of the file.
+ */
+#define MSB_FILE_APPEND 4
+
+/**
+ * `msb_file_open` flag: create the file if it does not exist (needs
+ * `MSB_FILE_WRITE` or `MSB_FILE_APPEND`).
+ */
+#define MSB_FILE_CREATE 8
+
+/**
+ * `msb_file_open` flag: truncate the file to 0 bytes (needs
+ * `MSB_FILE_WRITE`).
+ */
+#define MSB_FILE_TRUNCATE 16
+
+/**
+ * `msb_file_open` flag: create the file, failing with `MSB_ERR_EXISTS` if
+ * it exists.
+ */
+#define MSB_FILE_CREATE_NEW 32
+
+/**
+ * The number of open handles the guest allows one connection; opening
+ * more fails with `MSB_ERR_GUEST` and a message naming this limit.
+ */
+#define MSB_FILE_HANDLE_LIMIT 1024
 
 /**
  * An owned, immutable byte buffer handed to the caller. Release it with
@@ -153,6 +216,18 @@ typedef struct msb_exec_event msb_exec_event;
 typedef struct msb_exec_request msb_exec_request;
 
 /**
+ * A file in the guest kept open through a handle, for reads and writes
+ * at any offset. The handle belongs to the client connection that opened
+ * it and dies with it.
+ *
+ * Thread safety: any function may be called from any thread; reads,
+ * writes and stats may run concurrently (each is its own request).
+ * `msb_file_close` waits for calls in progress on the file, then makes
+ * later ones fail with `MSB_ERR_WRONG_STATE`.
+ */
+typedef struct msb_file msb_file;
+
+/**
  * A file being read from the guest chunk by chunk, for files too large to
  * hold at once.
  *
@@ -186,6 +261,16 @@ typedef struct msb_fs_entries msb_fs_entries;
 typedef struct msb_fs_entry msb_fs_entry;
 
 /**
+ * The attributes a set-stat changes: a builder, each field left alone
+ * unless set. Build it, pass it to `msb_fs_set_stat` or
+ * `msb_file_set_stat` (which copy it), and release it with
+ * `msb_fs_set_attrs_free`; it may be reused.
+ *
+ * Thread safety: a plain builder; one thread at a time.
+ */
+typedef struct msb_fs_set_attrs msb_fs_set_attrs;
+
+/**
  * A received message: id, flags, type and CBOR payload.
  *
  * Thread safety: immutable; may be read from any thread.
@@ -208,6 +293,19 @@ typedef struct msb_run_output msb_run_output;
  * `MSB_ERR_CLOSED`.
  */
 typedef struct msb_subscription msb_subscription;
+
+/**
+ * A TCP connection the guest made on the caller's behalf: bytes written
+ * here go to the guest's peer, bytes the peer sends are pulled with
+ * `msb_tcp_read`.
+ *
+ * Thread safety: any function may be called from any thread. Reads from
+ * several threads each get distinct chunks; writes from several threads
+ * land in an undefined order, so write from one thread at a time.
+ * `msb_tcp_stream_free` wakes a thread blocked in `msb_tcp_read` with
+ * `MSB_ERR_CLOSED`.
+ */
+typedef struct msb_tcp_stream msb_tcp_stream;
 
 /**
  * A status code. Fixed width, so it crosses every ABI unchanged; values are
@@ -315,7 +413,8 @@ typedef int32_t msb_fs_kind;
 #define MSB_ERR_TOO_LARGE -4
 
 /**
- * No relay at that socket path (missing, or nobody listening).
+ * Not found: no relay at that socket path (missing, or nobody listening),
+ * or the guest has no such file (errno `ENOENT`, see `msb_error_errno`).
  */
 #define MSB_ERR_NOT_FOUND -5
 
@@ -405,6 +504,17 @@ typedef int32_t msb_fs_kind;
 #define MSB_ERR_STREAM_OVERFLOW -22
 
 /**
+ * The guest refused for lack of permission (errno `EACCES` or `EPERM`);
+ * `msb_error_errno` gives which.
+ */
+#define MSB_ERR_PERMISSION -20
+
+/**
+ * The guest found something already there (errno `EEXIST`).
+ */
+#define MSB_ERR_EXISTS -21
+
+/**
  * The process started; `msb_exec_event_pid` is valid.
  */
 #define MSB_EXEC_STARTED 1
@@ -489,6 +599,19 @@ msb_status msb_error_code(const struct msb_error *err);
  * `msb_error_free(err)`. Returns "" if `err` is NULL.
  */
 const char *msb_error_message(const struct msb_error *err);
+
+/**
+ * The guest's errno behind `err`, or 0 when there is none (the error did not
+ * come from the guest, the guest gave no errno, or `err` is NULL).
+ *
+ * Guest failures (`MSB_ERR_GUEST`, `MSB_ERR_NOT_FOUND`, `MSB_ERR_PERMISSION`,
+ * `MSB_ERR_EXISTS` from filesystem and TCP calls) carry the errno the guest
+ * reported in its message, and `MSB_ERR_EXEC_FAILED` the errno of the
+ * failed start when the guest gave one. The guest is Linux: compare with Linux's numbers
+ * (ENOENT 2, EPERM 1, EACCES 13, EEXIST 17, ...), not the host's `<errno.h>`
+ * on other systems. `MSB_ERR_NOT_FOUND` from connecting has errno 0.
+ */
+int32_t msb_error_errno(const struct msb_error *err);
 
 /**
  * Releases an error. NULL is ignored; freeing twice is forbidden.
@@ -577,10 +700,11 @@ msb_status msb_client_connect(const char *socket_path,
                               struct msb_error **err_out);
 
 /**
- * Connects to a sandbox by name: the socket
- * `$MSB_HOME/sandboxes/NAME/runtime/agent.sock` (`MSB_HOME` defaults to
- * `~/.microsandbox`). Same ownership and errors as `msb_client_connect`;
- * an unknown name gives `MSB_ERR_NOT_FOUND`.
+ * Connects to a sandbox by name, at the socket `msb_sandbox_socket_path`
+ * resolves for it (under `$MSB_HOME`, default `~/.microsandbox`, in the
+ * layout of whichever runtime line started the sandbox). Same ownership
+ * and errors as `msb_client_connect`; an unknown name gives
+ * `MSB_ERR_NOT_FOUND`.
  */
 msb_status msb_client_connect_sandbox(const char *name,
                                       const struct msb_connect_options *options,
@@ -1349,6 +1473,395 @@ msb_status msb_file_writer_finish(const struct msb_file_writer *writer,
  * Releases a writer. NULL is ignored; freeing twice is forbidden.
  */
 void msb_file_writer_free(struct msb_file_writer *writer);
+
+/**
+ * Metadata of `path`, following symlinks (the entry describes what the
+ * link points at; `msb_fs_stat` describes the link itself).
+ *
+ * On success the caller owns `*entry_out` and must release it with
+ * `msb_fs_entry_free`. A dangling link is `MSB_ERR_NOT_FOUND`.
+ */
+msb_status msb_fs_stat_follow(const struct msb_client *client,
+                              const char *path,
+                              int64_t timeout_ms,
+                              struct msb_fs_entry **entry_out,
+                              struct msb_error **err_out);
+
+/**
+ * The canonical absolute path of `path` in the guest, with every symlink,
+ * `.` and `..` resolved (`realpath(3)`); the path must exist.
+ *
+ * On success the caller owns `*path_out` and must release it with
+ * `msb_bytes_free`. Its bytes are the path (UTF-8, no terminating NUL
+ * counted by `msb_bytes_len`), and a NUL follows them in memory, so
+ * `(const char *)msb_bytes_data(path)` is also a C string.
+ */
+msb_status msb_fs_realpath(const struct msb_client *client,
+                           const char *path,
+                           int64_t timeout_ms,
+                           struct msb_bytes **path_out,
+                           struct msb_error **err_out);
+
+/**
+ * The target stored in the symlink `path`, unresolved. Same ownership of
+ * `*path_out` as `msb_fs_realpath`. A path that is not a symlink is a
+ * guest error (`EINVAL`, errno 22).
+ */
+msb_status msb_fs_readlink(const struct msb_client *client,
+                           const char *path,
+                           int64_t timeout_ms,
+                           struct msb_bytes **path_out,
+                           struct msb_error **err_out);
+
+/**
+ * Creates the symlink `link_path` pointing at `target` (stored as given;
+ * it need not exist). `MSB_ERR_EXISTS` if `link_path` exists.
+ */
+msb_status msb_fs_symlink(const struct msb_client *client,
+                          const char *target,
+                          const char *link_path,
+                          int64_t timeout_ms,
+                          struct msb_error **err_out);
+
+/**
+ * Removes the directory `path`: with everything in it when `recursive`
+ * (as `msb_fs_remove_dir`), else only if it is empty (a directory with
+ * entries is a guest error, `ENOTEMPTY`, errno 39).
+ */
+msb_status msb_fs_remove_dir_ex(const struct msb_client *client,
+                                const char *path,
+                                bool recursive,
+                                int64_t timeout_ms,
+                                struct msb_error **err_out);
+
+/**
+ * A builder that changes nothing yet.
+ *
+ * On success the caller owns `*attrs_out` and must release it with
+ * `msb_fs_set_attrs_free`.
+ */
+msb_status msb_fs_set_attrs_new(struct msb_fs_set_attrs **attrs_out,
+                                struct msb_error **err_out);
+
+/**
+ * Sets the permission bits (within 0..=07777, else
+ * `MSB_ERR_INVALID_ARGUMENT`).
+ */
+msb_status msb_fs_set_attrs_mode(struct msb_fs_set_attrs *attrs,
+                                 uint32_t mode,
+                                 struct msb_error **err_out);
+
+/**
+ * Sets the owning user id (`chown`).
+ */
+msb_status msb_fs_set_attrs_uid(struct msb_fs_set_attrs *attrs,
+                                uint32_t uid,
+                                struct msb_error **err_out);
+
+/**
+ * Sets the owning group id (`chown`).
+ */
+msb_status msb_fs_set_attrs_gid(struct msb_fs_set_attrs *attrs,
+                                uint32_t gid,
+                                struct msb_error **err_out);
+
+/**
+ * Sets the size: the file is truncated or extended with zeros.
+ */
+msb_status msb_fs_set_attrs_size(struct msb_fs_set_attrs *attrs,
+                                 uint64_t size,
+                                 struct msb_error **err_out);
+
+/**
+ * Sets the access time, in Unix seconds.
+ */
+msb_status msb_fs_set_attrs_atime(struct msb_fs_set_attrs *attrs,
+                                  int64_t atime,
+                                  struct msb_error **err_out);
+
+/**
+ * Sets the modification time, in Unix seconds.
+ */
+msb_status msb_fs_set_attrs_mtime(struct msb_fs_set_attrs *attrs,
+                                  int64_t mtime,
+                                  struct msb_error **err_out);
+
+/**
+ * Releases a builder. NULL is ignored; freeing twice is forbidden.
+ */
+void msb_fs_set_attrs_free(struct msb_fs_set_attrs *attrs);
+
+/**
+ * Changes the attributes `attrs` sets on `path`: of what a final symlink
+ * points at when `follow_symlink`, else of the path itself. `attrs` is
+ * borrowed for the call.
+ */
+msb_status msb_fs_set_stat(const struct msb_client *client,
+                           const char *path,
+                           bool follow_symlink,
+                           const struct msb_fs_set_attrs *attrs,
+                           int64_t timeout_ms,
+                           struct msb_error **err_out);
+
+/**
+ * The owner's user id (0 if NULL, and on legacy relays, which do not
+ * report it).
+ */
+uint32_t msb_fs_entry_uid(const struct msb_fs_entry *entry);
+
+/**
+ * The owner's group id (0 if NULL, and on legacy relays).
+ */
+uint32_t msb_fs_entry_gid(const struct msb_fs_entry *entry);
+
+/**
+ * Writes the access time (Unix seconds) to `*atime_out` and returns true,
+ * or returns false if the guest did not report one (legacy relays never
+ * do) or on NULL.
+ */
+bool msb_fs_entry_atime(const struct msb_fs_entry *entry,
+                        int64_t *atime_out);
+
+/**
+ * Opens `path` in the guest. `flags` combines `MSB_FILE_*` (at least one
+ * of READ, WRITE, APPEND; unknown bits are `MSB_ERR_INVALID_ARGUMENT`);
+ * `mode` is the permission bits of a created file (e.g. 0644), or -1 for
+ * the guest's default. A missing file without CREATE is
+ * `MSB_ERR_NOT_FOUND`.
+ *
+ * Each open file holds one of the guest's `MSB_FILE_HANDLE_LIMIT` handles
+ * per connection until `msb_file_close` or `msb_file_free`;
+ * `msb_client_open_files` counts them.
+ *
+ * On success the caller owns `*file_out` and must release it with
+ * `msb_file_free`.
+ */
+msb_status msb_file_open(const struct msb_client *client,
+                         const char *path,
+                         uint32_t flags,
+                         int32_t mode,
+                         int64_t timeout_ms,
+                         struct msb_file **file_out,
+                         struct msb_error **err_out);
+
+/**
+ * Reads up to `len` bytes at `offset` (at most 64 MiB per call; more is
+ * `MSB_ERR_INVALID_ARGUMENT`). Fewer bytes come back at the end of the
+ * file, and none at or past it: a buffer of length 0, still `MSB_OK`.
+ * The file must be open for reading.
+ *
+ * On success the caller owns `*data_out` and must release it with
+ * `msb_bytes_free`.
+ */
+msb_status msb_file_read_at(const struct msb_file *file,
+                            uint64_t offset,
+                            uint64_t len,
+                            int64_t timeout_ms,
+                            struct msb_bytes **data_out,
+                            struct msb_error **err_out);
+
+/**
+ * Writes `len` bytes at `offset` (sent in chunks of at most 3 MiB; the
+ * guest checks that all of them arrived). On a file opened with
+ * `MSB_FILE_APPEND` the bytes go to the end whatever `offset` says. The
+ * file must be open for writing or appending.
+ */
+msb_status msb_file_write_at(const struct msb_file *file,
+                             uint64_t offset,
+                             const uint8_t *data,
+                             size_t len,
+                             int64_t timeout_ms,
+                             struct msb_error **err_out);
+
+/**
+ * Metadata of the open file.
+ *
+ * On success the caller owns `*entry_out` and must release it with
+ * `msb_fs_entry_free`.
+ */
+msb_status msb_file_fstat(const struct msb_file *file,
+                          int64_t timeout_ms,
+                          struct msb_fs_entry **entry_out,
+                          struct msb_error **err_out);
+
+/**
+ * Changes the attributes `attrs` sets on the open file. `attrs` is
+ * borrowed for the call.
+ */
+msb_status msb_file_set_stat(const struct msb_file *file,
+                             const struct msb_fs_set_attrs *attrs,
+                             int64_t timeout_ms,
+                             struct msb_error **err_out);
+
+/**
+ * Closes the guest's handle and waits up to `timeout_ms` for the guest to
+ * confirm. The handle is given back even when this fails. Later calls on
+ * the file, a second close included, fail with `MSB_ERR_WRONG_STATE`; the
+ * file must still be released with `msb_file_free`.
+ */
+msb_status msb_file_close(const struct msb_file *file,
+                          int64_t timeout_ms,
+                          struct msb_error **err_out);
+
+/**
+ * Releases a file. If it is still open, its handle is closed without
+ * waiting for the guest's answer. NULL is ignored; freeing twice is
+ * forbidden.
+ */
+void msb_file_free(struct msb_file *file);
+
+/**
+ * The number of files open through `msb_file_open` on this client (opened
+ * and not yet closed or freed); 0 if `client` is NULL. Each holds one of
+ * the guest's `MSB_FILE_HANDLE_LIMIT` handles of this connection.
+ *
+ * Thread safety: callable from any thread.
+ */
+uint32_t msb_client_open_files(const struct msb_client *client);
+
+/**
+ * The relay socket path of the sandbox `name`, as
+ * `msb_client_connect_sandbox` resolves it. Sandboxes of different runtime
+ * lines keep the socket in different places under `$MSB_HOME` (default
+ * `~/.microsandbox`); they are tried newest first:
+ *
+ * 1. `run/sandboxes/<first 24 hex digits of sha256(name)>/agent.sock`
+ *    (0.6.9 and later; its `control.sock` sits beside it);
+ * 2. `run/agent/<first 32 hex digits of sha256(name)>.sock` (0.5.2 to 0.6.8);
+ * 3. `sandboxes/<name>/runtime/agent.sock` (up to 0.5.1).
+ *
+ * The first path that exists wins. If none exists, the answer is the first
+ * whose socket paths fit in a `sockaddr_un` (for the first layout, both
+ * `agent.sock` and `control.sock` must fit). For the name "worker" the
+ * first two are `run/sandboxes/87eba76e7f3164534045ba92/agent.sock` and
+ * `run/agent/87eba76e7f3164534045ba922e7770fb.sock`.
+ *
+ * Nothing is connected to. `name` must be 1 to 255 bytes of UTF-8 without
+ * '/' and not "." or ".." (else `MSB_ERR_INVALID_ARGUMENT`, also when no
+ * layout fits in a socket address or neither `MSB_HOME` nor `HOME` is set).
+ *
+ * On success the caller owns `*path_out` and must release it with
+ * `msb_bytes_free`. Its bytes are the path without a terminating NUL
+ * (`msb_bytes_len` counts only them), and a NUL byte follows them in
+ * memory, so `(const char *)msb_bytes_data(path)` is also a C string.
+ *
+ * Thread safety: callable from any thread; it reads the environment, so
+ * not while another thread changes `MSB_HOME` or `HOME`.
+ */
+msb_status msb_sandbox_socket_path(const char *name,
+                                   struct msb_bytes **path_out,
+                                   struct msb_error **err_out);
+
+/**
+ * Asks the guest to open a TCP connection to `host:port` (a name the
+ * guest resolves, or an address) and waits up to `timeout_ms` for the
+ * outcome (`MSB_TIMEOUT_INFINITE`: as long as the guest tries, 30 s).
+ *
+ * Needs protocol generation 4 (0.5.5 and later): `MSB_ERR_UNSUPPORTED`
+ * on older sandboxes. A connection the guest could not make is
+ * `MSB_ERR_GUEST` with the guest's reason (`msb_error_errno` gives the
+ * errno when the guest named one, e.g. 111 for a refused connection). On
+ * timeout the guest's attempt is aborted.
+ *
+ * On success the caller owns `*stream_out` and must release it with
+ * `msb_tcp_stream_free`.
+ */
+msb_status msb_tcp_connect(const struct msb_client *client,
+                           const char *host,
+                           uint16_t port,
+                           int64_t timeout_ms,
+                           struct msb_tcp_stream **stream_out,
+                           struct msb_error **err_out);
+
+/**
+ * Sends `len` bytes to the guest's peer, in chunks of at most 64 KiB.
+ * The bytes are in the socket when this returns; `(NULL, 0)` sends
+ * nothing. `MSB_ERR_WRONG_STATE` after `msb_tcp_shutdown_write` or once
+ * the connection ended. A timeout after part of a frame was written
+ * closes the client's connection (see `msb_client_send`).
+ */
+msb_status msb_tcp_write(const struct msb_tcp_stream *stream,
+                         const uint8_t *data,
+                         size_t len,
+                         int64_t timeout_ms,
+                         struct msb_error **err_out);
+
+/**
+ * Half-closes the connection: the guest shuts down writing to its peer,
+ * which then reads end-of-file. Pulling with `msb_tcp_read` goes on until
+ * the peer closes too. Later writes fail with `MSB_ERR_WRONG_STATE`;
+ * calling it twice is `MSB_OK`, calling it once the connection ended
+ * (`MSB_ENDED` after the peer closed both ways, or a failure) is
+ * `MSB_ERR_WRONG_STATE`.
+ */
+msb_status msb_tcp_shutdown_write(const struct msb_tcp_stream *stream,
+                                  int64_t timeout_ms,
+                                  struct msb_error **err_out);
+
+/**
+ * Pulls the next chunk the guest's peer sent (at most 64 KiB), waiting up
+ * to `timeout_ms` (0: do not block).
+ *
+ * Returns `MSB_OK` with `*chunk_out` set (owned by the caller; release it
+ * with `msb_bytes_free`), `MSB_NOTHING_YET`, `MSB_ENDED` once the peer
+ * closed its side or the connection closed (and on every later call), or
+ * an error (`MSB_ERR_GUEST` with the guest's text if the connection
+ * failed).
+ */
+msb_status msb_tcp_read(const struct msb_tcp_stream *stream,
+                        int64_t timeout_ms,
+                        struct msb_bytes **chunk_out,
+                        struct msb_error **err_out);
+
+/**
+ * A file descriptor readable exactly while `msb_tcp_read` would not return
+ * `MSB_NOTHING_YET` (an eventfd; non-blocking, close-on-exec), until the
+ * read that returned `MSB_ENDED`. Poll it; do not read, write or close it.
+ * Borrowed: valid until `msb_tcp_stream_free(stream)`.
+ */
+msb_status msb_tcp_readiness_fd(const struct msb_tcp_stream *stream,
+                                int *fd_out,
+                                struct msb_error **err_out);
+
+/**
+ * The correlation id the connection travels on (0 if `stream` is NULL).
+ */
+uint32_t msb_tcp_stream_id(const struct msb_tcp_stream *stream);
+
+/**
+ * Aborts the connection unless it already ended (`core.tcp.close`: the
+ * guest drops it at once, without a reply) and releases the stream. A
+ * thread blocked in `msb_tcp_read` on it returns `MSB_ERR_CLOSED`. For an
+ * orderly close, `msb_tcp_shutdown_write` and read to `MSB_ENDED` first.
+ * NULL is ignored; freeing twice is forbidden.
+ */
+void msb_tcp_stream_free(struct msb_tcp_stream *stream);
+
+/**
+ * Checks that the sandbox's agent answers (`core.ping`, answered with
+ * `core.pong`), waiting up to `timeout_ms`. Does not count as activity
+ * for the sandbox's idle timer. Needs protocol generation 6 (0.6.4 and
+ * later): `MSB_ERR_UNSUPPORTED` on older sandboxes.
+ *
+ * Thread safety: callable from any thread, concurrently.
+ */
+msb_status msb_client_ping(const struct msb_client *client,
+                           int64_t timeout_ms,
+                           struct msb_error **err_out);
+
+/**
+ * Marks the sandbox as active, restarting its idle timer (`core.touch`,
+ * answered with `core.touched`), and writes the agent's activity sequence
+ * number to `*activity_seq_out` (it grows with every activity). Waits up
+ * to `timeout_ms`. Needs protocol generation 6 (0.6.4 and later):
+ * `MSB_ERR_UNSUPPORTED` on older sandboxes.
+ *
+ * Thread safety: callable from any thread, concurrently.
+ */
+msb_status msb_client_touch(const struct msb_client *client,
+                            int64_t timeout_ms,
+                            uint64_t *activity_seq_out,
+                            struct msb_error **err_out);
 
 #ifdef __cplusplus
 }  // extern "C"

@@ -12,12 +12,16 @@
 //! hostile guest can do").
 
 mod conn;
+pub mod errno;
 mod error;
 pub mod exec;
 mod flow;
 pub mod fs;
+pub mod handles;
 mod handshake;
 mod ids;
+pub mod liveness;
+mod paths;
 mod peer;
 mod platform;
 mod pool;
@@ -27,9 +31,10 @@ mod sync;
 #[cfg(any(test, feature = "test-hooks"))]
 #[doc(hidden)]
 pub mod testing;
+pub mod tcp;
 
 use std::os::fd::OwnedFd;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -37,6 +42,7 @@ use bytes::Bytes;
 
 pub use error::{CloseCause, Error, ExecFailure, Result};
 pub use ids::IdRange;
+pub use paths::{path_to_nul_terminated, sandbox_socket_path};
 pub use peer::{Form, Peer};
 pub use reader::{Backpressure, Counters};
 pub use subscription::{Pulled, Subscription};
@@ -77,38 +83,13 @@ impl Default for ClientOptions {
     }
 }
 
-/// The socket path of a sandbox by name:
-/// `$MSB_HOME/sandboxes/NAME/runtime/agent.sock`, `MSB_HOME` defaulting to
-/// `~/.microsandbox`.
-pub fn sandbox_socket_path(name: &str) -> Result<PathBuf> {
-    if name.is_empty() || name.contains('/') || name == "." || name == ".." || name.contains('\0') {
-        return Err(Error::InvalidArgument(format!(
-            "{name:?} is not a sandbox name"
-        )));
-    }
-    let home = match std::env::var_os("MSB_HOME") {
-        Some(h) if !h.is_empty() => PathBuf::from(h),
-        _ => match std::env::var_os("HOME") {
-            Some(h) if !h.is_empty() => PathBuf::from(h).join(".microsandbox"),
-            _ => {
-                return Err(Error::InvalidArgument(
-                    "neither MSB_HOME nor HOME is set".into(),
-                ))
-            }
-        },
-    };
-    Ok(home
-        .join("sandboxes")
-        .join(name)
-        .join("runtime")
-        .join("agent.sock"))
-}
-
 struct ClientInner {
     conn: Arc<Conn>,
     peer: Arc<Peer>,
     ready: Ready,
     ready_payload: Bytes,
+    /// Files open through [`handles::File`] on this connection.
+    open_files: handles::OpenFiles,
 }
 
 impl Drop for ClientInner {
@@ -189,6 +170,7 @@ impl Client {
                 peer,
                 ready,
                 ready_payload: hs.ready.payload,
+                open_files: handles::OpenFiles::default(),
             }),
         })
     }
@@ -197,6 +179,11 @@ impl Client {
     /// agent version, id range.
     pub fn peer(&self) -> &Peer {
         &self.inner.peer
+    }
+
+    /// Files open through [`handles::File`] on this connection.
+    pub fn open_files(&self) -> &handles::OpenFiles {
+        &self.inner.open_files
     }
 
     /// The relay's `core.ready`.

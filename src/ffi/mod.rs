@@ -19,6 +19,9 @@ pub mod client;
 pub mod exec;
 pub mod fs;
 mod handle;
+pub mod handles;
+pub mod paths;
+pub mod tcp;
 
 use std::ffi::{c_char, CStr, CString};
 use std::panic::{catch_unwind, AssertUnwindSafe};
@@ -46,7 +49,8 @@ pub const MSB_ERR_NULL_POINTER: msb_status = -2;
 pub const MSB_ERR_INVALID_UTF8: msb_status = -3;
 /// A message would exceed the protocol's 4 MiB frame limit.
 pub const MSB_ERR_TOO_LARGE: msb_status = -4;
-/// No relay at that socket path (missing, or nobody listening).
+/// Not found: no relay at that socket path (missing, or nobody listening),
+/// or the guest has no such file (errno `ENOENT`, see `msb_error_errno`).
 pub const MSB_ERR_NOT_FOUND: msb_status = -5;
 /// An operating-system error (the message has the details).
 pub const MSB_ERR_IO: msb_status = -6;
@@ -95,6 +99,11 @@ pub const MSB_BACKPRESSURE_FAIL_STREAM: i32 = 0;
 /// `msb_connect_options_set_backpressure`: when unread messages fill the
 /// memory budget, stop reading the socket until the caller pulls.
 pub const MSB_BACKPRESSURE_PAUSE_SOCKET: i32 = 1;
+/// The guest refused for lack of permission (errno `EACCES` or `EPERM`);
+/// `msb_error_errno` gives which.
+pub const MSB_ERR_PERMISSION: msb_status = -20;
+/// The guest found something already there (errno `EEXIST`).
+pub const MSB_ERR_EXISTS: msb_status = -21;
 
 /// `msb_message_flags` bit: the last message of its id.
 pub const MSB_FLAG_TERMINAL: u8 = 0x01;
@@ -143,7 +152,7 @@ pub extern "C" fn msb_status_str(status: msb_status) -> *const c_char {
         MSB_ERR_NULL_POINTER => c"null pointer argument",
         MSB_ERR_INVALID_UTF8 => c"string is not valid UTF-8",
         MSB_ERR_TOO_LARGE => c"message exceeds the 4 MiB frame limit",
-        MSB_ERR_NOT_FOUND => c"no relay at that socket path",
+        MSB_ERR_NOT_FOUND => c"not found (no relay at that socket path, or no such guest file)",
         MSB_ERR_IO => c"operating-system error",
         MSB_ERR_TIMEOUT => c"timed out",
         MSB_ERR_HANDSHAKE => c"relay handshake failed",
@@ -159,6 +168,8 @@ pub extern "C" fn msb_status_str(status: msb_status) -> *const c_char {
         MSB_ERR_EXEC_FAILED => c"the guest could not start the command",
         MSB_ERR_AGENT => c"the agent refused the request",
         MSB_ERR_STREAM_OVERFLOW => c"stream overflowed its memory bound",
+        MSB_ERR_PERMISSION => c"permission denied in the guest",
+        MSB_ERR_EXISTS => c"already exists in the guest",
         _ => c"unknown status code",
     };
     s.as_ptr()
@@ -173,6 +184,7 @@ pub extern "C" fn msb_status_str(status: msb_status) -> *const c_char {
 pub struct msb_error {
     code: msb_status,
     message: CString,
+    errno: i32,
 }
 
 /// The status code of `err` (`MSB_ERR_NULL_POINTER` if `err` is NULL).
@@ -196,6 +208,21 @@ pub extern "C" fn msb_error_message(err: *const msb_error) -> *const c_char {
     }
 }
 
+/// The guest's errno behind `err`, or 0 when there is none (the error did not
+/// come from the guest, the guest gave no errno, or `err` is NULL).
+///
+/// Guest failures (`MSB_ERR_GUEST`, `MSB_ERR_NOT_FOUND`, `MSB_ERR_PERMISSION`,
+/// `MSB_ERR_EXISTS` from filesystem and TCP calls) carry the errno the guest
+/// reported in its message, and `MSB_ERR_EXEC_FAILED` the errno of the
+/// failed start when the guest gave one. The guest is Linux: compare with Linux's numbers
+/// (ENOENT 2, EPERM 1, EACCES 13, EEXIST 17, ...), not the host's `<errno.h>`
+/// on other systems. `MSB_ERR_NOT_FOUND` from connecting has errno 0.
+#[no_mangle]
+pub extern "C" fn msb_error_errno(err: *const msb_error) -> i32 {
+    // SAFETY: the caller passes NULL or a live msb_error (header contract).
+    unsafe { err.as_ref() }.map_or(0, |e| e.errno)
+}
+
 /// Releases an error. NULL is ignored; freeing twice is forbidden.
 #[no_mangle]
 pub extern "C" fn msb_error_free(err: *mut msb_error) {
@@ -206,6 +233,8 @@ pub extern "C" fn msb_error_free(err: *mut msb_error) {
 pub(crate) struct Fail {
     code: msb_status,
     message: String,
+    /// The guest's errno, 0 when there is none.
+    errno: i32,
 }
 
 impl Fail {
@@ -213,6 +242,7 @@ impl Fail {
         Fail {
             code,
             message: message.into(),
+            errno: 0,
         }
     }
 
@@ -242,14 +272,35 @@ impl From<Error> for Fail {
             Error::Closed(_) => MSB_ERR_CLOSED,
             Error::Protocol(_) | Error::Unexpected(_) => MSB_ERR_PROTOCOL,
             Error::IdUnavailable(_) => MSB_ERR_ID_UNAVAILABLE,
-            Error::Guest(_) => MSB_ERR_GUEST,
+            Error::Guest(text) => return guest_fail(text, e.to_string()),
             Error::RelayBusy => MSB_ERR_RELAY_BUSY,
             Error::Unsupported { .. } => MSB_ERR_UNSUPPORTED,
             Error::IdsExhausted => MSB_ERR_IDS_EXHAUSTED,
-            Error::ExecFailed(_) => MSB_ERR_EXEC_FAILED,
+            Error::ExecFailed(f) => {
+                let mut fail = Fail::new(MSB_ERR_EXEC_FAILED, e.to_string());
+                fail.errno = f.errno.unwrap_or(0);
+                return fail;
+            }
             Error::Agent { .. } => MSB_ERR_AGENT,
         };
         Fail::new(code, e.to_string())
+    }
+}
+
+/// A guest failure: its code follows the errno its text carries, if any.
+fn guest_fail(text: &str, message: String) -> Fail {
+    use crate::client::errno::{guest_errno, linux};
+    let errno = guest_errno(text).unwrap_or(0);
+    let code = match errno {
+        linux::ENOENT => MSB_ERR_NOT_FOUND,
+        linux::EACCES | linux::EPERM => MSB_ERR_PERMISSION,
+        linux::EEXIST => MSB_ERR_EXISTS,
+        _ => MSB_ERR_GUEST,
+    };
+    Fail {
+        code,
+        message,
+        errno,
     }
 }
 
@@ -276,6 +327,7 @@ pub(crate) fn run(err_out: *mut *mut msb_error, body: impl FnOnce() -> FfiResult
         let e = Box::new(msb_error {
             code: fail.code,
             message,
+            errno: fail.errno,
         });
         // SAFETY: `err_out` is non-NULL and points at writable storage for a
         // pointer (header contract).
@@ -411,6 +463,49 @@ pub extern "C" fn msb_bytes_free(bytes: *mut msb_bytes) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn guest_failures_take_their_code_from_the_errno() {
+        let cases = [
+            (
+                "open: No such file or directory (os error 2)",
+                MSB_ERR_NOT_FOUND,
+                2,
+            ),
+            (
+                "stat: Permission denied (os error 13)",
+                MSB_ERR_PERMISSION,
+                13,
+            ),
+            (
+                "chown: Operation not permitted (os error 1)",
+                MSB_ERR_PERMISSION,
+                1,
+            ),
+            ("mkdir: File exists (os error 17)", MSB_ERR_EXISTS, 17),
+            (
+                "rmdir: Directory not empty (os error 39)",
+                MSB_ERR_GUEST,
+                39,
+            ),
+            ("unknown write session: 4", MSB_ERR_GUEST, 0),
+        ];
+        for (text, code, errno) in cases {
+            let f = Fail::from(Error::Guest(text.into()));
+            assert_eq!((f.code, f.errno), (code, errno), "{text}");
+            assert!(f.message.contains(text));
+        }
+        let not_guest = Fail::from(Error::Timeout("x"));
+        assert_eq!(not_guest.errno, 0);
+        let exec = Fail::from(Error::ExecFailed(crate::client::ExecFailure {
+            kind: "not_found".into(),
+            errno: Some(2),
+            errno_name: Some("ENOENT".into()),
+            message: "spawn: No such file or directory".into(),
+            stage: None,
+        }));
+        assert_eq!((exec.code, exec.errno), (MSB_ERR_EXEC_FAILED, 2));
+    }
 
     #[test]
     fn exported_constants_agree_with_the_protocol_and_cargo() {
