@@ -12,7 +12,7 @@ use super::{
 };
 use crate::client::fs::{self, FileReader, FileWriter};
 use crate::client::Client;
-use crate::protocol::payload::legacy::FsEntryInfo;
+use crate::protocol::payload::FsEntryInfo;
 
 /// Shared shape of the path-only calls: borrow the client and the path, run
 /// `op`, return `MSB_OK`.
