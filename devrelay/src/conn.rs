@@ -22,9 +22,9 @@ use microsandbox_agent::protocol::payload::{
     CoreError, CoreErrorKind, Data, Empty, ExecFailed, ExecFailureKind, ExecLimits, ExecOutputAck,
     ExecRequest, ExecResize, ExecSignal, FsRequest, FsResponse, Payload, TcpConnect, Touched,
 };
-use microsandbox_agent::protocol::{FrameDecoder, Message, MessageType, RawFrame};
+use microsandbox_agent::protocol::{FrameDecoder, Message, MessageType, RawFrame, FLAG_BULK};
 
-use crate::exec::{self, Controlled, ExecEnv, ExecTable, ProcessRegistry};
+use crate::exec::{self, Controlled, ExecEnv, ExecTable, FlowTable, ProcessRegistry};
 use crate::fault::{self, AfterFault, Fault, Handshake};
 use crate::flow::{Admission, ExecFlow};
 use crate::fs::{self, GuestFs, PendingWrite};
@@ -85,6 +85,7 @@ struct Connection {
     outbox: Outbox,
     hangup: Arc<Hangup>,
     execs: ExecTable,
+    flows: FlowTable,
     rules: RelayRules,
     correlations: Arc<Correlations>,
     legacy_writes: HashMap<u32, PendingWrite>,
@@ -142,6 +143,7 @@ pub async fn serve(relay: Arc<Relay>, mut stream: UnixStream, slot: u32) {
         relay,
         hangup: hangup.clone(),
         execs: Arc::new(Mutex::new(HashMap::new())),
+        flows: Arc::default(),
         legacy_writes: HashMap::new(),
         tcp: TcpStreams::default(),
     };
@@ -155,9 +157,9 @@ pub async fn serve(relay: Arc<Relay>, mut stream: UnixStream, slot: u32) {
     // The client is gone or cut off: what it started must not outlive it.
     for control in conn.execs.lock().unwrap().values() {
         exec::signal_group(control.pid, libc::SIGKILL);
-        if let Some(flow) = &control.flow {
-            flow.close();
-        }
+    }
+    for flow in conn.flows.lock().unwrap().values() {
+        flow.close();
     }
     hangup.trigger();
     // Its FS handles and TCP streams go with `conn`.
@@ -200,6 +202,14 @@ impl Connection {
     /// agentd's reading of one frame the relay let through.
     async fn agentd(&mut self, raw: RawFrame) -> Result<(), Stop> {
         let id = raw.id;
+        // agentd's envelope has a required `v`; the library reads a missing
+        // one as 0. Canonical bodies open with it, so only others are parsed.
+        let missing_v = raw.flags != FLAG_BULK
+            && !raw.body.starts_with(&[0xa3, 0x61, b'v'])
+            && wire::Envelope::read(&raw.body).is_some_and(|e| e.is_map && e.v.is_none());
+        if missing_v {
+            return Err(self.die(format!("decode message for id {id}: missing field `v`")));
+        }
         let message = match raw.decode() {
             Ok(message) => message,
             Err(e) => return Err(self.die(format!("decode message for id {id}: {e}"))),
@@ -240,7 +250,10 @@ impl Connection {
         message: String,
         offending_type: &MessageType,
     ) -> Result<(), Stop> {
-        if !self.relay.profile.checks_flags() || v < 5 {
+        if !self.relay.profile.checks_flags() {
+            return Err(self.die(message));
+        }
+        if v < 5 {
             return Err(self.die(format!(
                 "{message}; cannot send core.error to protocol generation {v}"
             )));
@@ -254,7 +267,7 @@ impl Connection {
         };
         let _ = self
             .outbox
-            .send_typed(MessageType::CoreError, id, &error)
+            .send_payload(MessageType::CoreError, id, &error)
             .await;
         Ok(())
     }
@@ -326,12 +339,7 @@ impl Connection {
                     Ok(a) => a,
                     Err(e) => return self.bad_payload(v, id, &t, e).await,
                 };
-                let flow = self
-                    .execs
-                    .lock()
-                    .unwrap()
-                    .get(&id)
-                    .and_then(|c| c.flow.clone());
+                let flow = self.flows.lock().unwrap().get(&id).cloned();
                 if let Some(flow) = flow {
                     flow.on_output_ack(ack.consumed).map_err(Stop::Disconnect)?;
                 }
@@ -376,7 +384,7 @@ impl Connection {
             MessageType::Ping => {
                 let _ = self
                     .outbox
-                    .send_typed(MessageType::Pong, id, &Empty {})
+                    .send_payload(MessageType::Pong, id, &Empty {})
                     .await;
             }
             MessageType::Touch => {
@@ -384,7 +392,7 @@ impl Connection {
                 let touched = Touched { activity_seq };
                 let _ = self
                     .outbox
-                    .send_typed(MessageType::Touched, id, &touched)
+                    .send_payload(MessageType::Touched, id, &touched)
                     .await;
             }
             MessageType::Shutdown => {
@@ -409,7 +417,7 @@ impl Connection {
                 };
                 let _ = self
                     .outbox
-                    .send_typed(MessageType::ExecFailed, id, &failed)
+                    .send_payload(MessageType::ExecFailed, id, &failed)
                     .await;
                 return;
             };
@@ -436,6 +444,7 @@ impl Connection {
             registry: self.relay.processes.clone(),
             chunk: self.relay.exec_chunk,
             profile: self.relay.profile,
+            flows: self.flows.clone(),
         };
         exec::start(env, id, req, controlled).await;
     }
@@ -458,7 +467,7 @@ impl Connection {
             let refused = FsResponse::error("msb-devrelay does not serve raw bulk transfers");
             let _ = self
                 .outbox
-                .send_typed(MessageType::FsResponse, id, &refused)
+                .send_payload(MessageType::FsResponse, id, &refused)
                 .await;
             return;
         }
@@ -467,7 +476,7 @@ impl Connection {
             fs2::Outcome::Respond(response) => {
                 let _ = self
                     .outbox
-                    .send_typed(MessageType::FsResponse, id, &response)
+                    .send_payload(MessageType::FsResponse, id, &response)
                     .await;
             }
             fs2::Outcome::AwaitData => {}
@@ -486,7 +495,7 @@ impl Connection {
         if let Some(response) = answer {
             let _ = self
                 .outbox
-                .send_typed(MessageType::FsResponse, id, &response)
+                .send_payload(MessageType::FsResponse, id, &response)
                 .await;
         }
     }

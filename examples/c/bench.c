@@ -123,7 +123,6 @@ static struct options opt = {
     .idle_clients = 64,
     .runs = 3,
     .only = ONLY_BOTH,
-    .profile = "0.7.13",
 };
 
 static bool run_library(void) { return opt.only != ONLY_BASELINE; }
@@ -1817,7 +1816,8 @@ static void usage(FILE *out) {
     fprintf(out,
             "usage: bench [OPTIONS]\n"
             "  --socket PATH       relay socket (default: start target/release/msb-devrelay on a temp socket)\n"
-            "  --profile VERSION   release the started devrelay imitates: 0.3.14, 0.6.14 or 0.7.13 (default)\n"
+            "  --profile VERSION   release the started devrelay imitates: 0.3.14, 0.6.14 or 0.7.13\n"
+            "                      (default: $MSB_DEVRELAY_PROFILE, else 0.7.13)\n"
             "  --upstream PATH     the upstream peer (bench/upstream, built by scripts/bench.sh): run once per\n"
             "                      run of roundtrip, stream and connect, between library and baseline runs\n"
             "  --requests N        round trips per run (default 100000)\n"
@@ -1894,6 +1894,11 @@ static void parse_args(int argc, char **argv) {
         if (!set_stream) opt.stream_bytes = 64ull << 20;
         if (!set_file) opt.file_bytes = 16ull << 20;
         if (!set_connects) opt.connects = 100;
+    }
+    if (!opt.profile) {
+        /* The harnesses' convention for the devrelay they start. */
+        const char *env = getenv("MSB_DEVRELAY_PROFILE");
+        opt.profile = env && *env ? env : "0.7.13";
     }
     if (opt.runs > MAX_RUNS) die("--runs is at most %d", MAX_RUNS);
     if (opt.threads > 1024) die("--threads is at most 1024");
