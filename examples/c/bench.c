@@ -98,7 +98,6 @@ struct options {
     const char *socket_path;
     const char *profile;      /* --profile, passed to the devrelay this program starts */
     const char *upstream;     /* --upstream: the upstream peer's binary, run once per run */
-    int stamp;                /* --stamp: the baseline's v instead of the library's (0: probe) */
     long requests;
     int threads;
     const char *stream_cmd;
@@ -1228,6 +1227,22 @@ static void base_stream(struct sample *s) {
     s->mb_per_s = (double)bytes / 1e6 / ((double)(t1 - t0) / 1e9);
 }
 
+/*
+ * The baseline streaming with acknowledgements on a connection of its own
+ * that stamps 10 (one v per connection), for relays with flow control while
+ * the library stamps less.
+ */
+static struct raw_conn raw_acks;
+
+static void base_stream_acks(struct sample *s) {
+    if (!raw_acks.fd) raw_connect(&raw_acks, socket_path);
+    struct raw_conn saved = raw;
+    uint8_t saved_v = wire_v;
+    raw = raw_acks, wire_v = 10;
+    base_stream(s);
+    raw_acks = raw, raw = saved, wire_v = saved_v;
+}
+
 /* ------------------------------------------------------------------------ */
 /* Files                                                                     */
 
@@ -1693,6 +1708,7 @@ static bool progress; /* stderr is a terminal: show which run is going on */
 struct extra_runners {
     runner lib_pipelined; /* the library, pipelined from one thread */
     runner threaded;      /* the threaded reference, a baseline */
+    runner base_acks;     /* the baseline with exec flow control when the library has none */
 };
 
 static bool run_upstream_peer(void) { return opt.upstream && opt.only == ONLY_BOTH; }
@@ -1707,8 +1723,12 @@ static void measure_with(const char *bench, int threads, int fields, runner lib,
     struct measurement *lm = run_library() ? new_measurement(bench, "library", threads, fields) : NULL;
     struct measurement *bm = run_baseline() ? new_measurement(bench, "baseline", threads, fields) : NULL;
     struct measurement *um = upstream && run_upstream_peer() ? new_measurement(bench, "upstream", threads, fields) : NULL;
-    struct measurement *pm = run_library() && extra ? new_measurement(bench, "lib-pipelined", threads, fields) : NULL;
-    struct measurement *tm = run_baseline() && extra ? new_measurement(bench, "threaded", threads, fields) : NULL;
+    struct measurement *pm =
+        run_library() && extra && extra->lib_pipelined ? new_measurement(bench, "lib-pipelined", threads, fields) : NULL;
+    struct measurement *tm =
+        run_baseline() && extra && extra->threaded ? new_measurement(bench, "threaded", threads, fields) : NULL;
+    struct measurement *am =
+        run_baseline() && extra && extra->base_acks ? new_measurement(bench, "baseline-acks", threads, fields) : NULL;
     for (int r = 0; r < opt.runs; r++) {
         if (progress) fprintf(stderr, "\rbench: %-12s threads %-2d run %d/%d", bench, threads, r + 1, opt.runs);
         if (lm) lib(&lm->runs[lm->n++]);
@@ -1722,15 +1742,17 @@ static void measure_with(const char *bench, int threads, int fields, runner lib,
         }
         if (tm) extra->threaded(&tm->runs[tm->n++]);
         if (pm) extra->lib_pipelined(&pm->runs[pm->n++]);
+        if (am) extra->base_acks(&am->runs[am->n++]);
     }
     if (progress) fprintf(stderr, "\r%60s\r", "");
     if (um && um->dropped) um = NULL;
-    struct measurement *all[] = {lm, bm, um, pm, tm};
+    struct measurement *all[] = {lm, bm, um, pm, tm, am};
     for (size_t i = 0; i < sizeof all / sizeof all[0]; i++)
         if (all[i]) finish_measurement(all[i]);
     set_ratios(tm, bm);
     set_ratios(pm, bm);
     set_ratios(um, bm);
+    set_ratios(am, bm);
     set_ratios(lm, bm);
     if (lm && tm && tm->median.req_per_s > 0) {
         lm->has_ratio_threaded = true;
@@ -1746,6 +1768,7 @@ static void measure_with(const char *bench, int threads, int fields, runner lib,
         if (lm) lm->acks = exec_acks_on();
         if (bm) bm->acks = exec_acks_on();
         if (um) um->acks = !raw.legacy && raw.peer_v >= 10 && raw.exec_limits;
+        if (am) am->acks = 1;
     }
 }
 
@@ -1831,14 +1854,13 @@ static void usage(FILE *out) {
             "  --idle-clients K    idle clients held at once (default 64)\n"
             "  --runs N            runs per measurement; medians are reported (default 3)\n"
             "  --only library|baseline   (baseline includes the threaded reference; either skips upstream)\n"
-            "  --stamp V           the baseline stamps V instead of the library's v, e.g. 10 to exercise\n"
-            "                      its acknowledgements; with --only baseline (ratios are not like for like)\n"
             "  --bench LIST        comma-separated subset of: roundtrip,stream,file_write,file_read,connect,idle_clients\n"
             "  --json              one JSON line per measurement on stdout (the table goes to stderr)\n"
             "  --quick             small sizes for a smoke run (2000 requests, 64 MiB stream, 16 MiB files)\n"
             "Ratios are library/baseline throughput (req/s, MB/s; connections per second for connect);\n"
             "/upstr is library/upstream. The baseline stamps the v the library stamps (probed), and on a\n"
-            "relay with exec flow control (v = 10, 0.7.9+) both acknowledge streamed output.\n"
+            "relay with exec flow control (v = 10, 0.7.9+) both acknowledge streamed output; while the\n"
+            "library stamps less there, \"baseline-acks\" streams with acknowledgements on a second connection.\n"
             "Round trips from several threads also run \"threaded\": the baseline's client with each thread\n"
             "blocking for its own reply, the limit of a blocking call-per-thread API on this machine, and\n"
             "\"lib-pipelined\": the library with as many requests in flight from one thread.\n");
@@ -1862,7 +1884,6 @@ static void parse_args(int argc, char **argv) {
         if (!strcmp(a, "--socket")) opt.socket_path = VALUE();
         else if (!strcmp(a, "--profile")) opt.profile = VALUE();
         else if (!strcmp(a, "--upstream")) opt.upstream = VALUE();
-        else if (!strcmp(a, "--stamp")) opt.stamp = (int)parse_u64(a, VALUE());
         else if (!strcmp(a, "--requests")) opt.requests = (long)parse_u64(a, VALUE()), set_requests = true;
         else if (!strcmp(a, "--threads")) opt.threads = (int)parse_u64(a, VALUE());
         else if (!strcmp(a, "--stream-cmd")) opt.stream_cmd = VALUE();
@@ -1959,11 +1980,6 @@ int main(int argc, char **argv) {
     wire_v = library_v = probe_library_stamp();
     bool allowed = raw.legacy ? wire_v == 1 : wire_v == 7 || wire_v == 10;
     if (!allowed) die("the library stamps v = %u on a %s relay, which no rule allows", wire_v, raw.legacy ? "legacy" : "current");
-    if (opt.stamp) {
-        if (opt.only != ONLY_BASELINE) die("--stamp needs --only baseline: the library stamps v = %u", wire_v);
-        if (opt.stamp > 255) die("--stamp is at most 255");
-        wire_v = (uint8_t)opt.stamp;
-    }
     if (run_library()) {
         msb_error *err = NULL;
         msb_status st = msb_client_connect(socket_path, NULL, &lib_client, &err);
@@ -1984,7 +2000,14 @@ int main(int argc, char **argv) {
                          true);
         }
     }
-    if (bench_selected("stream")) measure("stream", 1, F_MB | F_CPU, lib_stream, base_stream, true);
+    if (bench_selected("stream")) {
+        /* Until the library runs exec flow control where the relay has it,
+         * a second baseline row streams with acknowledgements, the work the
+         * upstream peer does there. */
+        bool acks_row = run_baseline() && !exec_acks_on() && !raw.legacy && raw.peer_v >= 10 && raw.exec_limits;
+        struct extra_runners extra = {.base_acks = base_stream_acks};
+        measure_with("stream", 1, F_MB | F_CPU, lib_stream, base_stream, acks_row ? &extra : NULL, true);
+    }
     bool files = bench_selected("file_write") || bench_selected("file_read");
     if (files) {
         file_data = malloc(opt.file_bytes);
@@ -2021,6 +2044,7 @@ int main(int argc, char **argv) {
 
     msb_client_free(lib_client);
     raw_close(&raw);
+    if (raw_acks.fd) raw_close(&raw_acks);
     stop_relay();
 
     if (connect_retries) fprintf(stderr, "bench: note: %ld connects found all relay slots busy and were retried\n", connect_retries);
