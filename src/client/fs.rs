@@ -25,8 +25,7 @@ use super::peer::FsShapes;
 use super::subscription::{Pulled, Subscription};
 use super::Client;
 use crate::protocol::payload::{
-    legacy, Data, FsEntryInfo, FsOp, FsOpenOptions, FsRequest, FsResponse, FsResponseData,
-    Payload,
+    legacy, Data, FsEntryInfo, FsOp, FsOpenOptions, FsRequest, FsResponse, FsResponseData, Payload,
 };
 use crate::protocol::{Message, MessageType, FS_CHUNK_SIZE};
 
@@ -484,9 +483,7 @@ impl FileReader {
         }
         let closing = h.closing.lock().take();
         match closing {
-            Some(sub) => {
-                await_response(&self.client, &sub, deadline, "closing the file").map(drop)
-            }
+            Some(sub) => await_response(&self.client, &sub, deadline, "closing the file").map(drop),
             None => Ok(()),
         }
     }

@@ -153,7 +153,7 @@ impl Client {
             hs.form,
             hs.ready.version,
             &ready.agent_version,
-            ready.exec_limits.clone(),
+            ready.exec_limits,
             hs.range,
         ));
         let ids = IdAllocator::new(hs.range, hs.form);
