@@ -347,6 +347,38 @@ typedef int32_t msb_fs_kind;
 #define MSB_ERR_WRONG_STATE -14
 
 /**
+ * The sandbox's negotiated protocol generation lacks this operation; the
+ * message names the message type, the generation it needs and the one the
+ * sandbox speaks. Restarting the sandbox with a newer runtime helps.
+ */
+#define MSB_ERR_UNSUPPORTED -15
+
+/**
+ * The relay closed the connection before the first handshake byte: all of
+ * its client slots (16 on 0.3/0.4 relays, 128 on later ones) are taken, or
+ * the guest is stalled. Retry later.
+ */
+#define MSB_ERR_RELAY_BUSY -16
+
+/**
+ * Every correlation id of this connection's range has been used once, and
+ * current relays refuse reused ids: reconnect.
+ */
+#define MSB_ERR_IDS_EXHAUSTED -17
+
+/**
+ * The guest could not start the command (`core.exec.failed`); the message
+ * has the guest's text, the kind of failure and the stage.
+ */
+#define MSB_ERR_EXEC_FAILED -18
+
+/**
+ * The agent or relay refused a request with `core.error`; the message has
+ * its kind and text.
+ */
+#define MSB_ERR_AGENT -19
+
+/**
  * The process started; `msb_exec_event_pid` is valid.
  */
 #define MSB_EXEC_STARTED 1
@@ -362,9 +394,24 @@ typedef int32_t msb_fs_kind;
 #define MSB_EXEC_STDERR 3
 
 /**
- * The process ended; `msb_exec_event_exit_code` is valid. Always last.
+ * The process ended; `msb_exec_event_exit_code` is valid. Last, unless
+ * `MSB_EXEC_FAILED` comes instead.
  */
 #define MSB_EXEC_EXITED 4
+
+/**
+ * The guest could not start the command (agents 0.4.4+): no process ran.
+ * `msb_exec_event_failure_kind`, `msb_exec_event_errno`,
+ * `msb_exec_event_message` and `msb_exec_event_stage` are valid. Last.
+ */
+#define MSB_EXEC_FAILED 5
+
+/**
+ * Writing stdin into the process failed (agents 0.4.6+);
+ * `msb_exec_event_errno` and `msb_exec_event_message` are valid. The
+ * process runs on and more events follow.
+ */
+#define MSB_EXEC_STDIN_ERROR 6
 
 /**
  * Anything else: a device, a socket, a fifo, or a kind this library does
@@ -476,10 +523,14 @@ void msb_connect_options_free(struct msb_connect_options *options);
  * within the options' timeout. `options` may be NULL for the defaults.
  *
  * On success the caller owns `*client_out` and must release it with
- * `msb_client_free`. Errors: `MSB_ERR_NOT_FOUND` (no relay there),
- * `MSB_ERR_TIMEOUT`, `MSB_ERR_HANDSHAKE` (e.g. all 16 slots taken),
- * `MSB_ERR_PROTOCOL`, `MSB_ERR_INVALID_ARGUMENT` (path too long for a Unix
- * socket), `MSB_ERR_IO`.
+ * `msb_client_free`. Speaks every relay from 0.3.14 to 0.7.13: both
+ * handshake forms are recognised (see `msb_client_is_legacy` and
+ * `msb_client_generation`). Errors: `MSB_ERR_NOT_FOUND` (no relay there),
+ * `MSB_ERR_RELAY_BUSY` (the relay closed before the handshake: full or
+ * stalled; retry later), `MSB_ERR_TIMEOUT`, `MSB_ERR_HANDSHAKE` (a
+ * truncated or invalid handshake), `MSB_ERR_PROTOCOL`,
+ * `MSB_ERR_INVALID_ARGUMENT` (path too long for a Unix socket),
+ * `MSB_ERR_IO`.
  */
 msb_status msb_client_connect(const char *socket_path,
                               const struct msb_connect_options *options,
@@ -546,10 +597,63 @@ msb_status msb_client_ready_payload(const struct msb_client *client,
                                     struct msb_bytes **payload_out);
 
 /**
- * The relay's `id_offset` for this client: its ids run from
- * `id_offset + 1` to `id_offset + 268435454`. 0 if `client` is NULL.
+ * The first id of this client's range minus one. On a legacy (0.3/0.4)
+ * relay this is the handshake's `id_offset`, and ids run from
+ * `id_offset + 1` to `id_offset + 268435454`. On a current (0.5+) relay it
+ * is `id_start - 1`, and ids run up to `id_end_exclusive - 1`: use
+ * `msb_client_id_range`, which is right for both. 0 if `client` is NULL.
  */
 uint32_t msb_client_id_offset(const struct msb_client *client);
+
+/**
+ * This client's correlation ids: `*start_out <= id < *end_exclusive_out`.
+ * Id 0 is never in it (only `core.shutdown` uses id 0).
+ *
+ * Errors: `MSB_ERR_NULL_POINTER`.
+ */
+msb_status msb_client_id_range(const struct msb_client *client,
+                               uint32_t *start_out,
+                               uint32_t *end_exclusive_out);
+
+/**
+ * The protocol generation this connection speaks: 1 on a legacy (0.3/0.4)
+ * relay, otherwise the smaller of the sandbox's generation and the
+ * library's (10). A 0.5.0 sandbox speaks 1 although its relay is current;
+ * it runs commands but refuses filesystem calls (`MSB_ERR_UNSUPPORTED`).
+ * 0 if `client` is NULL.
+ */
+uint32_t msb_client_generation(const struct msb_client *client);
+
+/**
+ * The sandbox's own protocol generation: the `v` of the relay's
+ * `core.ready` (1 for 0.3.x to 0.5.0, 7 for 0.6.10 to 0.6.18, 9 or 10 for
+ * 0.7.x). 0 if `client` is NULL.
+ */
+uint32_t msb_client_peer_generation(const struct msb_client *client);
+
+/**
+ * True if the relay used the legacy handshake of 0.3.x and 0.4.x (16
+ * clients, filesystem calls in their 0.3.14 shapes). False for current
+ * relays and if `client` is NULL.
+ */
+bool msb_client_is_legacy(const struct msb_client *client);
+
+/**
+ * The agent's version from `core.ready` (e.g. "0.6.14"); "" when the
+ * sandbox does not say (before 0.5.5) or `client` is NULL. Borrowed: valid
+ * until `msb_client_free(client)`.
+ */
+const char *msb_client_agent_version(const struct msb_client *client);
+
+/**
+ * True if this connection can carry `message_type` (a wire name such as
+ * "core.tcp.connect"): the type is known to the library and the negotiated
+ * generation has it. On legacy relays the filesystem types count as
+ * supported: the library speaks their 0.3.14 shapes there. False for
+ * unknown names, invalid UTF-8 and NULL arguments.
+ */
+bool msb_client_supports(const struct msb_client *client,
+                         const char *message_type);
 
 /**
  * Fills `*counters` (see `msb_counters` for `struct_size`).
@@ -566,15 +670,25 @@ msb_status msb_client_shutdown(const struct msb_client *client,
                                struct msb_error **err_out);
 
 /**
- * Returns an id of this client's range that no subscription uses now
- * (0 if `client` is NULL). Subscribe to it before sending on it.
+ * Returns an id of this client's range that no subscription uses now.
+ * Subscribe to it before sending on it. On a current (0.5+) relay every id
+ * is handed out once per connection (0.7 relays disconnect a client that
+ * reuses one); the id stays yours to subscribe to until 4096 more have
+ * been allocated. Returns 0 if `client` is NULL or
+ * every id of the range has been used (`MSB_ERR_IDS_EXHAUSTED` on the
+ * calls that report errors): reconnect then.
  */
 uint32_t msb_client_alloc_id(const struct msb_client *client);
 
 /**
  * Sends one message with the flags its type calls for (0 for types this
  * library does not know). `payload` is the CBOR payload; `(NULL, 0)` sends
- * an empty one. Blocks only while the socket is full, at most `timeout_ms`
+ * an empty one. `id` must lie in the client's range (see
+ * `msb_client_id_range`); only "core.shutdown" may use id 0. On a current
+ * (0.5+) relay, `message_type` must be a type this library knows and that
+ * a client sends (an agent fails on anything else): otherwise
+ * `MSB_ERR_INVALID_ARGUMENT`. A type above the negotiated generation gives
+ * `MSB_ERR_UNSUPPORTED` on every relay. Blocks only while the socket is full, at most `timeout_ms`
  * (`MSB_TIMEOUT_INFINITE`: no limit). Frames sent concurrently from
  * several threads are never interleaved.
  *
@@ -584,7 +698,8 @@ uint32_t msb_client_alloc_id(const struct msb_client *client);
  * return `MSB_ERR_CLOSED`). The same holds for every call that sends.
  *
  * Errors: `MSB_ERR_TOO_LARGE` (over 4 MiB), `MSB_ERR_TIMEOUT`,
- * `MSB_ERR_CLOSED`, `MSB_ERR_INVALID_UTF8`.
+ * `MSB_ERR_CLOSED`, `MSB_ERR_INVALID_UTF8`, `MSB_ERR_INVALID_ARGUMENT`,
+ * `MSB_ERR_UNSUPPORTED`.
  */
 msb_status msb_client_send(const struct msb_client *client,
                            const char *message_type,
@@ -597,7 +712,8 @@ msb_status msb_client_send(const struct msb_client *client,
 /**
  * Sends a message on a fresh id and waits up to `timeout_ms` for the first
  * reply. On timeout the pending entry is removed (a late reply is dropped
- * and counted).
+ * and counted). `message_type` is checked as by `msb_client_send`; a
+ * fresh id on a used-up range gives `MSB_ERR_IDS_EXHAUSTED`.
  *
  * On success the caller owns `*reply_out` and must release it with
  * `msb_message_free`.
@@ -616,7 +732,10 @@ msb_status msb_client_request(const struct msb_client *client,
  * sending.
  *
  * On success the caller owns `*sub_out` and must release it with
- * `msb_subscription_free`. Errors: `MSB_ERR_ID_UNAVAILABLE`, `MSB_ERR_CLOSED`.
+ * `msb_subscription_free`. On a current (0.5+) relay an id can carry one
+ * conversation per connection: an id used before (other than one just
+ * returned by `msb_client_alloc_id`) is refused. Errors:
+ * `MSB_ERR_ID_UNAVAILABLE`, `MSB_ERR_CLOSED`.
  */
 msb_status msb_client_subscribe(const struct msb_client *client,
                                 uint32_t id,
@@ -846,10 +965,42 @@ msb_status msb_exec_resize(const struct msb_exec *exec,
 void msb_exec_free(struct msb_exec *exec);
 
 /**
- * The event's kind (`MSB_EXEC_STARTED`, `_STDOUT`, `_STDERR`, `_EXITED`);
- * 0 if `event` is NULL.
+ * The event's kind (`MSB_EXEC_STARTED`, `_STDOUT`, `_STDERR`, `_EXITED`,
+ * `_FAILED`, `_STDIN_ERROR`); 0 if `event` is NULL.
  */
 msb_exec_kind msb_exec_event_kind(const struct msb_exec_event *event);
+
+/**
+ * Why a `MSB_EXEC_FAILED` event's command did not start, as the guest
+ * names it: "not_found", "permission_denied", "not_executable", "bad_cwd",
+ * "bad_args", "resource_limit", "user_setup_failed", "out_of_memory",
+ * "pty_setup_failed", "other", or a newer name passed through as sent.
+ * "" for other kinds; NULL if `event` is NULL. Borrowed: valid until
+ * `msb_exec_event_free(event)`.
+ */
+const char *msb_exec_event_failure_kind(const struct msb_exec_event *event);
+
+/**
+ * The guest's errno for a `MSB_EXEC_FAILED` or `MSB_EXEC_STDIN_ERROR`
+ * event; 0 when the guest sent none, for other kinds, and if `event` is
+ * NULL.
+ */
+int32_t msb_exec_event_errno(const struct msb_exec_event *event);
+
+/**
+ * The guest's message for a `MSB_EXEC_FAILED` or `MSB_EXEC_STDIN_ERROR`
+ * event; "" for other kinds; NULL if `event` is NULL. Borrowed: valid
+ * until `msb_exec_event_free(event)`.
+ */
+const char *msb_exec_event_message(const struct msb_exec_event *event);
+
+/**
+ * Where a `MSB_EXEC_FAILED` event's start failed (e.g. "spawn",
+ * "execution_admission"); NULL when the guest did not say, for other
+ * kinds, and if `event` is NULL. Borrowed: valid until
+ * `msb_exec_event_free(event)`.
+ */
+const char *msb_exec_event_stage(const struct msb_exec_event *event);
 
 /**
  * The guest pid of a `MSB_EXEC_STARTED` event (0 for other kinds).
@@ -892,7 +1043,10 @@ void msb_exec_event_free(struct msb_exec_event *event);
  * returned.
  *
  * On success the caller owns `*output_out` and must release it with
- * `msb_run_output_free`. A non-zero exit code is still `MSB_OK`.
+ * `msb_run_output_free`. A non-zero exit code is still `MSB_OK`. A command
+ * the guest could not start gives `MSB_ERR_EXEC_FAILED` (agents 0.4.4+;
+ * the message has the guest's text, the kind and the stage) or, from older
+ * agents, exit code -1.
  */
 msb_status msb_exec_run(const struct msb_client *client,
                         const struct msb_exec_request *request,
