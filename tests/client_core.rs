@@ -385,8 +385,10 @@ fn ids_outside_the_range_cannot_be_subscribed() {
 #[test]
 fn backpressure_bounds_memory_and_loses_nothing() {
     let relay = Relay::start(&["--exec-chunk", "65536"]);
+    // The old behaviour, kept as an explicit option: pause the socket.
     let options = ClientOptions {
         memory_budget: 256 * 1024,
+        backpressure: microsandbox_agent::client::Backpressure::PauseSocket,
         ..ClientOptions::default()
     };
     let c = Client::connect(&relay.socket, &options).unwrap();
