@@ -1267,7 +1267,11 @@ const struct msb_fs_entry *msb_fs_entries_get(const struct msb_fs_entries *entri
 void msb_fs_entries_free(struct msb_fs_entries *entries);
 
 /**
- * Starts reading `path`. `timeout_ms` bounds sending the request.
+ * Starts reading `path`. On a legacy (0.3/0.4) relay this only sends the
+ * request, and a failure (e.g. a missing file) arrives on the first pull;
+ * from generation 2 on it also waits for the guest to open the file, so
+ * such a failure is returned here (`MSB_ERR_GUEST`). `timeout_ms` bounds
+ * this call. A 0.5.0 sandbox gives `MSB_ERR_UNSUPPORTED`.
  *
  * On success the caller owns `*reader_out` and must release it with
  * `msb_file_reader_free`.

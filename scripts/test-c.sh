@@ -11,8 +11,9 @@
 #
 #   scripts/test-c.sh
 set -euo pipefail
-# The relay imitates 0.3.14 until the client speaks the current handshake.
-export MSB_DEVRELAY_PROFILE=0.3.14
+# The release the relay imitates: MSB_DEVRELAY_PROFILE=0.3.14|0.6.14|0.7.13
+# (default 0.7.13); run once per profile to cover every relay form.
+export MSB_DEVRELAY_PROFILE="${MSB_DEVRELAY_PROFILE:-0.7.13}"
 top="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$top"
 

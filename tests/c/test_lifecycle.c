@@ -13,8 +13,11 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
-static const uint8_t stat_root[] = {0xa1, 0x62, 'o', 'p', 0xa1, 0x64, 'S', 't', 'a', 't',
-                                    0xa1, 0x64, 'p', 'a', 't', 'h', 0x61, '/'};
+/* core.fs.request {"op": {"Stat": {"path": "/", "follow_symlink": false}}}:
+ * the generation-2 shape, which 0.3.x agents read too. */
+static const uint8_t stat_root[] = {0xa1, 0x62, 'o', 'p', 0xa1, 0x64, 'S', 't', 'a', 't', 0xa2, 0x64, 'p', 'a', 't', 'h',
+                                    0x61, '/',  0x6e, 'f', 'o', 'l', 'l', 'o', 'w', '_', 's', 'y', 'm', 'l', 'i', 'n',
+                                    'k',  0xf4};
 
 /* A pull running on its own thread, so the main thread can pull the rug. */
 struct blocked_pull {
