@@ -1,5 +1,6 @@
 /*
- * Benchmark: libmicrosandbox_agent against a minimal blocking client.
+ * Benchmark: libmicrosandbox_agent against a minimal blocking client and
+ * against upstream's agent client.
  *
  *   cc -O2 -Iinclude examples/c/bench.c -Ltarget/release -lmicrosandbox_agent -lpthread -o bench
  *   LD_LIBRARY_PATH=target/release ./bench [--socket PATH] [--json] [--quick] ...
@@ -22,6 +23,17 @@
  * one thread with many requests in flight never sleeps and wakes per request.
  * They also get "lib-pipelined": the library used like the baseline, one
  * thread keeping as many requests in flight through the raw tier.
+ *
+ * The baseline speaks whatever relay it meets: either handshake form, the
+ * half-open id range (ids never reused), the Stat and file conversations of
+ * the negotiated generation, and the `v` the library stamps (read back from
+ * a probe); when that `v` is 10 on a relay with exec flow control, it
+ * acknowledges streamed output as the library must.
+ *
+ * With --upstream, the upstream peer (bench/upstream: upstream's agent
+ * client doing the same work) runs once per run of the round-trip, stream
+ * and connect benches, between the library's and the baseline's runs, as a
+ * process of its own against the same relay; /upstr is library/upstream.
  *
  * Only the round-trip and stream benches must work against any relay (they
  * need Stat and exec of `sh -c`); the file benches write and read one file
@@ -76,8 +88,8 @@ static const uint8_t STAT_ROOT_CURRENT[] = {0xa1, 0x62, 0x6f, 0x70, 0xa1, 0x64, 
                                             0xa2, 0x64, 0x70, 0x61, 0x74, 0x68, 0x61, 0x2f, 0x6e, 0x66,
                                             0x6f, 0x6c, 0x6c, 0x6f, 0x77, 0x5f, 0x73, 0x79, 0x6d, 0x6c,
                                             0x69, 0x6e, 0x6b, 0xf4};
-static const uint8_t *STAT_ROOT_PAYLOAD = STAT_ROOT_LEGACY;
-static size_t STAT_ROOT_LEN = sizeof STAT_ROOT_LEGACY;
+static const uint8_t *stat_root_payload = STAT_ROOT_LEGACY;
+static size_t stat_root_len = sizeof STAT_ROOT_LEGACY;
 
 /* Status numbers fixed by the project's contract, for headers that predate them. */
 #ifndef MSB_ERR_RELAY_BUSY
@@ -808,8 +820,8 @@ static void lib_stat_requests(size_t count, uint64_t *lat_ns) {
         msb_message *reply = NULL;
         msb_error *err = NULL;
         uint64_t t0 = now_ns();
-        msb_status st = msb_client_request(lib_client, "core.fs.request", STAT_ROOT_PAYLOAD,
-                                           STAT_ROOT_LEN, TIMEOUT_MS, &reply, &err);
+        msb_status st = msb_client_request(lib_client, "core.fs.request", stat_root_payload,
+                                           stat_root_len, TIMEOUT_MS, &reply, &err);
         if (st != MSB_OK) die_msb("msb_client_request", st, err);
         if (lat_ns) lat_ns[i] = now_ns() - t0;
         if (strcmp(msb_message_type(reply), "core.fs.response") != 0 ||
@@ -866,8 +878,8 @@ static void lib_pipelined(int depth, struct sample *s) {
             if ((st = msb_client_subscribe(lib_client, id, &sub[slot], &err)) != MSB_OK)
                 die_msb("msb_client_subscribe", st, err);
             sent_at[slot] = now_ns(), seq[slot] = sent++;
-            if ((st = msb_client_send(lib_client, "core.fs.request", id, STAT_ROOT_PAYLOAD,
-                                      STAT_ROOT_LEN, TIMEOUT_MS, &err)) != MSB_OK)
+            if ((st = msb_client_send(lib_client, "core.fs.request", id, stat_root_payload,
+                                      stat_root_len, TIMEOUT_MS, &err)) != MSB_OK)
                 die_msb("msb_client_send", st, err);
             in_flight++;
         }
@@ -915,8 +927,8 @@ static void base_roundtrip_n(size_t n, int depth, uint64_t *lat) {
         for (int slot = 0; slot < depth && free_slots > 0 && sent < n; slot++) {
             if (pending_id[slot]) continue;
             uint32_t id = raw_alloc_id(&raw);
-            frame_full(&out, id, FLAG_SESSION_START, "core.fs.request", STAT_ROOT_PAYLOAD,
-                       STAT_ROOT_LEN);
+            frame_full(&out, id, FLAG_SESSION_START, "core.fs.request", stat_root_payload,
+                       stat_root_len);
             pending_id[slot] = id, pending_t0[slot] = now, pending_seq[slot] = sent++;
             free_slots--;
         }
@@ -1046,7 +1058,7 @@ static void *thr_worker_main(void *arg) {
         uint32_t id = atomic_fetch_add(&thr.next, 1);
         if (id >= raw.id_end) die("threaded: every id of the connection is used");
         out.len = 0;
-        frame_full(&out, id, FLAG_SESSION_START, "core.fs.request", STAT_ROOT_PAYLOAD, STAT_ROOT_LEN);
+        frame_full(&out, id, FLAG_SESSION_START, "core.fs.request", stat_root_payload, stat_root_len);
         uint64_t t0 = now_ns();
         atomic_store(&mine->ready, 0);
         atomic_store(&mine->id, id);
@@ -1606,7 +1618,7 @@ static uint8_t probe_library_stamp(void) {
     msb_status st = msb_client_connect_fd(client_end, NULL, &probe, &err);
     close(client_end);
     if (st != MSB_OK) die_msb("msb_client_connect_fd (probe)", st, err);
-    st = msb_client_send(probe, "core.fs.request", msb_client_alloc_id(probe), STAT_ROOT_PAYLOAD, STAT_ROOT_LEN,
+    st = msb_client_send(probe, "core.fs.request", msb_client_alloc_id(probe), stat_root_payload, stat_root_len,
                          TIMEOUT_MS, &err);
     if (st != MSB_OK) die_msb("msb_client_send (probe)", st, err);
     uint8_t head[4];
@@ -1976,7 +1988,7 @@ int main(int argc, char **argv) {
 
     /* Always one baseline connection: it also captures the relay's handshake for idle_clients. */
     raw_connect(&raw, socket_path);
-    if (!raw.legacy) STAT_ROOT_PAYLOAD = STAT_ROOT_CURRENT, STAT_ROOT_LEN = sizeof STAT_ROOT_CURRENT;
+    if (!raw.legacy) stat_root_payload = STAT_ROOT_CURRENT, stat_root_len = sizeof STAT_ROOT_CURRENT;
     wire_v = library_v = probe_library_stamp();
     bool allowed = raw.legacy ? wire_v == 1 : wire_v == 7 || wire_v == 10;
     if (!allowed) die("the library stamps v = %u on a %s relay, which no rule allows", wire_v, raw.legacy ? "legacy" : "current");
