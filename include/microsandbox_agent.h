@@ -60,6 +60,18 @@
 #define TCP_CHUNK_SIZE (64 * 1024)
 
 /**
+ * `msb_connect_options_set_backpressure`: when unread messages fill the
+ * memory budget, fail the stream holding the most (default).
+ */
+#define MSB_BACKPRESSURE_FAIL_STREAM 0
+
+/**
+ * `msb_connect_options_set_backpressure`: when unread messages fill the
+ * memory budget, stop reading the socket until the caller pulls.
+ */
+#define MSB_BACKPRESSURE_PAUSE_SOCKET 1
+
+/**
  * `msb_message_flags` bit: the last message of its id.
  */
 #define MSB_FLAG_TERMINAL 1
@@ -361,9 +373,15 @@ typedef struct msb_counters {
    */
   uint64_t unknown_type;
   /**
-   * Bytes of received messages waiting to be pulled, right now.
+   * Memory held by received messages waiting to be pulled, right now
+   * (buffer capacity plus per-message overhead).
    */
   uint64_t bytes_queued;
+  /**
+   * Messages dropped because their stream had failed with
+   * `MSB_ERR_STREAM_OVERFLOW` (arrived after, or released by, the failure).
+   */
+  uint64_t dropped_overflow;
 } msb_counters;
 
 /**
@@ -493,6 +511,14 @@ typedef int32_t msb_fs_kind;
  * its kind and text.
  */
 #define MSB_ERR_AGENT -19
+
+/**
+ * A stream's unread data passed the connection's memory budget without
+ * flow control: that stream failed (an exec's process was killed); the
+ * connection and its other streams live. Messages queued before it are
+ * still delivered. See the README's "Memory" section for the bound.
+ */
+#define MSB_ERR_STREAM_OVERFLOW -22
 
 /**
  * The guest refused for lack of permission (errno `EACCES` or `EPERM`);
@@ -648,15 +674,28 @@ msb_status msb_connect_options_set_timeout_ms(struct msb_connect_options *option
                                               int64_t timeout_ms);
 
 /**
- * Sets the memory budget: bytes of received, not yet pulled messages the
- * client holds before it stops reading the socket (at least 65536). What
- * was already read when the budget ran out is still queued, so the bound
- * is the budget plus one read buffer (256 KiB) plus one frame (4 MiB).
- * With the budget spent, a consumer that does not pull pauses every
- * stream of the connection; nothing is dropped.
+ * Sets the memory budget (at least 65536 bytes, default 16 MiB): the
+ * memory that received, not yet pulled messages may hold. What happens when
+ * it is full is chosen by `msb_connect_options_set_backpressure`; the bound
+ * on the client's memory is stated in the README, section "Memory, and
+ * what a hostile guest can do".
  */
 msb_status msb_connect_options_set_memory_budget(struct msb_connect_options *options,
                                                  size_t bytes);
+
+/**
+ * Chooses what happens when unread messages fill the memory budget:
+ * `MSB_BACKPRESSURE_FAIL_STREAM` (default): the socket is always read, and
+ * the stream holding the most unread data fails with
+ * `MSB_ERR_STREAM_OVERFLOW`. `MSB_BACKPRESSURE_PAUSE_SOCKET`: the library
+ * stops reading the socket until the caller pulls; nothing fails, but one
+ * unread stream pauses the whole connection, and the relay sees a client
+ * that does not read: 0.7 relays disconnect it after 5 s (killing its
+ * processes), 0.6 relays stall every client of the sandbox meanwhile.
+ * Other values give `MSB_ERR_INVALID_ARGUMENT`.
+ */
+msb_status msb_connect_options_set_backpressure(struct msb_connect_options *options,
+                                                int32_t mode);
 
 /**
  * Releases connection options. NULL is ignored; freeing twice is forbidden.

@@ -385,8 +385,10 @@ fn ids_outside_the_range_cannot_be_subscribed() {
 #[test]
 fn backpressure_bounds_memory_and_loses_nothing() {
     let relay = Relay::start(&["--exec-chunk", "65536"]);
+    // The old behaviour, kept as an explicit option: pause the socket.
     let options = ClientOptions {
         memory_budget: 256 * 1024,
+        backpressure: microsandbox_agent::client::Backpressure::PauseSocket,
         ..ClientOptions::default()
     };
     let c = Client::connect(&relay.socket, &options).unwrap();
@@ -840,8 +842,18 @@ fn every_upstream_handshake_vector_gets_the_upstream_verdict() {
             } else {
                 assert_eq!(exec.id(), first, "{name}");
             }
+            // Where the sandbox offers exec flow control (generation 10 with
+            // exec_limits) it is on, and every frame carries v = 10 instead.
+            let v = if legacy {
+                1
+            } else if p.flow_control() {
+                10
+            } else {
+                7
+            };
+            want[12] = v;
             assert_eq!(got, want, "{name}");
-            assert_eq!(got[12], if legacy { 1 } else { 7 }, "{name}: v");
+            assert_eq!(got[12], v, "{name}: v");
             drop(exec);
             drop(c);
             peer.join().unwrap();
@@ -886,8 +898,8 @@ fn negotiation_and_the_stamped_v_follow_the_relay() {
         tx.send(recv_frame(&mut s).1.version).unwrap();
     });
     let c = short_connect(&path).unwrap();
-    assert_eq!(c.peer().stamped_generation(), 7);
-    assert!(c.peer().enable_flow_control());
+    // Switched on by the connection itself, before its first frame.
+    assert!(c.peer().flow_control());
     assert_eq!(c.peer().stamped_generation(), 10);
     let _e = Exec::start(&c, &ExecRequest::new("true"), T).unwrap();
     assert_eq!(rx.recv_timeout(T).unwrap(), 10);

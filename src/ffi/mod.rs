@@ -87,6 +87,18 @@ pub const MSB_ERR_EXEC_FAILED: msb_status = -18;
 /// The agent or relay refused a request with `core.error`; the message has
 /// its kind and text.
 pub const MSB_ERR_AGENT: msb_status = -19;
+/// A stream's unread data passed the connection's memory budget without
+/// flow control: that stream failed (an exec's process was killed); the
+/// connection and its other streams live. Messages queued before it are
+/// still delivered. See the README's "Memory" section for the bound.
+pub const MSB_ERR_STREAM_OVERFLOW: msb_status = -22;
+
+/// `msb_connect_options_set_backpressure`: when unread messages fill the
+/// memory budget, fail the stream holding the most (default).
+pub const MSB_BACKPRESSURE_FAIL_STREAM: i32 = 0;
+/// `msb_connect_options_set_backpressure`: when unread messages fill the
+/// memory budget, stop reading the socket until the caller pulls.
+pub const MSB_BACKPRESSURE_PAUSE_SOCKET: i32 = 1;
 /// The guest refused for lack of permission (errno `EACCES` or `EPERM`);
 /// `msb_error_errno` gives which.
 pub const MSB_ERR_PERMISSION: msb_status = -20;
@@ -155,6 +167,7 @@ pub extern "C" fn msb_status_str(status: msb_status) -> *const c_char {
         MSB_ERR_IDS_EXHAUSTED => c"correlation ids of this connection used up; reconnect",
         MSB_ERR_EXEC_FAILED => c"the guest could not start the command",
         MSB_ERR_AGENT => c"the agent refused the request",
+        MSB_ERR_STREAM_OVERFLOW => c"stream overflowed its memory bound",
         MSB_ERR_PERMISSION => c"permission denied in the guest",
         MSB_ERR_EXISTS => c"already exists in the guest",
         _ => c"unknown status code",
@@ -249,6 +262,8 @@ impl From<Error> for Fail {
             Error::Timeout(_) => MSB_ERR_TIMEOUT,
             Error::Handshake(_) => MSB_ERR_HANDSHAKE,
             Error::Closed(CloseCause::Protocol(_)) => MSB_ERR_PROTOCOL,
+            Error::Closed(CloseCause::StreamOverflow(_)) => MSB_ERR_STREAM_OVERFLOW,
+            Error::Closed(CloseCause::ReaderPanicked(_)) => MSB_ERR_PANIC,
             Error::Closed(_) => MSB_ERR_CLOSED,
             Error::Protocol(_) | Error::Unexpected(_) => MSB_ERR_PROTOCOL,
             Error::IdUnavailable(_) => MSB_ERR_ID_UNAVAILABLE,

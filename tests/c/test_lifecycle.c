@@ -450,6 +450,9 @@ static void test_memory_budget_bounds_a_flood(void) {
     REQUIRE(msb_connect_options_new(&opts) == MSB_OK);
     const size_t budget = 65536;
     CHECK_INT(msb_connect_options_set_memory_budget(opts, budget), MSB_OK);
+    /* The pause-the-socket option (the default fails the stream instead:
+     * tests/hostile, flood and unread-commands). */
+    CHECK_INT(msb_connect_options_set_backpressure(opts, MSB_BACKPRESSURE_PAUSE_SOCKET), MSB_OK);
     msb_client *c = NULL;
     if (EXPECT(MSB_OK, msb_client_connect(r.socket, opts, &c, ERR))) {
         msb_exec_request *req = make_request("true", NULL);
