@@ -210,15 +210,14 @@ impl Conn {
     /// Ends the exec's stdin with the empty chunk; with flow control, only
     /// once it has started, and never twice.
     pub(crate) fn close_stdin(&self, stream: &Arc<Stream>, deadline: Instant) -> Result<()> {
-        if self.reader.exec_flow_control() {
-            if self
+        // Ended (or never started): nothing to close.
+        if self.reader.exec_flow_control()
+            && self
                 .reader
                 .reserve_stdin(stream, 0, deadline, self)?
                 .is_none()
-            {
-                // Ended (or never started): nothing to close.
-                return Ok(());
-            }
+        {
+            return Ok(());
         }
         self.send_stdin(stream.id(), &[], deadline)
     }
