@@ -54,9 +54,11 @@ func ConnectSandbox(ctx context.Context, name string) (*Client, error) {
 
 type connectFunc func(target *C.char, opts *C.msb_connect_options, out **C.msb_client, errOut **C.msb_error) C.msb_status
 
+// connect dials in slices (see callSliced): an abandoned attempt only
+// costs the relay a connection that closes, and each attempt's handshake
+// gets longer than the one before.
 func connect(ctx context.Context, what, target string, connectC connectFunc) (*Client, error) {
 	var handle *C.msb_client
-	_, hasDeadline := ctx.Deadline()
 	if err := checkString(what, target); err != nil {
 		return nil, err
 	}
@@ -68,18 +70,13 @@ func connect(ctx context.Context, what, target string, connectC connectFunc) (*C
 			return statusError(status, nil)
 		}
 		defer C.msb_connect_options_free(opts)
-		if hasDeadline {
-			if status := C.msb_connect_options_set_timeout_ms(opts, C.uint64_t(timeout)); status != C.MSB_OK {
-				return statusError(status, nil)
-			}
+		if status := C.msb_connect_options_set_timeout_ms(opts, C.uint64_t(timeout)); status != C.MSB_OK {
+			return statusError(status, nil)
 		}
 		var libErr *C.msb_error
 		return statusError(connectC(cTarget, opts, &handle, &libErr), libErr)
 	}
-	// A connect abandoned by cancellation may still succeed: close that
-	// client rather than leak it.
-	discard := func() { C.msb_client_free(handle) }
-	if err := callBlocking(ctx, op, discard); err != nil {
+	if err := callSliced(ctx, op); err != nil {
 		return nil, err
 	}
 	c := &Client{handle: handle}
@@ -120,23 +117,33 @@ func (c *Client) Close() error {
 	return nil
 }
 
-// call runs one blocking library call on the client's handle (see
-// callBlocking for how cancellation and discard work).
-func (c *Client) call(ctx context.Context, op func(h *C.msb_client, timeout C.int64_t, errOut **C.msb_error) C.msb_status, discard func()) error {
-	return c.callErr(ctx, func(h *C.msb_client, timeout C.int64_t) error {
+// callMode is how a request is made to honour its context: callOnce or
+// callSliced (see msbagent.go).
+type callMode func(ctx context.Context, op func(timeout C.int64_t) error) error
+
+// call runs one library call on the client's handle, in the given mode.
+func (c *Client) call(ctx context.Context, mode callMode, op func(h *C.msb_client, timeout C.int64_t, errOut **C.msb_error) C.msb_status) error {
+	return c.callErr(ctx, mode, func(h *C.msb_client, timeout C.int64_t) error {
 		var libErr *C.msb_error
 		status := op(h, timeout, &libErr)
-		return statusError(status, libErr)
-	}, discard)
+		return guestStatusError(status, libErr)
+	})
 }
 
-// openBound runs op, which opens a handle that outlives the call (a
-// process, a file stream) and stores the value owning it, and ties that
-// handle to ctx: abandon gives it up when an open abandoned by cancellation
-// still succeeds, and again once ctx is done, unless the channel released
-// returns (asked for only after op succeeded) is closed first.
+// openBound runs op (once: it sends), which opens a handle that outlives
+// the call (a process, a file stream) and stores the value owning it, and
+// ties that handle to ctx: once ctx is done, abandon gives it up, unless
+// the channel released returns (asked for only after op succeeded) is
+// closed first. abandon runs on the one goroutine that watches ctx; it
+// must be bounded (it makes at most a short, bounded library call) and
+// that goroutine ends with it.
 func (c *Client) openBound(ctx context.Context, op func(h *C.msb_client, timeout C.int64_t) error, abandon func(), released func() <-chan struct{}) error {
-	if err := c.callErr(ctx, op, abandon); err != nil {
+	if err := c.callErr(ctx, callOnce, op); err != nil {
+		return err
+	}
+	if err := ctx.Err(); err != nil {
+		// Opened while ctx ended: nobody will use the handle.
+		abandon()
 		return err
 	}
 	if ctx.Done() == nil {
@@ -154,13 +161,13 @@ func (c *Client) openBound(ctx context.Context, op func(h *C.msb_client, timeout
 }
 
 // callErr is call for operations that may also fail on the Go side.
-func (c *Client) callErr(ctx context.Context, op func(h *C.msb_client, timeout C.int64_t) error, discard func()) error {
-	return callBlocking(ctx, func(timeout C.int64_t) error {
+func (c *Client) callErr(ctx context.Context, mode callMode, op func(h *C.msb_client, timeout C.int64_t) error) error {
+	return mode(ctx, func(timeout C.int64_t) error {
 		c.mu.RLock()
 		defer c.mu.RUnlock()
 		if c.handle == nil {
 			return errClientClosed
 		}
 		return op(c.handle, timeout)
-	}, discard)
+	})
 }

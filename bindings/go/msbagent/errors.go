@@ -2,12 +2,22 @@ package msbagent
 
 /*
 #include <microsandbox_agent.h>
+
+// msb_error_errno is newer than some libraries this package may be built
+// against: declared weak, it is NULL where the library lacks it.
+extern int32_t msb_error_errno(const struct msb_error *err) __attribute__((weak));
+
+static int32_t error_errno(const struct msb_error *err) {
+	return msb_error_errno ? msb_error_errno(err) : 0;
+}
 */
 import "C"
 
 import (
 	"context"
 	"fmt"
+	"io/fs"
+	"syscall"
 )
 
 // Status is a libmicrosandbox_agent status code. Negative values are
@@ -34,6 +44,17 @@ const (
 	StatusGuest           Status = C.MSB_ERR_GUEST
 	StatusPanic           Status = C.MSB_ERR_PANIC
 	StatusWrongState      Status = C.MSB_ERR_WRONG_STATE
+	// The codes below are fixed by the library's ABI; they are spelled as
+	// numbers so that this package builds against a library that does not
+	// return them yet.
+	StatusUnsupported    Status = -15
+	StatusRelayBusy      Status = -16
+	StatusIDsExhausted   Status = -17
+	StatusExecFailed     Status = -18
+	StatusAgent          Status = -19
+	StatusPermission     Status = -20
+	StatusExists         Status = -21
+	StatusStreamOverflow Status = -22
 )
 
 // String is the library's static description of the code.
@@ -46,7 +67,17 @@ func (s Status) String() string {
 type Error struct {
 	Code    Status
 	Message string
+	// errno is the guest's errno for a failed filesystem call (0 when the
+	// library did not report one).
+	errno int
+	// guest marks a failure the guest reported, whatever code the library
+	// gave it (a missing file is StatusNotFound, yet still the guest's).
+	guest bool
 }
+
+// Errno is the guest's errno (such as 2 for ENOENT) when the guest reported
+// one for a failed filesystem call, else 0.
+func (e *Error) Errno() int { return e.errno }
 
 func (e *Error) Error() string {
 	if e.Message == "" {
@@ -60,13 +91,28 @@ func (e *Error) Error() string {
 // match every error of their code). A library timeout also matches
 // context.DeadlineExceeded, so callers can test one condition for both
 // kinds of deadline.
+//
+// The guest's filesystem failures also match the io/fs sentinels, as the
+// os package's errors do: fs.ErrNotExist (StatusNotFound), fs.ErrPermission
+// (StatusPermission) and fs.ErrExist (StatusExists); and they keep matching
+// ErrGuest whichever of these codes they carry.
 func (e *Error) Is(target error) bool {
-	if target == context.DeadlineExceeded {
+	switch target {
+	case context.DeadlineExceeded:
 		return e.Code == StatusTimeout
+	case fs.ErrNotExist:
+		return e.Code == StatusNotFound || e.errno == int(syscall.ENOENT)
+	case fs.ErrPermission:
+		return e.Code == StatusPermission || e.errno == int(syscall.EACCES) || e.errno == int(syscall.EPERM)
+	case fs.ErrExist:
+		return e.Code == StatusExists || e.errno == int(syscall.EEXIST)
 	}
 	t, ok := target.(*Error)
 	if !ok {
 		return false
+	}
+	if t == ErrGuest && e.guest {
+		return true
 	}
 	return t.Code == e.Code && (t.Message == "" || t.Message == e.Message)
 }
@@ -90,20 +136,132 @@ var (
 	ErrGuest      = &Error{Code: StatusGuest}
 	ErrPanic      = &Error{Code: StatusPanic}
 	ErrWrongState = &Error{Code: StatusWrongState}
+	// ErrUnsupported: the sandbox's protocol generation lacks the call
+	// (Message names what it needs and what the sandbox speaks).
+	ErrUnsupported = &Error{Code: StatusUnsupported}
+	// ErrRelayBusy: the relay hung up before the handshake began, because
+	// all of its client slots were taken or the guest stalled; retry later.
+	ErrRelayBusy = &Error{Code: StatusRelayBusy}
+	// ErrIDsExhausted: every correlation id of the connection is in use;
+	// reconnect.
+	ErrIDsExhausted = &Error{Code: StatusIDsExhausted}
+	// ErrExecFailed: the guest could not start a command; the error is an
+	// *ExecFailedError.
+	ErrExecFailed = &Error{Code: StatusExecFailed}
+	// ErrAgent: the agent or relay answered with an error of its own; the
+	// error is an *AgentError.
+	ErrAgent = &Error{Code: StatusAgent}
+	// ErrPermission and ErrExist are the guest's EACCES/EPERM and EEXIST.
+	// They also match fs.ErrPermission and fs.ErrExist, which are the
+	// better sentinels to test.
+	ErrPermission = &Error{Code: StatusPermission}
+	ErrExist      = &Error{Code: StatusExists}
+	// ErrStreamOverflow: a stream's unread data passed its bound; that
+	// stream failed (its process was killed), the connection lives.
+	ErrStreamOverflow = &Error{Code: StatusStreamOverflow}
 )
 
+// ExecFailedError reports a command the guest could not start (the
+// executable is missing, not executable, the directory or user is wrong,
+// ...). It unwraps to an *Error with StatusExecFailed, so it matches
+// ErrExecFailed, and like os/exec's errors it matches fs.ErrNotExist or
+// fs.ErrPermission when Errno says so.
+type ExecFailedError struct {
+	// Kind is the guest's classification, such as "not_found" ("" when
+	// the guest gave none).
+	Kind string
+	// Errno is the guest's errno, 0 when absent.
+	Errno int
+	// Message is the guest's description.
+	Message string
+	// Stage says how far the start got, such as "exec" ("" when absent).
+	Stage string
+}
+
+func (e *ExecFailedError) Error() string {
+	msg := "msbagent: the guest could not start the command"
+	if e.Kind != "" {
+		msg += " (" + e.Kind + ")"
+	}
+	if e.Message != "" {
+		msg += ": " + e.Message
+	}
+	if e.Stage != "" {
+		msg += " [stage " + e.Stage + "]"
+	}
+	if e.Errno != 0 {
+		msg += fmt.Sprintf(" (errno %d)", e.Errno)
+	}
+	return msg
+}
+
+func (e *ExecFailedError) Unwrap() error {
+	return &Error{Code: StatusExecFailed, Message: e.Message, errno: e.Errno}
+}
+
+// AgentError is an error the agent or relay answered with instead of a
+// result (core.error): Kind classifies it, Message describes it. It
+// unwraps to an *Error with StatusAgent, so it matches ErrAgent.
+type AgentError struct {
+	Kind    string
+	Message string
+}
+
+func (e *AgentError) Error() string {
+	if e.Kind == "" {
+		return "msbagent: the agent answered with an error: " + e.Message
+	}
+	return "msbagent: the agent answered with an error (" + e.Kind + "): " + e.Message
+}
+
+func (e *AgentError) Unwrap() error {
+	return &Error{Code: StatusAgent, Message: e.Message}
+}
+
 // statusError converts a library result into a Go error (nil for the
-// non-error codes) and releases the library's error object.
+// non-error codes) and releases the library's error object. The typed
+// errors (*ExecFailedError, *AgentError) are built here, so every call
+// returns them.
 func statusError(status C.msb_status, libErr *C.msb_error) error {
 	if libErr == nil {
 		if status >= 0 {
 			return nil
 		}
-		return &Error{Code: Status(status)}
+		return typedError(&Error{Code: Status(status)})
 	}
 	defer C.msb_error_free(libErr)
-	return &Error{
+	return typedError(&Error{
 		Code:    Status(C.msb_error_code(libErr)),
 		Message: C.GoString(C.msb_error_message(libErr)),
+		errno:   libErrno(libErr),
+	})
+}
+
+// libErrno is the guest errno the library attached to libErr, 0 when none.
+func libErrno(libErr *C.msb_error) int {
+	return int(C.error_errno(libErr))
+}
+
+func typedError(e *Error) error {
+	switch e.Code {
+	case StatusExecFailed:
+		return &ExecFailedError{Errno: e.errno, Message: e.Message}
+	case StatusAgent:
+		return &AgentError{Message: e.Message}
 	}
+	return e
+}
+
+// guestStatusError is statusError for calls the guest answers (the
+// filesystem calls): the codes the library gives the guest's failures are
+// marked as the guest's, so that they all match ErrGuest.
+func guestStatusError(status C.msb_status, libErr *C.msb_error) error {
+	err := statusError(status, libErr)
+	if e, ok := err.(*Error); ok {
+		switch e.Code {
+		case StatusGuest, StatusNotFound, StatusPermission, StatusExists:
+			e.guest = true
+		}
+	}
+	return err
 }

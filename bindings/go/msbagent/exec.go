@@ -215,8 +215,7 @@ func (c *Client) Exec(ctx context.Context, cmd string, opts *ExecOptions) (*Proc
 		}
 		return err
 	}
-	// A start abandoned by cancellation may still succeed: nobody will
-	// ever see that process, so kill it.
+	// Once ctx ends the process is killed.
 	abort := func() { p.abort() }
 	if err := c.openBound(ctx, op, abort, func() <-chan struct{} { return p.released }); err != nil {
 		return nil, err
@@ -458,7 +457,7 @@ var errProcessReleased = &Error{Code: StatusClosed, Message: "the process has ex
 
 // withHandle runs a short library call on the live handle. Its blocking
 // (only while the connection's socket is full) is bounded by ctx's
-// deadline, and by the client's Close.
+// deadline (defaultCallTimeout without one), and by the client's Close.
 func (p *Process) withHandle(op func(h *C.msb_exec, timeout C.int64_t, errOut **C.msb_error) C.msb_status) error {
 	if err := p.ctx.Err(); err != nil {
 		return err
@@ -469,7 +468,7 @@ func (p *Process) withHandle(op func(h *C.msb_exec, timeout C.int64_t, errOut **
 		return errProcessReleased
 	}
 	var libErr *C.msb_error
-	status := op(p.handle, timeoutMs(p.ctx), &libErr)
+	status := op(p.handle, boundedTimeoutMs(p.ctx), &libErr)
 	return statusError(status, libErr)
 }
 

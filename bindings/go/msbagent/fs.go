@@ -8,9 +8,12 @@ import "C"
 
 import (
 	"context"
+	"errors"
+	"io"
 	"io/fs"
 	"path"
 	"sort"
+	"syscall"
 	"time"
 	"unsafe"
 )
@@ -87,19 +90,21 @@ func newFileInfo(entry *C.msb_fs_entry) *FileInfo {
 	return fi
 }
 
-// pathCall runs a library call that takes one guest path.
-func (c *Client) pathCall(ctx context.Context, guestPath string, op func(h *C.msb_client, cPath *C.char, timeout C.int64_t, errOut **C.msb_error) C.msb_status) error {
+// pathCall runs a library call that takes one guest path, in the given
+// mode: callSliced for calls that only read, callOnce for the others.
+func (c *Client) pathCall(ctx context.Context, mode callMode, guestPath string, op func(h *C.msb_client, cPath *C.char, timeout C.int64_t, errOut **C.msb_error) C.msb_status) error {
 	if err := checkString("path", guestPath); err != nil {
 		return err
 	}
-	return c.call(ctx, func(h *C.msb_client, timeout C.int64_t, errOut **C.msb_error) C.msb_status {
+	return c.call(ctx, mode, func(h *C.msb_client, timeout C.int64_t, errOut **C.msb_error) C.msb_status {
 		cPath := C.CString(guestPath)
 		defer C.free(unsafe.Pointer(cPath))
 		return op(h, cPath, timeout, errOut)
-	}, nil)
+	})
 }
 
-// twoPathCall runs a library call that takes a source and a destination.
+// twoPathCall runs a library call that takes a source and a destination;
+// they all change the guest, so it is made once.
 func (c *Client) twoPathCall(ctx context.Context, src, dst string, op func(h *C.msb_client, cSrc, cDst *C.char, timeout C.int64_t, errOut **C.msb_error) C.msb_status) error {
 	if err := checkString("source path", src); err != nil {
 		return err
@@ -107,27 +112,25 @@ func (c *Client) twoPathCall(ctx context.Context, src, dst string, op func(h *C.
 	if err := checkString("destination path", dst); err != nil {
 		return err
 	}
-	return c.call(ctx, func(h *C.msb_client, timeout C.int64_t, errOut **C.msb_error) C.msb_status {
+	return c.call(ctx, callOnce, func(h *C.msb_client, timeout C.int64_t, errOut **C.msb_error) C.msb_status {
 		cSrc := C.CString(src)
 		defer C.free(unsafe.Pointer(cSrc))
 		cDst := C.CString(dst)
 		defer C.free(unsafe.Pointer(cDst))
 		return op(h, cSrc, cDst, timeout, errOut)
-	}, nil)
+	})
 }
 
-// ReadFile returns the whole content of a guest file.
+// ReadFile returns the whole content of a guest file. It reads through
+// Open, so waiting for the data is done on the poller and a cancelled ctx
+// stops it at once.
 func (c *Client) ReadFile(ctx context.Context, name string) ([]byte, error) {
-	var data []byte
-	err := c.pathCall(ctx, name, func(h *C.msb_client, cPath *C.char, timeout C.int64_t, errOut **C.msb_error) C.msb_status {
-		var buf *C.msb_bytes
-		status := C.msb_fs_read_file(h, cPath, timeout, &buf, errOut)
-		if status == C.MSB_OK {
-			data = C.GoBytes(unsafe.Pointer(C.msb_bytes_data(buf)), C.int(C.msb_bytes_len(buf)))
-			C.msb_bytes_free(buf)
-		}
-		return status
-	})
+	r, err := c.Open(ctx, name)
+	if err != nil {
+		return nil, err
+	}
+	defer r.Close()
+	data, err := io.ReadAll(r)
 	if err != nil {
 		return nil, err
 	}
@@ -135,21 +138,18 @@ func (c *Client) ReadFile(ctx context.Context, name string) ([]byte, error) {
 }
 
 // WriteFile writes data to a guest file, creating or truncating it, with
-// permission bits perm (0 means the guest's default).
+// permission bits perm (0 means the guest's default). It writes through
+// Create, so a cancelled ctx stops it between pieces, abandoning the file.
 func (c *Client) WriteFile(ctx context.Context, name string, data []byte, perm fs.FileMode) error {
-	mode := guestMode(perm)
-	// The call may outlive a cancelled caller, who is then free to reuse
-	// data: take a private copy now, before WriteFile can return. The
-	// library only reads it during the call and keeps no pointer to it, so
-	// cgo lets us pass the Go memory directly.
-	private := append([]byte(nil), data...)
-	return c.pathCall(ctx, name, func(h *C.msb_client, cPath *C.char, timeout C.int64_t, errOut **C.msb_error) C.msb_status {
-		var p *C.uint8_t
-		if len(private) > 0 {
-			p = (*C.uint8_t)(unsafe.Pointer(&private[0]))
-		}
-		return C.msb_fs_write_file(h, cPath, p, C.size_t(len(private)), mode, timeout, errOut)
-	})
+	w, err := c.Create(ctx, name, perm)
+	if err != nil {
+		return err
+	}
+	if _, err := w.Write(data); err != nil {
+		w.Close()
+		return err
+	}
+	return w.Close()
 }
 
 // guestMode is the library's mode argument for perm: its permission bits,
@@ -162,10 +162,11 @@ func guestMode(perm fs.FileMode) C.int32_t {
 }
 
 // Stat returns metadata of a guest path (a symlink is described itself,
-// not followed).
+// not followed). A missing path gives an error matching fs.ErrNotExist
+// (and ErrGuest).
 func (c *Client) Stat(ctx context.Context, name string) (*FileInfo, error) {
 	var fi *FileInfo
-	err := c.pathCall(ctx, name, func(h *C.msb_client, cPath *C.char, timeout C.int64_t, errOut **C.msb_error) C.msb_status {
+	err := c.pathCall(ctx, callSliced, name, func(h *C.msb_client, cPath *C.char, timeout C.int64_t, errOut **C.msb_error) C.msb_status {
 		var entry *C.msb_fs_entry
 		status := C.msb_fs_stat(h, cPath, timeout, &entry, errOut)
 		if status == C.MSB_OK {
@@ -180,10 +181,11 @@ func (c *Client) Stat(ctx context.Context, name string) (*FileInfo, error) {
 	return fi, nil
 }
 
-// ReadDir lists the entries of a guest directory, sorted by name.
-func (c *Client) ReadDir(ctx context.Context, name string) ([]*FileInfo, error) {
+// ListDir describes every entry of a guest directory, sorted by name: one
+// call gives each entry's full *FileInfo.
+func (c *Client) ListDir(ctx context.Context, name string) ([]*FileInfo, error) {
 	var infos []*FileInfo
-	err := c.pathCall(ctx, name, func(h *C.msb_client, cPath *C.char, timeout C.int64_t, errOut **C.msb_error) C.msb_status {
+	err := c.pathCall(ctx, callSliced, name, func(h *C.msb_client, cPath *C.char, timeout C.int64_t, errOut **C.msb_error) C.msb_status {
 		var entries *C.msb_fs_entries
 		status := C.msb_fs_list(h, cPath, timeout, &entries, errOut)
 		if status == C.MSB_OK {
@@ -203,17 +205,95 @@ func (c *Client) ReadDir(ctx context.Context, name string) ([]*FileInfo, error) 
 	return infos, nil
 }
 
-// Mkdir creates a guest directory and any missing parents (like
-// os.MkdirAll).
+// ReadDir lists a guest directory as fs.DirEntry values sorted by name,
+// like os.ReadDir. Each entry's Info is already known (it is the
+// *FileInfo ListDir gives) and costs no further call.
+func (c *Client) ReadDir(ctx context.Context, name string) ([]fs.DirEntry, error) {
+	infos, err := c.ListDir(ctx, name)
+	if err != nil {
+		return nil, err
+	}
+	entries := make([]fs.DirEntry, len(infos))
+	for i, fi := range infos {
+		entries[i] = fs.FileInfoToDirEntry(fi)
+	}
+	return entries, nil
+}
+
+// Mkdir creates one guest directory, like os.Mkdir: its parent must be an
+// existing directory (else the error matches fs.ErrNotExist, or is
+// syscall.ENOTDIR for a parent that is not a directory), and the path
+// must not exist (else it matches fs.ErrExist). Errors are
+// *fs.PathError values.
+//
+// The guest's own mkdir creates missing parents and accepts an existing
+// directory, so Mkdir checks both conditions with stats first. Another
+// client changing the guest between the checks and the creation can slip
+// through: a parent removed meanwhile is created again, and a directory
+// created meanwhile is accepted.
 func (c *Client) Mkdir(ctx context.Context, name string) error {
-	return c.pathCall(ctx, name, func(h *C.msb_client, cPath *C.char, timeout C.int64_t, errOut **C.msb_error) C.msb_status {
+	if err := checkString("path", name); err != nil {
+		return err
+	}
+	parent := path.Dir(path.Clean(name))
+	info, err := c.Stat(ctx, parent)
+	switch {
+	case err == nil && !info.IsDir():
+		return &fs.PathError{Op: "mkdir", Path: name, Err: syscall.ENOTDIR}
+	case err != nil && isUnknownGuestFailure(err):
+		return &fs.PathError{Op: "mkdir", Path: name, Err: missingParentError{parent: parent, cause: err}}
+	case err != nil:
+		return &fs.PathError{Op: "mkdir", Path: name, Err: err}
+	}
+	switch _, err := c.Stat(ctx, name); {
+	case err == nil:
+		return &fs.PathError{Op: "mkdir", Path: name, Err: fs.ErrExist}
+	case !errors.Is(err, fs.ErrNotExist) && !isUnknownGuestFailure(err):
+		return &fs.PathError{Op: "mkdir", Path: name, Err: err}
+	}
+	return c.mkdirAll(ctx, name)
+}
+
+// MkdirAll creates a guest directory and any missing parents, like
+// os.MkdirAll; an existing directory is not an error.
+func (c *Client) MkdirAll(ctx context.Context, name string) error {
+	return c.mkdirAll(ctx, name)
+}
+
+// mkdirAll is the guest's mkdir, which creates parents and accepts an
+// existing directory: sending it twice does no harm, so it is sliced.
+func (c *Client) mkdirAll(ctx context.Context, name string) error {
+	return c.pathCall(ctx, callSliced, name, func(h *C.msb_client, cPath *C.char, timeout C.int64_t, errOut **C.msb_error) C.msb_status {
 		return C.msb_fs_mkdir(h, cPath, timeout, errOut)
 	})
 }
 
+// isUnknownGuestFailure reports a guest failure the library did not
+// classify: a library without the guest's errno reports a missing path
+// this way.
+func isUnknownGuestFailure(err error) bool {
+	var e *Error
+	return errors.As(err, &e) && e.Code == StatusGuest && e.errno == 0
+}
+
+// missingParentError is why Mkdir refused: the parent directory could not
+// be found. It matches fs.ErrNotExist and unwraps to the stat's failure.
+type missingParentError struct {
+	parent string
+	cause  error
+}
+
+func (e missingParentError) Error() string {
+	return "the parent directory " + e.parent + " does not exist: " + e.cause.Error()
+}
+
+func (e missingParentError) Is(target error) bool { return target == fs.ErrNotExist }
+
+func (e missingParentError) Unwrap() error { return e.cause }
+
 // Remove removes a guest file.
 func (c *Client) Remove(ctx context.Context, name string) error {
-	return c.pathCall(ctx, name, func(h *C.msb_client, cPath *C.char, timeout C.int64_t, errOut **C.msb_error) C.msb_status {
+	return c.pathCall(ctx, callOnce, name, func(h *C.msb_client, cPath *C.char, timeout C.int64_t, errOut **C.msb_error) C.msb_status {
 		return C.msb_fs_remove(h, cPath, timeout, errOut)
 	})
 }
@@ -221,7 +301,7 @@ func (c *Client) Remove(ctx context.Context, name string) error {
 // RemoveAll removes a guest directory and everything in it. Unlike
 // os.RemoveAll, a path that does not exist is an error (ErrGuest).
 func (c *Client) RemoveAll(ctx context.Context, name string) error {
-	return c.pathCall(ctx, name, func(h *C.msb_client, cPath *C.char, timeout C.int64_t, errOut **C.msb_error) C.msb_status {
+	return c.pathCall(ctx, callOnce, name, func(h *C.msb_client, cPath *C.char, timeout C.int64_t, errOut **C.msb_error) C.msb_status {
 		return C.msb_fs_remove_dir(h, cPath, timeout, errOut)
 	})
 }

@@ -425,8 +425,8 @@ func TestResizeTTY(t *testing.T) {
 func TestFilesystem(t *testing.T) {
 	c := connect(t)
 	ctx := testCtx(t)
-	if err := c.Mkdir(ctx, "/fs/a/b"); err != nil {
-		t.Fatalf("Mkdir: %v", err)
+	if err := c.MkdirAll(ctx, "/fs/a/b"); err != nil {
+		t.Fatalf("MkdirAll: %v", err)
 	}
 	if fi, err := os.Stat(filepath.Join(relayRoot, "fs/a/b")); err != nil || !fi.IsDir() {
 		t.Fatalf("Mkdir did not create the nested directory: %v", err)
@@ -491,8 +491,13 @@ func TestFilesystem(t *testing.T) {
 	if got := strings.Join(names, ","); got != "b,big.bin,empty" {
 		t.Fatalf("ReadDir names = %s, want b,big.bin,empty (sorted)", got)
 	}
-	if !entries[0].IsDir() || entries[1].Size() != int64(len(big)) {
-		t.Errorf("ReadDir entries: b dir=%v, big.bin size=%d", entries[0].IsDir(), entries[1].Size())
+	bigInfo, err := entries[1].Info()
+	if err != nil || !entries[0].IsDir() || !entries[0].Type().IsDir() || entries[1].Type() != 0 || bigInfo.Size() != int64(len(big)) {
+		t.Errorf("ReadDir entries: b dir=%v type=%v, big.bin type=%v info=%v, %v", entries[0].IsDir(), entries[0].Type(), entries[1].Type(), bigInfo, err)
+	}
+	infos, err := c.ListDir(ctx, "/fs/a")
+	if err != nil || len(infos) != 3 || infos[1].Path() != "/fs/a/big.bin" || infos[1].Size() != int64(len(big)) {
+		t.Fatalf("ListDir = %v, %v; want 3 sorted entries with big.bin second", infos, err)
 	}
 
 	if err := c.Remove(ctx, "/fs/a/empty"); err != nil {
@@ -587,6 +592,9 @@ func TestClosedClient(t *testing.T) {
 	}
 	if _, err := c.ReadFile(ctx, "/x"); !errors.Is(err, msbagent.ErrClosed) {
 		t.Errorf("ReadFile on a closed client = %v, want ErrClosed", err)
+	}
+	if err := c.MkdirAll(ctx, "/x"); !errors.Is(err, msbagent.ErrClosed) {
+		t.Errorf("MkdirAll on a closed client = %v, want ErrClosed", err)
 	}
 	if err := c.Mkdir(ctx, "/x"); !errors.Is(err, msbagent.ErrClosed) {
 		t.Errorf("Mkdir on a closed client = %v, want ErrClosed", err)

@@ -12,29 +12,12 @@ import (
 	"io/fs"
 	"sync"
 	"sync/atomic"
-	"time"
 	"unsafe"
 )
-
-// defaultStreamTimeout bounds one library write, and the wait for the
-// guest to confirm a written file, when ctx has no deadline. A write blocks
-// only while the connection's socket is full, so this much time without
-// progress means the peer has stopped reading.
-const defaultStreamTimeout = 60 * time.Second
 
 // writePiece is the most one library write is handed: it bounds the C copy
 // each write makes and the data a single timeout has to cover.
 const writePiece = 1 << 20
-
-// streamTimeoutMs is ctx's deadline as a library timeout, or
-// defaultStreamTimeout: a stream call must never wait without limit, as
-// the call cannot be interrupted.
-func streamTimeoutMs(ctx context.Context) C.int64_t {
-	if _, ok := ctx.Deadline(); ok {
-		return timeoutMs(ctx)
-	}
-	return C.int64_t(defaultStreamTimeout / time.Millisecond)
-}
 
 var errReaderClosed = &Error{Code: StatusClosed, Message: "the file reader is closed"}
 
@@ -90,8 +73,7 @@ func (c *Client) Open(ctx context.Context, name string) (*FileReader, error) {
 		}
 		return err
 	}
-	// An open abandoned by cancellation may still succeed: nobody will
-	// read that file, so let it go.
+	// Once ctx ends nobody will read the rest of the file.
 	release := func() { r.release() }
 	if err := c.openBound(ctx, op, release, func() <-chan struct{} { return r.released }); err != nil {
 		return nil, err
@@ -190,7 +172,7 @@ func (r *FileReader) pull() ([]byte, error) {
 		case C.MSB_ENDED:
 			pullErr = io.EOF
 		default:
-			pullErr = statusError(status, libErr)
+			pullErr = guestStatusError(status, libErr)
 		}
 		return true
 	})
@@ -252,8 +234,7 @@ func (c *Client) Create(ctx context.Context, name string, perm fs.FileMode) (*Fi
 		w = &FileWriter{ctx: ctx, handle: writer, released: make(chan struct{})}
 		return nil
 	}
-	// An open abandoned by cancellation may still succeed: free that
-	// writer, which abandons the file.
+	// Once ctx ends the file is abandoned: freeing the writer does that.
 	release := func() { w.release() }
 	if err := c.openBound(ctx, op, release, func() <-chan struct{} { return w.released }); err != nil {
 		return nil, err
@@ -296,39 +277,22 @@ func (w *FileWriter) Write(b []byte) (int, error) {
 	return written, nil
 }
 
-// send writes one piece. On cancellation it returns at once and leaves the
-// library call to finish on its own goroutine (it is bounded by its
-// timeout); the handle is freed only after that.
+// send writes one piece, on the caller's goroutine (see callOnce): a write
+// blocks only while the connection's socket is full, at most until ctx's
+// deadline (defaultCallTimeout without one).
 func (w *FileWriter) send(piece []byte) error {
-	if err := w.ctx.Err(); err != nil {
-		return err
-	}
-	// The call may outlive this Write, whose caller may then reuse b: hand
-	// the library a private C copy, made before the caller can get away.
-	cData := C.CBytes(piece)
-	size := C.size_t(len(piece))
-	op := func() error {
-		defer C.free(cData)
+	return callOnce(w.ctx, func(timeout C.int64_t) error {
 		w.handleMu.RLock()
 		defer w.handleMu.RUnlock()
 		if w.handle == nil {
 			return errWriterClosed
 		}
 		var libErr *C.msb_error
-		status := C.msb_file_writer_write(w.handle, (*C.uint8_t)(cData), size, streamTimeoutMs(w.ctx), &libErr)
-		return statusError(status, libErr)
-	}
-	if w.ctx.Done() == nil {
-		return op()
-	}
-	result := make(chan error, 1)
-	go func() { result <- op() }()
-	select {
-	case err := <-result:
-		return err
-	case <-w.ctx.Done():
-		return w.ctx.Err()
-	}
+		// The library copies the bytes into the socket before returning
+		// and keeps no pointer to them.
+		status := C.msb_file_writer_write(w.handle, (*C.uint8_t)(unsafe.Pointer(&piece[0])), C.size_t(len(piece)), timeout, &libErr)
+		return guestStatusError(status, libErr)
+	})
 }
 
 // Close ends the file, waits for the guest to confirm it was stored, and
@@ -341,22 +305,16 @@ func (w *FileWriter) Close() error {
 		return nil
 	}
 	w.closed = true
-	err := callBlocking(w.ctx, func(C.int64_t) error {
+	err := callOnce(w.ctx, func(timeout C.int64_t) error {
 		w.handleMu.RLock()
 		defer w.handleMu.RUnlock()
 		if w.handle == nil {
 			return errWriterClosed
 		}
 		var libErr *C.msb_error
-		status := C.msb_file_writer_finish(w.handle, streamTimeoutMs(w.ctx), &libErr)
-		return statusError(status, libErr)
-	}, nil)
-	if w.ctx.Err() != nil {
-		// A library call abandoned by cancellation may still hold the
-		// handle: free it when that returns, without waiting here.
-		go w.release()
-	} else {
-		w.release()
-	}
+		status := C.msb_file_writer_finish(w.handle, timeout, &libErr)
+		return guestStatusError(status, libErr)
+	})
+	w.release()
 	return err
 }
