@@ -195,6 +195,18 @@ func (e *ExecFailedError) Error() string {
 	return msg
 }
 
+// Is matches fs.ErrNotExist for ENOENT and fs.ErrPermission for EACCES or
+// EPERM.
+func (e *ExecFailedError) Is(target error) bool {
+	switch target {
+	case fs.ErrNotExist:
+		return e.Errno == int(syscall.ENOENT)
+	case fs.ErrPermission:
+		return e.Errno == int(syscall.EACCES) || e.Errno == int(syscall.EPERM)
+	}
+	return false
+}
+
 func (e *ExecFailedError) Unwrap() error {
 	return &Error{Code: StatusExecFailed, Message: e.Message, errno: e.Errno}
 }
