@@ -12,17 +12,19 @@
 //! of ours keeps running.
 
 mod conn;
+pub mod errno;
 mod error;
 pub mod exec;
 pub mod fs;
 mod handshake;
+mod paths;
 mod pool;
 mod reader;
 mod subscription;
 mod sync;
 
 use std::os::fd::OwnedFd;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -30,6 +32,7 @@ use bytes::Bytes;
 
 pub use conn::Counters;
 pub use error::{CloseCause, Error, Result};
+pub use paths::{path_to_nul_terminated, sandbox_socket_path};
 pub use subscription::{Pulled, Subscription};
 
 use crate::protocol::payload::Ready;
@@ -60,33 +63,6 @@ impl Default for ClientOptions {
             memory_budget: DEFAULT_MEMORY_BUDGET,
         }
     }
-}
-
-/// The socket path of a sandbox by name:
-/// `$MSB_HOME/sandboxes/NAME/runtime/agent.sock`, `MSB_HOME` defaulting to
-/// `~/.microsandbox`.
-pub fn sandbox_socket_path(name: &str) -> Result<PathBuf> {
-    if name.is_empty() || name.contains('/') || name == "." || name == ".." || name.contains('\0') {
-        return Err(Error::InvalidArgument(format!(
-            "{name:?} is not a sandbox name"
-        )));
-    }
-    let home = match std::env::var_os("MSB_HOME") {
-        Some(h) if !h.is_empty() => PathBuf::from(h),
-        _ => match std::env::var_os("HOME") {
-            Some(h) if !h.is_empty() => PathBuf::from(h).join(".microsandbox"),
-            _ => {
-                return Err(Error::InvalidArgument(
-                    "neither MSB_HOME nor HOME is set".into(),
-                ))
-            }
-        },
-    };
-    Ok(home
-        .join("sandboxes")
-        .join(name)
-        .join("runtime")
-        .join("agent.sock"))
 }
 
 struct ClientInner {

@@ -148,10 +148,11 @@ pub extern "C" fn msb_client_connect(
     })
 }
 
-/// Connects to a sandbox by name: the socket
-/// `$MSB_HOME/sandboxes/NAME/runtime/agent.sock` (`MSB_HOME` defaults to
-/// `~/.microsandbox`). Same ownership and errors as `msb_client_connect`;
-/// an unknown name gives `MSB_ERR_NOT_FOUND`.
+/// Connects to a sandbox by name, at the socket `msb_sandbox_socket_path`
+/// resolves for it (under `$MSB_HOME`, default `~/.microsandbox`, in the
+/// layout of whichever runtime line started the sandbox). Same ownership
+/// and errors as `msb_client_connect`; an unknown name gives
+/// `MSB_ERR_NOT_FOUND`.
 #[no_mangle]
 pub extern "C" fn msb_client_connect_sandbox(
     name: *const c_char,

@@ -32,6 +32,7 @@ extern const struct test_case client_tests[];
 extern const struct test_case exec_tests[];
 extern const struct test_case fs_tests[];
 extern const struct test_case lifecycle_tests[];
+extern const struct test_case paths_tests[];
 
 /* ---- reporting (harness.c) */
 
