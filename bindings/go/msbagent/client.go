@@ -43,13 +43,40 @@ func Connect(ctx context.Context, socketPath string) (*Client, error) {
 	})
 }
 
-// ConnectSandbox connects to a sandbox by name: the socket
-// $MSB_HOME/sandboxes/NAME/runtime/agent.sock (MSB_HOME defaults to
-// ~/.microsandbox). An unknown name gives an error matching ErrNotFound.
+// ConnectSandbox connects to a sandbox by name, at the socket
+// SandboxSocketPath finds for it. An unknown name gives an error matching
+// ErrNotFound.
 func ConnectSandbox(ctx context.Context, name string) (*Client, error) {
 	return connect(ctx, "sandbox name", name, func(target *C.char, opts *C.msb_connect_options, out **C.msb_client, errOut **C.msb_error) C.msb_status {
 		return C.msb_client_connect_sandbox(target, opts, out, errOut)
 	})
+}
+
+// SandboxSocketPath is where the relay socket of the sandbox called name
+// is, under $MSB_HOME (default ~/.microsandbox), in the layout of whichever
+// runtime line started it; they are tried newest first:
+//
+//  1. run/sandboxes/<first 24 hex digits of sha256(name)>/agent.sock (0.6.9+)
+//  2. run/agent/<first 32 hex digits of sha256(name)>.sock (0.5.2 to 0.6.8)
+//  3. sandboxes/<name>/runtime/agent.sock (up to 0.5.1)
+//
+// The first that exists wins; when none does, the answer is the newest
+// layout whose socket paths fit in a Unix socket address. Nothing is
+// connected to. A name that is empty, contains '/', or is "." or ".."
+// gives ErrInvalidArgument.
+func SandboxSocketPath(name string) (string, error) {
+	if err := checkString("sandbox name", name); err != nil {
+		return "", err
+	}
+	cName := C.CString(name)
+	defer C.free(unsafe.Pointer(cName))
+	var path *C.msb_bytes
+	var libErr *C.msb_error
+	if status := C.msb_sandbox_socket_path(cName, &path, &libErr); status != C.MSB_OK {
+		return "", statusError(status, libErr)
+	}
+	defer C.msb_bytes_free(path)
+	return string(C.GoBytes(unsafe.Pointer(C.msb_bytes_data(path)), C.int(C.msb_bytes_len(path)))), nil
 }
 
 type connectFunc func(target *C.char, opts *C.msb_connect_options, out **C.msb_client, errOut **C.msb_error) C.msb_status

@@ -2,14 +2,6 @@ package msbagent
 
 /*
 #include <microsandbox_agent.h>
-
-// msb_error_errno is newer than some libraries this package may be built
-// against: declared weak, it is NULL where the library lacks it.
-extern int32_t msb_error_errno(const struct msb_error *err) __attribute__((weak));
-
-static int32_t error_errno(const struct msb_error *err) {
-	return msb_error_errno ? msb_error_errno(err) : 0;
-}
 */
 import "C"
 
@@ -52,8 +44,8 @@ const (
 	StatusIDsExhausted   Status = -17
 	StatusExecFailed     Status = -18
 	StatusAgent          Status = -19
-	StatusPermission     Status = -20
-	StatusExists         Status = -21
+	StatusPermission     Status = C.MSB_ERR_PERMISSION
+	StatusExists         Status = C.MSB_ERR_EXISTS
 	StatusStreamOverflow Status = -22
 )
 
@@ -123,7 +115,8 @@ var (
 	ErrNullPointer     = &Error{Code: StatusNullPointer}
 	ErrInvalidUTF8     = &Error{Code: StatusInvalidUTF8}
 	ErrTooLarge        = &Error{Code: StatusTooLarge}
-	// ErrNotFound: no relay at the socket path, or no sandbox of that name.
+	// ErrNotFound: no relay at the socket path, no sandbox of that name, or
+	// (then also matching ErrGuest and fs.ErrNotExist) no such guest file.
 	ErrNotFound  = &Error{Code: StatusNotFound}
 	ErrIO        = &Error{Code: StatusIO}
 	ErrTimeout   = &Error{Code: StatusTimeout}
@@ -251,7 +244,7 @@ func statusError(status C.msb_status, libErr *C.msb_error) error {
 
 // libErrno is the guest errno the library attached to libErr, 0 when none.
 func libErrno(libErr *C.msb_error) int {
-	return int(C.error_errno(libErr))
+	return int(C.msb_error_errno(libErr))
 }
 
 func typedError(e *Error) error {

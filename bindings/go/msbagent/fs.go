@@ -236,19 +236,17 @@ func (c *Client) Mkdir(ctx context.Context, name string) error {
 		return err
 	}
 	parent := path.Dir(path.Clean(name))
-	info, err := c.Stat(ctx, parent)
-	switch {
-	case err == nil && !info.IsDir():
-		return &fs.PathError{Op: "mkdir", Path: name, Err: syscall.ENOTDIR}
-	case err != nil && isUnknownGuestFailure(err):
-		return &fs.PathError{Op: "mkdir", Path: name, Err: missingParentError{parent: parent, cause: err}}
+	switch info, err := c.Stat(ctx, parent); {
 	case err != nil:
+		// A missing parent matches fs.ErrNotExist.
 		return &fs.PathError{Op: "mkdir", Path: name, Err: err}
+	case !info.IsDir():
+		return &fs.PathError{Op: "mkdir", Path: name, Err: syscall.ENOTDIR}
 	}
 	switch _, err := c.Stat(ctx, name); {
 	case err == nil:
 		return &fs.PathError{Op: "mkdir", Path: name, Err: fs.ErrExist}
-	case !errors.Is(err, fs.ErrNotExist) && !isUnknownGuestFailure(err):
+	case !errors.Is(err, fs.ErrNotExist):
 		return &fs.PathError{Op: "mkdir", Path: name, Err: err}
 	}
 	return c.mkdirAll(ctx, name)
@@ -267,29 +265,6 @@ func (c *Client) mkdirAll(ctx context.Context, name string) error {
 		return C.msb_fs_mkdir(h, cPath, timeout, errOut)
 	})
 }
-
-// isUnknownGuestFailure reports a guest failure the library did not
-// classify: a library without the guest's errno reports a missing path
-// this way.
-func isUnknownGuestFailure(err error) bool {
-	var e *Error
-	return errors.As(err, &e) && e.Code == StatusGuest && e.errno == 0
-}
-
-// missingParentError is why Mkdir refused: the parent directory could not
-// be found. It matches fs.ErrNotExist and unwraps to the stat's failure.
-type missingParentError struct {
-	parent string
-	cause  error
-}
-
-func (e missingParentError) Error() string {
-	return "the parent directory " + e.parent + " does not exist: " + e.cause.Error()
-}
-
-func (e missingParentError) Is(target error) bool { return target == fs.ErrNotExist }
-
-func (e missingParentError) Unwrap() error { return e.cause }
 
 // Remove removes a guest file.
 func (c *Client) Remove(ctx context.Context, name string) error {

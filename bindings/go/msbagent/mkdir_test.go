@@ -53,6 +53,9 @@ func TestMkdirDoesNotCreateParents(t *testing.T) {
 		t.Fatalf("Mkdir over a file = %v, want fs.ErrExist", err)
 	}
 
+	if err := c.MkdirAll(ctx, "/mk/file"); !errors.Is(err, fs.ErrExist) || !errors.Is(err, msbagent.ErrGuest) {
+		t.Fatalf("MkdirAll over a file = %v, want fs.ErrExist from the guest", err)
+	}
 	if err := c.MkdirAll(ctx, "/mk/deep/er/still"); err != nil {
 		t.Fatalf("MkdirAll: %v", err)
 	}

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -86,33 +87,6 @@ func TestVersionAndConnect(t *testing.T) {
 	}
 	if err := c.Close(); err != nil {
 		t.Errorf("second Close: %v", err)
-	}
-}
-
-func TestConnectSandboxByName(t *testing.T) {
-	home := t.TempDir()
-	runtimeDir := filepath.Join(home, "sandboxes", "dev", "runtime")
-	if err := os.MkdirAll(runtimeDir, 0o755); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.Symlink(relaySocket, filepath.Join(runtimeDir, "agent.sock")); err != nil {
-		t.Fatal(err)
-	}
-	t.Setenv("MSB_HOME", home)
-
-	c, err := msbagent.ConnectSandbox(testCtx(t), "dev")
-	if err != nil {
-		t.Fatalf("ConnectSandbox(dev): %v", err)
-	}
-	defer c.Close()
-	res, err := c.Run(testCtx(t), "echo", &msbagent.ExecOptions{Args: []string{"by name"}})
-	if err != nil || string(res.Stdout) != "by name\n" {
-		t.Fatalf("Run through the named sandbox = %+v, %v", res, err)
-	}
-
-	_, err = msbagent.ConnectSandbox(testCtx(t), "no-such-sandbox")
-	if !errors.Is(err, msbagent.ErrNotFound) {
-		t.Fatalf("ConnectSandbox(unknown) error = %v, want ErrNotFound", err)
 	}
 }
 
@@ -519,18 +493,21 @@ func TestErrorsCarryStatusCodes(t *testing.T) {
 	ctx := testCtx(t)
 
 	_, err := c.ReadFile(ctx, "/no/such/file")
-	if !errors.Is(err, msbagent.ErrGuest) {
-		t.Fatalf("ReadFile(missing) = %v, want ErrGuest", err)
+	if !errors.Is(err, msbagent.ErrGuest) || !errors.Is(err, fs.ErrNotExist) {
+		t.Fatalf("ReadFile(missing) = %v, want ErrGuest and fs.ErrNotExist", err)
 	}
 	var libErr *msbagent.Error
-	if !errors.As(err, &libErr) || libErr.Code != msbagent.StatusGuest || !strings.Contains(libErr.Message, "/no/such/file") {
-		t.Fatalf("ReadFile(missing) error = %#v, want code StatusGuest with the guest's message", err)
+	if !errors.As(err, &libErr) || libErr.Code != msbagent.StatusNotFound || libErr.Errno() != int(syscall.ENOENT) || !strings.Contains(libErr.Message, "/no/such/file") {
+		t.Fatalf("ReadFile(missing) error = %#v, want code StatusNotFound, errno ENOENT and the guest's message", err)
 	}
-	if errors.Is(err, msbagent.ErrTimeout) || errors.Is(err, msbagent.ErrNotFound) {
-		t.Errorf("a guest error must not match other sentinels: %v", err)
+	if errors.Is(err, msbagent.ErrTimeout) || errors.Is(err, fs.ErrPermission) || errors.Is(err, fs.ErrExist) {
+		t.Errorf("a missing file must not match other sentinels: %v", err)
 	}
-	if err := c.Remove(ctx, "/no/such/file"); !errors.Is(err, msbagent.ErrGuest) {
-		t.Errorf("Remove(missing) = %v, want ErrGuest", err)
+	if _, err := c.Stat(ctx, "/no/such/file"); !errors.Is(err, fs.ErrNotExist) || !errors.Is(err, msbagent.ErrGuest) {
+		t.Errorf("Stat(missing) = %v, want fs.ErrNotExist and ErrGuest", err)
+	}
+	if err := c.Remove(ctx, "/no/such/file"); !errors.Is(err, fs.ErrNotExist) || !errors.Is(err, msbagent.ErrGuest) {
+		t.Errorf("Remove(missing) = %v, want fs.ErrNotExist and ErrGuest", err)
 	}
 
 	if _, err := c.Exec(ctx, "", nil); !errors.Is(err, msbagent.ErrInvalidArgument) {
