@@ -273,12 +273,24 @@ func (c *Client) Remove(ctx context.Context, name string) error {
 	})
 }
 
-// RemoveAll removes a guest directory and everything in it. Unlike
-// os.RemoveAll, a path that does not exist is an error (ErrGuest).
+// RemoveAll removes a guest path and, for a directory, everything in it,
+// like os.RemoveAll: a path that does not exist is not an error.
 func (c *Client) RemoveAll(ctx context.Context, name string) error {
-	return c.pathCall(ctx, callOnce, name, func(h *C.msb_client, cPath *C.char, timeout C.int64_t, errOut **C.msb_error) C.msb_status {
+	err := c.pathCall(ctx, callOnce, name, func(h *C.msb_client, cPath *C.char, timeout C.int64_t, errOut **C.msb_error) C.msb_status {
 		return C.msb_fs_remove_dir(h, cPath, timeout, errOut)
 	})
+	if err == nil || errors.Is(err, fs.ErrNotExist) {
+		return nil
+	}
+	// The guest removes only directories this way: a file or link is
+	// removed as such.
+	if info, statErr := c.Stat(ctx, name); statErr == nil && !info.IsDir() {
+		err = c.Remove(ctx, name)
+		if errors.Is(err, fs.ErrNotExist) {
+			return nil
+		}
+	}
+	return err
 }
 
 // Copy copies the guest file src to dst.

@@ -480,11 +480,20 @@ func TestFilesystem(t *testing.T) {
 	if _, err := os.Stat(filepath.Join(relayRoot, "fs/a/empty")); !os.IsNotExist(err) {
 		t.Fatalf("Remove left the file: %v", err)
 	}
+	if err := c.RemoveAll(ctx, "/fs/a/big.bin"); err != nil {
+		t.Fatalf("RemoveAll(file): %v", err)
+	}
+	if _, err := os.Stat(filepath.Join(relayRoot, "fs/a/big.bin")); !os.IsNotExist(err) {
+		t.Fatalf("RemoveAll left the file: %v", err)
+	}
 	if err := c.RemoveAll(ctx, "/fs"); err != nil {
 		t.Fatalf("RemoveAll: %v", err)
 	}
 	if _, err := os.Stat(filepath.Join(relayRoot, "fs")); !os.IsNotExist(err) {
 		t.Fatalf("RemoveAll left the tree: %v", err)
+	}
+	if err := c.RemoveAll(ctx, "/fs"); err != nil {
+		t.Fatalf("RemoveAll of a missing path = %v, want nil as os.RemoveAll", err)
 	}
 }
 
