@@ -68,6 +68,23 @@ pub const MSB_ERR_GUEST: msb_status = -12;
 pub const MSB_ERR_PANIC: msb_status = -13;
 /// The handle is not in a state that allows the call (e.g. a finished writer).
 pub const MSB_ERR_WRONG_STATE: msb_status = -14;
+/// The sandbox's negotiated protocol generation lacks this operation; the
+/// message names the message type, the generation it needs and the one the
+/// sandbox speaks. Restarting the sandbox with a newer runtime helps.
+pub const MSB_ERR_UNSUPPORTED: msb_status = -15;
+/// The relay closed the connection before the first handshake byte: all of
+/// its client slots (16 on 0.3/0.4 relays, 128 on later ones) are taken, or
+/// the guest is stalled. Retry later.
+pub const MSB_ERR_RELAY_BUSY: msb_status = -16;
+/// Every correlation id of this connection's range has been used once, and
+/// current relays refuse reused ids: reconnect.
+pub const MSB_ERR_IDS_EXHAUSTED: msb_status = -17;
+/// The guest could not start the command (`core.exec.failed`); the message
+/// has the guest's text, the kind of failure and the stage.
+pub const MSB_ERR_EXEC_FAILED: msb_status = -18;
+/// The agent or relay refused a request with `core.error`; the message has
+/// its kind and text.
+pub const MSB_ERR_AGENT: msb_status = -19;
 /// The guest refused for lack of permission (errno `EACCES` or `EPERM`);
 /// `msb_error_errno` gives which.
 pub const MSB_ERR_PERMISSION: msb_status = -20;
@@ -131,6 +148,11 @@ pub extern "C" fn msb_status_str(status: msb_status) -> *const c_char {
         MSB_ERR_GUEST => c"the guest reported an error",
         MSB_ERR_PANIC => c"internal panic",
         MSB_ERR_WRONG_STATE => c"handle in wrong state",
+        MSB_ERR_UNSUPPORTED => c"the sandbox's protocol generation lacks this",
+        MSB_ERR_RELAY_BUSY => c"relay full or guest stalled; retry later",
+        MSB_ERR_IDS_EXHAUSTED => c"correlation ids of this connection used up; reconnect",
+        MSB_ERR_EXEC_FAILED => c"the guest could not start the command",
+        MSB_ERR_AGENT => c"the agent refused the request",
         MSB_ERR_PERMISSION => c"permission denied in the guest",
         MSB_ERR_EXISTS => c"already exists in the guest",
         _ => c"unknown status code",
@@ -233,6 +255,11 @@ impl From<Error> for Fail {
             Error::Protocol(_) | Error::Unexpected(_) => MSB_ERR_PROTOCOL,
             Error::IdUnavailable(_) => MSB_ERR_ID_UNAVAILABLE,
             Error::Guest(text) => return guest_fail(text, e.to_string()),
+            Error::RelayBusy => MSB_ERR_RELAY_BUSY,
+            Error::Unsupported { .. } => MSB_ERR_UNSUPPORTED,
+            Error::IdsExhausted => MSB_ERR_IDS_EXHAUSTED,
+            Error::ExecFailed(_) => MSB_ERR_EXEC_FAILED,
+            Error::Agent { .. } => MSB_ERR_AGENT,
         };
         Fail::new(code, e.to_string())
     }
