@@ -22,6 +22,17 @@ type Client struct {
 	mu     sync.RWMutex
 	handle *C.msb_client
 	ready  Timings
+	peer   peerInfo
+}
+
+// peerInfo is what the handshake said about the sandbox; it is fixed for
+// the connection's life, so it is copied once at connect.
+type peerInfo struct {
+	generation     int
+	peerGeneration int
+	legacy         bool
+	agentVersion   string
+	idStart, idEnd uint32
 }
 
 // Timings are the sandbox start-up timings the relay announced when the
@@ -106,7 +117,7 @@ func connect(ctx context.Context, what, target string, connectC connectFunc) (*C
 	if err := callSliced(ctx, op); err != nil {
 		return nil, err
 	}
-	c := &Client{handle: handle}
+	c := &Client{handle: handle, peer: readPeerInfo(handle)}
 	var t C.msb_ready_timings
 	if status := C.msb_client_ready_timings(handle, &t); status == C.MSB_OK {
 		c.ready = Timings{
@@ -118,9 +129,61 @@ func connect(ctx context.Context, what, target string, connectC connectFunc) (*C
 	return c, nil
 }
 
+func readPeerInfo(handle *C.msb_client) peerInfo {
+	info := peerInfo{
+		generation:     int(C.msb_client_generation(handle)),
+		peerGeneration: int(C.msb_client_peer_generation(handle)),
+		legacy:         bool(C.msb_client_is_legacy(handle)),
+		agentVersion:   C.GoString(C.msb_client_agent_version(handle)),
+	}
+	var start, end C.uint32_t
+	if C.msb_client_id_range(handle, &start, &end) == C.MSB_OK {
+		info.idStart, info.idEnd = uint32(start), uint32(end)
+	}
+	return info
+}
+
 // Ready returns the start-up timings the relay sent during the handshake.
 func (c *Client) Ready() Timings {
 	return c.ready
+}
+
+// Generation is the protocol generation this connection speaks: 1 on a
+// legacy (0.3/0.4) relay, otherwise the smaller of the sandbox's and the
+// library's. Calls the generation lacks fail with ErrUnsupported.
+func (c *Client) Generation() int { return c.peer.generation }
+
+// PeerGeneration is the sandbox's own protocol generation (1 for 0.3.x to
+// 0.5.0, 7 for 0.6.x, 9 or 10 for 0.7.x).
+func (c *Client) PeerGeneration() int { return c.peer.peerGeneration }
+
+// IsLegacy reports whether the relay used the legacy handshake of 0.3.x
+// and 0.4.x (16 clients, filesystem calls in their 0.3.14 shapes).
+func (c *Client) IsLegacy() bool { return c.peer.legacy }
+
+// AgentVersion is the agent's version as the sandbox announced it, such as
+// "0.7.13"; "" when it did not say (before 0.5.5).
+func (c *Client) AgentVersion() string { return c.peer.agentVersion }
+
+// IDRange is this connection's range of correlation ids: start <= id <
+// endExclusive.
+func (c *Client) IDRange() (start, endExclusive uint32) { return c.peer.idStart, c.peer.idEnd }
+
+// Supports reports whether this connection can carry the message type (a
+// wire name such as "core.tcp.connect"): the library knows it and the
+// negotiated generation has it. False after Close.
+func (c *Client) Supports(msgType string) bool {
+	if checkString("message type", msgType) != nil {
+		return false
+	}
+	c.mu.RLock()
+	defer c.mu.RUnlock()
+	if c.handle == nil {
+		return false
+	}
+	cType := C.CString(msgType)
+	defer C.free(unsafe.Pointer(cType))
+	return bool(C.msb_client_supports(c.handle, cType))
 }
 
 // Close closes the connection: calls blocked on the client return an error
@@ -153,7 +216,7 @@ func (c *Client) call(ctx context.Context, mode callMode, op func(h *C.msb_clien
 	return c.callErr(ctx, mode, func(h *C.msb_client, timeout C.int64_t) error {
 		var libErr *C.msb_error
 		status := op(h, timeout, &libErr)
-		return guestStatusError(status, libErr)
+		return statusError(status, libErr)
 	})
 }
 

@@ -9,6 +9,7 @@ import (
 	"context"
 	"fmt"
 	"io/fs"
+	"strings"
 	"syscall"
 )
 
@@ -204,6 +205,31 @@ func (e *ExecFailedError) Unwrap() error {
 	return &Error{Code: StatusExecFailed, Message: e.Message, errno: e.Errno}
 }
 
+// StdinError is the guest's report that it could not write a process's
+// standard input into it (such as EPIPE once the process closed its end).
+// It matches the syscall.Errno of Errno.
+type StdinError struct {
+	Errno   int
+	Message string
+}
+
+func (e *StdinError) Error() string {
+	msg := "msbagent: the guest could not write the process's stdin"
+	if e.Message != "" {
+		msg += ": " + e.Message
+	}
+	if e.Errno != 0 {
+		msg += fmt.Sprintf(" (errno %d)", e.Errno)
+	}
+	return msg
+}
+
+// Is matches the syscall.Errno of the guest's errno.
+func (e *StdinError) Is(target error) bool {
+	errno, ok := target.(syscall.Errno)
+	return ok && e.Errno != 0 && int(errno) == e.Errno
+}
+
 // AgentError is an error the agent or relay answered with instead of a
 // result (core.error): Kind classifies it, Message describes it. It
 // unwraps to an *Error with StatusAgent, so it matches ErrAgent.
@@ -235,11 +261,38 @@ func statusError(status C.msb_status, libErr *C.msb_error) error {
 		return typedError(&Error{Code: Status(status)})
 	}
 	defer C.msb_error_free(libErr)
-	return typedError(&Error{
+	e := &Error{
 		Code:    Status(C.msb_error_code(libErr)),
 		Message: C.GoString(C.msb_error_message(libErr)),
 		errno:   libErrno(libErr),
-	})
+	}
+	// Only the guest's failures carry an errno; StatusNotFound without one
+	// is the library's (no relay there).
+	switch e.Code {
+	case StatusGuest, StatusPermission, StatusExists:
+		e.guest = true
+	default:
+		e.guest = e.errno != 0
+	}
+	return typedError(e)
+}
+
+// agentMessagePrefix starts the library's text for a core.error answer,
+// "the agent refused the request (KIND): MESSAGE"; the C interface has no
+// separate accessor for the kind, so it is taken from there.
+const agentMessagePrefix = "the agent refused the request ("
+
+// splitAgentMessage takes the kind out of the library's text for a
+// core.error answer; a text of another shape is all message.
+func splitAgentMessage(text string) (kind, message string) {
+	if !strings.HasPrefix(text, agentMessagePrefix) {
+		return "", text
+	}
+	kind, message, ok := strings.Cut(strings.TrimPrefix(text, agentMessagePrefix), "): ")
+	if !ok {
+		return "", text
+	}
+	return kind, message
 }
 
 // libErrno is the guest errno the library attached to libErr, 0 when none.
@@ -252,21 +305,9 @@ func typedError(e *Error) error {
 	case StatusExecFailed:
 		return &ExecFailedError{Errno: e.errno, Message: e.Message}
 	case StatusAgent:
-		return &AgentError{Message: e.Message}
+		kind, message := splitAgentMessage(e.Message)
+		return &AgentError{Kind: kind, Message: message}
 	}
 	return e
 }
 
-// guestStatusError is statusError for calls the guest answers (the
-// filesystem calls): the codes the library gives the guest's failures are
-// marked as the guest's, so that they all match ErrGuest.
-func guestStatusError(status C.msb_status, libErr *C.msb_error) error {
-	err := statusError(status, libErr)
-	if e, ok := err.(*Error); ok {
-		switch e.Code {
-		case StatusGuest, StatusNotFound, StatusPermission, StatusExists:
-			e.guest = true
-		}
-	}
-	return err
-}

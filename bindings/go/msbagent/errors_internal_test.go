@@ -100,3 +100,21 @@ func TestTypedErrors(t *testing.T) {
 		t.Errorf("distinct codes must not match each other")
 	}
 }
+
+// The library writes a core.error answer as "the agent refused the request
+// (KIND): MESSAGE"; the kind is taken out of it, and any other text is
+// kept whole as the message.
+func TestAgentErrorKind(t *testing.T) {
+	err := typedError(&Error{Code: StatusAgent, Message: "the agent refused the request (invalid_payload): missing field `cmd`"})
+	var agent *AgentError
+	if !errors.As(err, &agent) || agent.Kind != "invalid_payload" || agent.Message != "missing field `cmd`" {
+		t.Fatalf("core.error = %#v, want kind invalid_payload and the message", err)
+	}
+	if !strings.Contains(agent.Error(), "invalid_payload") || !strings.Contains(agent.Error(), "missing field") {
+		t.Errorf("Error() = %q, want the kind and the message", agent.Error())
+	}
+	err = typedError(&Error{Code: StatusAgent, Message: "some other shape"})
+	if !errors.As(err, &agent) || agent.Kind != "" || agent.Message != "some other shape" {
+		t.Fatalf("core.error of another shape = %#v, want the whole text as message", err)
+	}
+}

@@ -180,6 +180,9 @@ type Process struct {
 	exitCode int
 	finished bool  // the stream is over: exited, failed or closed
 	endErr   error // why it is over if not by exiting
+	// stdinErr is the guest's first report that writing stdin into the
+	// process failed; later stdin writes return it.
+	stdinErr *StdinError
 	pulling  bool  // a goroutine is pulling; the others wait on progress
 	progress chan struct{}
 	freed    bool // release has started
@@ -297,6 +300,17 @@ type event struct {
 	data     []byte
 	pid      int
 	exitCode int
+	// failure is set for MSB_EXEC_FAILED, stdinErr for MSB_EXEC_STDIN_ERROR.
+	failure  *ExecFailedError
+	stdinErr *StdinError
+}
+
+// optionalString copies a borrowed C string that may be NULL.
+func optionalString(s *C.char) string {
+	if s == nil {
+		return ""
+	}
+	return C.GoString(s)
 }
 
 // pullOne waits on the poller until an event can be pulled, and pulls it
@@ -325,6 +339,18 @@ func (p *Process) pullOne() (event, error) {
 				var n C.size_t
 				data := C.msb_exec_event_data(cEvent, &n)
 				ev.data = C.GoBytes(unsafe.Pointer(data), C.int(n))
+			case C.MSB_EXEC_FAILED:
+				ev.failure = &ExecFailedError{
+					Kind:    optionalString(C.msb_exec_event_failure_kind(cEvent)),
+					Errno:   int(C.msb_exec_event_errno(cEvent)),
+					Message: optionalString(C.msb_exec_event_message(cEvent)),
+					Stage:   optionalString(C.msb_exec_event_stage(cEvent)),
+				}
+			case C.MSB_EXEC_STDIN_ERROR:
+				ev.stdinErr = &StdinError{
+					Errno:   int(C.msb_exec_event_errno(cEvent)),
+					Message: optionalString(C.msb_exec_event_message(cEvent)),
+				}
 			}
 			C.msb_exec_event_free(cEvent)
 		case C.MSB_ENDED:
@@ -378,6 +404,12 @@ func (p *Process) advanceLocked() {
 	case ev.kind == C.MSB_EXEC_EXITED:
 		p.exitCode = ev.exitCode
 		p.finishLocked(nil)
+	case ev.kind == C.MSB_EXEC_FAILED:
+		p.finishLocked(ev.failure)
+	case ev.kind == C.MSB_EXEC_STDIN_ERROR:
+		if p.stdinErr == nil {
+			p.stdinErr = ev.stdinErr
+		}
 	}
 	if p.finished {
 		p.releaseIfIdleLocked()
@@ -426,11 +458,30 @@ func (p *Process) Stdout() io.Reader { return streamReader{p, &p.stdout} }
 func (p *Process) Stderr() io.Reader { return streamReader{p, &p.stderr} }
 
 // Stdin writes to the process's standard input; Close sends end of input.
+// Once the guest has reported that it could not write the input into the
+// process (agents 0.4.6+; the report arrives with the process's events, so
+// it is seen once output or Wait has been read past it), Write and Close
+// return that *StdinError.
 func (p *Process) Stdin() io.WriteCloser { return stdinWriter{p} }
 
 type stdinWriter struct{ p *Process }
 
+// guestStdinErr is the guest's report that stdin could not be written, if
+// one was pulled: once the process stopped taking input, writing more
+// would only be lost.
+func (p *Process) guestStdinErr() error {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.stdinErr != nil {
+		return p.stdinErr
+	}
+	return nil
+}
+
 func (w stdinWriter) Write(b []byte) (int, error) {
+	if err := w.p.guestStdinErr(); err != nil {
+		return 0, err
+	}
 	if len(b) == 0 {
 		return 0, nil
 	}
@@ -446,6 +497,9 @@ func (w stdinWriter) Write(b []byte) (int, error) {
 }
 
 func (w stdinWriter) Close() error {
+	if err := w.p.guestStdinErr(); err != nil {
+		return err
+	}
 	return w.p.withHandle(func(h *C.msb_exec, timeout C.int64_t, errOut **C.msb_error) C.msb_status {
 		return C.msb_exec_close_stdin(h, timeout, errOut)
 	})
@@ -495,8 +549,9 @@ func (p *Process) Pid() int {
 }
 
 // Wait waits for the process to exit and returns its exit code (-1 if it
-// was killed by a signal or could not be started), then releases the
-// process's resources. Output not yet read is kept: Stdout and Stderr
+// was killed by a signal), then releases the process's resources. A
+// command the guest could not start gives -1 and an *ExecFailedError
+// (agents 0.4.4+; older ones report exit code -1 and no error). Output not yet read is kept: Stdout and Stderr
 // still return it after Wait.
 func (p *Process) Wait() (int, error) {
 	p.mu.Lock()

@@ -15,9 +15,9 @@ import (
 	"github.com/microsandbox/libmicrosandbox_agent/bindings/go/msbagent"
 )
 
-// startFaultyRelay runs its own msb-devrelay with --fault mode on a fresh
-// socket (the relay of with-devrelay.sh is a well-behaved one) and returns
-// the socket path. The relay binary is MSB_DEVRELAY or the build tree's.
+// startFaultyRelay runs its own msb-devrelay with --fault mode, imitating
+// the profile under test, on a fresh socket (the relay of
+// with-devrelay.sh is a well-behaved one) and returns the socket path. The relay binary is MSB_DEVRELAY or the build tree's.
 func startFaultyRelay(t *testing.T, mode string) string {
 	t.Helper()
 	relay := os.Getenv("MSB_DEVRELAY")
@@ -26,7 +26,8 @@ func startFaultyRelay(t *testing.T, mode string) string {
 	}
 	dir := t.TempDir()
 	socket := filepath.Join(dir, "agent.sock")
-	cmd := exec.Command(relay, "--socket", socket, "--root", filepath.Join(dir, "root"), "--quiet", "--fault", mode)
+	cmd := exec.Command(relay, "--socket", socket, "--root", filepath.Join(dir, "root"), "--quiet",
+		"--profile", relayProfile().name, "--fault", mode)
 	stdout, err := cmd.StdoutPipe()
 	if err != nil {
 		t.Fatal(err)

@@ -11,6 +11,7 @@ import (
 	"errors"
 	"io"
 	"io/fs"
+	"os"
 	"path"
 	"sort"
 	"syscall"
@@ -92,33 +93,60 @@ func newFileInfo(entry *C.msb_fs_entry) *FileInfo {
 
 // pathCall runs a library call that takes one guest path, in the given
 // mode: callSliced for calls that only read, callOnce for the others.
-func (c *Client) pathCall(ctx context.Context, mode callMode, guestPath string, op func(h *C.msb_client, cPath *C.char, timeout C.int64_t, errOut **C.msb_error) C.msb_status) error {
+// The guest's failure is returned as an *fs.PathError naming opName and
+// the path, as the os package does.
+func (c *Client) pathCall(ctx context.Context, mode callMode, opName, guestPath string, op func(h *C.msb_client, cPath *C.char, timeout C.int64_t, errOut **C.msb_error) C.msb_status) error {
 	if err := checkString("path", guestPath); err != nil {
 		return err
 	}
-	return c.call(ctx, mode, func(h *C.msb_client, timeout C.int64_t, errOut **C.msb_error) C.msb_status {
+	return pathError(opName, guestPath, c.call(ctx, mode, func(h *C.msb_client, timeout C.int64_t, errOut **C.msb_error) C.msb_status {
 		cPath := C.CString(guestPath)
 		defer C.free(unsafe.Pointer(cPath))
 		return op(h, cPath, timeout, errOut)
-	})
+	}))
+}
+
+// pathError wraps a failure the guest reported for a path in an
+// *fs.PathError; other errors (a closed client, a timeout, ...) are not
+// about the path and are returned as they are.
+func pathError(opName, guestPath string, err error) error {
+	var e *Error
+	if errors.As(err, &e) && e.guest {
+		return &fs.PathError{Op: opName, Path: guestPath, Err: err}
+	}
+	return err
+}
+
+// underPathError is the error an *fs.PathError wraps, or err itself.
+func underPathError(err error) error {
+	if pe, ok := err.(*fs.PathError); ok {
+		return pe.Err
+	}
+	return err
 }
 
 // twoPathCall runs a library call that takes a source and a destination;
-// they all change the guest, so it is made once.
-func (c *Client) twoPathCall(ctx context.Context, src, dst string, op func(h *C.msb_client, cSrc, cDst *C.char, timeout C.int64_t, errOut **C.msb_error) C.msb_status) error {
+// they all change the guest, so it is made once. The guest's failure is
+// returned as an *os.LinkError, as os.Rename does.
+func (c *Client) twoPathCall(ctx context.Context, opName, src, dst string, op func(h *C.msb_client, cSrc, cDst *C.char, timeout C.int64_t, errOut **C.msb_error) C.msb_status) error {
 	if err := checkString("source path", src); err != nil {
 		return err
 	}
 	if err := checkString("destination path", dst); err != nil {
 		return err
 	}
-	return c.call(ctx, callOnce, func(h *C.msb_client, timeout C.int64_t, errOut **C.msb_error) C.msb_status {
+	err := c.call(ctx, callOnce, func(h *C.msb_client, timeout C.int64_t, errOut **C.msb_error) C.msb_status {
 		cSrc := C.CString(src)
 		defer C.free(unsafe.Pointer(cSrc))
 		cDst := C.CString(dst)
 		defer C.free(unsafe.Pointer(cDst))
 		return op(h, cSrc, cDst, timeout, errOut)
 	})
+	var e *Error
+	if errors.As(err, &e) && e.guest {
+		return &os.LinkError{Op: opName, Old: src, New: dst, Err: err}
+	}
+	return err
 }
 
 // ReadFile returns the whole content of a guest file. It reads through
@@ -166,7 +194,7 @@ func guestMode(perm fs.FileMode) C.int32_t {
 // (and ErrGuest).
 func (c *Client) Stat(ctx context.Context, name string) (*FileInfo, error) {
 	var fi *FileInfo
-	err := c.pathCall(ctx, callSliced, name, func(h *C.msb_client, cPath *C.char, timeout C.int64_t, errOut **C.msb_error) C.msb_status {
+	err := c.pathCall(ctx, callSliced, "stat", name, func(h *C.msb_client, cPath *C.char, timeout C.int64_t, errOut **C.msb_error) C.msb_status {
 		var entry *C.msb_fs_entry
 		status := C.msb_fs_stat(h, cPath, timeout, &entry, errOut)
 		if status == C.MSB_OK {
@@ -185,7 +213,7 @@ func (c *Client) Stat(ctx context.Context, name string) (*FileInfo, error) {
 // call gives each entry's full *FileInfo.
 func (c *Client) ListDir(ctx context.Context, name string) ([]*FileInfo, error) {
 	var infos []*FileInfo
-	err := c.pathCall(ctx, callSliced, name, func(h *C.msb_client, cPath *C.char, timeout C.int64_t, errOut **C.msb_error) C.msb_status {
+	err := c.pathCall(ctx, callSliced, "readdir", name, func(h *C.msb_client, cPath *C.char, timeout C.int64_t, errOut **C.msb_error) C.msb_status {
 		var entries *C.msb_fs_entries
 		status := C.msb_fs_list(h, cPath, timeout, &entries, errOut)
 		if status == C.MSB_OK {
@@ -239,7 +267,7 @@ func (c *Client) Mkdir(ctx context.Context, name string) error {
 	switch info, err := c.Stat(ctx, parent); {
 	case err != nil:
 		// A missing parent matches fs.ErrNotExist.
-		return &fs.PathError{Op: "mkdir", Path: name, Err: err}
+		return &fs.PathError{Op: "mkdir", Path: name, Err: underPathError(err)}
 	case !info.IsDir():
 		return &fs.PathError{Op: "mkdir", Path: name, Err: syscall.ENOTDIR}
 	}
@@ -247,7 +275,7 @@ func (c *Client) Mkdir(ctx context.Context, name string) error {
 	case err == nil:
 		return &fs.PathError{Op: "mkdir", Path: name, Err: fs.ErrExist}
 	case !errors.Is(err, fs.ErrNotExist):
-		return &fs.PathError{Op: "mkdir", Path: name, Err: err}
+		return &fs.PathError{Op: "mkdir", Path: name, Err: underPathError(err)}
 	}
 	return c.mkdirAll(ctx, name)
 }
@@ -261,14 +289,14 @@ func (c *Client) MkdirAll(ctx context.Context, name string) error {
 // mkdirAll is the guest's mkdir, which creates parents and accepts an
 // existing directory: sending it twice does no harm, so it is sliced.
 func (c *Client) mkdirAll(ctx context.Context, name string) error {
-	return c.pathCall(ctx, callSliced, name, func(h *C.msb_client, cPath *C.char, timeout C.int64_t, errOut **C.msb_error) C.msb_status {
+	return c.pathCall(ctx, callSliced, "mkdir", name, func(h *C.msb_client, cPath *C.char, timeout C.int64_t, errOut **C.msb_error) C.msb_status {
 		return C.msb_fs_mkdir(h, cPath, timeout, errOut)
 	})
 }
 
 // Remove removes a guest file.
 func (c *Client) Remove(ctx context.Context, name string) error {
-	return c.pathCall(ctx, callOnce, name, func(h *C.msb_client, cPath *C.char, timeout C.int64_t, errOut **C.msb_error) C.msb_status {
+	return c.pathCall(ctx, callOnce, "remove", name, func(h *C.msb_client, cPath *C.char, timeout C.int64_t, errOut **C.msb_error) C.msb_status {
 		return C.msb_fs_remove(h, cPath, timeout, errOut)
 	})
 }
@@ -276,7 +304,7 @@ func (c *Client) Remove(ctx context.Context, name string) error {
 // RemoveAll removes a guest path and, for a directory, everything in it,
 // like os.RemoveAll: a path that does not exist is not an error.
 func (c *Client) RemoveAll(ctx context.Context, name string) error {
-	err := c.pathCall(ctx, callOnce, name, func(h *C.msb_client, cPath *C.char, timeout C.int64_t, errOut **C.msb_error) C.msb_status {
+	err := c.pathCall(ctx, callOnce, "removeall", name, func(h *C.msb_client, cPath *C.char, timeout C.int64_t, errOut **C.msb_error) C.msb_status {
 		return C.msb_fs_remove_dir(h, cPath, timeout, errOut)
 	})
 	if err == nil || errors.Is(err, fs.ErrNotExist) {
@@ -295,14 +323,14 @@ func (c *Client) RemoveAll(ctx context.Context, name string) error {
 
 // Copy copies the guest file src to dst.
 func (c *Client) Copy(ctx context.Context, src, dst string) error {
-	return c.twoPathCall(ctx, src, dst, func(h *C.msb_client, cSrc, cDst *C.char, timeout C.int64_t, errOut **C.msb_error) C.msb_status {
+	return c.twoPathCall(ctx, "copy", src, dst, func(h *C.msb_client, cSrc, cDst *C.char, timeout C.int64_t, errOut **C.msb_error) C.msb_status {
 		return C.msb_fs_copy(h, cSrc, cDst, timeout, errOut)
 	})
 }
 
 // Rename renames (moves) the guest path src to dst.
 func (c *Client) Rename(ctx context.Context, src, dst string) error {
-	return c.twoPathCall(ctx, src, dst, func(h *C.msb_client, cSrc, cDst *C.char, timeout C.int64_t, errOut **C.msb_error) C.msb_status {
+	return c.twoPathCall(ctx, "rename", src, dst, func(h *C.msb_client, cSrc, cDst *C.char, timeout C.int64_t, errOut **C.msb_error) C.msb_status {
 		return C.msb_fs_rename(h, cSrc, cDst, timeout, errOut)
 	})
 }

@@ -32,6 +32,12 @@ func TestMain(m *testing.M) {
 		fmt.Fprintln(os.Stderr, "FAIL: MSB_SOCKET and MSB_DEVRELAY_ROOT are not set; run the tests through scripts/test-go.sh (or scripts/with-devrelay.sh)")
 		os.Exit(1)
 	}
+	if name := os.Getenv("MSB_DEVRELAY_PROFILE"); name != "" {
+		if _, known := profiles[name]; !known {
+			fmt.Fprintf(os.Stderr, "FAIL: MSB_DEVRELAY_PROFILE=%q is not a profile these tests know\n", name)
+			os.Exit(1)
+		}
+	}
 	os.Exit(m.Run())
 }
 
@@ -506,17 +512,31 @@ func TestErrorsCarryStatusCodes(t *testing.T) {
 		t.Fatalf("ReadFile(missing) = %v, want ErrGuest and fs.ErrNotExist", err)
 	}
 	var libErr *msbagent.Error
-	if !errors.As(err, &libErr) || libErr.Code != msbagent.StatusNotFound || libErr.Errno() != int(syscall.ENOENT) || !strings.Contains(libErr.Message, "/no/such/file") {
+	var pathErr *fs.PathError
+	if !errors.As(err, &libErr) || libErr.Code != msbagent.StatusNotFound || libErr.Errno() != int(syscall.ENOENT) || libErr.Message == "" {
 		t.Fatalf("ReadFile(missing) error = %#v, want code StatusNotFound, errno ENOENT and the guest's message", err)
+	}
+	if !errors.As(err, &pathErr) || pathErr.Path != "/no/such/file" || (pathErr.Op != "open" && pathErr.Op != "read") {
+		t.Fatalf("ReadFile(missing) error = %#v, want an *fs.PathError naming the path", err)
+	}
+	if !strings.Contains(err.Error(), "/no/such/file") {
+		t.Errorf("the error text %q does not name the path", err)
 	}
 	if errors.Is(err, msbagent.ErrTimeout) || errors.Is(err, fs.ErrPermission) || errors.Is(err, fs.ErrExist) {
 		t.Errorf("a missing file must not match other sentinels: %v", err)
 	}
-	if _, err := c.Stat(ctx, "/no/such/file"); !errors.Is(err, fs.ErrNotExist) || !errors.Is(err, msbagent.ErrGuest) {
-		t.Errorf("Stat(missing) = %v, want fs.ErrNotExist and ErrGuest", err)
+	if _, err := c.Stat(ctx, "/no/such/file"); !errors.Is(err, fs.ErrNotExist) || !errors.Is(err, msbagent.ErrGuest) || !errors.As(err, &pathErr) || pathErr.Op != "stat" {
+		t.Errorf("Stat(missing) = %v, want an *fs.PathError (stat) matching fs.ErrNotExist and ErrGuest", err)
 	}
-	if err := c.Remove(ctx, "/no/such/file"); !errors.Is(err, fs.ErrNotExist) || !errors.Is(err, msbagent.ErrGuest) {
-		t.Errorf("Remove(missing) = %v, want fs.ErrNotExist and ErrGuest", err)
+	if err := c.Remove(ctx, "/no/such/file"); !errors.Is(err, fs.ErrNotExist) || !errors.Is(err, msbagent.ErrGuest) || !errors.As(err, &pathErr) || pathErr.Op != "remove" {
+		t.Errorf("Remove(missing) = %v, want an *fs.PathError (remove) matching fs.ErrNotExist and ErrGuest", err)
+	}
+	var linkErr *os.LinkError
+	if err := c.Rename(ctx, "/no/such/file", "/elsewhere"); !errors.Is(err, fs.ErrNotExist) || !errors.As(err, &linkErr) || linkErr.Old != "/no/such/file" || linkErr.New != "/elsewhere" {
+		t.Errorf("Rename(missing) = %v, want an *os.LinkError matching fs.ErrNotExist", err)
+	}
+	if _, err := msbagent.Connect(ctx, filepath.Join(t.TempDir(), "nobody.sock")); errors.Is(err, msbagent.ErrGuest) || errors.As(err, &pathErr) {
+		t.Errorf("a missing relay is not the guest's failure: %#v", err)
 	}
 
 	if _, err := c.Exec(ctx, "", nil); !errors.Is(err, msbagent.ErrInvalidArgument) {

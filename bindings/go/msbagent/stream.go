@@ -31,7 +31,8 @@ var errWriterClosed = &Error{Code: StatusClosed, Message: "the file writer is cl
 // Waiting for data is done on Go's network poller, as for processes. Read
 // may be called from one goroutine at a time; Close from any.
 type FileReader struct {
-	ctx context.Context
+	ctx  context.Context
+	path string
 
 	// handleMu is held shared for every library call on handle and
 	// exclusively to free it; handle is nil once released.
@@ -51,8 +52,15 @@ type FileReader struct {
 
 // Open starts reading a guest file. ctx governs the reader's whole life:
 // once ctx is done, Read returns ctx.Err() and the rest of the file is
-// abandoned. A missing or unreadable file is reported by the first Read,
-// as an error matching ErrGuest. Close the reader to release it.
+// abandoned. A missing or unreadable file is reported as an *fs.PathError
+// matching ErrGuest (and fs.ErrNotExist, ...): by Open on sandboxes with
+// handle-based files (generation 2+), which open the file first, and by
+// the first Read on older ones. Close the reader to release it.
+//
+// On generation 2+ opening is a request the guest answers with a handle:
+// it is sent once and waited for until ctx's deadline (60 s without one),
+// since a repeat would leave handles open in the guest; a cancellation is
+// seen before it is sent and once it is answered.
 func (c *Client) Open(ctx context.Context, name string) (*FileReader, error) {
 	if err := checkString("path", name); err != nil {
 		return nil, err
@@ -67,7 +75,7 @@ func (c *Client) Open(ctx context.Context, name string) (*FileReader, error) {
 			return statusError(status, libErr)
 		}
 		var err error
-		r, err = newFileReader(ctx, reader)
+		r, err = newFileReader(ctx, name, reader)
 		if err != nil {
 			C.msb_file_reader_free(reader)
 		}
@@ -76,12 +84,12 @@ func (c *Client) Open(ctx context.Context, name string) (*FileReader, error) {
 	// Once ctx ends nobody will read the rest of the file.
 	release := func() { r.release() }
 	if err := c.openBound(ctx, op, release, func() <-chan struct{} { return r.released }); err != nil {
-		return nil, err
+		return nil, pathError("open", name, err)
 	}
 	return r, nil
 }
 
-func newFileReader(ctx context.Context, reader *C.msb_file_reader) (*FileReader, error) {
+func newFileReader(ctx context.Context, name string, reader *C.msb_file_reader) (*FileReader, error) {
 	var fd C.int
 	var libErr *C.msb_error
 	if status := C.msb_file_reader_readiness_fd(reader, &fd, &libErr); status != C.MSB_OK {
@@ -93,6 +101,7 @@ func newFileReader(ctx context.Context, reader *C.msb_file_reader) (*FileReader,
 	}
 	return &FileReader{
 		ctx:       ctx,
+		path:      name,
 		handle:    reader,
 		readiness: readiness,
 		released:  make(chan struct{}),
@@ -141,7 +150,7 @@ func (r *FileReader) Read(p []byte) (int, error) {
 		case r.closed.Load() || r.ctx.Err() != nil:
 			// Interrupted: the checks above say why.
 		default:
-			r.endErr = err
+			r.endErr = pathError("read", r.path, err)
 			// Nothing more will come: free the handle now, not at Close.
 			r.release()
 		}
@@ -172,7 +181,7 @@ func (r *FileReader) pull() ([]byte, error) {
 		case C.MSB_ENDED:
 			pullErr = io.EOF
 		default:
-			pullErr = guestStatusError(status, libErr)
+			pullErr = statusError(status, libErr)
 		}
 		return true
 	})
@@ -197,7 +206,8 @@ func (r *FileReader) Close() error {
 //
 // Write and Close may be called from any goroutine; they take turns.
 type FileWriter struct {
-	ctx context.Context
+	ctx  context.Context
+	path string
 
 	// handleMu is held shared for every library call on handle and
 	// exclusively to free it; handle is nil once released.
@@ -231,13 +241,13 @@ func (c *Client) Create(ctx context.Context, name string, perm fs.FileMode) (*Fi
 		if status := C.msb_file_writer_open(h, cPath, mode, timeout, &writer, &libErr); status != C.MSB_OK {
 			return statusError(status, libErr)
 		}
-		w = &FileWriter{ctx: ctx, handle: writer, released: make(chan struct{})}
+		w = &FileWriter{ctx: ctx, path: name, handle: writer, released: make(chan struct{})}
 		return nil
 	}
 	// Once ctx ends the file is abandoned: freeing the writer does that.
 	release := func() { w.release() }
 	if err := c.openBound(ctx, op, release, func() <-chan struct{} { return w.released }); err != nil {
-		return nil, err
+		return nil, pathError("open", name, err)
 	}
 	return w, nil
 }
@@ -270,7 +280,7 @@ func (w *FileWriter) Write(b []byte) (int, error) {
 			piece = piece[:writePiece]
 		}
 		if err := w.send(piece); err != nil {
-			return written, err
+			return written, pathError("write", w.path, err)
 		}
 		written += len(piece)
 	}
@@ -291,7 +301,7 @@ func (w *FileWriter) send(piece []byte) error {
 		// The library copies the bytes into the socket before returning
 		// and keeps no pointer to them.
 		status := C.msb_file_writer_write(w.handle, (*C.uint8_t)(unsafe.Pointer(&piece[0])), C.size_t(len(piece)), timeout, &libErr)
-		return guestStatusError(status, libErr)
+		return statusError(status, libErr)
 	})
 }
 
@@ -313,8 +323,8 @@ func (w *FileWriter) Close() error {
 		}
 		var libErr *C.msb_error
 		status := C.msb_file_writer_finish(w.handle, timeout, &libErr)
-		return guestStatusError(status, libErr)
+		return statusError(status, libErr)
 	})
 	w.release()
-	return err
+	return pathError("close", w.path, err)
 }
