@@ -8,6 +8,8 @@
 # `python3 -m ziglang` (set ZIG to use another zig executable). The last line
 # printed is "N passed, M failed"; the exit status is non-zero on any failure.
 set -euo pipefail
+# The relay imitates 0.3.14 until the client speaks the current handshake.
+export MSB_DEVRELAY_PROFILE=0.3.14
 top="$(cd "$(dirname "$0")/.." && pwd)"
 
 if [[ -n "${ZIG:-}" ]]; then

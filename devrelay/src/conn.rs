@@ -256,7 +256,7 @@ impl Connection {
         };
         let _ = self
             .outbox
-            .send_typed(MessageType::CoreError, id, &error)
+            .send_payload(MessageType::CoreError, id, &error)
             .await;
         Ok(())
     }
@@ -373,7 +373,7 @@ impl Connection {
             MessageType::Ping => {
                 let _ = self
                     .outbox
-                    .send_typed(MessageType::Pong, id, &Empty {})
+                    .send_payload(MessageType::Pong, id, &Empty {})
                     .await;
             }
             MessageType::Touch => {
@@ -381,7 +381,7 @@ impl Connection {
                 let touched = Touched { activity_seq };
                 let _ = self
                     .outbox
-                    .send_typed(MessageType::Touched, id, &touched)
+                    .send_payload(MessageType::Touched, id, &touched)
                     .await;
             }
             MessageType::Shutdown => {
@@ -406,7 +406,7 @@ impl Connection {
                 };
                 let _ = self
                     .outbox
-                    .send_typed(MessageType::ExecFailed, id, &failed)
+                    .send_payload(MessageType::ExecFailed, id, &failed)
                     .await;
                 return;
             };
@@ -456,7 +456,7 @@ impl Connection {
             let refused = FsResponse::error("msb-devrelay does not serve raw bulk transfers");
             let _ = self
                 .outbox
-                .send_typed(MessageType::FsResponse, id, &refused)
+                .send_payload(MessageType::FsResponse, id, &refused)
                 .await;
             return;
         }
@@ -465,7 +465,7 @@ impl Connection {
             fs2::Outcome::Respond(response) => {
                 let _ = self
                     .outbox
-                    .send_typed(MessageType::FsResponse, id, &response)
+                    .send_payload(MessageType::FsResponse, id, &response)
                     .await;
             }
             fs2::Outcome::AwaitData => {}
@@ -484,7 +484,7 @@ impl Connection {
         if let Some(response) = answer {
             let _ = self
                 .outbox
-                .send_typed(MessageType::FsResponse, id, &response)
+                .send_payload(MessageType::FsResponse, id, &response)
                 .await;
         }
     }

@@ -250,7 +250,7 @@ async fn stdin_writer(
                     };
                     let _ = reports
                         .outbox
-                        .send_typed(MessageType::ExecStdinError, reports.id, &error)
+                        .send_payload(MessageType::ExecStdinError, reports.id, &error)
                         .await;
                 }
             }
@@ -259,7 +259,7 @@ async fn stdin_writer(
                     let consumed = flow.on_stdin_written(data.len());
                     let _ = reports
                         .outbox
-                        .send_typed(
+                        .send_payload(
                             MessageType::ExecStdinAck,
                             reports.id,
                             &ExecStdinAck { consumed },
@@ -387,7 +387,7 @@ pub async fn start(env: ExecEnv, id: u32, req: ExecRequest, controlled: Option<C
                 let failed = spawn_failure(&e, &req.cmd);
                 let _ = env
                     .outbox
-                    .send_typed(MessageType::ExecFailed, id, &failed)
+                    .send_payload(MessageType::ExecFailed, id, &failed)
                     .await;
             } else {
                 let _ = send_exited(&env.outbox, id, -1).await;
@@ -622,7 +622,7 @@ async fn refuse(
         };
         return env
             .outbox
-            .send_typed(MessageType::ExecFailed, id, &failed)
+            .send_payload(MessageType::ExecFailed, id, &failed)
             .await;
     }
     let text = format!("msb-devrelay: {message}\n");

@@ -16,7 +16,7 @@
 static const uint8_t stat_root[] = {0xa1, 0x62, 'o', 'p', 0xa1, 0x64, 'S', 't', 'a', 't', 0xa2, 0x64, 'p', 'a', 't', 'h',
                                     0x61, '/',  0x6e, 'f', 'o', 'l', 'l', 'o', 'w', '_', 's', 'y', 'm', 'l', 'i', 'n',
                                     'k',  0xf4};
-#define STAT_ROOT_LEN STAT_ROOT_LEN
+#define STAT_ROOT_LEN sizeof stat_root
 
 /* The client's id range, [start, end). */
 struct id_range {

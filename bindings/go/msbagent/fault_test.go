@@ -16,8 +16,10 @@ import (
 )
 
 // startFaultyRelay runs its own msb-devrelay with --fault mode, imitating
-// the profile under test, on a fresh socket (the relay of
-// with-devrelay.sh is a well-behaved one) and returns the socket path. The relay binary is MSB_DEVRELAY or the build tree's.
+// the profile under test (MSB_DEVRELAY_PROFILE, default 0.7.13), on a
+// fresh socket (the relay of with-devrelay.sh is a well-behaved one) and
+// returns the socket path. The relay binary is MSB_DEVRELAY or the build
+// tree's.
 func startFaultyRelay(t *testing.T, mode string) string {
 	t.Helper()
 	relay := os.Getenv("MSB_DEVRELAY")
