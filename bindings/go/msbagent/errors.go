@@ -37,16 +37,16 @@ const (
 	StatusGuest           Status = C.MSB_ERR_GUEST
 	StatusPanic           Status = C.MSB_ERR_PANIC
 	StatusWrongState      Status = C.MSB_ERR_WRONG_STATE
-	// The codes below are fixed by the library's ABI; they are spelled as
-	// numbers so that this package builds against a library that does not
-	// return them yet.
-	StatusUnsupported    Status = -15
-	StatusRelayBusy      Status = -16
-	StatusIDsExhausted   Status = -17
-	StatusExecFailed     Status = -18
-	StatusAgent          Status = -19
-	StatusPermission     Status = C.MSB_ERR_PERMISSION
-	StatusExists         Status = C.MSB_ERR_EXISTS
+	StatusUnsupported     Status = C.MSB_ERR_UNSUPPORTED
+	StatusRelayBusy       Status = C.MSB_ERR_RELAY_BUSY
+	StatusIDsExhausted    Status = C.MSB_ERR_IDS_EXHAUSTED
+	StatusExecFailed      Status = C.MSB_ERR_EXEC_FAILED
+	StatusAgent           Status = C.MSB_ERR_AGENT
+	StatusPermission      Status = C.MSB_ERR_PERMISSION
+	StatusExists          Status = C.MSB_ERR_EXISTS
+	// StatusStreamOverflow is fixed by the library's ABI; it is spelled as
+	// a number so that this package builds against a library that does
+	// not return it yet.
 	StatusStreamOverflow Status = -22
 )
 
@@ -85,6 +85,9 @@ func (e *Error) Error() string {
 // context.DeadlineExceeded, so callers can test one condition for both
 // kinds of deadline.
 //
+// StatusClosed also matches fs.ErrClosed, as a closed *os.File's errors do,
+// and an error carrying the guest's errno matches that syscall.Errno (the
+// guest is Linux: the numbers are Linux's).
 // The guest's filesystem failures also match the io/fs sentinels, as the
 // os package's errors do: fs.ErrNotExist (StatusNotFound), fs.ErrPermission
 // (StatusPermission) and fs.ErrExist (StatusExists); and they keep matching
@@ -99,6 +102,11 @@ func (e *Error) Is(target error) bool {
 		return e.Code == StatusPermission || e.errno == int(syscall.EACCES) || e.errno == int(syscall.EPERM)
 	case fs.ErrExist:
 		return e.Code == StatusExists || e.errno == int(syscall.EEXIST)
+	case fs.ErrClosed:
+		return e.Code == StatusClosed
+	}
+	if errno, ok := target.(syscall.Errno); ok {
+		return e.errno != 0 && int(errno) == e.errno
 	}
 	t, ok := target.(*Error)
 	if !ok {
@@ -310,4 +318,3 @@ func typedError(e *Error) error {
 	}
 	return e
 }
-

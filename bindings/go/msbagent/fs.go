@@ -27,6 +27,16 @@ type FileInfo struct {
 	mode       fs.FileMode
 	modTime    time.Time
 	hasModTime bool
+	sys        *FileSys
+}
+
+// FileSys is what Sys returns: the owner and access time the guest
+// reported. Legacy (0.3/0.4) sandboxes report neither: UID and GID are 0
+// and HasAccessTime is false there.
+type FileSys struct {
+	UID, GID      uint32
+	AccessTime    time.Time
+	HasAccessTime bool
 }
 
 // Path is the entry's full guest path.
@@ -52,8 +62,8 @@ func (fi *FileInfo) HasModTime() bool { return fi.hasModTime }
 // IsDir reports whether the entry is a directory.
 func (fi *FileInfo) IsDir() bool { return fi.mode.IsDir() }
 
-// Sys returns nil: there is no underlying host data.
-func (fi *FileInfo) Sys() any { return nil }
+// Sys returns a *FileSys with the owner and the access time.
+func (fi *FileInfo) Sys() any { return fi.sys }
 
 // newFileInfo copies a library entry into Go memory.
 func newFileInfo(entry *C.msb_fs_entry) *FileInfo {
@@ -87,6 +97,12 @@ func newFileInfo(entry *C.msb_fs_entry) *FileInfo {
 	if C.msb_fs_entry_mtime(entry, &mtime) {
 		fi.modTime = time.Unix(int64(mtime), 0)
 		fi.hasModTime = true
+	}
+	fi.sys = &FileSys{UID: uint32(C.msb_fs_entry_uid(entry)), GID: uint32(C.msb_fs_entry_gid(entry))}
+	var atime C.int64_t
+	if C.msb_fs_entry_atime(entry, &atime) {
+		fi.sys.AccessTime = time.Unix(int64(atime), 0)
+		fi.sys.HasAccessTime = true
 	}
 	return fi
 }
@@ -189,14 +205,31 @@ func guestMode(perm fs.FileMode) C.int32_t {
 	return C.int32_t(perm.Perm())
 }
 
-// Stat returns metadata of a guest path (a symlink is described itself,
-// not followed). A missing path gives an error matching fs.ErrNotExist
-// (and ErrGuest).
+// Lstat returns metadata of a guest path; a symlink is described itself,
+// not followed. A missing path gives an *fs.PathError matching
+// fs.ErrNotExist (and ErrGuest).
+func (c *Client) Lstat(ctx context.Context, name string) (*FileInfo, error) {
+	return c.statCall(ctx, "lstat", name, func(h *C.msb_client, cPath *C.char, timeout C.int64_t, entry **C.msb_fs_entry, errOut **C.msb_error) C.msb_status {
+		return C.msb_fs_stat(h, cPath, timeout, entry, errOut)
+	})
+}
+
+// Stat returns metadata of a guest path, following symlinks (a dangling
+// link matches fs.ErrNotExist). It needs protocol generation 2: legacy
+// (0.3/0.4) sandboxes cannot follow links and give ErrUnsupported; use
+// Lstat there.
 func (c *Client) Stat(ctx context.Context, name string) (*FileInfo, error) {
+	return c.statCall(ctx, "stat", name, func(h *C.msb_client, cPath *C.char, timeout C.int64_t, entry **C.msb_fs_entry, errOut **C.msb_error) C.msb_status {
+		return C.msb_fs_stat_follow(h, cPath, timeout, entry, errOut)
+	})
+}
+
+// statCall runs a stat-like call (it only reads, so it is sliced).
+func (c *Client) statCall(ctx context.Context, opName, name string, op func(h *C.msb_client, cPath *C.char, timeout C.int64_t, entry **C.msb_fs_entry, errOut **C.msb_error) C.msb_status) (*FileInfo, error) {
 	var fi *FileInfo
-	err := c.pathCall(ctx, callSliced, "stat", name, func(h *C.msb_client, cPath *C.char, timeout C.int64_t, errOut **C.msb_error) C.msb_status {
+	err := c.pathCall(ctx, callSliced, opName, name, func(h *C.msb_client, cPath *C.char, timeout C.int64_t, errOut **C.msb_error) C.msb_status {
 		var entry *C.msb_fs_entry
-		status := C.msb_fs_stat(h, cPath, timeout, &entry, errOut)
+		status := op(h, cPath, timeout, &entry, errOut)
 		if status == C.MSB_OK {
 			fi = newFileInfo(entry)
 			C.msb_fs_entry_free(entry)
@@ -208,6 +241,20 @@ func (c *Client) Stat(ctx context.Context, name string) (*FileInfo, error) {
 	}
 	return fi, nil
 }
+
+// statFollowingIfAble is Stat where the sandbox can follow links, and
+// Lstat on legacy ones, for checks that must work on every sandbox.
+func (c *Client) statFollowingIfAble(ctx context.Context, name string) (*FileInfo, error) {
+	if c.Generation() >= handleFSGeneration {
+		return c.Stat(ctx, name)
+	}
+	return c.Lstat(ctx, name)
+}
+
+// handleFSGeneration is the protocol generation that brought handle-based
+// files and the calls that go with them (Stat following links, Realpath,
+// Readlink, Symlink, set-stat, OpenFile).
+const handleFSGeneration = 2
 
 // ListDir describes every entry of a guest directory, sorted by name: one
 // call gives each entry's full *FileInfo.
@@ -264,14 +311,14 @@ func (c *Client) Mkdir(ctx context.Context, name string) error {
 		return err
 	}
 	parent := path.Dir(path.Clean(name))
-	switch info, err := c.Stat(ctx, parent); {
+	switch info, err := c.statFollowingIfAble(ctx, parent); {
 	case err != nil:
 		// A missing parent matches fs.ErrNotExist.
 		return &fs.PathError{Op: "mkdir", Path: name, Err: underPathError(err)}
 	case !info.IsDir():
 		return &fs.PathError{Op: "mkdir", Path: name, Err: syscall.ENOTDIR}
 	}
-	switch _, err := c.Stat(ctx, name); {
+	switch _, err := c.Lstat(ctx, name); {
 	case err == nil:
 		return &fs.PathError{Op: "mkdir", Path: name, Err: fs.ErrExist}
 	case !errors.Is(err, fs.ErrNotExist):
@@ -294,10 +341,21 @@ func (c *Client) mkdirAll(ctx context.Context, name string) error {
 	})
 }
 
-// Remove removes a guest file.
+// Remove removes a guest file, link or empty directory, like os.Remove. A
+// directory with entries gives an error matching syscall.ENOTEMPTY.
+// Removing a directory needs protocol generation 2 (legacy sandboxes can
+// only remove a directory with everything in it, RemoveAll): there it
+// gives ErrUnsupported.
 func (c *Client) Remove(ctx context.Context, name string) error {
-	return c.pathCall(ctx, callOnce, "remove", name, func(h *C.msb_client, cPath *C.char, timeout C.int64_t, errOut **C.msb_error) C.msb_status {
+	err := c.pathCall(ctx, callOnce, "remove", name, func(h *C.msb_client, cPath *C.char, timeout C.int64_t, errOut **C.msb_error) C.msb_status {
 		return C.msb_fs_remove(h, cPath, timeout, errOut)
+	})
+	var e *Error
+	if !errors.As(err, &e) || e.errno != int(syscall.EISDIR) {
+		return err
+	}
+	return c.pathCall(ctx, callOnce, "remove", name, func(h *C.msb_client, cPath *C.char, timeout C.int64_t, errOut **C.msb_error) C.msb_status {
+		return C.msb_fs_remove_dir_ex(h, cPath, false, timeout, errOut)
 	})
 }
 
@@ -312,7 +370,7 @@ func (c *Client) RemoveAll(ctx context.Context, name string) error {
 	}
 	// The guest removes only directories this way: a file or link is
 	// removed as such.
-	if info, statErr := c.Stat(ctx, name); statErr == nil && !info.IsDir() {
+	if info, statErr := c.Lstat(ctx, name); statErr == nil && !info.IsDir() {
 		err = c.Remove(ctx, name)
 		if errors.Is(err, fs.ErrNotExist) {
 			return nil
@@ -333,4 +391,151 @@ func (c *Client) Rename(ctx context.Context, src, dst string) error {
 	return c.twoPathCall(ctx, "rename", src, dst, func(h *C.msb_client, cSrc, cDst *C.char, timeout C.int64_t, errOut **C.msb_error) C.msb_status {
 		return C.msb_fs_rename(h, cSrc, cDst, timeout, errOut)
 	})
+}
+
+// Realpath is the canonical absolute guest path of name, with every
+// symlink, "." and ".." resolved (realpath(3)); name must exist. It needs
+// protocol generation 2 (ErrUnsupported on legacy sandboxes).
+func (c *Client) Realpath(ctx context.Context, name string) (string, error) {
+	return c.pathResult(ctx, "realpath", name, func(h *C.msb_client, cPath *C.char, timeout C.int64_t, out **C.msb_bytes, errOut **C.msb_error) C.msb_status {
+		return C.msb_fs_realpath(h, cPath, timeout, out, errOut)
+	})
+}
+
+// Readlink is the target stored in the symlink name, unresolved, like
+// os.Readlink; a path that is not a link gives an error matching
+// syscall.EINVAL. It needs protocol generation 2 (ErrUnsupported on
+// legacy sandboxes).
+func (c *Client) Readlink(ctx context.Context, name string) (string, error) {
+	return c.pathResult(ctx, "readlink", name, func(h *C.msb_client, cPath *C.char, timeout C.int64_t, out **C.msb_bytes, errOut **C.msb_error) C.msb_status {
+		return C.msb_fs_readlink(h, cPath, timeout, out, errOut)
+	})
+}
+
+// pathResult runs a call that reads a path from the guest (it only reads,
+// so it is sliced).
+func (c *Client) pathResult(ctx context.Context, opName, name string, op func(h *C.msb_client, cPath *C.char, timeout C.int64_t, out **C.msb_bytes, errOut **C.msb_error) C.msb_status) (string, error) {
+	var result string
+	err := c.pathCall(ctx, callSliced, opName, name, func(h *C.msb_client, cPath *C.char, timeout C.int64_t, errOut **C.msb_error) C.msb_status {
+		var out *C.msb_bytes
+		status := op(h, cPath, timeout, &out, errOut)
+		if status == C.MSB_OK {
+			result = string(C.GoBytes(unsafe.Pointer(C.msb_bytes_data(out)), C.int(C.msb_bytes_len(out))))
+			C.msb_bytes_free(out)
+		}
+		return status
+	})
+	if err != nil {
+		return "", err
+	}
+	return result, nil
+}
+
+// Symlink creates newname as a symlink to oldname (stored as given; it need
+// not exist), like os.Symlink. An existing newname matches fs.ErrExist. It
+// needs protocol generation 2 (ErrUnsupported on legacy sandboxes).
+func (c *Client) Symlink(ctx context.Context, oldname, newname string) error {
+	return c.twoPathCall(ctx, "symlink", oldname, newname, func(h *C.msb_client, cOld, cNew *C.char, timeout C.int64_t, errOut **C.msb_error) C.msb_status {
+		return C.msb_fs_symlink(h, cOld, cNew, timeout, errOut)
+	})
+}
+
+// setAttrs describes a set-stat change; each field set is applied.
+type setAttrs struct {
+	mode         *uint32
+	uid, gid     *uint32
+	size         *uint64
+	atime, mtime *int64
+}
+
+// newSetAttrs builds the library's attribute set; the caller frees it.
+func newSetAttrs(a setAttrs) (*C.msb_fs_set_attrs, error) {
+	var attrs *C.msb_fs_set_attrs
+	var libErr *C.msb_error
+	if status := C.msb_fs_set_attrs_new(&attrs, &libErr); status != C.MSB_OK {
+		return nil, statusError(status, libErr)
+	}
+	status := C.msb_status(C.MSB_OK)
+	if a.mode != nil {
+		status = C.msb_fs_set_attrs_mode(attrs, C.uint32_t(*a.mode), &libErr)
+	}
+	if status == C.MSB_OK && a.uid != nil {
+		status = C.msb_fs_set_attrs_owner(attrs, C.uint32_t(*a.uid), C.uint32_t(*a.gid), &libErr)
+	}
+	if status == C.MSB_OK && a.size != nil {
+		status = C.msb_fs_set_attrs_size(attrs, C.uint64_t(*a.size), &libErr)
+	}
+	if status == C.MSB_OK && a.atime != nil {
+		status = C.msb_fs_set_attrs_times(attrs, C.int64_t(*a.atime), C.int64_t(*a.mtime), &libErr)
+	}
+	if status != C.MSB_OK {
+		C.msb_fs_set_attrs_free(attrs)
+		return nil, statusError(status, libErr)
+	}
+	return attrs, nil
+}
+
+// setStat applies a to the path (following a final symlink, as os.Chmod and
+// friends do). Setting the same attributes twice is harmless, so the call
+// is sliced. It needs protocol generation 2.
+func (c *Client) setStat(ctx context.Context, opName, name string, a setAttrs) error {
+	attrs, err := newSetAttrs(a)
+	if err != nil {
+		return &fs.PathError{Op: opName, Path: name, Err: err}
+	}
+	defer C.msb_fs_set_attrs_free(attrs)
+	return c.pathCall(ctx, callSliced, opName, name, func(h *C.msb_client, cPath *C.char, timeout C.int64_t, errOut **C.msb_error) C.msb_status {
+		return C.msb_fs_set_stat(h, cPath, true, attrs, timeout, errOut)
+	})
+}
+
+// unixPerm is mode's permission and setuid/setgid/sticky bits as the
+// guest's mode bits.
+func unixPerm(mode fs.FileMode) uint32 {
+	bits := uint32(mode.Perm())
+	if mode&fs.ModeSetuid != 0 {
+		bits |= 0o4000
+	}
+	if mode&fs.ModeSetgid != 0 {
+		bits |= 0o2000
+	}
+	if mode&fs.ModeSticky != 0 {
+		bits |= 0o1000
+	}
+	return bits
+}
+
+// Chmod changes the mode of a guest path (following symlinks), like
+// os.Chmod. It needs protocol generation 2 (ErrUnsupported on legacy
+// sandboxes), as do Chown, Chtimes and Truncate.
+func (c *Client) Chmod(ctx context.Context, name string, mode fs.FileMode) error {
+	bits := unixPerm(mode)
+	return c.setStat(ctx, "chmod", name, setAttrs{mode: &bits})
+}
+
+// Chown changes the owner and group of a guest path (following symlinks),
+// like os.Chown; unlike it, both ids are always set (-1 is not "keep").
+func (c *Client) Chown(ctx context.Context, name string, uid, gid int) error {
+	if uid < 0 || gid < 0 || uint64(uid) > 0xffffffff || uint64(gid) > 0xffffffff {
+		return &fs.PathError{Op: "chown", Path: name, Err: &Error{Code: StatusInvalidArgument, Message: "uid and gid must be between 0 and 2^32-1"}}
+	}
+	u, g := uint32(uid), uint32(gid)
+	return c.setStat(ctx, "chown", name, setAttrs{uid: &u, gid: &g})
+}
+
+// Chtimes changes the access and modification times of a guest path
+// (following symlinks), like os.Chtimes, to whole seconds.
+func (c *Client) Chtimes(ctx context.Context, name string, atime, mtime time.Time) error {
+	a, m := atime.Unix(), mtime.Unix()
+	return c.setStat(ctx, "chtimes", name, setAttrs{atime: &a, mtime: &m})
+}
+
+// Truncate changes the size of a guest file, like os.Truncate: it is cut
+// short or extended with zeros.
+func (c *Client) Truncate(ctx context.Context, name string, size int64) error {
+	if size < 0 {
+		return &fs.PathError{Op: "truncate", Path: name, Err: syscall.EINVAL}
+	}
+	n := uint64(size)
+	return c.setStat(ctx, "truncate", name, setAttrs{size: &n})
 }

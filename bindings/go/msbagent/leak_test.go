@@ -80,8 +80,8 @@ func TestCancelledCallsToASilentRelayLeaveNothingRunning(t *testing.T) {
 	}
 	defer c.Close()
 	const delay = 150 * time.Millisecond
-	cancelledMidCall(t, "Stat", delay, func(ctx context.Context) error {
-		_, err := c.Stat(ctx, "/x")
+	cancelledMidCall(t, "Lstat", delay, func(ctx context.Context) error {
+		_, err := c.Lstat(ctx, "/x")
 		return err
 	})
 	cancelledMidCall(t, "ReadDir", delay, func(ctx context.Context) error {
@@ -170,7 +170,7 @@ func TestCancellationStormLeavesNothingRunning(t *testing.T) {
 			return c.WriteFile(ctx, fmt.Sprintf("/storm-%d", i), bytes.Repeat([]byte("w"), 2<<20), 0)
 		},
 		func(ctx context.Context, i int) error {
-			_, err := c.Stat(ctx, "/storm-src")
+			_, err := c.Lstat(ctx, "/storm-src")
 			return err
 		},
 		func(ctx context.Context, i int) error {

@@ -425,9 +425,9 @@ func TestFilesystem(t *testing.T) {
 		t.Fatalf("ReadFile returned %d bytes (%v), want %d", len(back), err, len(big))
 	}
 
-	fi, err := c.Stat(ctx, "/fs/a/big.bin")
+	fi, err := c.Lstat(ctx, "/fs/a/big.bin")
 	if err != nil {
-		t.Fatalf("Stat: %v", err)
+		t.Fatalf("Lstat: %v", err)
 	}
 	if fi.Name() != "big.bin" || fi.Path() != "/fs/a/big.bin" || fi.Size() != int64(len(big)) ||
 		fi.Mode() != 0o640 || fi.IsDir() {
@@ -436,8 +436,8 @@ func TestFilesystem(t *testing.T) {
 	if !fi.HasModTime() || time.Since(fi.ModTime()) > time.Minute {
 		t.Errorf("Stat ModTime = %v (reported: %v), want about now", fi.ModTime(), fi.HasModTime())
 	}
-	if dir, err := c.Stat(ctx, "/fs/a/b"); err != nil || !dir.IsDir() || !dir.Mode().IsDir() {
-		t.Errorf("Stat(dir) = %v, %v; want a directory", dir, err)
+	if dir, err := c.Lstat(ctx, "/fs/a/b"); err != nil || !dir.IsDir() || !dir.Mode().IsDir() {
+		t.Errorf("Lstat(dir) = %v, %v; want a directory", dir, err)
 	}
 
 	if err := c.WriteFile(ctx, "/fs/a/empty", nil, 0); err != nil {
@@ -525,8 +525,8 @@ func TestErrorsCarryStatusCodes(t *testing.T) {
 	if errors.Is(err, msbagent.ErrTimeout) || errors.Is(err, fs.ErrPermission) || errors.Is(err, fs.ErrExist) {
 		t.Errorf("a missing file must not match other sentinels: %v", err)
 	}
-	if _, err := c.Stat(ctx, "/no/such/file"); !errors.Is(err, fs.ErrNotExist) || !errors.Is(err, msbagent.ErrGuest) || !errors.As(err, &pathErr) || pathErr.Op != "stat" {
-		t.Errorf("Stat(missing) = %v, want an *fs.PathError (stat) matching fs.ErrNotExist and ErrGuest", err)
+	if _, err := c.Lstat(ctx, "/no/such/file"); !errors.Is(err, fs.ErrNotExist) || !errors.Is(err, msbagent.ErrGuest) || !errors.As(err, &pathErr) || pathErr.Op != "lstat" {
+		t.Errorf("Lstat(missing) = %v, want an *fs.PathError (lstat) matching fs.ErrNotExist and ErrGuest", err)
 	}
 	if err := c.Remove(ctx, "/no/such/file"); !errors.Is(err, fs.ErrNotExist) || !errors.Is(err, msbagent.ErrGuest) || !errors.As(err, &pathErr) || pathErr.Op != "remove" {
 		t.Errorf("Remove(missing) = %v, want an *fs.PathError (remove) matching fs.ErrNotExist and ErrGuest", err)
