@@ -183,7 +183,7 @@ type Process struct {
 	// stdinErr is the guest's first report that writing stdin into the
 	// process failed; later stdin writes return it.
 	stdinErr *StdinError
-	pulling  bool  // a goroutine is pulling; the others wait on progress
+	pulling  bool // a goroutine is pulling; the others wait on progress
 	progress chan struct{}
 	freed    bool // release has started
 }

@@ -118,6 +118,30 @@ func TestCancelledCallsToASilentRelayLeaveNothingRunning(t *testing.T) {
 			return err
 		})
 	}
+	if c.Generation() >= handleFSGeneration {
+		cancelledMidCall(t, "Stat", delay, func(ctx context.Context) error {
+			_, err := c.Stat(ctx, "/x")
+			return err
+		})
+		cancelledMidCall(t, "Realpath", delay, func(ctx context.Context) error {
+			_, err := c.Realpath(ctx, "/x")
+			return err
+		})
+		cancelledMidCall(t, "Chmod", delay, func(ctx context.Context) error {
+			return c.Chmod(ctx, "/x", 0o600)
+		})
+	}
+	if c.Generation() >= tcpGeneration {
+		cancelledMidCall(t, "Dial", delay, func(ctx context.Context) error {
+			_, err := c.Dial(ctx, "tcp", "127.0.0.1:9")
+			return err
+		})
+	}
+	if c.Generation() >= livenessGeneration {
+		cancelledMidCall(t, "Ping", delay, func(ctx context.Context) error {
+			return c.Ping(ctx)
+		})
+	}
 	cancelledMidCall(t, "Exec then Wait", delay, func(ctx context.Context) error {
 		p, err := c.Exec(ctx, "sleep", &msbagent.ExecOptions{Args: []string{"30"}})
 		if err != nil {
