@@ -3,13 +3,21 @@
 //
 // A Client is one connection; it is safe for concurrent use. Exec starts a
 // guest process whose output is read through io.Readers; Run runs one to
-// completion; ReadFile, WriteFile, Stat, ReadDir and friends work on the
-// guest's filesystem; Open and Create stream files too large to hold in
-// memory. Every call takes a context.Context: a cancelled call returns at
-// once, and the connection stays usable.
+// completion; ReadFile, WriteFile, Lstat, Stat, ReadDir and friends work on
+// the guest's filesystem; Open and Create stream files too large to hold
+// in memory, and OpenFile gives positioned access through a guest handle;
+// Dial opens a TCP connection from the guest as a net.Conn. Every call
+// takes a context.Context, and no library call outlives the Go call that
+// made it.
+//
+// What a sandbox can do depends on its protocol generation (see
+// Client.Generation and Client.Supports): a call it lacks fails with an
+// error matching ErrUnsupported.
 //
 // Errors from the library are *Error values carrying the library's status
-// code; compare them with errors.Is against the Err* sentinels.
+// code; compare them with errors.Is against the Err* sentinels, or the io/fs
+// ones for the guest's file errors, and use errors.As for the typed ones
+// (*ExecFailedError, *AgentError, *StdinError, *fs.PathError).
 package msbagent
 
 /*
