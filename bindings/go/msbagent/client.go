@@ -47,7 +47,7 @@ var errClientClosed = &Error{Code: StatusClosed, Message: "the client is closed"
 
 // Connect connects to the relay socket at socketPath and completes the
 // handshake. ctx's deadline, if any, bounds connecting and the handshake
-// (otherwise the library's default of 10 s applies).
+// (10 s without one); a cancellation is seen within a short slice.
 func Connect(ctx context.Context, socketPath string) (*Client, error) {
 	return connect(ctx, "socket path", socketPath, func(target *C.char, opts *C.msb_connect_options, out **C.msb_client, errOut **C.msb_error) C.msb_status {
 		return C.msb_client_connect(target, opts, out, errOut)
@@ -94,7 +94,8 @@ type connectFunc func(target *C.char, opts *C.msb_connect_options, out **C.msb_c
 
 // connect dials in slices (see callSliced): an abandoned attempt only
 // costs the relay a connection that closes, and each attempt's handshake
-// gets longer than the one before.
+// gets longer than the one before. Without a deadline in ctx, connecting
+// ends after defaultConnectTimeout.
 func connect(ctx context.Context, what, target string, connectC connectFunc) (*Client, error) {
 	var handle *C.msb_client
 	if err := checkString(what, target); err != nil {
@@ -114,7 +115,7 @@ func connect(ctx context.Context, what, target string, connectC connectFunc) (*C
 		var libErr *C.msb_error
 		return statusError(connectC(cTarget, opts, &handle, &libErr), libErr)
 	}
-	if err := callSliced(ctx, op); err != nil {
+	if err := callSlicedFor(ctx, defaultConnectTimeout, op); err != nil {
 		return nil, err
 	}
 	c := &Client{handle: handle, peer: readPeerInfo(handle)}

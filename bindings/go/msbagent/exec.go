@@ -551,8 +551,8 @@ func (p *Process) Pid() int {
 // Wait waits for the process to exit and returns its exit code (-1 if it
 // was killed by a signal), then releases the process's resources. A
 // command the guest could not start gives -1 and an *ExecFailedError
-// (agents 0.4.4+; older ones report exit code -1 and no error). Output not yet read is kept: Stdout and Stderr
-// still return it after Wait.
+// (agents 0.4.4+; older ones report exit code -1 and no error). Output not
+// yet read is kept: Stdout and Stderr still return it after Wait.
 func (p *Process) Wait() (int, error) {
 	p.mu.Lock()
 	for {

@@ -54,6 +54,10 @@ func checkString(what, s string) error {
 // interrupted (only Client.Close wakes it).
 const defaultCallTimeout = 60 * time.Second
 
+// defaultConnectTimeout bounds connecting and the handshake when ctx has
+// no deadline.
+const defaultConnectTimeout = 10 * time.Second
+
 // firstSlice is how long the first attempt of a retryable call may wait
 // before it is re-issued (see callSliced); each later attempt waits twice
 // as long as the one before.
@@ -99,19 +103,27 @@ func callOnce(ctx context.Context, op func(timeout C.int64_t) error) error {
 // be sent again: each attempt waits at most a slice (firstSlice, then
 // doubling, so a slow answer is eventually waited for long enough), and
 // one that times out while ctx is live is re-issued (the library drops
-// the late answer). A cancellation is seen within one slice, and the
-// deadline is the last attempt's end.
+// the late answer). A cancellation is seen within one slice. The attempts
+// end at ctx's deadline, or defaultCallTimeout after the start without
+// one.
 func callSliced(ctx context.Context, op func(timeout C.int64_t) error) error {
+	return callSlicedFor(ctx, defaultCallTimeout, op)
+}
+
+// callSlicedFor is callSliced with the bound to use when ctx has none.
+func callSlicedFor(ctx context.Context, bound time.Duration, op func(timeout C.int64_t) error) error {
+	deadline, ok := ctx.Deadline()
+	if !ok {
+		deadline = time.Now().Add(bound)
+	}
 	slice := firstSlice
 	for {
 		if err := ctx.Err(); err != nil {
 			return err
 		}
 		wait, last := slice, false
-		if deadline, ok := ctx.Deadline(); ok {
-			if left := time.Until(deadline); left <= wait {
-				wait, last = left, true
-			}
+		if left := time.Until(deadline); left <= wait {
+			wait, last = left, true
 		}
 		err := op(durationMs(wait))
 		var libErr *Error
