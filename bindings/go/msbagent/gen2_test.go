@@ -20,6 +20,7 @@ import (
 // ErrUnsupported, and nothing is changed.
 func checkGen2CallsUnsupported(t *testing.T, c *msbagent.Client) {
 	ctx := testCtx(t)
+	removeFromRelayAfter(t, "legacy-f", "legacy-empty", "legacy-link")
 	if err := c.WriteFile(ctx, "/legacy-f", []byte("abc"), 0o644); err != nil {
 		t.Fatal(err)
 	}
@@ -61,6 +62,7 @@ func TestGen2Files(t *testing.T) {
 		return
 	}
 	ctx := testCtx(t)
+	removeFromRelayAfter(t, "g")
 	hostPath := func(p string) string { return filepath.Join(relayRoot, p) }
 	if err := c.MkdirAll(ctx, "/g/sub"); err != nil {
 		t.Fatal(err)
@@ -163,6 +165,7 @@ func TestGen2Files(t *testing.T) {
 func TestFileHandles(t *testing.T) {
 	c := connect(t)
 	ctx := testCtx(t)
+	removeFromRelayAfter(t, "h", "small")
 	if c.Generation() < handleFSGeneration {
 		if _, err := c.OpenFile(ctx, "/h", os.O_RDWR|os.O_CREATE, 0o640); !errors.Is(err, msbagent.ErrUnsupported) {
 			t.Fatalf("OpenFile on generation %d = %v, want ErrUnsupported", c.Generation(), err)

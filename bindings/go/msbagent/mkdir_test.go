@@ -17,6 +17,7 @@ import (
 func TestMkdirDoesNotCreateParents(t *testing.T) {
 	c := connect(t)
 	ctx := testCtx(t)
+	removeFromRelayAfter(t, "mk")
 
 	err := c.Mkdir(ctx, "/mk/missing/child")
 	var pathErr *fs.PathError

@@ -69,6 +69,18 @@ func cancelAndExpectReadCancelled(t *testing.T, cancel context.CancelFunc, readD
 	}
 }
 
+// removeFromRelayAfter removes guest paths (relative to the relay's root)
+// when the test ends, so that it can run again on the same relay
+// (go test -count=N).
+func removeFromRelayAfter(t *testing.T, paths ...string) {
+	t.Helper()
+	t.Cleanup(func() {
+		for _, p := range paths {
+			os.RemoveAll(filepath.Join(relayRoot, p))
+		}
+	})
+}
+
 func connect(t *testing.T) *msbagent.Client {
 	t.Helper()
 	c, err := msbagent.Connect(testCtx(t), relaySocket)
@@ -405,6 +417,7 @@ func TestResizeTTY(t *testing.T) {
 func TestFilesystem(t *testing.T) {
 	c := connect(t)
 	ctx := testCtx(t)
+	removeFromRelayAfter(t, "fs")
 	if err := c.MkdirAll(ctx, "/fs/a/b"); err != nil {
 		t.Fatalf("MkdirAll: %v", err)
 	}

@@ -52,6 +52,7 @@ func readAllSmall(t *testing.T, r io.Reader, bufSize int) []byte {
 func TestStreamLargeFileRoundTrip(t *testing.T) {
 	c := connect(t)
 	ctx := testCtx(t)
+	removeFromRelayAfter(t, "stream")
 	if err := c.Mkdir(ctx, "/stream"); err != nil {
 		t.Fatal(err)
 	}

@@ -157,12 +157,12 @@ func (c *tcpConn) Read(b []byte) (int, error) {
 		}
 		chunk, err := c.pull()
 		switch {
+		case c.isClosed():
+			// Close woke the wait (or closed the descriptor under it):
+			// the check above reports it.
 		case err == nil:
 			c.pending = chunk
 		case err == os.ErrDeadlineExceeded:
-			if c.isClosed() {
-				continue
-			}
 			return 0, c.opError("read", os.ErrDeadlineExceeded)
 		default:
 			c.readEnd = err
