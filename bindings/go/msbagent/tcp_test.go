@@ -4,8 +4,11 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"net"
+	"net/http"
+	"net/http/httptest"
 	"os"
 	"syscall"
 	"testing"
@@ -184,5 +187,33 @@ func TestDialTCPFailures(t *testing.T) {
 	cancel()
 	if _, err := c.Dial(cancelled, "tcp", server.Addr().String()); !errors.Is(err, context.Canceled) {
 		t.Errorf("Dial with a cancelled context = %v, want context.Canceled", err)
+	}
+}
+
+// Dial has the signature of http.Transport's DialContext: an HTTP client
+// whose connections are made by the guest.
+func TestDialAsHTTPTransport(t *testing.T) {
+	c := connect(t)
+	server := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		fmt.Fprintf(w, "hello %s", r.URL.Path)
+	}))
+	defer server.Close()
+	transport := &http.Transport{DialContext: c.Dial}
+	defer transport.CloseIdleConnections()
+	httpClient := &http.Client{Transport: transport, Timeout: 10 * time.Second}
+	resp, err := httpClient.Get(server.URL + "/from-the-guest")
+	if c.Generation() < tcpGeneration {
+		if !errors.Is(err, msbagent.ErrUnsupported) {
+			t.Fatalf("HTTP through generation %d = %v, want ErrUnsupported", c.Generation(), err)
+		}
+		return
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, err := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if err != nil || string(body) != "hello /from-the-guest" {
+		t.Fatalf("HTTP through the guest = %q, %v", body, err)
 	}
 }
