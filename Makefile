@@ -1,6 +1,6 @@
 # Builds and installs libmicrosandbox_agent the way C users expect:
 #
-#   make                                     # cargo build --release --workspace
+#   make                                     # cargo build --release -p microsandbox-agent
 #   make install PREFIX=/usr/local DESTDIR=  # library, header, pkg-config file
 #   make uninstall PREFIX=... DESTDIR=...
 #   make docs                                # HTML API reference (doxygen) in target/doc-c/html
@@ -41,8 +41,10 @@ PC_INCLUDEDIR := $(patsubst $(PREFIX)%,$${prefix}%,$(INCLUDEDIR))
 
 all: build
 
+# The library package alone: a workspace build would unify its dependency
+# features with the development relay's (tokio process and signal).
 build:
-	$(CARGO) build --release --workspace
+	$(CARGO) build --release -p microsandbox-agent
 
 install: build
 	@test -n "$(VERSION)" || { echo "error: no version found in Cargo.toml" >&2; exit 1; }

@@ -60,6 +60,18 @@
 #define TCP_CHUNK_SIZE (64 * 1024)
 
 /**
+ * `msb_connect_options_set_backpressure`: when unread messages fill the
+ * memory budget, fail the stream holding the most (default).
+ */
+#define MSB_BACKPRESSURE_FAIL_STREAM 0
+
+/**
+ * `msb_connect_options_set_backpressure`: when unread messages fill the
+ * memory budget, stop reading the socket until the caller pulls.
+ */
+#define MSB_BACKPRESSURE_PAUSE_SOCKET 1
+
+/**
  * `msb_message_flags` bit: the last message of its id.
  */
 #define MSB_FLAG_TERMINAL 1
@@ -138,42 +150,6 @@
  * more fails with `MSB_ERR_GUEST` and a message naming this limit.
  */
 #define MSB_FILE_HANDLE_LIMIT 1024
-
-/**
- * Clients one 0.3.x/0.4.x relay (legacy handshake) serves at once.
- */
-#define LEGACY_MAX_CLIENTS 16
-
-/**
- * Size of every client's correlation-id range on a legacy relay.
- */
-#define LEGACY_ID_RANGE_STEP (UINT32_MAX / LEGACY_MAX_CLIENTS)
-
-/**
- * Clients one 0.5.0+ relay (current handshake) serves at once.
- */
-#define CURRENT_MAX_CLIENTS 128
-
-/**
- * Size of every client's correlation-id range on a 0.5.0+ relay.
- */
-#define CURRENT_ID_RANGE_STEP (UINT32_MAX / CURRENT_MAX_CLIENTS)
-
-/**
- * The highest generation whose semantics this library implements.
- */
-#define MAX_GENERATION 10
-
-/**
- * The generation of every legacy (0.3.x/0.4.x) connection.
- */
-#define LEGACY_GENERATION 1
-
-/**
- * A generation-8 raw bulk record. Exclusive: a frame whose flags are
- * exactly this byte has a raw, non-CBOR body.
- */
-#define FLAG_BULK 8
 
 /**
  * An owned, immutable byte buffer handed to the caller. Release it with
@@ -380,9 +356,15 @@ typedef struct msb_counters {
    */
   uint64_t unknown_type;
   /**
-   * Bytes of received messages waiting to be pulled, right now.
+   * Memory held by received messages waiting to be pulled, right now
+   * (buffer capacity plus per-message overhead).
    */
   uint64_t bytes_queued;
+  /**
+   * Messages dropped because their stream had failed with
+   * `MSB_ERR_STREAM_OVERFLOW` (arrived after, or released by, the failure).
+   */
+  uint64_t dropped_overflow;
 } msb_counters;
 
 /**
@@ -514,6 +496,14 @@ typedef int32_t msb_fs_kind;
 #define MSB_ERR_AGENT -19
 
 /**
+ * A stream's unread data passed the connection's memory budget without
+ * flow control: that stream failed (an exec's process was killed); the
+ * connection and its other streams live. Messages queued before it are
+ * still delivered. See the README's "Memory" section for the bound.
+ */
+#define MSB_ERR_STREAM_OVERFLOW -22
+
+/**
  * The guest refused for lack of permission (errno `EACCES` or `EPERM`);
  * `msb_error_errno` gives which.
  */
@@ -616,7 +606,8 @@ const char *msb_error_message(const struct msb_error *err);
  *
  * Guest failures (`MSB_ERR_GUEST`, `MSB_ERR_NOT_FOUND`, `MSB_ERR_PERMISSION`,
  * `MSB_ERR_EXISTS` from filesystem and TCP calls) carry the errno the guest
- * reported in its message. The guest is Linux: compare with Linux's numbers
+ * reported in its message, and `MSB_ERR_EXEC_FAILED` the errno of the
+ * failed start when the guest gave one. The guest is Linux: compare with Linux's numbers
  * (ENOENT 2, EPERM 1, EACCES 13, EEXIST 17, ...), not the host's `<errno.h>`
  * on other systems. `MSB_ERR_NOT_FOUND` from connecting has errno 0.
  */
@@ -661,15 +652,28 @@ msb_status msb_connect_options_set_timeout_ms(struct msb_connect_options *option
                                               uint64_t timeout_ms);
 
 /**
- * Sets the memory budget: bytes of received, not yet pulled messages the
- * client holds before it stops reading the socket (at least 65536). What
- * was already read when the budget ran out is still queued, so the bound
- * is the budget plus one read buffer (256 KiB) plus one frame (4 MiB).
- * With the budget spent, a consumer that does not pull pauses every
- * stream of the connection; nothing is dropped.
+ * Sets the memory budget (at least 65536 bytes, default 16 MiB): the
+ * memory that received, not yet pulled messages may hold. What happens when
+ * it is full is chosen by `msb_connect_options_set_backpressure`; the bound
+ * on the client's memory is stated in the README, section "Memory, and
+ * what a hostile guest can do".
  */
 msb_status msb_connect_options_set_memory_budget(struct msb_connect_options *options,
                                                  size_t bytes);
+
+/**
+ * Chooses what happens when unread messages fill the memory budget:
+ * `MSB_BACKPRESSURE_FAIL_STREAM` (default): the socket is always read, and
+ * the stream holding the most unread data fails with
+ * `MSB_ERR_STREAM_OVERFLOW`. `MSB_BACKPRESSURE_PAUSE_SOCKET`: the library
+ * stops reading the socket until the caller pulls; nothing fails, but one
+ * unread stream pauses the whole connection, and the relay sees a client
+ * that does not read: 0.7 relays disconnect it after 5 s (killing its
+ * processes), 0.6 relays stall every client of the sandbox meanwhile.
+ * Other values give `MSB_ERR_INVALID_ARGUMENT`.
+ */
+msb_status msb_connect_options_set_backpressure(struct msb_connect_options *options,
+                                                int32_t mode);
 
 /**
  * Releases connection options. NULL is ignored; freeing twice is forbidden.
@@ -1387,7 +1391,11 @@ const struct msb_fs_entry *msb_fs_entries_get(const struct msb_fs_entries *entri
 void msb_fs_entries_free(struct msb_fs_entries *entries);
 
 /**
- * Starts reading `path`. `timeout_ms` bounds sending the request.
+ * Starts reading `path`. On a legacy (0.3/0.4) relay this only sends the
+ * request, and a failure (e.g. a missing file) arrives on the first pull;
+ * from generation 2 on it also waits for the guest to open the file, so
+ * such a failure is returned here (`MSB_ERR_GUEST`). `timeout_ms` bounds
+ * this call. A 0.5.0 sandbox gives `MSB_ERR_UNSUPPORTED`.
  *
  * On success the caller owns `*reader_out` and must release it with
  * `msb_file_reader_free`.
@@ -1544,12 +1552,18 @@ msb_status msb_fs_set_attrs_mode(struct msb_fs_set_attrs *attrs,
                                  struct msb_error **err_out);
 
 /**
- * Sets the owner's user and group ids (`chown`).
+ * Sets the owning user id (`chown`).
  */
-msb_status msb_fs_set_attrs_owner(struct msb_fs_set_attrs *attrs,
-                                  uint32_t uid,
-                                  uint32_t gid,
-                                  struct msb_error **err_out);
+msb_status msb_fs_set_attrs_uid(struct msb_fs_set_attrs *attrs,
+                                uint32_t uid,
+                                struct msb_error **err_out);
+
+/**
+ * Sets the owning group id (`chown`).
+ */
+msb_status msb_fs_set_attrs_gid(struct msb_fs_set_attrs *attrs,
+                                uint32_t gid,
+                                struct msb_error **err_out);
 
 /**
  * Sets the size: the file is truncated or extended with zeros.
@@ -1559,10 +1573,16 @@ msb_status msb_fs_set_attrs_size(struct msb_fs_set_attrs *attrs,
                                  struct msb_error **err_out);
 
 /**
- * Sets the access and modification times, in Unix seconds.
+ * Sets the access time, in Unix seconds.
  */
-msb_status msb_fs_set_attrs_times(struct msb_fs_set_attrs *attrs,
+msb_status msb_fs_set_attrs_atime(struct msb_fs_set_attrs *attrs,
                                   int64_t atime,
+                                  struct msb_error **err_out);
+
+/**
+ * Sets the modification time, in Unix seconds.
+ */
+msb_status msb_fs_set_attrs_mtime(struct msb_fs_set_attrs *attrs,
                                   int64_t mtime,
                                   struct msb_error **err_out);
 

@@ -8,7 +8,9 @@
 #             trips that must give equal values and stable bytes;
 #   differential  our decoders against upstream's (0.3.14 legacy FS shapes,
 #             0.7.13 otherwise) and the envelope against 0.7.13's: same
-#             verdict, same bytes when both values are re-encoded.
+#             verdict, same bytes when both values are re-encoded;
+#   reader    the client's real reader through a socket, the stream split
+#             at arbitrary points, checked against a whole-stream decode.
 # The seed corpus is generated from tests/data/protocol-{0.3.14,0.6.14,
 # 0.7.13}.json (every frame, the handshakes, all frames as one stream, every
 # payload); inputs in fuzz/regressions/<target>/ are replayed first on every
@@ -26,7 +28,7 @@ cd "$top"
 seconds="${1:-60}"
 shift || true
 targets=("$@")
-[[ ${#targets[@]} -gt 0 ]] || targets=(frames payloads differential)
+[[ ${#targets[@]} -gt 0 ]] || targets=(frames payloads differential reader)
 
 cargo +nightly --version >/dev/null 2>&1 || { echo "error: the nightly toolchain is needed" >&2; exit 1; }
 cargo +nightly fuzz --version >/dev/null 2>&1 || { echo "error: cargo-fuzz is missing (cargo install cargo-fuzz)" >&2; exit 1; }
@@ -64,7 +66,17 @@ for path in ("tests/data/protocol-0.3.14.json", "tests/data/protocol-0.6.14.json
         put("differential", bytes([0]) + bytes.fromhex(m["frame_hex"])[9:])
         for pick in range(1, 8):
             put("differential", bytes([pick]) + payload)
-for t in ("frames", "payloads", "differential"):
+    # reader: byte 0 is the number of split points, then u16 offsets, then
+    # the stream: the vectors' frames exercise splitting, dropping (their
+    # ids are not the ones the target subscribes to) and the error paths.
+    stream = b"".join(frames)
+    for splits in ([], [1], [4, 9, 10, 200]):
+        head = bytes([len(splits)]) + b"".join(s.to_bytes(2, "little") for s in splits)
+        put("reader", head + stream)
+        for f in frames:
+            put("reader", head + f)
+        put("reader", head + stream[: len(stream) // 2])
+for t in ("frames", "payloads", "differential", "reader"):
     print("%s: %d seeds" % (t, len(os.listdir(os.path.join("fuzz", "corpus", t)))))
 PY
 

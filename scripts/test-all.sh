@@ -19,6 +19,7 @@ set +e
 
 suites=(
   "rust:cargo test --workspace"
+  "rust-portable:cargo test --features portable-primitives --lib client:: && cargo test --features portable-primitives --test client_core"
   "header:scripts/gen-header.sh --check"
   "c:scripts/test-c.sh"
   "hostile:scripts/test-hostile.sh"

@@ -27,7 +27,9 @@
 #            the miri component (~1 minute)
 #
 # Environment: MSB_TEST_ONLY=SUBSTRING runs only matching tests;
-# MSB_FLOOD_SECONDS (default 10) is the flood's not-pulling window.
+# MSB_FLOOD_SECONDS (default 10) is the flood's not-pulling window;
+# MSB_UNREAD_SECONDS (default 20) how long unread-commands leaves two
+# commands' output unread, against each of MSB_TEST_PROFILES.
 # Prints each program's "N passed, M failed" line and a final
 # "hostile: N passed, M failed"; exits non-zero if anything failed.
 set -euo pipefail
@@ -66,6 +68,18 @@ cargo build --release --workspace
 
 mkdir -p "$out"
 source "$top/scripts/built-env.sh"
+
+# The relay releases the devrelay can imitate, for tests that must hold on
+# every one (tests/hostile/faults.c, unread-commands); the devrelay's own
+# default when it has no --profile option.
+if [[ -z "${MSB_TEST_PROFILES:-}" ]]; then
+  if "$MSB_DEVRELAY" --help 2>&1 | grep -q -- '--profile'; then
+    export MSB_TEST_PROFILES="0.3.14 0.6.14 0.7.13"
+  else
+    export MSB_TEST_PROFILES="default"
+  fi
+fi
+echo "== relay profiles: $MSB_TEST_PROFILES"
 
 echo "== compiling tests/hostile"
 for p in "${programs[@]}"; do
@@ -116,6 +130,7 @@ if [[ $quick -eq 0 ]]; then
   # and a shorter flood window keeps the run short.
   for p in "${programs[@]}"; do
     MSB_TEST_INSTRUMENTED=1 MSB_FLOOD_SECONDS="${MSB_FLOOD_SECONDS:-4}" \
+    MSB_UNREAD_SECONDS="${MSB_UNREAD_SECONDS:-8}" \
     ASAN_OPTIONS="detect_leaks=1:abort_on_error=0:halt_on_error=1" \
     UBSAN_OPTIONS="print_stacktrace=1:halt_on_error=1" \
       run "$p under AddressSanitizer + UBSan" "$out/$p-asan"
@@ -125,6 +140,7 @@ if [[ $quick -eq 0 ]]; then
   for p in "${programs[@]}"; do
     MSB_TEST_INSTRUMENTED=1 MSB_TEST_SLACK_MS=3000 MSB_TEST_WATCHDOG_S=600 \
     MSB_FLOOD_SECONDS="${MSB_FLOOD_SECONDS:-3}" MSB_FLOOD_FRAMES=120 \
+    MSB_UNREAD_SECONDS="${MSB_UNREAD_SECONDS:-6}" MSB_UNREAD_BYTES=$((32 * 1024 * 1024)) \
       run "$p under valgrind" \
       valgrind --quiet --leak-check=full --error-exitcode=1 --child-silent-after-fork=yes \
       --suppressions=tests/hostile/valgrind.supp "$out/$p"

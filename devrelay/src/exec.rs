@@ -117,6 +117,9 @@ impl ProcessRegistry {
 /// Every exec is the leader of its own process group (or session, on a tty),
 /// so this reaches the helpers it forked as well.
 pub fn signal_group(pid: i32, signal: i32) {
+    if pid <= 0 {
+        return; // reaped: kill(0) would hit our own group
+    }
     // SAFETY: kill has no memory-safety preconditions. `pid` is a child we
     // have not yet reaped, so neither it nor its group id can be reused.
     unsafe {
@@ -149,6 +152,9 @@ impl ExecControl {
     }
 
     pub fn signal(&self, signal: i32) {
+        if self.pid <= 0 {
+            return; // reaped already
+        }
         // SAFETY: kill has no memory-safety preconditions; the entry is
         // removed right after the process is reaped, so the pid is ours.
         if unsafe { libc::kill(self.pid, signal) } != 0 {
@@ -512,8 +518,15 @@ async fn run_session(
         );
         let reap = async {
             let status = child.wait().await;
-            // Out of the tables before the pid can be reused.
-            env.table.lock().unwrap().remove(&id);
+            // Out of the tables before the pid can be reused. A flow-controlled
+            // session stays routable without its pid: its pipes may still
+            // hold output, whose acknowledgements must reach its window.
+            let mut table = env.table.lock().unwrap();
+            match (&flow, table.get_mut(&id)) {
+                (Some(_), Some(control)) => control.pid = 0,
+                _ => drop(table.remove(&id)),
+            }
+            drop(table);
             drop(registration);
             status
         };

@@ -130,7 +130,13 @@ impl ExecFlow {
     /// Waits until every charged output byte is acknowledged.
     pub async fn wait_all_acked(&self) {
         loop {
+            // Registered before the check: notify_waiters wakes only
+            // registered waiters, so an ack landing between the check and
+            // the first poll would otherwise be lost and the exit code held
+            // forever.
             let notified = self.acked.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
             {
                 let c = self.counters.lock().unwrap();
                 if c.output_acked == c.output_charged {

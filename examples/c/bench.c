@@ -1,5 +1,6 @@
 /*
- * Benchmark: libmicrosandbox_agent against a minimal blocking client.
+ * Benchmark: libmicrosandbox_agent against a minimal blocking client and
+ * against upstream's agent client.
  *
  *   cc -O2 -Iinclude examples/c/bench.c -Ltarget/release -lmicrosandbox_agent -lpthread -o bench
  *   LD_LIBRARY_PATH=target/release ./bench [--socket PATH] [--json] [--quick] ...
@@ -22,6 +23,17 @@
  * one thread with many requests in flight never sleeps and wakes per request.
  * They also get "lib-pipelined": the library used like the baseline, one
  * thread keeping as many requests in flight through the raw tier.
+ *
+ * The baseline speaks whatever relay it meets: either handshake form, the
+ * half-open id range (ids never reused), the Stat and file conversations of
+ * the negotiated generation, and the `v` the library stamps (read back from
+ * a probe); when that `v` is 10 on a relay with exec flow control, it
+ * acknowledges streamed output as the library must.
+ *
+ * With --upstream, the upstream peer (bench/upstream: upstream's agent
+ * client doing the same work) runs once per run of the round-trip, stream
+ * and connect benches, between the library's and the baseline's runs, as a
+ * process of its own against the same relay; /upstr is library/upstream.
  *
  * Only the round-trip and stream benches must work against any relay (they
  * need Stat and exec of `sh -c`); the file benches write and read one file
@@ -58,14 +70,36 @@
 #define TIMEOUT_MS 120000
 #define MAX_FRAME_LEN (4u * 1024 * 1024)
 #define FS_CHUNK (3u * 1024 * 1024)
-#define ID_RANGE 268435455u
+#define LEGACY_ID_STEP 268435455u /* u32::MAX / 16: a legacy relay's range per client */
+#define MIN_FRAME_LEN 5u
 #define FLAG_TERMINAL 0x01
 #define FLAG_SESSION_START 0x02
 #define MIB (1024.0 * 1024.0)
 
-/* {"op": {"Stat": {"path": "/"}}}, the request every round trip sends. */
-static const uint8_t STAT_ROOT_PAYLOAD[] = {0xa1, 0x62, 0x6f, 0x70, 0xa1, 0x64, 0x53, 0x74, 0x61,
-                                            0x74, 0xa1, 0x64, 0x70, 0x61, 0x74, 0x68, 0x61, 0x2f};
+/*
+ * The Stat of "/" every round trip sends, in the shape of the connection's
+ * generation: {"op": {"Stat": {"path": "/"}}} on legacy relays, and
+ * {"op": {"Stat": {"path": "/", "follow_symlink": false}}} from generation 2
+ * on (the field is required there; false keeps 0.3.14's meaning).
+ */
+static const uint8_t STAT_ROOT_LEGACY[] = {0xa1, 0x62, 0x6f, 0x70, 0xa1, 0x64, 0x53, 0x74, 0x61,
+                                           0x74, 0xa1, 0x64, 0x70, 0x61, 0x74, 0x68, 0x61, 0x2f};
+static const uint8_t STAT_ROOT_CURRENT[] = {0xa1, 0x62, 0x6f, 0x70, 0xa1, 0x64, 0x53, 0x74, 0x61, 0x74,
+                                            0xa2, 0x64, 0x70, 0x61, 0x74, 0x68, 0x61, 0x2f, 0x6e, 0x66,
+                                            0x6f, 0x6c, 0x6c, 0x6f, 0x77, 0x5f, 0x73, 0x79, 0x6d, 0x6c,
+                                            0x69, 0x6e, 0x6b, 0xf4};
+static const uint8_t *stat_root_payload = STAT_ROOT_LEGACY;
+static size_t stat_root_len = sizeof STAT_ROOT_LEGACY;
+
+/* Status numbers fixed by the project's contract, for headers that predate them. */
+#ifndef MSB_ERR_RELAY_BUSY
+#define MSB_ERR_RELAY_BUSY -16
+#endif
+
+/* What one stdout or stderr chunk costs in a generation-10 output window beyond its bytes. */
+#define OUTPUT_EVENT_OVERHEAD 256u
+/* The baseline acknowledges output once this much is unacknowledged (or it would block). */
+#define ACK_BATCH_MAX (256u * 1024)
 
 /* ------------------------------------------------------------------------ */
 /* Options                                                                   */
@@ -74,6 +108,8 @@ enum only { ONLY_BOTH, ONLY_LIBRARY, ONLY_BASELINE };
 
 struct options {
     const char *socket_path;
+    const char *profile;      /* --profile, passed to the devrelay this program starts */
+    const char *upstream;     /* --upstream: the upstream peer's binary, run once per run */
     long requests;
     int threads;
     const char *stream_cmd;
@@ -186,12 +222,8 @@ static const char *start_relay(const char *argv0) {
     if (pid < 0) die("fork: %s", strerror(errno));
     if (pid == 0) {
         dup2(ready_pipe[1], STDOUT_FILENO);
-        /* The release the relay imitates: $MSB_DEVRELAY_PROFILE, default 0.7.13. */
-        char *profile = getenv("MSB_DEVRELAY_PROFILE");
-        if (profile == NULL || *profile == '\0') profile = "0.7.13";
-        char *args[] = {relay,          "--profile", profile, "--socket",     started_socket,
-                        "--root",       root,        "--exec-chunk", "65536", "--quiet",
-                        NULL};
+        char *args[] = {relay,         "--socket",     started_socket, "--root", root, "--profile",
+                        (char *)opt.profile, "--exec-chunk", "65536",        "--quiet", NULL};
         execv(relay, args);
         _exit(127);
     }
@@ -313,8 +345,16 @@ static void cb_text(struct buf *b, const char *s) {
 }
 
 /*
+ * The `v` the baseline stamps on every frame: the one the library was seen
+ * to stamp on the same relay (see probe_library_stamp): 1 on legacy relays,
+ * 7 on current ones, 10 when the library runs exec flow control.
+ */
+static uint8_t wire_v = 1;
+static uint8_t library_v = 1; /* as probed */
+
+/*
  * Appends a frame header and the envelope up to the payload bytes:
- * [len][id][flags] {"v": 1, "t": type, "p": h'<payload_len bytes follow>'}.
+ * [len][id][flags] {"v": wire_v, "t": type, "p": h'<payload_len bytes follow>'}.
  * The caller appends (or writev's) exactly payload_len payload bytes.
  */
 static void frame_prefix(struct buf *b, uint32_t id, uint8_t flags, const char *type, size_t payload_len) {
@@ -325,7 +365,7 @@ static void frame_prefix(struct buf *b, uint32_t id, uint8_t flags, const char *
     buf_put(b, header, 9);
     cb_head(b, 5, 3);
     cb_text(b, "v");
-    cb_head(b, 0, 1);
+    cb_head(b, 0, wire_v);
     cb_text(b, "t");
     cb_text(b, type);
     cb_text(b, "p");
@@ -343,6 +383,9 @@ struct cursor {
     const uint8_t *p, *end;
 };
 
+/* The count of an indefinite-length map or array (bf ... ff), as 0.7.8+ relays write `core.ready`. */
+#define CB_INDEFINITE UINT64_MAX
+
 static bool cb_read_head(struct cursor *c, int *major, uint64_t *v) {
     if (c->p >= c->end) return false;
     uint8_t first = *c->p++;
@@ -352,8 +395,12 @@ static bool cb_read_head(struct cursor *c, int *major, uint64_t *v) {
         *v = info;
         return true;
     }
+    if (info == 31 && (*major == 4 || *major == 5)) {
+        *v = CB_INDEFINITE;
+        return true;
+    }
     int n = info == 24 ? 1 : info == 25 ? 2 : info == 26 ? 4 : info == 27 ? 8 : 0;
-    if (n == 0 || c->end - c->p < n) return false; /* indefinite lengths never appear on this wire */
+    if (n == 0 || c->end - c->p < n) return false; /* indefinite strings never appear on this wire */
     uint64_t value = 0;
     for (int i = 0; i < n; i++) value = value << 8 | *c->p++;
     *v = value;
@@ -371,13 +418,17 @@ static bool cb_skip(struct cursor *c, int depth) {
         c->p += v;
         return true;
     case 4:
-        for (uint64_t i = 0; i < v; i++)
+    case 5: {
+        uint64_t items = v == CB_INDEFINITE ? CB_INDEFINITE : major == 5 ? 2 * v : v;
+        for (uint64_t i = 0; i < items; i++) {
+            if (items == CB_INDEFINITE && c->p < c->end && *c->p == 0xff) {
+                c->p++;
+                return true;
+            }
             if (!cb_skip(c, depth + 1)) return false;
+        }
         return true;
-    case 5:
-        for (uint64_t i = 0; i < 2 * v; i++)
-            if (!cb_skip(c, depth + 1)) return false;
-        return true;
+    }
     case 6:
         return cb_skip(c, depth + 1);
     default:
@@ -393,6 +444,7 @@ static bool cb_lookup(const uint8_t *p, size_t n, const char *key, struct cursor
     if (!cb_read_head(&c, &major, &count) || major != 5) return false;
     size_t key_len = strlen(key);
     for (uint64_t i = 0; i < count; i++) {
+        if (count == CB_INDEFINITE && c.p < c.end && *c.p == 0xff) return false;
         struct cursor k = c;
         int km;
         uint64_t kl;
@@ -436,11 +488,16 @@ static bool fs_response_ok(const uint8_t *payload, size_t len) {
 
 struct raw_conn {
     int fd;
-    uint32_t id_offset;
-    uint32_t next_id;
+    bool legacy;            /* the 0.3/0.4 handshake [id_offset][ready] */
+    uint32_t id_start;      /* ids this connection may use: id_start <= id < id_end */
+    uint32_t id_end;
+    uint32_t next_id;       /* never reused: 0.7 relays disconnect on a reused id */
     uint8_t *rbuf;
     size_t rcap, rstart, rend;
-    struct buf ready_frame; /* the relay's core.ready frame, as received */
+    struct buf prologue;    /* the relay's handshake as received: id words and core.ready frame */
+    uint8_t peer_v;         /* the ready frame's v: the agent's generation */
+    bool exec_limits;       /* core.ready carries an exec flow-control policy (0.7.9+) */
+    uint64_t output_limit;  /* its output window */
 };
 
 struct raw_frame {
@@ -512,22 +569,66 @@ static void writev_all(int fd, struct iovec *iov, int count) {
     }
 }
 
-/* Reads id_offset and the ready frame from an already-connected socket. */
+/*
+ * Tells the two handshake forms apart from their first 8 bytes, as upstream
+ * does: [id_offset][ready frame len] (legacy) or [id_start][id_end_exclusive].
+ * Sets the id range and returns the length of the whole handshake.
+ */
+static size_t classify_handshake(const uint8_t first8[8], bool *legacy, uint32_t *id_start, uint32_t *id_end) {
+    uint32_t w0 = get_be32(first8), w1 = get_be32(first8 + 4);
+    if (w1 >= MIN_FRAME_LEN && w1 <= MAX_FRAME_LEN && (w0 == 0 || w0 >= w1)) {
+        if ((uint64_t)w0 + LEGACY_ID_STEP > UINT32_MAX) die("baseline: legacy id_offset %u leaves no ids", w0);
+        *legacy = true, *id_start = w0 + 1, *id_end = w0 + LEGACY_ID_STEP;
+        return 8 + (size_t)w1;
+    }
+    if (w0 >= w1) die("baseline: invalid relay id range [%u, %u)", w0, w1);
+    *legacy = false, *id_start = w0 ? w0 : 1, *id_end = w1;
+    return 0; /* the ready frame's length is in the next 4 bytes */
+}
+
+/* The v of the ready frame, and its payload's exec_limits (an indefinite-length map on 0.7.8+). */
+static void read_ready(struct raw_conn *c, const uint8_t *frame, size_t len) {
+    struct cursor v, p, limits, out;
+    int major;
+    uint64_t value;
+    const uint8_t *payload;
+    size_t payload_len;
+    if (!cb_lookup(frame + 9, len - 9, "v", &v) || !cb_read_head(&v, &major, &value) || major != 0 ||
+        !cb_lookup(frame + 9, len - 9, "p", &p) || !cb_string(&p, 2, &payload, &payload_len))
+        die("baseline: undecodable core.ready frame");
+    c->peer_v = (uint8_t)value;
+    c->exec_limits = cb_lookup(payload, payload_len, "exec_limits", &limits);
+    c->output_limit = 1024 * 1024; /* the default when a policy leaves it out */
+    if (c->exec_limits && cb_lookup(limits.p, (size_t)(limits.end - limits.p), "output_limit", &out) &&
+        cb_read_head(&out, &major, &value) && major == 0 && value > 0)
+        c->output_limit = value;
+}
+
+/* Reads the handshake, either form, from an already-connected socket. */
 static void raw_handshake(struct raw_conn *c, int fd) {
     memset(c, 0, sizeof *c);
     c->fd = fd;
     c->rcap = RAW_READ_BUFFER;
     c->rbuf = malloc(c->rcap);
     if (!c->rbuf) die("out of memory");
-    if (!raw_fill(c, 4)) die("baseline: connection closed during the handshake");
-    c->id_offset = get_be32(c->rbuf + c->rstart);
-    c->rstart += 4;
-    c->next_id = c->id_offset + 1;
-    size_t frame_start = c->rstart;
+    if (!raw_fill(c, 8)) die("baseline: connection closed during the handshake (relay full?)");
+    size_t total = classify_handshake(c->rbuf + c->rstart, &c->legacy, &c->id_start, &c->id_end);
+    if (!total) {
+        if (!raw_fill(c, 12)) die("baseline: connection closed during the handshake");
+        uint32_t len = get_be32(c->rbuf + c->rstart + 8);
+        if (len < MIN_FRAME_LEN || len > MAX_FRAME_LEN) die("baseline: bad ready frame length %u", len);
+        total = 12 + (size_t)len;
+    }
+    if (!raw_fill(c, total)) die("baseline: connection closed during the handshake");
+    const uint8_t *hs = c->rbuf + c->rstart;
+    buf_put(&c->prologue, hs, total);
+    size_t frame_at = c->legacy ? 4 : 8;
+    c->rstart += frame_at;
     struct raw_frame f;
     raw_next(c, &f);
     if (!type_is(&f, "core.ready")) die("baseline: first frame is not core.ready");
-    buf_put(&c->ready_frame, c->rbuf + frame_start, c->rstart - frame_start);
+    read_ready(c, c->prologue.p + frame_at, total - frame_at);
+    c->next_id = c->id_start;
 }
 
 static int unix_connect(const char *path) {
@@ -545,14 +646,13 @@ static void raw_connect(struct raw_conn *c, const char *path) { raw_handshake(c,
 static void raw_close(struct raw_conn *c) {
     close(c->fd);
     free(c->rbuf);
-    free(c->ready_frame.p);
+    free(c->prologue.p);
     memset(c, 0, sizeof *c);
 }
 
 static uint32_t raw_alloc_id(struct raw_conn *c) {
-    uint32_t id = c->next_id++;
-    if (c->next_id == c->id_offset + ID_RANGE) c->next_id = c->id_offset + 1;
-    return id;
+    if (c->next_id >= c->id_end) die("baseline: every id of this connection is used (reconnect)");
+    return c->next_id++;
 }
 
 /* ------------------------------------------------------------------------ */
@@ -580,6 +680,11 @@ struct measurement {
     /* Library round trips from several threads: over the threaded reference. */
     bool has_ratio_threaded;
     double ratio_threaded;
+    /* The library over the upstream peer. */
+    bool has_ratio_upstream;
+    double ratio_upstream;
+    bool dropped;  /* the upstream peer could not do this bench: not reported */
+    int acks;      /* stream: 1 if this client acknowledged output (flow control), 0 if not, -1 n/a */
 };
 
 #define MAX_MEASUREMENTS 32
@@ -617,6 +722,7 @@ static struct measurement *new_measurement(const char *bench, const char *client
     struct measurement *m = &results[result_count++];
     memset(m, 0, sizeof *m);
     m->bench = bench, m->client = client, m->threads = threads, m->fields = fields;
+    m->acks = -1;
     return m;
 }
 
@@ -714,8 +820,8 @@ static void lib_stat_requests(size_t count, uint64_t *lat_ns) {
         msb_message *reply = NULL;
         msb_error *err = NULL;
         uint64_t t0 = now_ns();
-        msb_status st = msb_client_request(lib_client, "core.fs.request", STAT_ROOT_PAYLOAD,
-                                           sizeof STAT_ROOT_PAYLOAD, TIMEOUT_MS, &reply, &err);
+        msb_status st = msb_client_request(lib_client, "core.fs.request", stat_root_payload,
+                                           stat_root_len, TIMEOUT_MS, &reply, &err);
         if (st != MSB_OK) die_msb("msb_client_request", st, err);
         if (lat_ns) lat_ns[i] = now_ns() - t0;
         if (strcmp(msb_message_type(reply), "core.fs.response") != 0 ||
@@ -772,8 +878,8 @@ static void lib_pipelined(int depth, struct sample *s) {
             if ((st = msb_client_subscribe(lib_client, id, &sub[slot], &err)) != MSB_OK)
                 die_msb("msb_client_subscribe", st, err);
             sent_at[slot] = now_ns(), seq[slot] = sent++;
-            if ((st = msb_client_send(lib_client, "core.fs.request", id, STAT_ROOT_PAYLOAD,
-                                      sizeof STAT_ROOT_PAYLOAD, TIMEOUT_MS, &err)) != MSB_OK)
+            if ((st = msb_client_send(lib_client, "core.fs.request", id, stat_root_payload,
+                                      stat_root_len, TIMEOUT_MS, &err)) != MSB_OK)
                 die_msb("msb_client_send", st, err);
             in_flight++;
         }
@@ -821,8 +927,8 @@ static void base_roundtrip_n(size_t n, int depth, uint64_t *lat) {
         for (int slot = 0; slot < depth && free_slots > 0 && sent < n; slot++) {
             if (pending_id[slot]) continue;
             uint32_t id = raw_alloc_id(&raw);
-            frame_full(&out, id, FLAG_SESSION_START, "core.fs.request", STAT_ROOT_PAYLOAD,
-                       sizeof STAT_ROOT_PAYLOAD);
+            frame_full(&out, id, FLAG_SESSION_START, "core.fs.request", stat_root_payload,
+                       stat_root_len);
             pending_id[slot] = id, pending_t0[slot] = now, pending_seq[slot] = sent++;
             free_slots--;
         }
@@ -949,9 +1055,10 @@ static void *thr_worker_main(void *arg) {
     struct buf out = {0}; /* allocated by the first request, reused after */
     pthread_barrier_wait(w->start);
     for (size_t i = 0; i < w->count; i++) {
-        uint32_t id = raw.id_offset + 1 + atomic_fetch_add(&thr.next, 1) % (ID_RANGE - 1);
+        uint32_t id = atomic_fetch_add(&thr.next, 1);
+        if (id >= raw.id_end) die("threaded: every id of the connection is used");
         out.len = 0;
-        frame_full(&out, id, FLAG_SESSION_START, "core.fs.request", STAT_ROOT_PAYLOAD, sizeof STAT_ROOT_PAYLOAD);
+        frame_full(&out, id, FLAG_SESSION_START, "core.fs.request", stat_root_payload, stat_root_len);
         uint64_t t0 = now_ns();
         atomic_store(&mine->ready, 0);
         atomic_store(&mine->id, id);
@@ -970,14 +1077,14 @@ static void thr_roundtrip(int threads, struct sample *s) {
     if (!thr.slot) die("out of memory");
     thr.threads = threads;
     thr.reading = 0;
-    thr.next = raw.next_id - raw.id_offset - 1;
+    thr.next = raw.next_id;
     pthread_mutex_init(&thr.write_lock, NULL);
     run_rt_workers(threads, thr_worker_main, s);
     pthread_mutex_destroy(&thr.write_lock);
     free(thr.slot);
     thr.slot = NULL;
     /* Later baseline requests go on from where these left off. */
-    raw.next_id = raw.id_offset + 1 + thr.next % (ID_RANGE - 1);
+    raw.next_id = thr.next;
 }
 
 /* ------------------------------------------------------------------------ */
@@ -1060,11 +1167,35 @@ static int64_t payload_int(const uint8_t *payload, size_t len, const char *key) 
     return major == 0 ? (int64_t)v : major == 1 ? -1 - (int64_t)v : INT64_MIN;
 }
 
+/*
+ * True when an exec request stamped wire_v gets generation-10 flow control
+ * on this relay: the relay and agent then hold output beyond the window and
+ * the exit code until the client acknowledges what it consumed.
+ */
+static bool exec_acks_on(void) { return wire_v >= 10 && raw.exec_limits; }
+
+/* core.exec.output.ack {consumed} on the exec's id: the cumulative charge consumed. */
+static void raw_send_output_ack(uint32_t id, uint64_t consumed) {
+    struct buf p = {0}, frame = {0};
+    cb_head(&p, 5, 1), cb_text(&p, "consumed"), cb_head(&p, 0, consumed);
+    frame_full(&frame, id, 0, "core.exec.output.ack", p.p, p.len);
+    write_all(raw.fd, frame.p, frame.len);
+    free(p.p);
+    free(frame.p);
+}
+
 static void base_stream(struct sample *s) {
     struct buf payload = {0}, frame = {0};
     exec_request_payload(&payload);
     uint32_t id = raw_alloc_id(&raw);
     frame_full(&frame, id, FLAG_SESSION_START, "core.exec.request", payload.p, payload.len);
+
+    /* The minimal ack policy: acknowledge once a quarter of the window (at most
+     * 256 KiB) is unacknowledged, and whatever is left before blocking in a read. */
+    bool acks = exec_acks_on();
+    uint64_t batch = raw.output_limit / 4 < ACK_BATCH_MAX ? raw.output_limit / 4 : ACK_BATCH_MAX;
+    if (batch == 0) batch = 1;
+    uint64_t consumed = 0, acked = 0;
 
     uint64_t bytes = 0;
     int64_t code = INT64_MIN;
@@ -1072,14 +1203,28 @@ static void base_stream(struct sample *s) {
     uint64_t t0 = now_ns();
     write_all(raw.fd, frame.p, frame.len);
     for (;;) {
+        if (acks && consumed > acked && !raw_frame_buffered(&raw)) {
+            raw_send_output_ack(id, consumed);
+            acked = consumed;
+        }
         struct raw_frame f;
         raw_next(&raw, &f);
         if (f.id != id) continue;
-        if (type_is(&f, "core.exec.stdout")) {
+        bool out = type_is(&f, "core.exec.stdout");
+        if (out || type_is(&f, "core.exec.stderr")) {
             const uint8_t *data;
             size_t n;
-            if (!payload_data(f.payload, f.payload_len, &data, &n)) die("baseline: bad core.exec.stdout payload");
-            bytes += n;
+            if (!payload_data(f.payload, f.payload_len, &data, &n)) die("baseline: bad core.exec output payload");
+            if (out) bytes += n;
+            if (acks) {
+                consumed += n + OUTPUT_EVENT_OVERHEAD;
+                if (consumed - acked >= batch) {
+                    raw_send_output_ack(id, consumed);
+                    acked = consumed;
+                }
+            }
+        } else if (type_is(&f, "core.exec.failed")) {
+            die("baseline: the stream command could not start");
         } else if (type_is(&f, "core.exec.exited")) {
             code = payload_int(f.payload, f.payload_len, "code");
             break;
@@ -1092,6 +1237,22 @@ static void base_stream(struct sample *s) {
     if (code != 0) die("baseline: the stream command exited with %" PRId64, code);
     report_stream_volume("baseline", bytes);
     s->mb_per_s = (double)bytes / 1e6 / ((double)(t1 - t0) / 1e9);
+}
+
+/*
+ * The baseline streaming with acknowledgements on a connection of its own
+ * that stamps 10 (one v per connection), for relays with flow control while
+ * the library stamps less.
+ */
+static struct raw_conn raw_acks;
+
+static void base_stream_acks(struct sample *s) {
+    if (!raw_acks.fd) raw_connect(&raw_acks, socket_path);
+    struct raw_conn saved = raw;
+    uint8_t saved_v = wire_v;
+    raw = raw_acks, wire_v = 10;
+    base_stream(s);
+    raw_acks = raw, raw = saved, wire_v = saved_v;
 }
 
 /* ------------------------------------------------------------------------ */
@@ -1141,6 +1302,79 @@ static bool raw_fs_simple(const char *op, const char *path) {
     return raw_fs_wait(id, NULL);
 }
 
+/*
+ * Generation 2+ files are handle-based: OpenFile gives a handle, Read and
+ * Write name it with an offset, CloseHandle ends it. These build
+ * {"op": {OP: {...}}} for those operations.
+ */
+static void fs_open_payload(struct buf *p, const char *path, bool write, long mode) {
+    cb_head(p, 5, 1), cb_text(p, "op");
+    cb_head(p, 5, 1), cb_text(p, "OpenFile");
+    cb_head(p, 5, 2), cb_text(p, "path"), cb_text(p, path);
+    cb_text(p, "options"), cb_head(p, 5, 7);
+    cb_text(p, "read"), buf_byte(p, write ? 0xf4 : 0xf5);
+    cb_text(p, "write"), buf_byte(p, write ? 0xf5 : 0xf4);
+    cb_text(p, "append"), buf_byte(p, 0xf4);
+    cb_text(p, "create"), buf_byte(p, write ? 0xf5 : 0xf4);
+    cb_text(p, "truncate"), buf_byte(p, write ? 0xf5 : 0xf4);
+    cb_text(p, "create_new"), buf_byte(p, 0xf4);
+    cb_text(p, "mode");
+    if (mode >= 0) cb_head(p, 0, (uint64_t)mode);
+    else buf_byte(p, 0xf6);
+}
+
+/* Read/Write {handle, offset: 0, len} (len < 0: null, to the end) or CloseHandle {handle}. */
+static void fs_handle_payload(struct buf *p, const char *op, uint64_t handle, int64_t len) {
+    bool close_op = strcmp(op, "CloseHandle") == 0;
+    cb_head(p, 5, 1), cb_text(p, "op");
+    cb_head(p, 5, 1), cb_text(p, op);
+    cb_head(p, 5, close_op ? 1 : 3), cb_text(p, "handle"), cb_head(p, 0, handle);
+    if (close_op) return;
+    cb_text(p, "offset"), cb_head(p, 0, 0);
+    cb_text(p, "len");
+    if (len >= 0) cb_head(p, 0, (uint64_t)len);
+    else buf_byte(p, 0xf6);
+}
+
+static void raw_send_payload(uint32_t id, uint8_t flags, const char *type, const struct buf *payload) {
+    struct buf frame = {0};
+    frame_full(&frame, id, flags, type, payload->p, payload->len);
+    write_all(raw.fd, frame.p, frame.len);
+    free(frame.p);
+}
+
+/* Opens `path` for reading or for writing (create, truncate) and returns its handle. */
+static uint64_t raw_fs_open(const char *path, bool write, long mode) {
+    struct buf p = {0};
+    fs_open_payload(&p, path, write, mode);
+    uint32_t id = raw_alloc_id(&raw);
+    raw_send_payload(id, FLAG_SESSION_START, "core.fs.request", &p);
+    free(p.p);
+    for (;;) {
+        struct raw_frame f;
+        raw_next(&raw, &f);
+        if (f.id != id) continue;
+        struct cursor data, handle;
+        int major;
+        uint64_t h;
+        if (!type_is(&f, "core.fs.response") || !fs_response_ok(f.payload, f.payload_len) ||
+            !cb_lookup(f.payload, f.payload_len, "data", &data) ||
+            !cb_lookup(data.p, (size_t)(data.end - data.p), "Handle", &handle) ||
+            !cb_read_head(&handle, &major, &h) || major != 0)
+            die("baseline: OpenFile %s failed in the guest", path);
+        return h;
+    }
+}
+
+static void raw_fs_close(uint64_t handle) {
+    struct buf p = {0};
+    fs_handle_payload(&p, "CloseHandle", handle, -1);
+    uint32_t id = raw_alloc_id(&raw);
+    raw_send_payload(id, FLAG_SESSION_START, "core.fs.request", &p);
+    free(p.p);
+    if (!raw_fs_wait(id, NULL)) die("baseline: CloseHandle failed in the guest");
+}
+
 static void lib_file_write(struct sample *s) {
     msb_error *err = NULL;
     double cpu0 = process_cpu_s();
@@ -1170,8 +1404,19 @@ static void base_file_write(struct sample *s) {
     struct buf prefix = {0}, data_head = {0};
     double cpu0 = process_cpu_s();
     uint64_t t0 = now_ns();
-    uint32_t id = raw_alloc_id(&raw);
-    raw_send_fs_request(id, "Write", opt.file_path, 0644);
+    uint32_t id;
+    uint64_t handle = 0;
+    if (raw.legacy) {
+        id = raw_alloc_id(&raw);
+        raw_send_fs_request(id, "Write", opt.file_path, 0644);
+    } else {
+        handle = raw_fs_open(opt.file_path, true, 0644);
+        struct buf p = {0};
+        fs_handle_payload(&p, "Write", handle, (int64_t)opt.file_bytes);
+        id = raw_alloc_id(&raw);
+        raw_send_payload(id, FLAG_SESSION_START, "core.fs.request", &p);
+        free(p.p);
+    }
     uint64_t off = 0;
     for (;;) {
         size_t chunk = opt.file_bytes - off > FS_CHUNK ? FS_CHUNK : (size_t)(opt.file_bytes - off);
@@ -1185,6 +1430,7 @@ static void base_file_write(struct sample *s) {
         off += chunk;
     }
     if (!raw_fs_wait(id, NULL)) die("baseline: Write failed in the guest");
+    if (!raw.legacy) raw_fs_close(handle);
     uint64_t t1 = now_ns();
     s->cpu_s = process_cpu_s() - cpu0;
     free(prefix.p);
@@ -1196,9 +1442,20 @@ static void base_file_read(struct sample *s) {
     struct buf content = {0};
     double cpu0 = process_cpu_s();
     uint64_t t0 = now_ns();
-    uint32_t id = raw_alloc_id(&raw);
-    raw_send_fs_request(id, "Read", opt.file_path, -1);
-    if (!raw_fs_wait(id, &content)) die("baseline: Read failed in the guest");
+    if (raw.legacy) {
+        uint32_t id = raw_alloc_id(&raw);
+        raw_send_fs_request(id, "Read", opt.file_path, -1);
+        if (!raw_fs_wait(id, &content)) die("baseline: Read failed in the guest");
+    } else {
+        uint64_t handle = raw_fs_open(opt.file_path, false, -1);
+        struct buf p = {0};
+        fs_handle_payload(&p, "Read", handle, -1);
+        uint32_t id = raw_alloc_id(&raw);
+        raw_send_payload(id, FLAG_SESSION_START, "core.fs.request", &p);
+        free(p.p);
+        if (!raw_fs_wait(id, &content)) die("baseline: Read failed in the guest");
+        raw_fs_close(handle);
+    }
     uint64_t t1 = now_ns();
     s->cpu_s = process_cpu_s() - cpu0;
     if (content.len != opt.file_bytes) die("baseline: read %zu bytes back", content.len);
@@ -1218,7 +1475,7 @@ static void lib_connect(struct sample *s) {
         msb_client *c = NULL;
         msb_error *err = NULL;
         msb_status st = msb_client_connect(socket_path, NULL, &c, &err);
-        if (st == MSB_ERR_HANDSHAKE) { /* all 16 slots busy: the relay has not seen a close yet */
+        if (st == MSB_ERR_RELAY_BUSY || st == MSB_ERR_HANDSHAKE) { /* every slot busy: the relay has not seen a close yet */
             msb_error_free(err);
             connect_retries++;
             i--;
@@ -1232,11 +1489,13 @@ static void lib_connect(struct sample *s) {
     s->req_per_s = (double)opt.connects / ((double)(t1 - t0) / 1e9);
 }
 
-/* connect, read id_offset and the ready frame into a stack buffer, close. */
+/* connect, read the handshake (either form) into a stack buffer, close. */
 static bool base_connect_once(void) {
     int fd = unix_connect(socket_path);
     uint8_t hs[4096];
     size_t have = 0, want = 8;
+    bool classified = false, legacy = false;
+    uint32_t id_start, id_end;
     while (have < want) {
         ssize_t n = read(fd, hs + have, sizeof hs - have);
         if (n < 0 && errno == EINTR) continue;
@@ -1245,10 +1504,13 @@ static bool base_connect_once(void) {
             return false;
         }
         have += (size_t)n;
-        if (have >= 8) {
-            want = 8 + (size_t)get_be32(hs + 4);
-            if (want > sizeof hs) die("baseline: ready frame larger than expected");
+        if (!classified && have >= 8) {
+            classified = true;
+            want = classify_handshake(hs, &legacy, &id_start, &id_end);
+            if (!want) want = 12;
         }
+        if (classified && !legacy && want == 12 && have >= 12) want = 12 + (size_t)get_be32(hs + 8);
+        if (want > sizeof hs) die("baseline: ready frame larger than expected");
     }
     close(fd);
     return true;
@@ -1269,18 +1531,15 @@ static void base_connect(struct sample *s) {
 }
 
 /*
- * Idle clients. A relay serves at most 16 clients, so these connect to
- * socketpairs on which this program plays the relay's handshake (the real
- * relay's id_offset pattern and its actual ready frame): the footprint of an
- * idle client is the client's alone.
+ * Idle clients. A relay serves at most 16 (legacy) or 128 clients, so these
+ * connect to socketpairs on which this program plays the relay's handshake
+ * (the bytes the real relay sent the baseline: its id words and its ready
+ * frame): the footprint of an idle client is the client's alone.
  */
-static void idle_socketpair(int i, int *client_end, int *relay_end) {
+static void replayed_relay(int *client_end, int *relay_end) {
     int sv[2];
     if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) != 0) die("socketpair: %s", strerror(errno));
-    uint8_t id_offset[4];
-    put_be32(id_offset, (uint32_t)(i % 16) * ID_RANGE);
-    write_all(sv[1], id_offset, 4);
-    write_all(sv[1], raw.ready_frame.p, raw.ready_frame.len);
+    write_all(sv[1], raw.prologue.p, raw.prologue.len);
     *client_end = sv[0], *relay_end = sv[1];
 }
 
@@ -1295,7 +1554,7 @@ static void lib_idle(struct sample *s) {
     double rss0 = rss_bytes();
     for (int i = 0; i < k; i++) {
         int fd;
-        idle_socketpair(i, &fd, &relay_ends[i]);
+        replayed_relay(&fd, &relay_ends[i]);
         msb_error *err = NULL;
         msb_status st = msb_client_connect_fd(fd, NULL, &clients[i], &err);
         if (st != MSB_OK) die_msb("msb_client_connect_fd", st, err);
@@ -1319,7 +1578,7 @@ static void base_idle(struct sample *s) {
     double rss0 = rss_bytes();
     for (int i = 0; i < k; i++) {
         int fd;
-        idle_socketpair(i, &fd, &relay_ends[i]);
+        replayed_relay(&fd, &relay_ends[i]);
         raw_handshake(&conns[i], fd);
     }
     int threads1 = thread_count();
@@ -1329,6 +1588,106 @@ static void base_idle(struct sample *s) {
     s->extra_threads = threads1 - threads0;
     s->threads_per_client = (double)(threads1 - threads0) / k;
     s->rss_kib_per_client = (rss1 - rss0) / 1024.0 / k;
+}
+
+/* ------------------------------------------------------------------------ */
+/* What the library stamps                                                   */
+
+static bool read_exact(int fd, uint8_t *p, size_t n) {
+    while (n > 0) {
+        ssize_t r = read(fd, p, n);
+        if (r < 0 && errno == EINTR) continue;
+        if (r <= 0) return false;
+        p += r, n -= (size_t)r;
+    }
+    return true;
+}
+
+/*
+ * The `v` the library stamps on this relay, so that the baseline stamps the
+ * same (it decides what the relay does: a `v` of 10 switches exec flow
+ * control on). The library connects to a socketpair on which this program
+ * replays the relay's handshake and sends one Stat; its frame's `v` is read
+ * back. One `v` holds for every frame of a connection.
+ */
+static uint8_t probe_library_stamp(void) {
+    int client_end, relay_end;
+    replayed_relay(&client_end, &relay_end);
+    msb_client *probe = NULL;
+    msb_error *err = NULL;
+    msb_status st = msb_client_connect_fd(client_end, NULL, &probe, &err);
+    close(client_end);
+    if (st != MSB_OK) die_msb("msb_client_connect_fd (probe)", st, err);
+    st = msb_client_send(probe, "core.fs.request", msb_client_alloc_id(probe), stat_root_payload, stat_root_len,
+                         TIMEOUT_MS, &err);
+    if (st != MSB_OK) die_msb("msb_client_send (probe)", st, err);
+    uint8_t head[4];
+    static uint8_t body[MAX_FRAME_LEN];
+    if (!read_exact(relay_end, head, 4)) die("probe: the library sent nothing");
+    uint32_t len = get_be32(head);
+    if (len < MIN_FRAME_LEN || len > MAX_FRAME_LEN || !read_exact(relay_end, body, len))
+        die("probe: the library's frame is cut short");
+    struct cursor v;
+    int major;
+    uint64_t value;
+    if (!cb_lookup(body + 5, len - 5, "v", &v) || !cb_read_head(&v, &major, &value) || major != 0 || value > 255)
+        die("probe: the library's frame has no v");
+    msb_client_free(probe);
+    close(relay_end);
+    return (uint8_t)value;
+}
+
+/* ------------------------------------------------------------------------ */
+/* The upstream peer: bench/upstream, run once per run in its own process    */
+
+/*
+ * Runs the upstream peer for one run of `bench` against the same relay and
+ * reads its JSON line into `s`. False if it could not do this bench (its
+ * stderr says why: e.g. upstream refuses file system requests on a
+ * generation-1 relay).
+ */
+static bool run_upstream(const char *bench, int threads, struct sample *s) {
+    char threads_text[16], requests[32], bytes[32], connects[32];
+    snprintf(threads_text, sizeof threads_text, "%d", threads);
+    snprintf(requests, sizeof requests, "%ld", opt.requests);
+    snprintf(bytes, sizeof bytes, "%" PRIu64, opt.stream_bytes);
+    snprintf(connects, sizeof connects, "%ld", opt.connects);
+    char *args[] = {(char *)opt.upstream, "--socket",     (char *)socket_path,       "--bench",
+                    (char *)bench,        "--threads",    threads_text,              "--requests",
+                    requests,             "--stream-cmd", (char *)opt.stream_cmd,    "--stream-bytes",
+                    bytes,                "--connects",   connects,                  "--json",
+                    NULL};
+    int out[2];
+    if (pipe2(out, O_CLOEXEC) != 0) die("pipe: %s", strerror(errno));
+    pid_t pid = fork();
+    if (pid < 0) die("fork: %s", strerror(errno));
+    if (pid == 0) {
+        dup2(out[1], STDOUT_FILENO);
+        execv(opt.upstream, args);
+        _exit(127);
+    }
+    close(out[1]);
+    char line[1024];
+    size_t used = 0;
+    ssize_t n;
+    while ((n = read(out[0], line + used, sizeof line - 1 - used)) > 0 || (n < 0 && errno == EINTR))
+        if (n > 0) used += (size_t)n;
+    line[used] = 0;
+    close(out[0]);
+    int status;
+    while (waitpid(pid, &status, 0) < 0 && errno == EINTR) {}
+    if (!WIFEXITED(status) || WEXITSTATUS(status) != 0) return false;
+    memset(s, 0, sizeof *s);
+    const struct {
+        const char *key;
+        double *field;
+    } fields[] = {{"\"req_per_s\": ", &s->req_per_s}, {"\"p50_us\": ", &s->p50_us}, {"\"p99_us\": ", &s->p99_us},
+                  {"\"mb_per_s\": ", &s->mb_per_s},   {"\"cpu_s\": ", &s->cpu_s}};
+    for (size_t i = 0; i < sizeof fields / sizeof fields[0]; i++) {
+        const char *at = strstr(line, fields[i].key);
+        if (at) *fields[i].field = strtod(at + strlen(fields[i].key), NULL);
+    }
+    return strstr(line, "\"client\": \"upstream\"") != NULL;
 }
 
 /* ------------------------------------------------------------------------ */
@@ -1361,40 +1720,77 @@ static bool progress; /* stderr is a terminal: show which run is going on */
 struct extra_runners {
     runner lib_pipelined; /* the library, pipelined from one thread */
     runner threaded;      /* the threaded reference, a baseline */
+    runner base_acks;     /* the baseline with exec flow control when the library has none */
 };
 
+static bool run_upstream_peer(void) { return opt.upstream && opt.only == ONLY_BOTH; }
+
+/*
+ * Runs one measurement for every client, interleaved run by run: library,
+ * baseline, upstream peer (when `upstream` names its bench), then the
+ * threaded reference and lib-pipelined when `extra` is given.
+ */
 static void measure_with(const char *bench, int threads, int fields, runner lib, runner base,
-                         const struct extra_runners *extra) {
+                         const struct extra_runners *extra, bool upstream) {
     struct measurement *lm = run_library() ? new_measurement(bench, "library", threads, fields) : NULL;
     struct measurement *bm = run_baseline() ? new_measurement(bench, "baseline", threads, fields) : NULL;
-    struct measurement *pm = run_library() && extra ? new_measurement(bench, "lib-pipelined", threads, fields) : NULL;
-    struct measurement *tm = run_baseline() && extra ? new_measurement(bench, "threaded", threads, fields) : NULL;
+    struct measurement *um = upstream && run_upstream_peer() ? new_measurement(bench, "upstream", threads, fields) : NULL;
+    struct measurement *pm =
+        run_library() && extra && extra->lib_pipelined ? new_measurement(bench, "lib-pipelined", threads, fields) : NULL;
+    struct measurement *tm =
+        run_baseline() && extra && extra->threaded ? new_measurement(bench, "threaded", threads, fields) : NULL;
+    struct measurement *am =
+        run_baseline() && extra && extra->base_acks ? new_measurement(bench, "baseline-acks", threads, fields) : NULL;
     for (int r = 0; r < opt.runs; r++) {
         if (progress) fprintf(stderr, "\rbench: %-12s threads %-2d run %d/%d", bench, threads, r + 1, opt.runs);
         if (lm) lib(&lm->runs[lm->n++]);
         if (bm) base(&bm->runs[bm->n++]);
+        if (um && !um->dropped) {
+            if (run_upstream(bench, threads, &um->runs[um->n])) um->n++;
+            else {
+                fprintf(stderr, "bench: note: the upstream peer could not run %s (see above); no upstream row\n", bench);
+                um->dropped = true;
+            }
+        }
         if (tm) extra->threaded(&tm->runs[tm->n++]);
         if (pm) extra->lib_pipelined(&pm->runs[pm->n++]);
+        if (am) extra->base_acks(&am->runs[am->n++]);
     }
     if (progress) fprintf(stderr, "\r%60s\r", "");
-    struct measurement *all[] = {lm, bm, pm, tm};
+    if (um && um->dropped) um = NULL;
+    struct measurement *all[] = {lm, bm, um, pm, tm, am};
     for (size_t i = 0; i < sizeof all / sizeof all[0]; i++)
         if (all[i]) finish_measurement(all[i]);
     set_ratios(tm, bm);
     set_ratios(pm, bm);
+    set_ratios(um, bm);
+    set_ratios(am, bm);
     set_ratios(lm, bm);
     if (lm && tm && tm->median.req_per_s > 0) {
         lm->has_ratio_threaded = true;
         lm->ratio_threaded = lm->median.req_per_s / tm->median.req_per_s;
     }
+    if (lm && um) {
+        double l = fields & F_MB ? lm->median.mb_per_s : lm->median.req_per_s;
+        double u = fields & F_MB ? um->median.mb_per_s : um->median.req_per_s;
+        if (u > 0) lm->has_ratio_upstream = true, lm->ratio_upstream = l / u;
+    }
+    if (!strcmp(bench, "stream")) {
+        /* The library and the baseline stamp the same v; upstream stamps 10 on every current relay. */
+        if (lm) lm->acks = exec_acks_on();
+        if (bm) bm->acks = exec_acks_on();
+        if (um) um->acks = !raw.legacy && raw.peer_v >= 10 && raw.exec_limits;
+        if (am) am->acks = 1;
+    }
 }
 
-static void measure(const char *bench, int threads, int fields, runner lib, runner base) {
-    measure_with(bench, threads, fields, lib, base, NULL);
+static void measure(const char *bench, int threads, int fields, runner lib, runner base, bool upstream) {
+    measure_with(bench, threads, fields, lib, base, NULL, upstream);
 }
 
 static void print_json(const struct measurement *m) {
     const struct sample *s = &m->median;
+    if (m->dropped) return;
     printf("{\"bench\": \"%s\", \"client\": \"%s\"", m->bench, m->client);
     if (m->fields & F_IDLE) {
         printf(", \"clients\": %d, \"os_threads\": %.0f, \"threads_per_client\": %.3f, \"rss_kib_per_client\": %.1f",
@@ -1408,15 +1804,18 @@ static void print_json(const struct measurement *m) {
     if (m->fields & F_CPU) printf(", \"cpu_s\": %.3f", s->cpu_s);
     if (m->has_ratio) printf(", \"ratio\": %.3f", m->ratio);
     if (m->has_ratio_threaded) printf(", \"ratio_threaded\": %.3f", m->ratio_threaded);
+    if (m->has_ratio_upstream) printf(", \"ratio_upstream\": %.3f", m->ratio_upstream);
+    if (m->acks >= 0) printf(", \"acks\": %s", m->acks ? "true" : "false");
     printf("}\n");
 }
 
 static void print_table(FILE *out) {
-    fprintf(out, "%-12s %-13s %4s %11s %9s %9s %9s %8s %7s\n", "bench", "client", "thr", "req/s", "p50 us",
-            "p99 us", "MB/s", "CPU s", "ratio");
+    fprintf(out, "%-12s %-13s %4s %11s %9s %9s %9s %8s %7s %8s\n", "bench", "client", "thr", "req/s", "p50 us",
+            "p99 us", "MB/s", "CPU s", "ratio", "/upstr");
     for (int i = 0; i < result_count; i++) {
         const struct measurement *m = &results[i];
         const struct sample *s = &m->median;
+        if (m->dropped) continue;
         char c[7][24];
         for (int j = 0; j < 7; j++) strcpy(c[j], "-");
         if (m->fields & F_IDLE) {
@@ -1430,8 +1829,15 @@ static void print_table(FILE *out) {
         if (m->fields & F_MB) snprintf(c[3], sizeof c[3], "%.0f", s->mb_per_s);
         if (m->fields & F_CPU) snprintf(c[4], sizeof c[4], "%.3f", s->cpu_s);
         if (m->has_ratio) snprintf(c[5], sizeof c[5], "%.2f", m->ratio);
-        fprintf(out, "%-12s %-13s %4d %11s %9s %9s %9s %8s %7s\n", m->bench, m->client, m->threads, c[0], c[1],
-                c[2], c[3], c[4], c[5]);
+        if (m->has_ratio_upstream) snprintf(c[6], sizeof c[6], "%.2f", m->ratio_upstream);
+        fprintf(out, "%-12s %-13s %4d %11s %9s %9s %9s %8s %7s %8s\n", m->bench, m->client, m->threads, c[0], c[1],
+                c[2], c[3], c[4], c[5], c[6]);
+    }
+    for (int i = 0; i < result_count; i++) {
+        const struct measurement *m = &results[i];
+        if (m->acks >= 0 && !m->dropped)
+            fprintf(out, "%s%s %s: %s\n", i && results[i - 1].acks >= 0 ? "" : "\n", m->bench, m->client,
+                    m->acks ? "with acknowledgements (generation-10 flow control)" : "without flow control");
     }
     for (int i = 0; i < result_count; i++) {
         const struct measurement *m = &results[i];
@@ -1445,6 +1851,10 @@ static void usage(FILE *out) {
     fprintf(out,
             "usage: bench [OPTIONS]\n"
             "  --socket PATH       relay socket (default: start target/release/msb-devrelay on a temp socket)\n"
+            "  --profile VERSION   release the started devrelay imitates: 0.3.14, 0.6.14 or 0.7.13\n"
+            "                      (default: $MSB_DEVRELAY_PROFILE, else 0.7.13)\n"
+            "  --upstream PATH     the upstream peer (bench/upstream, built by scripts/bench.sh): run once per\n"
+            "                      run of roundtrip, stream and connect, between library and baseline runs\n"
             "  --requests N        round trips per run (default 100000)\n"
             "  --threads C         threads sharing one client / baseline pipeline depth (default 8)\n"
             "  --stream-cmd CMD    shell command whose stdout is streamed; $B is --stream-bytes\n"
@@ -1455,11 +1865,14 @@ static void usage(FILE *out) {
             "  --connects N        connections per run (default 1000)\n"
             "  --idle-clients K    idle clients held at once (default 64)\n"
             "  --runs N            runs per measurement; medians are reported (default 3)\n"
-            "  --only library|baseline   (baseline includes the threaded reference)\n"
+            "  --only library|baseline   (baseline includes the threaded reference; either skips upstream)\n"
             "  --bench LIST        comma-separated subset of: roundtrip,stream,file_write,file_read,connect,idle_clients\n"
             "  --json              one JSON line per measurement on stdout (the table goes to stderr)\n"
             "  --quick             small sizes for a smoke run (2000 requests, 64 MiB stream, 16 MiB files)\n"
-            "Ratios are library/baseline throughput (req/s, MB/s; connections per second for connect).\n"
+            "Ratios are library/baseline throughput (req/s, MB/s; connections per second for connect);\n"
+            "/upstr is library/upstream. The baseline stamps the v the library stamps (probed), and on a\n"
+            "relay with exec flow control (v = 10, 0.7.9+) both acknowledge streamed output; while the\n"
+            "library stamps less there, \"baseline-acks\" streams with acknowledgements on a second connection.\n"
             "Round trips from several threads also run \"threaded\": the baseline's client with each thread\n"
             "blocking for its own reply, the limit of a blocking call-per-thread API on this machine, and\n"
             "\"lib-pipelined\": the library with as many requests in flight from one thread.\n");
@@ -1481,6 +1894,8 @@ static void parse_args(int argc, char **argv) {
         const char *v = i + 1 < argc ? argv[i + 1] : NULL;
 #define VALUE() (v ? (i++, v) : (die("%s needs a value", a), ""))
         if (!strcmp(a, "--socket")) opt.socket_path = VALUE();
+        else if (!strcmp(a, "--profile")) opt.profile = VALUE();
+        else if (!strcmp(a, "--upstream")) opt.upstream = VALUE();
         else if (!strcmp(a, "--requests")) opt.requests = (long)parse_u64(a, VALUE()), set_requests = true;
         else if (!strcmp(a, "--threads")) opt.threads = (int)parse_u64(a, VALUE());
         else if (!strcmp(a, "--stream-cmd")) opt.stream_cmd = VALUE();
@@ -1513,6 +1928,11 @@ static void parse_args(int argc, char **argv) {
         if (!set_file) opt.file_bytes = 16ull << 20;
         if (!set_connects) opt.connects = 100;
     }
+    if (!opt.profile) {
+        /* The harnesses' convention for the devrelay they start. */
+        const char *env = getenv("MSB_DEVRELAY_PROFILE");
+        opt.profile = env && *env ? env : "0.7.13";
+    }
     if (opt.runs > MAX_RUNS) die("--runs is at most %d", MAX_RUNS);
     if (opt.threads > 1024) die("--threads is at most 1024");
     if (opt.idle_clients > 1000) die("--idle-clients is at most 1000");
@@ -1535,6 +1955,11 @@ static void machine_facts(FILE *out) {
     }
     fprintf(out, "libmicrosandbox_agent %s; %ld CPUs (%s); relay %s\n", msb_version(), sysconf(_SC_NPROCESSORS_ONLN),
             model, opt.socket_path ? opt.socket_path : "msb-devrelay started by the bench");
+    if (!opt.socket_path) fprintf(out, "devrelay profile %s; ", opt.profile);
+    fprintf(out, "%s handshake, relay generation %u, %sexec_limits; library stamps v = %u, baseline v = %u%s; upstream peer: %s\n",
+            raw.legacy ? "legacy" : "current", raw.peer_v, raw.exec_limits ? "" : "no ", library_v, wire_v,
+            exec_acks_on() ? " (exec flow control: streamed output is acknowledged)" : "",
+            run_upstream_peer() ? opt.upstream : "not run");
     fprintf(out, "%ld round trips, %.0f MiB stream (%s), %.0f MiB files, %ld connects, %d idle clients; "
                  "median of %d runs\n\n",
             opt.requests, (double)opt.stream_bytes / MIB, opt.stream_cmd, (double)opt.file_bytes / MIB,
@@ -1561,8 +1986,12 @@ int main(int argc, char **argv) {
     signal(SIGTERM, on_signal);
     socket_path = opt.socket_path ? opt.socket_path : start_relay(argv[0]);
 
-    /* Always one baseline connection: it also captures the relay's ready frame for idle_clients. */
+    /* Always one baseline connection: it also captures the relay's handshake for idle_clients. */
     raw_connect(&raw, socket_path);
+    if (!raw.legacy) stat_root_payload = STAT_ROOT_CURRENT, stat_root_len = sizeof STAT_ROOT_CURRENT;
+    wire_v = library_v = probe_library_stamp();
+    bool allowed = raw.legacy ? wire_v == 1 : wire_v == 7 || wire_v == 10;
+    if (!allowed) die("the library stamps v = %u on a %s relay, which no rule allows", wire_v, raw.legacy ? "legacy" : "current");
     if (run_library()) {
         msb_error *err = NULL;
         msb_status st = msb_client_connect(socket_path, NULL, &lib_client, &err);
@@ -1575,14 +2004,22 @@ int main(int argc, char **argv) {
     if (bench_selected("roundtrip")) {
         current_lib_rt = lib_roundtrip, current_base_rt = base_roundtrip;
         current_threads = 1;
-        measure("roundtrip", 1, F_REQ | F_LAT | F_CPU, lib_rt_current, base_rt_current);
+        measure("roundtrip", 1, F_REQ | F_LAT | F_CPU, lib_rt_current, base_rt_current, true);
         if (opt.threads != 1) {
             current_threads = opt.threads;
             struct extra_runners extra = {.lib_pipelined = lib_pipelined_current, .threaded = thr_rt_current};
-            measure_with("roundtrip", opt.threads, F_REQ | F_LAT | F_CPU, lib_rt_current, base_rt_current, &extra);
+            measure_with("roundtrip", opt.threads, F_REQ | F_LAT | F_CPU, lib_rt_current, base_rt_current, &extra,
+                         true);
         }
     }
-    if (bench_selected("stream")) measure("stream", 1, F_MB | F_CPU, lib_stream, base_stream);
+    if (bench_selected("stream")) {
+        /* Until the library runs exec flow control where the relay has it,
+         * a second baseline row streams with acknowledgements, the work the
+         * upstream peer does there. */
+        bool acks_row = run_baseline() && !exec_acks_on() && !raw.legacy && raw.peer_v >= 10 && raw.exec_limits;
+        struct extra_runners extra = {.base_acks = base_stream_acks};
+        measure_with("stream", 1, F_MB | F_CPU, lib_stream, base_stream, acks_row ? &extra : NULL, true);
+    }
     bool files = bench_selected("file_write") || bench_selected("file_read");
     if (files) {
         file_data = malloc(opt.file_bytes);
@@ -1596,16 +2033,16 @@ int main(int argc, char **argv) {
             if (!raw_fs_simple("Mkdir", dir)) die("could not create %s in the guest", dir);
         }
         /* file_read reads what file_write left, so it always needs one write first. */
-        if (bench_selected("file_write")) measure("file_write", 1, F_MB | F_CPU, lib_file_write, base_file_write);
+        if (bench_selected("file_write")) measure("file_write", 1, F_MB | F_CPU, lib_file_write, base_file_write, false);
         else {
             struct sample ignored;
             base_file_write(&ignored);
         }
-        if (bench_selected("file_read")) measure("file_read", 1, F_MB | F_CPU, lib_file_read, base_file_read);
+        if (bench_selected("file_read")) measure("file_read", 1, F_MB | F_CPU, lib_file_read, base_file_read, false);
         raw_fs_simple("Remove", opt.file_path);
         free(file_data);
     }
-    if (bench_selected("connect")) measure("connect", 1, F_REQ | F_CPU, lib_connect, base_connect);
+    if (bench_selected("connect")) measure("connect", 1, F_REQ | F_CPU, lib_connect, base_connect, true);
     if (bench_selected("idle_clients")) {
         struct measurement *lm = run_library() ? new_measurement("idle_clients", "library", 0, F_IDLE) : NULL;
         struct measurement *bm = run_baseline() ? new_measurement("idle_clients", "baseline", 0, F_IDLE) : NULL;
@@ -1619,6 +2056,7 @@ int main(int argc, char **argv) {
 
     msb_client_free(lib_client);
     raw_close(&raw);
+    if (raw_acks.fd) raw_close(&raw_acks);
     stop_relay();
 
     if (connect_retries) fprintf(stderr, "bench: note: %ld connects found all relay slots busy and were retried\n", connect_retries);

@@ -1,5 +1,5 @@
-//! One connection to a relay: the socket, the writer, the routing table,
-//! the memory budget, and who reads when.
+//! One connection to a relay: the socket, the writer, and the reader that
+//! owns everything about receiving (see `reader`).
 //!
 //! Writes happen on the caller's thread (no hop through a channel): a frame
 //! is encoded into a small head buffer and sent with one write, under a lock
@@ -7,153 +7,48 @@
 //! large one goes out by reference in the same (vectored) write. A send that
 //! finds the socket full blocks in the kernel, bounded by its deadline.
 //!
-//! Reads (see `reader`) happen on whichever thread holds the read state: a
-//! caller blocked in a pull, or the background task while something waits
-//! passively. Every complete frame of a read is routed under one
-//! acquisition of the routing lock, and a subscriber is woken only when its
-//! queue turns non-empty.
-//!
-//! Memory: every queued message is charged to a per-connection budget. When
-//! the budget is spent, the reader stops reading the socket until consumers
-//! drain; the kernel buffers fill and the relay, then the guest, is held back.
-//! The trade-off: one subscriber that never pulls pauses every subscriber of
-//! the connection. That is deliberate: the alternatives are unbounded memory
-//! or silently dropping data that arrived correctly.
+//! Each connection has one background thread, which keeps the socket read
+//! whenever no caller does (see `reader`), and which is joined when the
+//! client is freed. It starts with the first send or the first passive
+//! wait (a readiness fd, an async `recv`): relays send nothing unasked after
+//! the handshake, so a client that never sent has nothing to read but the
+//! end of the connection, which a blocking pull reads itself; connecting
+//! costs no thread.
 
-use std::collections::{HashMap, VecDeque};
-use std::hash::{BuildHasherDefault, Hasher};
 use std::io;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::Arc;
-use std::time::Instant;
-
-use tokio::sync::Notify;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Weak};
+use std::time::{Duration, Instant};
 
 use super::error::{CloseCause, Error, Result};
+use super::flow;
 use super::ids::IdAllocator;
 use super::peer::Peer;
-use super::pool::FramePool;
-use super::reader::ReadState;
-use super::subscription::{charge, Accept, SubShared, Subscription};
-use super::sync::{CacheAligned, Mutex, TimedLock, WakeGroup};
-use crate::protocol::{encode_frame_head, encoded_len, Message, MessageType, MAX_FRAME_SIZE};
+use super::platform;
+use super::reader::{set_socket_timeout, Backpressure, Counters, Outbox, Reader, Stream};
+use super::sync::{CacheAligned, Mutex, TimedLock};
+use crate::protocol::{encode_frame_head, encoded_len, MessageType, MAX_FRAME_SIZE};
 
-/// What a guest did to this connection, for users to inspect.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
-pub struct Counters {
-    pub frames_received: u64,
-    pub bytes_received: u64,
-    /// In our range, but nobody was subscribed to the id.
-    pub dropped_no_subscriber: u64,
-    /// Outside our range: a peer bug or a hostile guest.
-    pub dropped_out_of_range: u64,
-    /// Frames whose type this version does not know.
-    pub unknown_type: u64,
-    /// Bytes charged to the memory budget right now.
-    pub bytes_queued: u64,
-}
+/// Stack of the background thread: it runs only the reader, no caller code.
+const BACKGROUND_STACK: usize = 128 * 1024;
 
-#[derive(Default)]
-struct AtomicCounters {
-    frames_received: AtomicU64,
-    bytes_received: AtomicU64,
-    dropped_no_subscriber: AtomicU64,
-    dropped_out_of_range: AtomicU64,
-    unknown_type: AtomicU64,
-}
-
-enum SocketWait {
-    Ready,
-    TimedOut,
-    Closed,
-    Recheck,
-}
-
-fn new_eventfd() -> Result<OwnedFd> {
-    // SAFETY: eventfd has no memory-safety preconditions; checked below.
-    let efd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) };
-    if efd < 0 {
-        return Err(Error::io(io::Error::last_os_error(), "eventfd"));
-    }
-    // SAFETY: `efd` is a fresh descriptor nobody else owns.
-    Ok(unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(efd) })
-}
-
-/// Live subscriptions by correlation id.
-type Routes = HashMap<u32, Arc<SubShared>, BuildHasherDefault<IdHasher>>;
-
-/// Hashes correlation ids for `Routes`. The ids in the table are ours: we
-/// allocate them (mostly consecutively) and nothing from the guest is ever
-/// inserted, so a keyed hash would protect nothing, and it cost more than the
-/// rest of the lookup. One multiplication spreads consecutive ids over both
-/// the bucket index (low bits) and the tag (high bits).
-#[derive(Default)]
-struct IdHasher(u64);
-
-impl IdHasher {
-    /// 2^64 divided by the golden ratio: odd, with well-mixed high bits.
-    const MULTIPLIER: u64 = 0x9e37_79b9_7f4a_7c15;
-}
-
-impl Hasher for IdHasher {
-    fn write(&mut self, bytes: &[u8]) {
-        // Only `u32` keys are hashed here; this keeps the trait complete.
-        for &b in bytes {
-            self.0 = (self.0.rotate_left(8) ^ u64::from(b)).wrapping_mul(Self::MULTIPLIER);
-        }
-    }
-
-    fn write_u32(&mut self, n: u32) {
-        self.0 = u64::from(n).wrapping_mul(Self::MULTIPLIER);
-    }
-
-    fn finish(&self) -> u64 {
-        self.0
-    }
-}
+/// How long the reader may spend sending the kill for an exec whose output
+/// overflowed: it must get back to reading.
+const KILL_SEND_TIMEOUT: Duration = Duration::from_millis(200);
 
 pub(crate) struct Conn {
     fd: OwnedFd,
-    /// Readable when the connection is closed; writers blocked on a full
-    /// socket poll it too, so closing wakes them.
-    close_event: OwnedFd,
-    /// Readable when a reading caller must re-check whether to stop (its
-    /// subscription was released under it); polled only by that caller.
-    leader_wake: OwnedFd,
-    writer: CacheAligned<TimedLock>,
-    routes: CacheAligned<Mutex<Routes>>,
-    closed: Mutex<Option<CloseCause>>,
-    /// Mirrors `closed.is_some()`, so the checks on every call take no lock.
-    is_closed: AtomicBool,
-    pub(crate) close_notify: Notify,
-    /// The socket's read side; see `reader` for who holds it when.
-    pub(crate) read_state: CacheAligned<parking_lot::Mutex<ReadState>>,
-    /// The background task found the read state taken and waits for `handoff`.
-    pub(crate) task_waiting: AtomicBool,
-    pub(crate) handoff: Notify,
-    /// The connection's correlation ids (see `ids`).
-    pub(crate) ids: IdAllocator,
     /// What the handshake said; gives the `v` every frame is stamped with.
     pub(crate) peer: Arc<Peer>,
-    budget: usize,
-    queued: CacheAligned<AtomicUsize>,
-    pub(crate) budget_freed: Notify,
-    counters: AtomicCounters,
-    /// Callers blocked in a pull that could not take the read lock; one of
-    /// them is asked to lead when the current reader lets go.
-    followers: CacheAligned<Mutex<VecDeque<Arc<SubShared>>>>,
-    /// Where those callers sleep.
-    pub(crate) blocked: CacheAligned<WakeGroup>,
-    /// Subscriptions that wait without pulling (readiness fd, async waker):
-    /// while any exist, the background task reads for them.
-    passive: AtomicUsize,
-    pub(crate) passive_changed: Notify,
-    /// Large frame buffers, reused once the caller frees them.
-    pub(crate) frame_buffers: FramePool,
-    /// The thread that runs the private runtime; started the first time a
-    /// subscription waits passively, so idle clients cost no thread.
+    writer: CacheAligned<TimedLock>,
+    pub(crate) reader: Reader,
+    /// The background reader thread, started by the first send or passive
+    /// wait (see the module docs); taken when joined.
     background: Mutex<Option<std::thread::JoinHandle<()>>>,
+    background_started: AtomicBool,
+    /// This connection, for the thread to hold on to.
+    this: Weak<Conn>,
 }
 
 impl Conn {
@@ -162,251 +57,165 @@ impl Conn {
         ids: IdAllocator,
         peer: Arc<Peer>,
         budget: usize,
+        backpressure: Backpressure,
+        exec_limits: Option<crate::protocol::payload::ExecLimits>,
     ) -> Result<Arc<Conn>> {
-        let close_event = new_eventfd()?;
-        let leader_wake = new_eventfd()?;
-        Ok(Arc::new(Conn {
+        platform::prepare_socket(fd.as_raw_fd())
+            .map_err(|e| Error::io(e, "preparing the socket"))?;
+        let exec_limits = exec_limits.map(|l| flow::ExecLimits::from(&l));
+        let reader = Reader::new(fd.as_raw_fd(), ids, budget, backpressure, exec_limits)
+            .map_err(|e| Error::io(e, "creating the reader's events"))?;
+        Ok(Arc::new_cyclic(|this| Conn {
             fd,
-            close_event,
-            leader_wake,
-            writer: CacheAligned::default(),
-            routes: CacheAligned::default(),
-            closed: Mutex::new(None),
-            is_closed: AtomicBool::new(false),
-            close_notify: Notify::new(),
-            read_state: CacheAligned(parking_lot::Mutex::new(ReadState::new())),
-            task_waiting: AtomicBool::new(false),
-            handoff: Notify::new(),
-            ids,
             peer,
-            budget,
-            queued: CacheAligned::default(),
-            budget_freed: Notify::new(),
-            counters: AtomicCounters::default(),
-            followers: CacheAligned::default(),
-            blocked: CacheAligned::default(),
-            passive: AtomicUsize::new(0),
-            passive_changed: Notify::new(),
-            frame_buffers: FramePool::default(),
+            writer: CacheAligned::default(),
+            reader,
             background: Mutex::new(None),
+            background_started: AtomicBool::new(false),
+            this: this.clone(),
         }))
     }
 
-    pub(crate) fn raw_fd(&self) -> RawFd {
-        self.fd.as_raw_fd()
+    /// Starts the background reader unless it runs already: before the
+    /// first frame goes out, so that whatever comes back is read whatever
+    /// the caller does.
+    #[inline]
+    pub(crate) fn ensure_background(&self) -> Result<()> {
+        if self.background_started.load(Ordering::Acquire) {
+            return Ok(());
+        }
+        self.start_background()
     }
 
-    pub(crate) fn budget_available(&self) -> bool {
-        self.queued.load(Ordering::Acquire) < self.budget
-    }
-
-    pub(crate) fn counters(&self) -> Counters {
-        let c = &self.counters;
-        Counters {
-            frames_received: c.frames_received.load(Ordering::Relaxed),
-            bytes_received: c.bytes_received.load(Ordering::Relaxed),
-            dropped_no_subscriber: c.dropped_no_subscriber.load(Ordering::Relaxed),
-            dropped_out_of_range: c.dropped_out_of_range.load(Ordering::Relaxed),
-            unknown_type: c.unknown_type.load(Ordering::Relaxed),
-            bytes_queued: self.queued.load(Ordering::Relaxed) as u64,
+    #[cold]
+    fn start_background(&self) -> Result<()> {
+        let mut slot = self.background.lock();
+        if self.background_started.load(Ordering::Acquire) {
+            return Ok(());
+        }
+        // Checked under the slot's lock: a close that joined already left
+        // nothing to join a new thread, so none may start.
+        self.reader.check_open()?;
+        let Some(conn) = self.this.upgrade() else {
+            return self.reader.check_open();
+        };
+        let started = std::thread::Builder::new()
+            .name("msb-client".into())
+            .stack_size(BACKGROUND_STACK)
+            .spawn(move || conn.reader.run_background(&*conn));
+        match started {
+            Ok(handle) => {
+                *slot = Some(handle);
+                self.background_started.store(true, Ordering::Release);
+                Ok(())
+            }
+            Err(e) => {
+                drop(slot);
+                // Without it, an unread socket would stall the relay.
+                self.fail(CloseCause::Io(format!("starting the reader thread: {e}")));
+                Err(Error::io(e, "starting the reader thread"))
+            }
         }
     }
 
     pub(crate) fn close_cause(&self) -> Option<CloseCause> {
-        if !self.is_closed.load(Ordering::Acquire) {
-            return None;
+        self.reader.close_cause()
+    }
+
+    #[cfg(any(test, feature = "test-hooks"))]
+    pub(crate) fn raw_fd(&self) -> RawFd {
+        self.fd.as_raw_fd()
+    }
+
+    /// Marks the connection dead with `cause` (the first cause wins) and
+    /// wakes every waiter. Idempotent.
+    pub(crate) fn fail(&self, cause: CloseCause) {
+        self.reader.fail(cause);
+    }
+
+    /// Waits for the background thread to finish; call after `fail`. A call
+    /// from that thread itself (the last handle dropped there) skips it.
+    pub(crate) fn join_background(&self) {
+        let handle = self.background.lock().take();
+        if let Some(h) = handle {
+            use std::os::unix::thread::JoinHandleExt;
+            // Compared by pthread id: `thread::current()` would allocate a
+            // handle for a caller's thread that the library never frees.
+            // SAFETY: pthread_self has no preconditions and cannot fail.
+            let this_thread = unsafe { libc::pthread_self() };
+            if h.as_pthread_t() as libc::pthread_t != this_thread {
+                let _ = h.join();
+            }
         }
-        self.closed.lock().clone()
     }
 
-    /// Checked several times per request: the open case is one load, inline.
-    #[inline]
-    fn check_open(&self) -> Result<()> {
-        if self.is_closed.load(Ordering::Acquire) {
-            return Err(self.closed_error());
-        }
-        Ok(())
+    pub(crate) fn counters(&self) -> Counters {
+        self.reader.counters()
     }
-
-    #[cold]
-    fn closed_error(&self) -> Error {
-        Error::Closed(self.close_cause().unwrap_or(CloseCause::ClosedByCaller))
-    }
-
-    // ------------------------------------------------------------ ids
 
     /// An id of our range that has no live subscription right now, for a
     /// caller that subscribes to it later.
     pub(crate) fn alloc_id(&self) -> Result<u32> {
-        let routes = self.routes.lock();
-        self.ids.hand_out(|id| routes.contains_key(&id))
-    }
-
-    /// Subscribes to `id`, which must be in our range, not subscribed, and
-    /// (on current relays) never used before on this connection.
-    pub(crate) fn subscribe(self: &Arc<Self>, id: u32) -> Result<Subscription> {
-        self.check_open()?;
-        let mut routes = self.routes.lock();
-        if routes.contains_key(&id) {
-            return Err(Error::IdUnavailable(id));
-        }
-        self.ids.claim(id)?;
-        Ok(self.insert_route(&mut routes, id, None))
+        self.reader.alloc_id()
     }
 
     /// Checks the id of an outgoing frame (see `IdAllocator::check_send`).
     pub(crate) fn check_send_id(&self, message_type: &MessageType, id: u32) -> Result<()> {
-        self.ids.check_send(message_type, id)
+        self.reader.ids().check_send(message_type, id)
     }
 
-    /// Allocates a fresh id and subscribes to it in one step.
-    /// Allocates a fresh id and subscribes to it in one step; with `accept`,
-    /// only messages it accepts are queued.
-    pub(crate) fn subscribe_new(self: &Arc<Self>, accept: Option<Accept>) -> Result<Subscription> {
-        self.check_open()?;
-        let mut routes = self.routes.lock();
-        let id = self.ids.next_id(|id| routes.contains_key(&id))?;
-        Ok(self.insert_route(&mut routes, id, accept))
+    /// Makes the reader panic on its next read (tests of panic containment).
+    #[cfg(any(test, feature = "test-hooks"))]
+    pub(crate) fn inject_reader_panic(&self) {
+        self.reader.inject_panic();
     }
 
-    fn insert_route(
-        self: &Arc<Self>,
-        routes: &mut Routes,
-        id: u32,
-        accept: Option<Accept>,
-    ) -> Subscription {
-        let shared = SubShared::new(id, accept);
-        // A close that raced with us must still reach this subscription. It
-        // drained the routes before we took the lock, so this one must not
-        // stay in them: a closed subscription has no route (its drop relies
-        // on that).
-        if let Some(cause) = self.close_cause() {
-            SubShared::close_locked(&mut shared.state.lock(), &cause);
-        } else {
-            routes.insert(id, shared.clone());
-        }
-        Subscription {
-            conn: self.clone(),
-            shared,
-        }
-    }
+    // ------------------------------------------------------------ stdin
 
-    pub(crate) fn unsubscribe(&self, shared: &Arc<SubShared>) {
-        let mut routes = self.routes.lock();
-        if let Some(s) = routes.get(&shared.id) {
-            if Arc::ptr_eq(s, shared) {
-                routes.remove(&shared.id);
+    /// Writes `data` to the stdin of the exec on `sub`. With exec flow
+    /// control, waits for `core.exec.started` and for room in the input
+    /// window, in chunks of `stdin_chunk_size`; otherwise sends at once, in
+    /// chunks of [`LEGACY_STDIN_CHUNK`]. All within `deadline`.
+    pub(crate) fn write_stdin(
+        &self,
+        stream: &Arc<Stream>,
+        data: &[u8],
+        deadline: Instant,
+    ) -> Result<()> {
+        if !self.reader.exec_flow_control() {
+            for chunk in data.chunks(LEGACY_STDIN_CHUNK) {
+                self.send_stdin(stream.id(), chunk, deadline)?;
             }
+            return Ok(());
         }
-    }
-
-    // ------------------------------------------------------------ budget
-
-    pub(crate) fn release_budget(&self, n: usize) {
-        if n == 0 {
-            return;
-        }
-        let before = self.queued.fetch_sub(n, Ordering::AcqRel);
-        if before >= self.budget && before - n < self.budget {
-            self.budget_freed.notify_one();
-            self.promote_follower();
-        }
-    }
-
-    // ------------------------------------------------------------ who reads
-
-    pub(crate) fn add_follower(&self, sub: &Arc<SubShared>) {
-        self.followers.lock().push_back(sub.clone());
-    }
-
-    pub(crate) fn remove_follower(&self, sub: &Arc<SubShared>) {
-        let mut f = self.followers.lock();
-        if let Some(i) = f.iter().position(|s| Arc::ptr_eq(s, sub)) {
-            f.remove(i);
-        }
-    }
-
-    /// Asks one waiting caller to take over reading. Call after releasing
-    /// the read lock (or freeing budget), without holding any other lock.
-    pub(crate) fn promote_follower(&self) {
-        self.blocked.wake(self.pick_next_reader());
-    }
-
-    /// [`promote_follower`](Self::promote_follower) without the wake:
-    /// returns the bits to wake the chosen caller with (0: nobody waits), so
-    /// that the reader can wake it together with the callers it served.
-    pub(crate) fn pick_next_reader(&self) -> u32 {
-        // A follower whose message is already queued has been woken by the
-        // routing and will return; asking it to lead would cost a wake-up
-        // only for it to pass the request on. Skip to one still waiting.
-        loop {
-            let next = self.followers.lock().pop_front();
-            match next {
-                Some(sub) => {
-                    let bits = sub.promote();
-                    if bits != 0 {
-                        return bits;
-                    }
-                }
-                None => return 0,
+        let mut rest = data;
+        while !rest.is_empty() {
+            let n = self
+                .reader
+                .reserve_stdin(stream, rest.len(), deadline, self)?;
+            if let Err(e) = self.send_stdin(stream.id(), &rest[..n], deadline) {
+                self.reader.unreserve_stdin(stream, n);
+                return Err(e);
             }
+            rest = &rest[n..];
         }
+        Ok(())
     }
 
-    pub(crate) fn passive_count(&self) -> usize {
-        self.passive.load(Ordering::SeqCst)
+    /// Ends the exec's stdin with the empty chunk; with flow control, only
+    /// once it has started, and never twice.
+    pub(crate) fn close_stdin(&self, stream: &Arc<Stream>, deadline: Instant) -> Result<()> {
+        if self.reader.exec_flow_control() {
+            self.reader.reserve_stdin(stream, 0, deadline, self)?;
+        }
+        self.send_stdin(stream.id(), &[], deadline)
     }
 
-    pub(crate) fn add_passive(self: &Arc<Self>) {
-        if self.passive.fetch_add(1, Ordering::SeqCst) == 0 {
-            self.passive_changed.notify_one();
-        }
-        self.ensure_background();
-    }
-
-    /// Starts the background thread with its private single-threaded
-    /// runtime, once. Failing to start it fails the connection: passive
-    /// waiters would otherwise wait forever.
-    fn ensure_background(self: &Arc<Self>) {
-        let mut slot = self.background.lock();
-        if slot.is_some() {
-            return;
-        }
-        let conn = self.clone();
-        let started = std::thread::Builder::new()
-            .name("msb-client".into())
-            .stack_size(256 * 1024)
-            .spawn(move || {
-                match tokio::runtime::Builder::new_current_thread()
-                    .enable_io()
-                    .build()
-                {
-                    Ok(rt) => rt.block_on(super::reader::run_task(conn)),
-                    Err(e) => conn.fail(CloseCause::Io(format!("starting the runtime: {e}"))),
-                }
-            });
-        match started {
-            Ok(handle) => *slot = Some(handle),
-            Err(e) => {
-                drop(slot);
-                self.fail(CloseCause::Io(format!("starting the client thread: {e}")));
-            }
-        }
-    }
-
-    /// Waits for the background thread (if one was started) to finish; call
-    /// after `fail`. Never called from that thread: it runs no caller code.
-    pub(crate) fn join_background(&self) {
-        let handle = self.background.lock().take();
-        if let Some(h) = handle {
-            let _ = h.join();
-        }
-    }
-
-    pub(crate) fn remove_passive(&self) {
-        if self.passive.fetch_sub(1, Ordering::SeqCst) == 1 {
-            self.passive_changed.notify_one();
-        }
+    /// One `core.exec.stdin` frame, the data written from the caller's buffer.
+    fn send_stdin(&self, id: u32, data: &[u8], deadline: Instant) -> Result<()> {
+        let mut prefix = Vec::with_capacity(16);
+        crate::protocol::payload::Data::encode_head(data.len(), &mut prefix);
+        self.send(&MessageType::ExecStdin, id, &[&prefix, data], deadline)
     }
 
     // ------------------------------------------------------------ writing
@@ -437,6 +246,16 @@ impl Conn {
         parts: &[&[u8]],
         deadline: Instant,
     ) -> Result<()> {
+        // Ids of another client's range would reach that client; id 0 is
+        // the relay's, and only `core.shutdown` is addressed to it. Every
+        // send goes through here, so none escapes the check (the type is
+        // parsed only for ids outside the range).
+        if !self.reader.ids().range().contains(id) {
+            self.reader
+                .ids()
+                .check_send(&MessageType::from_wire(message_type), id)?;
+        }
+        self.ensure_background()?;
         let payload_len: usize = parts.iter().map(|p| p.len()).sum();
         // The one place a frame's `v` is chosen: one value per connection.
         let version = self.peer.stamped_generation();
@@ -469,11 +288,11 @@ impl Conn {
         total: usize,
         deadline: Instant,
     ) -> Result<()> {
-        self.check_open()?;
+        self.reader.check_open()?;
         let Some(_guard) = self.writer.lock_until(deadline) else {
             return Err(Error::Timeout("waiting for another sender"));
         };
-        self.check_open()?;
+        self.reader.check_open()?;
         let mut written = 0;
         // First try without blocking: small frames always fit. Once the
         // socket is full, block in the kernel (bounded by SO_SNDTIMEO) rather
@@ -481,7 +300,7 @@ impl Conn {
         // the relay drains any of it, which keeps large transfers streaming.
         let mut blocking = false;
         while written < total {
-            let mut flags = libc::MSG_NOSIGNAL;
+            let mut flags = platform::SEND_NOSIGNAL;
             if blocking {
                 let left = deadline.saturating_duration_since(Instant::now());
                 if left < std::time::Duration::from_millis(1) {
@@ -507,7 +326,7 @@ impl Conn {
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => {
                     // EPIPE after `fail` shut the socket down: report that cause.
-                    self.check_open()?;
+                    self.reader.check_open()?;
                     let cause = CloseCause::Io(e.to_string());
                     self.fail(cause.clone());
                     return Err(Error::Closed(cause));
@@ -525,210 +344,42 @@ impl Conn {
         }
         Error::Timeout("sending a frame")
     }
+}
 
-    /// Waits until the socket has `events` (or an error or hang-up), the
-    /// connection is closed, the leader is asked to re-check (readers only),
-    /// or the deadline (if any) passes.
-    fn wait_socket(&self, events: libc::c_short, deadline: Option<Instant>) -> SocketWait {
-        let mut fds = [
-            libc::pollfd {
-                fd: self.fd.as_raw_fd(),
-                events,
-                revents: 0,
-            },
-            libc::pollfd {
-                fd: self.close_event.as_raw_fd(),
-                events: libc::POLLIN,
-                revents: 0,
-            },
-            libc::pollfd {
-                fd: self.leader_wake.as_raw_fd(),
-                events: libc::POLLIN,
-                revents: 0,
-            },
-        ];
-        // Writers must not consume a reader's wake-up.
-        let nfds = if events & libc::POLLIN != 0 { 3 } else { 2 };
-        loop {
-            let ms = match deadline {
-                None => -1,
-                Some(d) => {
-                    let left = d.saturating_duration_since(Instant::now());
-                    if left.is_zero() {
-                        return SocketWait::TimedOut;
-                    }
-                    // Round up so a sub-millisecond remainder still waits.
-                    (left.as_micros().div_ceil(1000)).min(i32::MAX as u128) as i32
-                }
-            };
-            // SAFETY: `fds` is a live array of at least `nfds` initialised pollfd.
-            let r = unsafe { libc::poll(fds.as_mut_ptr(), nfds, ms) };
-            if r < 0 {
-                // EINTR: retry; anything else cannot happen with valid fds,
-                // so retrying is the safe choice either way.
-                continue;
-            }
-            if fds[1].revents != 0 {
-                return SocketWait::Closed;
-            }
-            if nfds == 3 && fds[2].revents != 0 {
-                let mut sink: u64 = 0;
-                // SAFETY: reading 8 bytes into a live u64 from our non-blocking eventfd.
-                unsafe {
-                    libc::read(
-                        self.leader_wake.as_raw_fd(),
-                        &mut sink as *mut u64 as *mut _,
-                        8,
-                    )
-                };
-                return SocketWait::Recheck;
-            }
-            if fds[0].revents != 0 {
-                return SocketWait::Ready;
-            }
-        }
+/// Stdin frames carry at most this much without flow control, well under
+/// the frame limit.
+pub(crate) const LEGACY_STDIN_CHUNK: usize = 1024 * 1024;
+
+/// How long the reader or a pulling caller may spend sending an output
+/// acknowledgement; it is small, and the socket is rarely full.
+const ACK_SEND_TIMEOUT: Duration = Duration::from_secs(5);
+
+impl Outbox for Conn {
+    fn ack_output(&self, id: u32, consumed: u64) {
+        let payload = flow::encode_consumed(consumed);
+        // A lost acknowledgement would stall the guest: a send that fails
+        // has failed the connection (or it was closed) anyway.
+        let _ = self.send(
+            &MessageType::ExecOutputAck,
+            id,
+            &[&payload],
+            Instant::now() + ACK_SEND_TIMEOUT,
+        );
     }
 
-    /// Makes a reading caller re-check its stop condition.
-    pub(crate) fn wake_leader(&self) {
-        let one: u64 = 1;
-        // SAFETY: writing 8 bytes from a live u64 to the eventfd we own.
-        unsafe {
-            libc::write(
-                self.leader_wake.as_raw_fd(),
-                &one as *const u64 as *const _,
-                8,
-            )
+    fn kill_exec(&self, id: u32) {
+        let p = crate::protocol::payload::ExecSignal {
+            signal: libc::SIGKILL,
         };
-    }
-
-    /// For a leading reader: waits until the socket is readable. False if
-    /// the deadline passed or the connection closed.
-    pub(crate) fn wait_readable(&self, deadline: Option<Instant>) -> bool {
-        matches!(
-            self.wait_socket(libc::POLLIN, deadline),
-            SocketWait::Ready | SocketWait::Recheck
-        )
-    }
-
-    // ------------------------------------------------------------ closing
-
-    /// Marks the connection dead with `cause` (the first cause wins), wakes
-    /// every waiter, and stops the reader. Idempotent.
-    pub(crate) fn fail(&self, cause: CloseCause) {
-        {
-            let mut closed = self.closed.lock();
-            if closed.is_some() {
-                return;
-            }
-            *closed = Some(cause.clone());
-            self.is_closed.store(true, Ordering::Release);
-        }
-        let one: u64 = 1;
-        // SAFETY: writing 8 bytes from a live u64 to the eventfd we own.
-        unsafe {
-            libc::write(
-                self.close_event.as_raw_fd(),
-                &one as *const u64 as *const _,
-                8,
-            )
-        };
-        // Shut the socket down rather than wait for the descriptor to be
-        // closed: the relay sees the end now even if a caller still holds a
-        // duplicate (connect_fd), and a read or send blocked on it returns.
-        // SAFETY: shutdown on a descriptor we own; errors (already shut
-        // down, peer gone) leave nothing to undo.
-        unsafe { libc::shutdown(self.fd.as_raw_fd(), libc::SHUT_RDWR) };
-        self.close_notify.notify_one();
-        let subs: Vec<Arc<SubShared>> = self.routes.lock().drain().map(|(_, s)| s).collect();
-        let mut bits = 0;
-        for s in subs {
-            let mut st = s.state.lock();
-            SubShared::close_locked(&mut st, &cause);
-            let (waker, sub_bits) = SubShared::take_wakers(&mut st);
-            drop(st);
-            bits |= sub_bits;
-            self.wake(waker, 0);
-        }
-        self.blocked.wake(bits);
-    }
-
-    /// Wakes an async task and the blocked pullers with `bits`, as taken
-    /// by `SubShared::take_wakers`; call without holding any lock.
-    pub(crate) fn wake(&self, waker: Option<std::task::Waker>, bits: u32) {
-        self.blocked.wake(bits);
-        if let Some(w) = waker {
-            w.wake();
-        }
-    }
-
-    /// Delivers a batch of decoded frames to their subscribers, taking the
-    /// routing lock once, and wakes the async tasks among them. Returns the
-    /// bits of the blocked pullers it delivered to, for the reader to wake
-    /// (`reader` wakes them before it reads again or lets go). `wakers` is
-    /// scratch space the reader keeps, so routing allocates nothing; it is
-    /// left empty.
-    #[must_use]
-    pub(crate) fn route(
-        &self,
-        batch: &mut Vec<Message>,
-        wakers: &mut Vec<std::task::Waker>,
-    ) -> u32 {
-        if batch.is_empty() {
-            return 0;
-        }
-        let c = &self.counters;
-        c.frames_received
-            .fetch_add(batch.len() as u64, Ordering::Relaxed);
-        // Added up once per batch: one atomic operation, not one per frame.
-        let mut bytes = 0;
-        let mut bits = 0;
-        {
-            let mut routes = self.routes.lock();
-            for m in batch.drain(..) {
-                bytes += m.payload.len() as u64;
-                if !m.message_type.is_known() {
-                    c.unknown_type.fetch_add(1, Ordering::Relaxed);
-                }
-                if !self.ids.range().contains(m.id) {
-                    c.dropped_out_of_range.fetch_add(1, Ordering::Relaxed);
-                    continue;
-                }
-                let terminal = m.is_terminal();
-                // A terminal frame ends the route: take it out of the table
-                // now. Otherwise borrow it; cloning the `Arc` would touch a
-                // cache line that the subscription's owner is using.
-                let removed;
-                let sub = if terminal {
-                    removed = routes.remove(&m.id);
-                    removed.as_ref()
-                } else {
-                    routes.get(&m.id)
-                };
-                let Some(sub) = sub else {
-                    c.dropped_no_subscriber.fetch_add(1, Ordering::Relaxed);
-                    continue;
-                };
-                let mut st = sub.state.lock();
-                let wake = if sub.accept.is_none_or(|accept| accept(&m)) {
-                    let cost = charge(&m);
-                    self.queued.fetch_add(cost, Ordering::AcqRel);
-                    SubShared::push_locked(&mut st, m, cost)
-                } else {
-                    terminal && SubShared::end_locked(&mut st)
-                };
-                if wake {
-                    let (waker, sub_bits) = SubShared::take_wakers(&mut st);
-                    bits |= sub_bits;
-                    wakers.extend(waker);
-                }
-            }
-        }
-        c.bytes_received.fetch_add(bytes, Ordering::Relaxed);
-        for w in wakers.drain(..) {
-            w.wake();
-        }
-        bits
+        let payload = crate::protocol::payload::Payload::to_bytes(&p);
+        // Best effort: if the socket stays full, the relay is not reading
+        // either, and the connection's end will kill the process.
+        let _ = self.send(
+            &MessageType::ExecSignal,
+            id,
+            &[&payload],
+            Instant::now() + KILL_SEND_TIMEOUT,
+        );
     }
 }
 
@@ -740,34 +391,6 @@ thread_local! {
     /// Each sending thread's buffer for frame heads (and small payloads),
     /// reused from send to send.
     static FRAME_HEAD: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
-}
-
-/// Sets SO_SNDTIMEO or SO_RCVTIMEO: how long a send or read without
-/// MSG_DONTWAIT may block on the socket.
-pub(crate) fn set_socket_timeout(
-    fd: RawFd,
-    option: libc::c_int,
-    timeout: std::time::Duration,
-) -> io::Result<()> {
-    let tv = libc::timeval {
-        tv_sec: timeout.as_secs().min(i32::MAX as u64) as libc::time_t,
-        tv_usec: timeout.subsec_micros() as libc::suseconds_t,
-    };
-    // SAFETY: `tv` is a live timeval of the size passed.
-    let r = unsafe {
-        libc::setsockopt(
-            fd,
-            libc::SOL_SOCKET,
-            option,
-            &tv as *const libc::timeval as *const _,
-            std::mem::size_of::<libc::timeval>() as libc::socklen_t,
-        )
-    };
-    if r < 0 {
-        Err(io::Error::last_os_error())
-    } else {
-        Ok(())
-    }
 }
 
 /// One write of `head` then `parts`, skipping the first `skip` bytes (empty
@@ -830,4 +453,506 @@ fn sendmsg_at(
     // SAFETY: `msg` points at `n` iovecs that borrow live slices for the
     // duration of the call; MSG_NOSIGNAL as in `write_vectored_at`.
     unsafe { libc::sendmsg(fd, &msg, flags) }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::{encode_frame, Message};
+    use std::io::{Read, Write};
+    use std::os::unix::net::UnixStream;
+
+    use super::super::reader::{Pulled, TAKEOVER_GRACE};
+    use super::super::subscription::Subscription;
+    use super::super::testing::test_conn;
+    use crate::protocol::payload::ExecLimits;
+    use crate::protocol::{MessageType, LEGACY_ID_RANGE_STEP as ID_RANGE_STEP};
+
+    const BUDGET: usize = 256 * 1024;
+
+    /// A connection on one end of a socket pair, with the test as the relay
+    /// on the other; slot 1's id range.
+    fn pair(backpressure: Backpressure) -> (Arc<Conn>, UnixStream) {
+        let (ours, peer) = UnixStream::pair().unwrap();
+        let conn = test_conn(OwnedFd::from(ours), BUDGET, backpressure, None);
+        (conn, peer)
+    }
+
+    fn frame(t: &str, id: u32, flags: u8, payload: &[u8]) -> Vec<u8> {
+        let mut out = Vec::new();
+        encode_frame(&mut out, t, id, flags, 10, payload);
+        out
+    }
+
+    fn pull(sub: &Subscription, ms: u64) -> Result<Pulled<Message>> {
+        sub.recv_timeout(Some(Duration::from_millis(ms)))
+    }
+
+    #[test]
+    fn an_unread_stream_fails_alone_and_the_socket_keeps_being_read() {
+        let (conn, mut peer) = pair(Backpressure::FailStream);
+        let flood = conn.subscribe_new(None).unwrap();
+        let other = conn.subscribe_new(None).unwrap();
+        // Far more than the budget and the socket buffers together: the
+        // writes finish only because the background thread keeps reading
+        // while nobody pulls.
+        let chunk = frame("core.fs.data", flood.id(), 0, &[7u8; 32 * 1024]);
+        let writer = {
+            let mut peer = peer.try_clone().unwrap();
+            std::thread::spawn(move || {
+                for _ in 0..256 {
+                    peer.write_all(&chunk).unwrap();
+                }
+            })
+        };
+        writer.join().unwrap();
+        peer.write_all(&frame("core.fs.data", other.id(), 1, b"hi"))
+            .unwrap();
+        match pull(&other, 5000).unwrap() {
+            Pulled::Item(m) => assert_eq!(&m.payload[..], b"hi"),
+            p => panic!("{p:?}"),
+        }
+        let k = conn.counters();
+        assert!(k.bytes_queued <= BUDGET as u64, "{k:?}");
+        assert!(k.dropped_overflow > 0, "{k:?}");
+        // What was queued before the overflow comes first, then the error.
+        let mut delivered = 0;
+        let err = loop {
+            match pull(&flood, 1000) {
+                Ok(Pulled::Item(m)) => delivered += m.payload.len(),
+                Ok(p) => panic!("{p:?}"),
+                Err(e) => break e,
+            }
+        };
+        assert!(delivered > BUDGET / 2, "delivered {delivered}");
+        assert!(
+            matches!(&err, Error::Closed(CloseCause::StreamOverflow(_))),
+            "{err}"
+        );
+        assert!(conn.close_cause().is_none(), "the connection lives");
+        assert_eq!(conn.counters().bytes_queued, 0);
+    }
+
+    #[test]
+    fn a_burst_for_a_stream_being_pulled_does_not_overflow_a_small_budget() {
+        let (ours, mut peer) = UnixStream::pair().unwrap();
+        let conn = test_conn(
+            OwnedFd::from(ours),
+            64 * 1024,
+            Backpressure::FailStream,
+            None,
+        );
+        let sub = conn.subscribe_new(None).unwrap();
+        let burst: Vec<u8> = (0..12)
+            .flat_map(|_| frame("core.fs.data", sub.id(), 0, &[5u8; 16 * 1024]))
+            .collect();
+        let puller = {
+            let conn = conn.clone();
+            std::thread::spawn(move || {
+                let mut got = 0;
+                while got < 12 {
+                    match pull(&sub, 5000) {
+                        Ok(Pulled::Item(m)) => assert_eq!(m.payload.len(), 16 * 1024),
+                        other => panic!("{:?}", other.map(|_| ())),
+                    }
+                    got += 1;
+                }
+                drop(conn);
+            })
+        };
+        std::thread::sleep(Duration::from_millis(50));
+        // 192 KiB in one write, three budgets: one read takes most of it.
+        peer.write_all(&burst).unwrap();
+        puller.join().unwrap();
+        assert_eq!(conn.counters().dropped_overflow, 0);
+    }
+
+    #[test]
+    fn a_full_budget_releases_the_largest_other_stream() {
+        let (conn, mut peer) = pair(Backpressure::FailStream);
+        let big = conn.subscribe_new(None).unwrap();
+        let small = conn.subscribe_new(None).unwrap();
+        for _ in 0..7 {
+            peer.write_all(&frame("core.fs.data", big.id(), 0, &[1u8; 32 * 1024]))
+                .unwrap();
+        }
+        // `small` then needs more room than is left: `big` holds the most,
+        // so it fails and what it held is released.
+        for _ in 0..3 {
+            peer.write_all(&frame("core.fs.data", small.id(), 0, &[2u8; 20 * 1024]))
+                .unwrap();
+        }
+        // Nobody pulls until the background thread has routed all ten.
+        let started = Instant::now();
+        while conn.counters().frames_received < 10 {
+            assert!(started.elapsed() < Duration::from_secs(5), "not read");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        for _ in 0..3 {
+            match pull(&small, 5000).unwrap() {
+                Pulled::Item(m) => assert_eq!(m.payload.len(), 20 * 1024),
+                p => panic!("{p:?}"),
+            }
+        }
+        match pull(&big, 1000) {
+            Err(Error::Closed(CloseCause::StreamOverflow(d))) => {
+                assert!(d.contains("released"), "{d}")
+            }
+            other => panic!("{:?}", other.map(|p| matches!(p, Pulled::Item(_)))),
+        }
+        assert!(conn.counters().dropped_overflow >= 7);
+    }
+
+    #[test]
+    fn pausing_the_socket_holds_back_the_peer_and_loses_nothing() {
+        let (conn, mut peer) = pair(Backpressure::PauseSocket);
+        let sub = conn.subscribe_new(None).unwrap();
+        peer.set_nonblocking(true).unwrap();
+        let chunk = frame("core.fs.data", sub.id(), 0, &[3u8; 32 * 1024]);
+        let mut sent = 0usize;
+        let started = Instant::now();
+        // Write until the socket stays full: the reader stopped reading.
+        let mut stalled_since = None;
+        while started.elapsed() < Duration::from_secs(5) {
+            match peer.write(&chunk[sent % chunk.len()..]) {
+                Ok(n) => {
+                    sent += n;
+                    stalled_since = None;
+                }
+                Err(_) => {
+                    let s = *stalled_since.get_or_insert_with(Instant::now);
+                    if s.elapsed() > TAKEOVER_GRACE * 10 {
+                        break;
+                    }
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+            }
+        }
+        assert!(stalled_since.is_some(), "the peer was never held back");
+        let k = conn.counters();
+        assert!(k.bytes_queued as usize <= BUDGET + 64 * 1024, "{k:?}");
+        assert!(k.bytes_queued as usize >= BUDGET, "{k:?}");
+        assert_eq!(k.dropped_overflow, 0);
+        let _ = sent;
+    }
+
+    #[test]
+    fn a_frame_cut_off_by_eof_is_a_protocol_error_naming_the_cut() {
+        for (body, size) in [(100usize, 100 + 9 + 30), (20 * 1024, 20 * 1024 + 9 + 30)] {
+            let (conn, mut peer) = pair(Backpressure::FailStream);
+            let sub = conn.subscribe_new(None).unwrap();
+            let whole = frame("core.fs.data", sub.id(), 0, &vec![0u8; body]);
+            let cut = whole.len() / 2;
+            peer.write_all(&whole[..cut]).unwrap();
+            drop(peer);
+            match pull(&sub, 5000) {
+                Err(Error::Closed(CloseCause::Protocol(e))) => {
+                    let text = e.to_string();
+                    assert!(
+                        text.contains(&format!(
+                            "frame of {} bytes cut off after {cut}",
+                            whole.len()
+                        )),
+                        "{text} (frame {} ~ {size})",
+                        whole.len()
+                    );
+                }
+                other => panic!("{other:?}"),
+            }
+        }
+        // EOF between frames stays an ordinary close.
+        let (conn, peer) = pair(Backpressure::FailStream);
+        let sub = conn.subscribe_new(None).unwrap();
+        drop(peer);
+        assert!(matches!(
+            pull(&sub, 5000),
+            Err(Error::Closed(CloseCause::Eof))
+        ));
+    }
+
+    #[test]
+    fn sends_outside_the_range_are_refused() {
+        let (conn, mut peer) = pair(Backpressure::FailStream);
+        let deadline = Instant::now() + Duration::from_secs(1);
+        for id in [1, ID_RANGE_STEP, 2 * ID_RANGE_STEP, u32::MAX] {
+            let r = conn.send(&MessageType::FsData, id, &[b""], deadline);
+            assert!(matches!(r, Err(Error::InvalidArgument(_))), "{id}: {r:?}");
+        }
+        assert!(matches!(
+            conn.send_with_flags("core.fs.data", 0, 0, &[], deadline),
+            Err(Error::InvalidArgument(_))
+        ));
+        conn.send_with_flags("core.shutdown", 0, 4, &[], deadline)
+            .unwrap();
+        conn.send(&MessageType::FsData, ID_RANGE_STEP + 1, &[b""], deadline)
+            .unwrap();
+        drop(conn);
+        let mut got = [0u8; 4];
+        peer.read_exact(&mut got).unwrap();
+    }
+
+    #[test]
+    fn a_reader_panic_wakes_every_waiter_with_an_error() {
+        let (conn, mut peer) = pair(Backpressure::FailStream);
+        let blocking = conn.subscribe_new(None).unwrap();
+        let passive = conn.subscribe_new(None).unwrap();
+        let fd = passive.readiness_fd().unwrap();
+        let puller =
+            std::thread::spawn(move || blocking.recv_timeout(Some(Duration::from_secs(20))));
+        std::thread::sleep(TAKEOVER_GRACE * 3);
+        // Whoever reads next panics: the blocked puller or the background
+        // thread (which reads for the readiness fd); some data makes sure
+        // one of them reads.
+        conn.inject_reader_panic();
+        peer.write_all(&frame("core.fs.data", ID_RANGE_STEP + 5, 0, b"x"))
+            .unwrap();
+        let r = puller.join().unwrap();
+        assert!(
+            matches!(&r, Err(Error::Closed(CloseCause::ReaderPanicked(_)))),
+            "{:?}",
+            r.map(|_| ())
+        );
+        let mut p = libc::pollfd {
+            fd,
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: one live pollfd.
+        assert_eq!(unsafe { libc::poll(&mut p, 1, 5000) }, 1, "fd readable");
+        assert!(matches!(
+            pull(&passive, 0),
+            Err(Error::Closed(CloseCause::ReaderPanicked(_)))
+        ));
+        // A later pull fails at once instead of reading a dead socket.
+        let late = conn.subscribe_new(None);
+        assert!(matches!(late, Err(Error::Closed(_))));
+        conn.join_background();
+    }
+
+    #[test]
+    fn a_panic_on_the_background_thread_fails_the_connection() {
+        let (conn, mut peer) = pair(Backpressure::FailStream);
+        let passive = conn.subscribe_new(None).unwrap();
+        let fd = passive.readiness_fd().unwrap();
+        // Nobody leads: only the background thread reads.
+        conn.inject_reader_panic();
+        peer.write_all(&frame("core.fs.data", ID_RANGE_STEP + 5, 0, b"x"))
+            .unwrap();
+        let mut p = libc::pollfd {
+            fd,
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: one live pollfd.
+        assert_eq!(unsafe { libc::poll(&mut p, 1, 5000) }, 1, "fd readable");
+        match pull(&passive, 0) {
+            Err(Error::Closed(CloseCause::ReaderPanicked(m))) => {
+                assert!(m.contains("injected"), "{m}")
+            }
+            other => panic!("{other:?}"),
+        }
+        let handle = conn.background.lock().take().unwrap();
+        assert!(handle.join().is_ok(), "the thread ended without unwinding");
+    }
+
+    /// Reads frames from the peer's end until `n` arrived or `wait` passed.
+    fn read_frames(peer: &mut UnixStream, n: usize, wait: Duration) -> Vec<Message> {
+        use crate::protocol::FrameDecoder;
+        peer.set_read_timeout(Some(Duration::from_millis(20)))
+            .unwrap();
+        let mut d = FrameDecoder::new();
+        let mut got = Vec::new();
+        let until = Instant::now() + wait;
+        let mut buf = vec![0u8; 64 * 1024];
+        while got.len() < n && Instant::now() < until {
+            if let Ok(k) = peer.read(&mut buf) {
+                d.extend(&buf[..k]);
+            }
+            while let Ok(Some(raw)) = d.next_frame() {
+                got.push(raw.decode().unwrap());
+            }
+        }
+        got
+    }
+
+    fn consumed_of(m: &Message) -> u64 {
+        flow::decode_consumed(&m.payload).unwrap()
+    }
+
+    #[test]
+    fn exec_flow_control_follows_the_worked_exchange() {
+        let (ours, mut peer) = UnixStream::pair().unwrap();
+        let limits = ExecLimits::default();
+        let conn = test_conn(
+            OwnedFd::from(ours),
+            BUDGET,
+            Backpressure::FailStream,
+            Some(limits),
+        );
+        let sub = Arc::new(conn.subscribe_new(None).unwrap());
+        let id = sub.id();
+        let writer = {
+            let (conn, sub) = (conn.clone(), sub.clone());
+            std::thread::spawn(move || {
+                let data = vec![b'x'; 70_000];
+                conn.write_stdin(&sub.stream, &data, Instant::now() + Duration::from_secs(20))
+            })
+        };
+        // No stdin before core.exec.started.
+        assert!(read_frames(&mut peer, 1, Duration::from_millis(200)).is_empty());
+        peer.write_all(&frame(
+            "core.exec.started",
+            id,
+            0,
+            &[0xa1, 0x63, b'p', b'i', b'd', 0x18, 0x4d],
+        ))
+        .unwrap();
+        // Four chunks of 16 384 fill input_limit; then nothing until an ack.
+        let chunks = read_frames(&mut peer, 5, Duration::from_millis(500));
+        assert_eq!(chunks.len(), 4, "input_limit holds back the fifth chunk");
+        for c in &chunks {
+            assert_eq!(c.message_type, MessageType::ExecStdin);
+            assert_eq!(
+                c.version, 10,
+                "every frame of the connection carries v = 10"
+            );
+            assert_eq!(flow::data_len(&c.payload), 16_384);
+        }
+        let mut ack = [0xa1, 0x68].to_vec();
+        ack.extend_from_slice(b"consumed");
+        ack.extend_from_slice(&[0x19, 0x80, 0x00]);
+        peer.write_all(&frame("core.exec.stdin.ack", id, 0, &ack))
+            .unwrap();
+        let rest = read_frames(&mut peer, 2, Duration::from_secs(1));
+        let sizes: Vec<usize> = rest.iter().map(|m| flow::data_len(&m.payload)).collect();
+        assert_eq!(sizes, [70_000 - 4 * 16_384]);
+        writer.join().unwrap().unwrap();
+
+        // Output: "a" and "bb" queued together, consumed: one ack of 515.
+        let out = |d: &[u8]| {
+            let mut p = vec![0xa1, 0x64, b'd', b'a', b't', b'a', 0x40 | d.len() as u8];
+            p.extend_from_slice(d);
+            frame("core.exec.stdout", id, 0, &p)
+        };
+        let received = conn.counters().frames_received;
+        peer.write_all(&[out(b"a"), out(b"bb")].concat()).unwrap();
+        while conn.counters().frames_received < received + 2 {
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        // The started event, then the two chunks; the stdin ack was not queued.
+        for _ in 0..3 {
+            assert!(matches!(pull(&sub, 1000).unwrap(), Pulled::Item(_)));
+        }
+        let acks = read_frames(&mut peer, 2, Duration::from_millis(300));
+        assert_eq!(acks.len(), 1, "one acknowledgement for the batch");
+        assert_eq!(acks[0].message_type, MessageType::ExecOutputAck);
+        assert_eq!(acks[0].version, 10);
+        assert_eq!(consumed_of(&acks[0]), 515);
+        peer.write_all(&out(b"ccc")).unwrap();
+        assert!(matches!(pull(&sub, 5000).unwrap(), Pulled::Item(_)));
+        let acks = read_frames(&mut peer, 1, Duration::from_secs(5));
+        assert_eq!(consumed_of(&acks[0]), 774);
+
+        // EOF only once; stdin after it is refused.
+        conn.close_stdin(&sub.stream, Instant::now() + Duration::from_secs(5))
+            .unwrap();
+        let eof = read_frames(&mut peer, 1, Duration::from_secs(5));
+        assert_eq!(eof[0].message_type, MessageType::ExecStdin);
+        assert_eq!(flow::data_len(&eof[0].payload), 0);
+        assert!(conn
+            .write_stdin(
+                &sub.stream,
+                b"late",
+                Instant::now() + Duration::from_secs(1)
+            )
+            .is_err());
+
+        // Output left unread when the exec is freed is acknowledged too.
+        let received = conn.counters().frames_received;
+        peer.write_all(&out(b"dddd")).unwrap();
+        while conn.counters().frames_received < received + 1 {
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        drop(Arc::try_unwrap(sub).ok().unwrap());
+        let acks = read_frames(&mut peer, 1, Duration::from_secs(5));
+        assert_eq!(consumed_of(&acks[0]), 774 + 4 + 256);
+    }
+
+    #[test]
+    fn stdin_waits_for_the_start_only_within_its_deadline() {
+        let (ours, _peer) = UnixStream::pair().unwrap();
+        let limits = ExecLimits::default();
+        let conn = test_conn(
+            OwnedFd::from(ours),
+            BUDGET,
+            Backpressure::FailStream,
+            Some(limits),
+        );
+        let sub = conn.subscribe_new(None).unwrap();
+        let started = Instant::now();
+        let r = conn.write_stdin(&sub.stream, b"x", started + Duration::from_millis(100));
+        assert!(matches!(r, Err(Error::Timeout(_))), "{r:?}");
+        assert!(started.elapsed() < Duration::from_secs(2));
+        assert!(matches!(
+            conn.close_stdin(&sub.stream, Instant::now() + Duration::from_millis(50)),
+            Err(Error::Timeout(_))
+        ));
+    }
+
+    #[test]
+    fn the_real_reader_frames_streams_whatever_the_splits() {
+        use super::super::testing::drive_reader;
+        let mut stream = Vec::new();
+        let sizes = [
+            0usize,
+            1,
+            100,
+            8 * 1024 - 40,
+            8 * 1024,
+            20_000,
+            70_000,
+            300_000,
+        ];
+        for (i, &n) in sizes.iter().enumerate() {
+            let payload: Vec<u8> = (0..n).map(|k| (k * 7 + i) as u8).collect();
+            let first = *super::super::testing::SUBSCRIBED_IDS.start();
+            encode_frame(
+                &mut stream,
+                "core.fs.data",
+                first + (i as u32 % 3),
+                0,
+                10,
+                &payload,
+            );
+            encode_frame(&mut stream, "x.unknown", first + 500, 0, 10, b"dropped");
+        }
+        let cuts_list: [&[usize]; 4] = [
+            &[],
+            &[1, 2, 3, 4, 5],
+            &[9, 8200, 8300, 30_000],
+            &[100_000, 200_000, 350_000],
+        ];
+        for cuts in cuts_list {
+            let run = drive_reader(&stream, cuts);
+            assert!(matches!(run.close, CloseCause::Eof), "{}", run.close);
+            let got: Vec<usize> = run
+                .delivered
+                .iter()
+                .flatten()
+                .map(|m| m.payload.len())
+                .collect();
+            assert_eq!(got.len(), sizes.len(), "{cuts:?}");
+            assert_eq!(run.counters.dropped_no_subscriber, sizes.len() as u64);
+            assert_eq!(run.counters.bytes_queued, 0);
+        }
+        // Cut off inside a large frame, at every kind of point.
+        for end in [stream.len() - 1, 20, 8 * 1024 + 100] {
+            let run = drive_reader(&stream[..end], &[10]);
+            assert!(
+                matches!(run.close, CloseCause::Protocol(_)),
+                "{end}: {}",
+                run.close
+            );
+        }
+    }
 }

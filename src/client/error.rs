@@ -22,6 +22,12 @@ pub enum CloseCause {
     /// The subscription (or the exec or file handle around it) was released
     /// while a call was waiting on it.
     Cancelled,
+    /// This stream's unread messages passed the memory bound (the text says
+    /// how); only this stream failed, the connection lives.
+    StreamOverflow(String),
+    /// A thread of the library panicked while reading; the connection
+    /// cannot be read any more.
+    ReaderPanicked(String),
 }
 
 impl fmt::Display for CloseCause {
@@ -35,6 +41,8 @@ impl fmt::Display for CloseCause {
                 f.write_str("a send timed out in the middle of a frame")
             }
             CloseCause::Cancelled => f.write_str("the handle was released while in use"),
+            CloseCause::StreamOverflow(d) => write!(f, "stream overflow: {d}"),
+            CloseCause::ReaderPanicked(p) => write!(f, "the reader panicked: {p}"),
         }
     }
 }

@@ -140,29 +140,15 @@ impl Exec {
 
     /// Writes to the process's stdin. An empty slice is ignored (use
     /// [`close_stdin`](Self::close_stdin)); large input is split into frames.
+    /// With exec flow control (generation 10), waits for the process to
+    /// start and for the guest to take earlier input, within `timeout`.
     pub fn write_stdin(&self, data: &[u8], timeout: Duration) -> Result<()> {
-        let deadline = Instant::now() + timeout;
-        for chunk in data.chunks(STDIN_CHUNK) {
-            send_data(
-                &self.client,
-                &MessageType::ExecStdin,
-                self.id(),
-                chunk,
-                deadline,
-            )?;
-        }
-        Ok(())
+        self.sub.write_stdin(data, Instant::now() + timeout)
     }
 
     /// Closes the process's stdin (an empty stdin frame).
     pub fn close_stdin(&self, timeout: Duration) -> Result<()> {
-        send_data(
-            &self.client,
-            &MessageType::ExecStdin,
-            self.id(),
-            &[],
-            Instant::now() + timeout,
-        )
+        self.sub.close_stdin(Instant::now() + timeout)
     }
 
     pub fn signal(&self, signal: i32, timeout: Duration) -> Result<()> {
@@ -204,9 +190,6 @@ pub(crate) fn agent_error(
         message: e.message,
     })
 }
-
-/// Stdin frames carry at most this much, well under the frame limit.
-const STDIN_CHUNK: usize = 1024 * 1024;
 
 /// Sends `{data: bytes}` with the data written from the caller's buffer.
 pub(crate) fn send_data(

@@ -3,18 +3,19 @@
 //! conversations built on top. No C in here; the ABI wraps it.
 //!
 //! Threads: sends run on the caller's thread, and a caller blocked in a pull
-//! reads the socket itself. Each [`Client`] also has a private
-//! single-threaded tokio runtime on a background thread of its own, started
-//! the first time something waits without pulling (a readiness fd, an async
-//! `recv`); its one task reads the socket for those waiters. Idle clients and
-//! purely blocking use never start it. When the last handle to a client is
-//! dropped, the connection is closed and that thread is joined, so nothing
-//! of ours keeps running.
+//! reads the socket itself. Each [`Client`] also has one background thread,
+//! started by its first send or readiness fd, that reads the socket whenever no caller
+//! does, so the relay never sees a client that stops reading (see
+//! `reader`). When the last handle to a client is dropped, the connection
+//! is closed and that thread is joined, so nothing of ours keeps running.
+//! Memory: the bound is stated once, in the README ("Memory, and what a
+//! hostile guest can do").
 
 mod conn;
 pub mod errno;
 mod error;
 pub mod exec;
+mod flow;
 pub mod fs;
 pub mod handles;
 mod handshake;
@@ -22,10 +23,14 @@ mod ids;
 pub mod liveness;
 mod paths;
 mod peer;
+mod platform;
 mod pool;
 mod reader;
 mod subscription;
 mod sync;
+#[cfg(any(test, feature = "test-hooks"))]
+#[doc(hidden)]
+pub mod testing;
 pub mod tcp;
 
 use std::os::fd::OwnedFd;
@@ -35,11 +40,11 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
-pub use conn::Counters;
 pub use error::{CloseCause, Error, ExecFailure, Result};
 pub use ids::IdRange;
 pub use paths::{path_to_nul_terminated, sandbox_socket_path};
 pub use peer::{Form, Peer};
+pub use reader::{Backpressure, Counters};
 pub use subscription::{Pulled, Subscription};
 
 use crate::protocol::payload::Ready;
@@ -49,7 +54,8 @@ use ids::IdAllocator;
 
 /// Default deadline for connect plus handshake.
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
-/// Default cap on bytes of received messages not yet pulled by the caller.
+/// Default memory budget for received messages not yet pulled (see the
+/// README's "Memory" section for the bound it gives).
 pub const DEFAULT_MEMORY_BUDGET: usize = 16 * 1024 * 1024;
 /// Smallest budget accepted: below it, normal traffic would stall.
 pub const MIN_MEMORY_BUDGET: usize = 64 * 1024;
@@ -59,9 +65,12 @@ pub const MIN_MEMORY_BUDGET: usize = 64 * 1024;
 pub struct ClientOptions {
     /// One deadline for connecting and completing the handshake.
     pub connect_timeout: Duration,
-    /// Bytes of unread messages the client holds before it stops reading the
-    /// socket (backpressure). At most one frame (4 MiB) more is ever held.
+    /// Memory that unread messages may hold; what happens when it is full
+    /// is `backpressure`'s choice. The README's "Memory" section states the
+    /// bound this gives.
     pub memory_budget: usize,
+    /// Fail the largest stream (the default), or pause the socket.
+    pub backpressure: Backpressure,
 }
 
 impl Default for ClientOptions {
@@ -69,6 +78,7 @@ impl Default for ClientOptions {
         ClientOptions {
             connect_timeout: DEFAULT_CONNECT_TIMEOUT,
             memory_budget: DEFAULT_MEMORY_BUDGET,
+            backpressure: Backpressure::default(),
         }
     }
 }
@@ -138,7 +148,22 @@ impl Client {
             hs.range,
         ));
         let ids = IdAllocator::new(hs.range, hs.form);
-        let conn = Conn::new(fd, ids, peer.clone(), options.memory_budget)?;
+        // Exec flow control whenever the sandbox offers it (generation 10
+        // and exec limits): decided before the first frame, as every frame
+        // of the connection then carries v = 10.
+        let exec_limits = if peer.enable_flow_control() {
+            peer.exec_limits().copied()
+        } else {
+            None
+        };
+        let conn = Conn::new(
+            fd,
+            ids,
+            peer.clone(),
+            options.memory_budget,
+            options.backpressure,
+            exec_limits,
+        )?;
         Ok(Client {
             inner: Arc::new(ClientInner {
                 conn,
@@ -197,10 +222,7 @@ impl Client {
 
     /// Like [`subscribe_new`](Self::subscribe_new), queueing only the
     /// messages `accept` lets through.
-    pub(crate) fn subscribe_new_accepting(
-        &self,
-        accept: subscription::Accept,
-    ) -> Result<Subscription> {
+    pub(crate) fn subscribe_new_accepting(&self, accept: reader::Accept) -> Result<Subscription> {
         self.inner.conn.subscribe_new(Some(accept))
     }
 

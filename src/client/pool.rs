@@ -21,10 +21,19 @@ pub(crate) struct FramePool {
 }
 
 impl FramePool {
-    /// An empty buffer with room for at least `len` bytes.
+    /// An empty buffer with room for at least `len` bytes: the smallest
+    /// pooled one that fits, unless even that is more than twice the size
+    /// (a queued message is charged its buffer's capacity, so a small frame
+    /// must not sit in a large buffer).
     pub(crate) fn take(&self, len: usize) -> Vec<u8> {
         let mut free = self.free.lock();
-        match free.iter().position(|b| b.capacity() >= len) {
+        let best = free
+            .iter()
+            .enumerate()
+            .filter(|(_, b)| b.capacity() >= len && b.capacity() / 2 <= len)
+            .min_by_key(|(_, b)| b.capacity())
+            .map(|(i, _)| i);
+        match best {
             Some(i) => free.swap_remove(i),
             None => Vec::with_capacity(len),
         }
@@ -84,6 +93,11 @@ mod tests {
         let again = pool.take(500);
         assert_eq!(again.as_ptr(), ptr, "the buffer was reused");
         assert!(again.is_empty());
+        drop(pool.freeze(again));
+        // Far larger than asked for: a fresh buffer instead.
+        let small = pool.take(100);
+        assert_ne!(small.as_ptr(), ptr);
+        assert!(small.capacity() < 1000);
         for _ in 0..10 {
             drop(pool.freeze(vec![0; 3 * 1024 * 1024]));
         }

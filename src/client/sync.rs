@@ -1,6 +1,7 @@
-//! Locks for the hot paths: the standard library's futex-based mutex without
-//! poisoning, a lock that can be waited for with a deadline, and the futex
-//! word that blocked pullers of one connection sleep on.
+//! Locks for the hot paths: the standard library's mutex without poisoning,
+//! a lock that can be waited for with a deadline, and the word that blocked
+//! pullers of one connection sleep on (waited on through `platform`: a
+//! futex on Linux, a condition variable elsewhere).
 //!
 //! Why not parking_lot here: its lock slow path yields the thread to the
 //! scheduler (`sched_yield`) several times before parking. With many caller
@@ -12,6 +13,8 @@
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::PoisonError;
 use std::time::Instant;
+
+use super::platform;
 
 pub(crate) type MutexGuard<'a, T> = std::sync::MutexGuard<'a, T>;
 
@@ -51,7 +54,7 @@ impl<T> std::ops::Deref for CacheAligned<T> {
 /// on the socket: a sender blocked on a full socket must not hold others
 /// past their own deadlines.
 ///
-/// A futex word with three states (free, held, held with waiters), so that
+/// A word with three states (free, held, held with waiters), so that
 /// taking and releasing it uncontended is one atomic operation each, and a
 /// release makes a system call only when somebody may be asleep.
 #[derive(Default)]
@@ -76,19 +79,17 @@ impl TimedLock {
         {
             return Some(guard());
         }
-        let timeout = monotonic_timespec(deadline);
         loop {
             // Taking it as CONTENDED (we cannot know whether others still
             // wait) costs at most one needless wake at release.
             if self.state.swap(CONTENDED, Ordering::Acquire) == FREE {
                 return Some(guard());
             }
-            if futex_wait(
-                &self.state,
-                CONTENDED,
-                Some(&timeout),
-                FUTEX_BITSET_MATCH_ANY,
-            ) {
+            // The clock, not only the wait's verdict, ends the loop: a wait
+            // that keeps returning early must not keep us past the deadline.
+            if platform::wait(&self.state, CONTENDED, ANY_WAITER, Some(deadline))
+                || Instant::now() >= deadline
+            {
                 return (self.state.swap(CONTENDED, Ordering::Acquire) == FREE).then(guard);
             }
         }
@@ -102,7 +103,7 @@ pub(crate) struct TimedLockGuard<'a> {
 impl Drop for TimedLockGuard<'_> {
     fn drop(&mut self) {
         if self.lock.state.swap(FREE, Ordering::Release) == CONTENDED {
-            futex_wake(&self.lock.state, 1, FUTEX_BITSET_MATCH_ANY);
+            platform::wake(&self.lock.state, 1, ANY_WAITER);
         }
     }
 }
@@ -140,8 +141,7 @@ impl WakeGroup {
     /// moved past `ticket`. May return early for no reason; true only when
     /// the deadline passed.
     pub(crate) fn wait(&self, ticket: u32, bit: u32, deadline: Option<Instant>) -> bool {
-        let timeout = deadline.map(monotonic_timespec);
-        futex_wait(&self.word, ticket, timeout.as_ref(), bit)
+        platform::wait(&self.word, ticket, bit, deadline)
     }
 
     /// Wakes every thread waiting on any of `bits`; no system call for none.
@@ -150,7 +150,7 @@ impl WakeGroup {
             return;
         }
         self.word.fetch_add(1, Ordering::SeqCst);
-        futex_wake(&self.word, i32::MAX, bits);
+        platform::wake(&self.word, i32::MAX, bits);
     }
 }
 
@@ -165,72 +165,8 @@ pub(crate) fn thread_wake_bit() -> u32 {
     BIT.with(|bit| *bit)
 }
 
-/// Any waiter, for futexes whose waiters all wait alike.
-const FUTEX_BITSET_MATCH_ANY: u32 = u32::MAX;
-
-/// Sleeps while `word` holds `expected`, until woken on one of `bits`, or
-/// the absolute CLOCK_MONOTONIC `timeout`. May return early for no reason
-/// (a signal, a value that moved on); true only when the timeout passed.
-fn futex_wait(
-    word: &AtomicU32,
-    expected: u32,
-    timeout: Option<&libc::timespec>,
-    bits: u32,
-) -> bool {
-    let timeout = timeout.map_or(std::ptr::null(), |t| t as *const libc::timespec);
-    // SAFETY: the word is a live, aligned u32 for the whole call (borrowed);
-    // the timeout is null or a live timespec; the second address is unused by
-    // FUTEX_WAIT_BITSET.
-    let r = unsafe {
-        libc::syscall(
-            libc::SYS_futex,
-            word.as_ptr(),
-            libc::FUTEX_WAIT_BITSET | libc::FUTEX_PRIVATE_FLAG,
-            expected,
-            timeout,
-            std::ptr::null::<u32>(),
-            bits,
-        )
-    };
-    r < 0 && std::io::Error::last_os_error().raw_os_error() == Some(libc::ETIMEDOUT)
-}
-
-/// Wakes up to `count` threads waiting on `word` for any of `bits`.
-fn futex_wake(word: &AtomicU32, count: i32, bits: u32) {
-    // SAFETY: as in `futex_wait`; FUTEX_WAKE_BITSET reads only the word's
-    // address, the count and the bit set.
-    unsafe {
-        libc::syscall(
-            libc::SYS_futex,
-            word.as_ptr(),
-            libc::FUTEX_WAKE_BITSET | libc::FUTEX_PRIVATE_FLAG,
-            count,
-            std::ptr::null::<libc::timespec>(),
-            std::ptr::null::<u32>(),
-            bits,
-        )
-    };
-}
-
-/// `deadline` as the absolute CLOCK_MONOTONIC time FUTEX_WAIT_BITSET takes
-/// (`Instant` reads the same clock, but does not expose it).
-fn monotonic_timespec(deadline: Instant) -> libc::timespec {
-    let left = deadline.saturating_duration_since(Instant::now());
-    let mut now = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: `now` is a live timespec; CLOCK_MONOTONIC always exists.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut now) };
-    let nanos = now.tv_nsec as u64 + u64::from(left.subsec_nanos());
-    let secs = (now.tv_sec as u64)
-        .saturating_add(left.as_secs())
-        .saturating_add(nanos / 1_000_000_000);
-    libc::timespec {
-        tv_sec: secs.min(libc::time_t::MAX as u64) as libc::time_t,
-        tv_nsec: (nanos % 1_000_000_000) as _,
-    }
-}
+/// Any waiter, for words whose waiters all wait alike.
+const ANY_WAITER: u32 = u32::MAX;
 
 #[cfg(test)]
 mod tests {

@@ -63,12 +63,11 @@ pub extern "C" fn msb_connect_options_set_timeout_ms(
     })
 }
 
-/// Sets the memory budget: bytes of received, not yet pulled messages the
-/// client holds before it stops reading the socket (at least 65536). What
-/// was already read when the budget ran out is still queued, so the bound
-/// is the budget plus one read buffer (256 KiB) plus one frame (4 MiB).
-/// With the budget spent, a consumer that does not pull pauses every
-/// stream of the connection; nothing is dropped.
+/// Sets the memory budget (at least 65536 bytes, default 16 MiB): the
+/// memory that received, not yet pulled messages may hold. What happens when
+/// it is full is chosen by `msb_connect_options_set_backpressure`; the bound
+/// on the client's memory is stated in the README, section "Memory, and
+/// what a hostile guest can do".
 #[no_mangle]
 pub extern "C" fn msb_connect_options_set_memory_budget(
     options: *mut msb_connect_options,
@@ -81,6 +80,32 @@ pub extern "C" fn msb_connect_options_set_memory_budget(
             return Err(Fail::invalid("memory budget below 65536 bytes"));
         }
         o.options.memory_budget = bytes;
+        Ok(MSB_OK)
+    })
+}
+
+/// Chooses what happens when unread messages fill the memory budget:
+/// `MSB_BACKPRESSURE_FAIL_STREAM` (default): the socket is always read, and
+/// the stream holding the most unread data fails with
+/// `MSB_ERR_STREAM_OVERFLOW`. `MSB_BACKPRESSURE_PAUSE_SOCKET`: the library
+/// stops reading the socket until the caller pulls; nothing fails, but one
+/// unread stream pauses the whole connection, and the relay sees a client
+/// that does not read: 0.7 relays disconnect it after 5 s (killing its
+/// processes), 0.6 relays stall every client of the sandbox meanwhile.
+/// Other values give `MSB_ERR_INVALID_ARGUMENT`.
+#[no_mangle]
+pub extern "C" fn msb_connect_options_set_backpressure(
+    options: *mut msb_connect_options,
+    mode: i32,
+) -> msb_status {
+    run(std::ptr::null_mut(), || {
+        // SAFETY: as in msb_connect_options_set_timeout_ms.
+        let o = unsafe { options.as_mut() }.ok_or_else(|| Fail::null("options"))?;
+        o.options.backpressure = match mode {
+            super::MSB_BACKPRESSURE_FAIL_STREAM => crate::client::Backpressure::FailStream,
+            super::MSB_BACKPRESSURE_PAUSE_SOCKET => crate::client::Backpressure::PauseSocket,
+            other => return Err(Fail::invalid(format!("unknown backpressure mode {other}"))),
+        };
         Ok(MSB_OK)
     })
 }
@@ -408,8 +433,12 @@ pub struct msb_counters {
     /// Frames of a type this library does not know (delivered to raw
     /// subscribers, skipped by the exec and fs calls).
     pub unknown_type: u64,
-    /// Bytes of received messages waiting to be pulled, right now.
+    /// Memory held by received messages waiting to be pulled, right now
+    /// (buffer capacity plus per-message overhead).
     pub bytes_queued: u64,
+    /// Messages dropped because their stream had failed with
+    /// `MSB_ERR_STREAM_OVERFLOW` (arrived after, or released by, the failure).
+    pub dropped_overflow: u64,
 }
 
 /// Fills `*counters` (see `msb_counters` for `struct_size`).
@@ -435,6 +464,7 @@ pub extern "C" fn msb_client_counters(
             dropped_out_of_range: k.dropped_out_of_range,
             unknown_type: k.unknown_type,
             bytes_queued: k.bytes_queued,
+            dropped_overflow: k.dropped_overflow,
         };
         let n = full.struct_size;
         // SAFETY: the caller provides `size` writable bytes at `counters`; we

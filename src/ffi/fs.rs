@@ -347,7 +347,11 @@ pub struct msb_file_reader {
     reader: FileReader,
 }
 
-/// Starts reading `path`. `timeout_ms` bounds sending the request.
+/// Starts reading `path`. On a legacy (0.3/0.4) relay this only sends the
+/// request, and a failure (e.g. a missing file) arrives on the first pull;
+/// from generation 2 on it also waits for the guest to open the file, so
+/// such a failure is returned here (`MSB_ERR_GUEST`). `timeout_ms` bounds
+/// this call. A 0.5.0 sandbox gives `MSB_ERR_UNSUPPORTED`.
 ///
 /// On success the caller owns `*reader_out` and must release it with
 /// `msb_file_reader_free`.

@@ -87,6 +87,18 @@ pub const MSB_ERR_EXEC_FAILED: msb_status = -18;
 /// The agent or relay refused a request with `core.error`; the message has
 /// its kind and text.
 pub const MSB_ERR_AGENT: msb_status = -19;
+/// A stream's unread data passed the connection's memory budget without
+/// flow control: that stream failed (an exec's process was killed); the
+/// connection and its other streams live. Messages queued before it are
+/// still delivered. See the README's "Memory" section for the bound.
+pub const MSB_ERR_STREAM_OVERFLOW: msb_status = -22;
+
+/// `msb_connect_options_set_backpressure`: when unread messages fill the
+/// memory budget, fail the stream holding the most (default).
+pub const MSB_BACKPRESSURE_FAIL_STREAM: i32 = 0;
+/// `msb_connect_options_set_backpressure`: when unread messages fill the
+/// memory budget, stop reading the socket until the caller pulls.
+pub const MSB_BACKPRESSURE_PAUSE_SOCKET: i32 = 1;
 /// The guest refused for lack of permission (errno `EACCES` or `EPERM`);
 /// `msb_error_errno` gives which.
 pub const MSB_ERR_PERMISSION: msb_status = -20;
@@ -155,6 +167,7 @@ pub extern "C" fn msb_status_str(status: msb_status) -> *const c_char {
         MSB_ERR_IDS_EXHAUSTED => c"correlation ids of this connection used up; reconnect",
         MSB_ERR_EXEC_FAILED => c"the guest could not start the command",
         MSB_ERR_AGENT => c"the agent refused the request",
+        MSB_ERR_STREAM_OVERFLOW => c"stream overflowed its memory bound",
         MSB_ERR_PERMISSION => c"permission denied in the guest",
         MSB_ERR_EXISTS => c"already exists in the guest",
         _ => c"unknown status code",
@@ -200,7 +213,8 @@ pub extern "C" fn msb_error_message(err: *const msb_error) -> *const c_char {
 ///
 /// Guest failures (`MSB_ERR_GUEST`, `MSB_ERR_NOT_FOUND`, `MSB_ERR_PERMISSION`,
 /// `MSB_ERR_EXISTS` from filesystem and TCP calls) carry the errno the guest
-/// reported in its message. The guest is Linux: compare with Linux's numbers
+/// reported in its message, and `MSB_ERR_EXEC_FAILED` the errno of the
+/// failed start when the guest gave one. The guest is Linux: compare with Linux's numbers
 /// (ENOENT 2, EPERM 1, EACCES 13, EEXIST 17, ...), not the host's `<errno.h>`
 /// on other systems. `MSB_ERR_NOT_FOUND` from connecting has errno 0.
 #[no_mangle]
@@ -253,6 +267,8 @@ impl From<Error> for Fail {
             Error::Timeout(_) => MSB_ERR_TIMEOUT,
             Error::Handshake(_) => MSB_ERR_HANDSHAKE,
             Error::Closed(CloseCause::Protocol(_)) => MSB_ERR_PROTOCOL,
+            Error::Closed(CloseCause::StreamOverflow(_)) => MSB_ERR_STREAM_OVERFLOW,
+            Error::Closed(CloseCause::ReaderPanicked(_)) => MSB_ERR_PANIC,
             Error::Closed(_) => MSB_ERR_CLOSED,
             Error::Protocol(_) | Error::Unexpected(_) => MSB_ERR_PROTOCOL,
             Error::IdUnavailable(_) => MSB_ERR_ID_UNAVAILABLE,
@@ -260,7 +276,11 @@ impl From<Error> for Fail {
             Error::RelayBusy => MSB_ERR_RELAY_BUSY,
             Error::Unsupported { .. } => MSB_ERR_UNSUPPORTED,
             Error::IdsExhausted => MSB_ERR_IDS_EXHAUSTED,
-            Error::ExecFailed(_) => MSB_ERR_EXEC_FAILED,
+            Error::ExecFailed(f) => {
+                let mut fail = Fail::new(MSB_ERR_EXEC_FAILED, e.to_string());
+                fail.errno = f.errno.unwrap_or(0);
+                return fail;
+            }
             Error::Agent { .. } => MSB_ERR_AGENT,
         };
         Fail::new(code, e.to_string())
@@ -477,6 +497,14 @@ mod tests {
         }
         let not_guest = Fail::from(Error::Timeout("x"));
         assert_eq!(not_guest.errno, 0);
+        let exec = Fail::from(Error::ExecFailed(crate::client::ExecFailure {
+            kind: "not_found".into(),
+            errno: Some(2),
+            errno_name: Some("ENOENT".into()),
+            message: "spawn: No such file or directory".into(),
+            stage: None,
+        }));
+        assert_eq!((exec.code, exec.errno), (MSB_ERR_EXEC_FAILED, 2));
     }
 
     #[test]

@@ -198,8 +198,22 @@ struct cbor_reader {
     const uint8_t *p, *end;
 };
 
-/* Reads one item head: major type and argument. Indefinite lengths are
- * not produced by the peers under test, so they count as malformed. */
+/* The argument read_head gives an array or map of indefinite length (as
+ * the 0.7.8+ relays write core.ready); its items run to a 0xff break. */
+#define CBOR_INDEFINITE UINT64_MAX
+
+/* True (and consumes it) if r is at the break that ends an indefinite
+ * array or map. */
+static bool at_break(struct cbor_reader *r) {
+    if (r->p < r->end && *r->p == 0xff) {
+        r->p++;
+        return true;
+    }
+    return false;
+}
+
+/* Reads one item head: major type and argument. Indefinite-length strings
+ * are not produced by the peers under test, so they count as malformed. */
 static bool read_head(struct cbor_reader *r, int *major, uint64_t *arg) {
     if (r->p >= r->end) return false;
     uint8_t b = *r->p++;
@@ -207,6 +221,10 @@ static bool read_head(struct cbor_reader *r, int *major, uint64_t *arg) {
     uint8_t info = b & 31;
     if (info < 24) {
         *arg = info;
+        return true;
+    }
+    if (info == 31 && (*major == 4 || *major == 5)) {
+        *arg = CBOR_INDEFINITE;
         return true;
     }
     if (info > 27) return false;
@@ -229,12 +247,11 @@ static bool skip_item(struct cbor_reader *r) {
         r->p += arg;
         return true;
     case 4:
-        for (uint64_t i = 0; i < arg; i++)
-            if (!skip_item(r)) return false;
-        return true;
     case 5:
-        for (uint64_t i = 0; i < 2 * arg; i++)
-            if (!skip_item(r)) return false;
+        for (uint64_t i = 0; arg == CBOR_INDEFINITE || i < arg; i++) {
+            if (arg == CBOR_INDEFINITE && at_break(r)) return true;
+            if (!skip_item(r) || (major == 5 && !skip_item(r))) return false;
+        }
         return true;
     case 6:
         return skip_item(r);
@@ -248,7 +265,8 @@ static bool find_key(struct cbor_reader *r, const char *key) {
     uint64_t entries;
     if (!read_head(r, &major, &entries) || major != 5) return false;
     size_t key_len = strlen(key);
-    for (uint64_t i = 0; i < entries; i++) {
+    for (uint64_t i = 0; entries == CBOR_INDEFINITE || i < entries; i++) {
+        if (entries == CBOR_INDEFINITE && at_break(r)) return false;
         uint64_t n;
         if (!read_head(r, &major, &n) || major != 3 || (uint64_t)(r->end - r->p) < n) return false;
         bool match = n == key_len && memcmp(r->p, key, key_len) == 0;

@@ -304,15 +304,17 @@ static inline int h_relay_up(struct relay *r, const char *fault) {
     return 0;
 }
 
-/* Connects to `r` with a connect timeout; NULL (and a recorded failure) if
- * that fails. */
-static inline msb_client *h_connect(const struct relay *r, uint64_t timeout_ms, size_t budget) {
+/* Connects to `r` with a connect timeout, a memory budget (0: default) and
+ * a backpressure mode; NULL (and a recorded failure) if that fails. */
+static inline msb_client *h_connect_with(const struct relay *r, uint64_t timeout_ms, size_t budget,
+                                         int32_t backpressure) {
     msb_connect_options *opts = NULL;
     msb_client *client = NULL;
     msb_error *err = NULL;
     CHECK_STATUS(msb_connect_options_new(&opts), MSB_OK);
     CHECK_STATUS(msb_connect_options_set_timeout_ms(opts, timeout_ms), MSB_OK);
     if (budget != 0) CHECK_STATUS(msb_connect_options_set_memory_budget(opts, budget), MSB_OK);
+    CHECK_STATUS(msb_connect_options_set_backpressure(opts, backpressure), MSB_OK);
     msb_status s = msb_client_connect(r->socket, opts, &client, &err);
     msb_connect_options_free(opts);
     if (s != MSB_OK) {
@@ -321,6 +323,11 @@ static inline msb_client *h_connect(const struct relay *r, uint64_t timeout_ms, 
         return NULL;
     }
     return client;
+}
+
+/* h_connect_with, failing the stream that overflows (the default). */
+static inline msb_client *h_connect(const struct relay *r, uint64_t timeout_ms, size_t budget) {
+    return h_connect_with(r, timeout_ms, budget, MSB_BACKPRESSURE_FAIL_STREAM);
 }
 
 #endif /* MSB_HOSTILE_HARNESS_H */

@@ -60,12 +60,20 @@ func (s Status) String() string {
 type Error struct {
 	Code    Status
 	Message string
-	// errno is the guest's errno for a failed filesystem call (0 when the
-	// library did not report one).
+	// errno is the guest's errno behind a guest failure (Linux numbers:
+	// ENOENT 2, EACCES 13, EEXIST 17, ...), 0 when there is none.
 	errno int
-	// guest marks a failure the guest reported, whatever code the library
-	// gave it (a missing file is StatusNotFound, yet still the guest's).
-	guest bool
+}
+
+// fromGuest reports whether the guest reported this failure, whatever code
+// the library gave it (a missing file is StatusNotFound, yet the guest's;
+// StatusNotFound without an errno is the library's: no relay there).
+func (e *Error) fromGuest() bool {
+	switch e.Code {
+	case StatusGuest, StatusPermission, StatusExists:
+		return true
+	}
+	return e.errno != 0
 }
 
 // Errno is the guest's errno (such as 2 for ENOENT) when the guest reported
@@ -112,7 +120,7 @@ func (e *Error) Is(target error) bool {
 	if !ok {
 		return false
 	}
-	if t == ErrGuest && e.guest {
+	if t == ErrGuest && e.fromGuest() {
 		return true
 	}
 	return t.Code == e.Code && (t.Message == "" || t.Message == e.Message)
@@ -153,11 +161,11 @@ var (
 	// ErrAgent: the agent or relay answered with an error of its own; the
 	// error is an *AgentError.
 	ErrAgent = &Error{Code: StatusAgent}
-	// ErrPermission and ErrExist are the guest's EACCES/EPERM and EEXIST.
+	// ErrPermission and ErrExists are the guest's EACCES/EPERM and EEXIST.
 	// They also match fs.ErrPermission and fs.ErrExist, which are the
 	// better sentinels to test.
 	ErrPermission = &Error{Code: StatusPermission}
-	ErrExist      = &Error{Code: StatusExists}
+	ErrExists     = &Error{Code: StatusExists}
 	// ErrStreamOverflow: a stream's unread data passed its bound; that
 	// stream failed (its process was killed), the connection lives.
 	ErrStreamOverflow = &Error{Code: StatusStreamOverflow}
@@ -269,20 +277,11 @@ func statusError(status C.msb_status, libErr *C.msb_error) error {
 		return typedError(&Error{Code: Status(status)})
 	}
 	defer C.msb_error_free(libErr)
-	e := &Error{
+	return typedError(&Error{
 		Code:    Status(C.msb_error_code(libErr)),
 		Message: C.GoString(C.msb_error_message(libErr)),
 		errno:   libErrno(libErr),
-	}
-	// Only the guest's failures carry an errno; StatusNotFound without one
-	// is the library's (no relay there).
-	switch e.Code {
-	case StatusGuest, StatusPermission, StatusExists:
-		e.guest = true
-	default:
-		e.guest = e.errno != 0
-	}
-	return typedError(e)
+	})
 }
 
 // agentMessagePrefix starts the library's text for a core.error answer,

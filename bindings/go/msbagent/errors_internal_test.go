@@ -17,12 +17,12 @@ func TestGuestErrorsMatchFsSentinels(t *testing.T) {
 		err  *Error
 		want error // the one fs sentinel it must match
 	}{
-		{"not found code", &Error{Code: StatusNotFound, guest: true}, fs.ErrNotExist},
-		{"permission code", &Error{Code: StatusPermission, guest: true}, fs.ErrPermission},
-		{"exists code", &Error{Code: StatusExists, guest: true}, fs.ErrExist},
-		{"ENOENT errno", &Error{Code: StatusGuest, errno: int(syscall.ENOENT), guest: true}, fs.ErrNotExist},
-		{"EPERM errno", &Error{Code: StatusGuest, errno: int(syscall.EPERM), guest: true}, fs.ErrPermission},
-		{"EEXIST errno", &Error{Code: StatusGuest, errno: int(syscall.EEXIST), guest: true}, fs.ErrExist},
+		{"not found code", &Error{Code: StatusNotFound, errno: int(syscall.ENOENT)}, fs.ErrNotExist},
+		{"permission code", &Error{Code: StatusPermission}, fs.ErrPermission},
+		{"exists code", &Error{Code: StatusExists}, fs.ErrExist},
+		{"ENOENT errno", &Error{Code: StatusGuest, errno: int(syscall.ENOENT)}, fs.ErrNotExist},
+		{"EPERM errno", &Error{Code: StatusGuest, errno: int(syscall.EPERM)}, fs.ErrPermission},
+		{"EEXIST errno", &Error{Code: StatusGuest, errno: int(syscall.EEXIST)}, fs.ErrExist},
 	}
 	sentinels := []error{fs.ErrNotExist, fs.ErrPermission, fs.ErrExist}
 	for _, c := range cases {
@@ -39,7 +39,7 @@ func TestGuestErrorsMatchFsSentinels(t *testing.T) {
 			t.Errorf("%s: wrapped in a PathError it no longer matches", c.name)
 		}
 	}
-	if e := (&Error{Code: StatusGuest, errno: int(syscall.EIO), guest: true}); e.Errno() != int(syscall.EIO) {
+	if e := (&Error{Code: StatusGuest, errno: int(syscall.EIO)}); e.Errno() != int(syscall.EIO) {
 		t.Errorf("Errno() = %d, want EIO", e.Errno())
 	}
 
@@ -48,7 +48,10 @@ func TestGuestErrorsMatchFsSentinels(t *testing.T) {
 	if errors.Is(noRelay, ErrGuest) || !errors.Is(noRelay, ErrNotFound) {
 		t.Errorf("a library NOT_FOUND: ErrGuest %v, ErrNotFound %v; want false, true", errors.Is(noRelay, ErrGuest), errors.Is(noRelay, ErrNotFound))
 	}
-	if errors.Is(&Error{Code: StatusGuest, guest: true}, fs.ErrNotExist) {
+	if !errors.Is(&Error{Code: StatusExists}, ErrGuest) || !errors.Is(&Error{Code: StatusPermission}, ErrGuest) {
+		t.Errorf("StatusExists and StatusPermission come from the guest and match ErrGuest")
+	}
+	if errors.Is(&Error{Code: StatusGuest}, fs.ErrNotExist) {
 		t.Errorf("an unclassified guest failure must not claim a missing file")
 	}
 	if !errors.Is(&Error{Code: StatusTimeout}, context.DeadlineExceeded) {
@@ -91,7 +94,7 @@ func TestTypedErrors(t *testing.T) {
 		t.Fatalf("agent error = %#v, want an *AgentError matching ErrAgent", err)
 	}
 
-	for _, s := range []*Error{ErrUnsupported, ErrRelayBusy, ErrIDsExhausted, ErrPermission, ErrExist, ErrStreamOverflow} {
+	for _, s := range []*Error{ErrUnsupported, ErrRelayBusy, ErrIDsExhausted, ErrPermission, ErrExists, ErrStreamOverflow} {
 		if typedError(&Error{Code: s.Code}) == nil || !errors.Is(&Error{Code: s.Code, Message: "m"}, s) {
 			t.Errorf("sentinel for %d does not match its code", int32(s.Code))
 		}

@@ -127,7 +127,7 @@ func (c *Client) pathCall(ctx context.Context, mode callMode, opName, guestPath 
 // about the path and are returned as they are.
 func pathError(opName, guestPath string, err error) error {
 	var e *Error
-	if errors.As(err, &e) && e.guest {
+	if errors.As(err, &e) && e.fromGuest() {
 		return &fs.PathError{Op: opName, Path: guestPath, Err: err}
 	}
 	return err
@@ -159,7 +159,7 @@ func (c *Client) twoPathCall(ctx context.Context, opName, src, dst string, op fu
 		return op(h, cSrc, cDst, timeout, errOut)
 	})
 	var e *Error
-	if errors.As(err, &e) && e.guest {
+	if errors.As(err, &e) && e.fromGuest() {
 		return &os.LinkError{Op: opName, Old: src, New: dst, Err: err}
 	}
 	return err

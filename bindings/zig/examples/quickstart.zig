@@ -38,7 +38,7 @@ pub fn main(init: std.process.Init) !void {
     defer listing.deinit(gpa);
     for (listing.entries) |entry| try out.print("  {s} ({t}, {d} bytes)\n", .{ entry.path, entry.kind, entry.size });
 
-    // A missing file is error.Guest, with the guest's words in `diag`.
+    // A missing file is error.NotFound, with the guest's words in `diag`.
     if (client.readFile(gpa, "/tmp/missing", timeout, &diag)) |unexpected| {
         gpa.free(unexpected);
     } else |err| {

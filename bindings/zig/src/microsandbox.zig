@@ -31,7 +31,8 @@ pub const Error = error{
     InvalidUtf8,
     /// A message would exceed the protocol's 4 MiB frame limit.
     TooLarge,
-    /// No relay at that socket path, or no sandbox of that name.
+    /// No relay at that socket path, no sandbox of that name, or no such
+    /// path in the guest (`Diagnostics.errno()` is then 2).
     NotFound,
     /// An operating-system error.
     Io,
@@ -51,6 +52,10 @@ pub const Error = error{
     Panic,
     /// The handle is not in a state that allows the call.
     WrongState,
+    /// The guest refused for lack of permission (EACCES or EPERM).
+    Permission,
+    /// The guest found the path already there (EEXIST).
+    Exists,
     /// A status code newer than this binding.
     Unexpected,
 };
@@ -72,6 +77,8 @@ pub fn errorFromStatus(status: c.msb_status) Error {
         c.MSB_ERR_GUEST => error.Guest,
         c.MSB_ERR_PANIC => error.Panic,
         c.MSB_ERR_WRONG_STATE => error.WrongState,
+        c.MSB_ERR_PERMISSION => error.Permission,
+        c.MSB_ERR_EXISTS => error.Exists,
         else => error.Unexpected,
     };
 }
@@ -102,6 +109,12 @@ pub const Diagnostics = struct {
     /// The last failure's status code (`MSB_OK` if none).
     pub fn code(self: *const Diagnostics) c.msb_status {
         return self.status;
+    }
+
+    /// The guest's errno behind the last failure (Linux numbers), 0 when
+    /// the guest named none or the failure did not come from the guest.
+    pub fn errno(self: *const Diagnostics) i32 {
+        return c.msb_error_errno(self.err);
     }
 
     pub fn deinit(self: *Diagnostics) void {
@@ -706,6 +719,8 @@ test "every error status maps to its own error, unknown codes to Unexpected" {
         .{ c.MSB_ERR_GUEST, error.Guest },
         .{ c.MSB_ERR_PANIC, error.Panic },
         .{ c.MSB_ERR_WRONG_STATE, error.WrongState },
+        .{ c.MSB_ERR_PERMISSION, error.Permission },
+        .{ c.MSB_ERR_EXISTS, error.Exists },
         .{ -1000, error.Unexpected },
     };
     for (expected) |pair| try std.testing.expectEqual(pair[1], errorFromStatus(pair[0]));

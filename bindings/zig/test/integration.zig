@@ -60,7 +60,7 @@ fn readUntilContains(process: msb.Process, stdout: *std.ArrayList(u8), needle: [
 /// A fresh guest directory per test so tests never see each other's files.
 fn resetDir(client: msb.Client, dir: [:0]const u8) !void {
     client.removeDir(dir, timeout, null) catch |err| switch (err) {
-        error.Guest => {}, // not there yet
+        error.NotFound => {}, // not there yet
         else => return err,
     };
     try client.mkdir(dir, timeout, null);
@@ -253,22 +253,23 @@ test "fs: copy, rename, remove and removeDir" {
     const b = try client.readFile(testing.allocator, dir ++ "/b", timeout, null);
     defer testing.allocator.free(b);
     try testing.expectEqualStrings("A", b);
-    try testing.expectError(error.Guest, client.stat(testing.allocator, dir ++ "/a", timeout, null));
+    try testing.expectError(error.NotFound, client.stat(testing.allocator, dir ++ "/a", timeout, null));
 
     try client.remove(dir ++ "/b", timeout, null);
-    try testing.expectError(error.Guest, client.stat(testing.allocator, dir ++ "/b", timeout, null));
+    try testing.expectError(error.NotFound, client.stat(testing.allocator, dir ++ "/b", timeout, null));
 
     try client.removeDir(dir, timeout, null);
-    try testing.expectError(error.Guest, client.list(testing.allocator, dir, timeout, null));
+    try testing.expectError(error.NotFound, client.list(testing.allocator, dir, timeout, null));
 }
 
-test "reading a missing file is Guest with the guest's message" {
+test "reading a missing file is NotFound with the guest's message and errno" {
     const client = try connect();
     defer client.deinit();
     var diag: msb.Diagnostics = .{};
     defer diag.deinit();
-    try testing.expectError(error.Guest, client.readFile(testing.allocator, "/zig-tests/no/such/file", timeout, &diag));
-    try testing.expectEqual(@as(i32, msb.c.MSB_ERR_GUEST), diag.code());
+    try testing.expectError(error.NotFound, client.readFile(testing.allocator, "/zig-tests/no/such/file", timeout, &diag));
+    try testing.expectEqual(@as(i32, msb.c.MSB_ERR_NOT_FOUND), diag.code());
+    try testing.expectEqual(@as(i32, 2), diag.errno());
     if (std.mem.indexOf(u8, diag.message(), "/zig-tests/no/such/file") == null) {
         std.debug.print("message without the path: {s}\n", .{diag.message()});
         return error.TestMessageLacksPath;
@@ -280,8 +281,8 @@ test "a later failure replaces the earlier one in the same Diagnostics" {
     defer client.deinit();
     var diag: msb.Diagnostics = .{};
     defer diag.deinit();
-    try testing.expectError(error.Guest, client.readFile(testing.allocator, "/zig-tests/first-missing", timeout, &diag));
-    try testing.expectError(error.Guest, client.readFile(testing.allocator, "/zig-tests/second-missing", timeout, &diag));
+    try testing.expectError(error.NotFound, client.readFile(testing.allocator, "/zig-tests/first-missing", timeout, &diag));
+    try testing.expectError(error.NotFound, client.readFile(testing.allocator, "/zig-tests/second-missing", timeout, &diag));
     try testing.expect(std.mem.indexOf(u8, diag.message(), "second-missing") != null);
     try testing.expect(std.mem.indexOf(u8, diag.message(), "first-missing") == null);
 }
