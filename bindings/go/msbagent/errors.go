@@ -44,10 +44,7 @@ const (
 	StatusAgent           Status = C.MSB_ERR_AGENT
 	StatusPermission      Status = C.MSB_ERR_PERMISSION
 	StatusExists          Status = C.MSB_ERR_EXISTS
-	// StatusStreamOverflow is fixed by the library's ABI; it is spelled as
-	// a number so that this package builds against a library that does
-	// not return it yet.
-	StatusStreamOverflow Status = -22
+	StatusStreamOverflow  Status = C.MSB_ERR_STREAM_OVERFLOW
 )
 
 // String is the library's static description of the code.
@@ -72,8 +69,10 @@ func (e *Error) fromGuest() bool {
 	switch e.Code {
 	case StatusGuest, StatusPermission, StatusExists:
 		return true
+	case StatusNotFound:
+		return e.errno != 0
 	}
-	return e.errno != 0
+	return false
 }
 
 // Errno is the guest's errno (such as 2 for ENOENT) when the guest reported

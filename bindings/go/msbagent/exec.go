@@ -9,6 +9,7 @@ import "C"
 import (
 	"bytes"
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"strings"
@@ -601,10 +602,12 @@ func (c *Client) Run(ctx context.Context, cmd string, opts *ExecOptions) (*RunRe
 	if err != nil {
 		return nil, err
 	}
-	if err := p.Stdin().Close(); err != nil {
+	if err := p.Stdin().Close(); err != nil && !errors.Is(err, ErrInvalidArgument) && !errors.Is(err, ErrWrongState) {
 		p.Close()
 		return nil, err
 	}
+	// A process that already ended (or never started) refuses the end of
+	// its input; Wait says how it ended.
 	code, err := p.Wait()
 	if err != nil {
 		return nil, err

@@ -440,7 +440,8 @@ func (c *Client) Symlink(ctx context.Context, oldname, newname string) error {
 	})
 }
 
-// setAttrs describes a set-stat change; each field set is applied.
+// setAttrs describes a set-stat change; each field set is applied, the
+// others are left alone.
 type setAttrs struct {
 	mode         *uint32
 	uid, gid     *uint32
@@ -455,22 +456,30 @@ func newSetAttrs(a setAttrs) (*C.msb_fs_set_attrs, error) {
 	if status := C.msb_fs_set_attrs_new(&attrs, &libErr); status != C.MSB_OK {
 		return nil, statusError(status, libErr)
 	}
-	status := C.msb_status(C.MSB_OK)
+	var steps []func() C.msb_status
 	if a.mode != nil {
-		status = C.msb_fs_set_attrs_mode(attrs, C.uint32_t(*a.mode), &libErr)
+		steps = append(steps, func() C.msb_status { return C.msb_fs_set_attrs_mode(attrs, C.uint32_t(*a.mode), &libErr) })
 	}
-	if status == C.MSB_OK && a.uid != nil {
-		status = C.msb_fs_set_attrs_owner(attrs, C.uint32_t(*a.uid), C.uint32_t(*a.gid), &libErr)
+	if a.uid != nil {
+		steps = append(steps, func() C.msb_status { return C.msb_fs_set_attrs_uid(attrs, C.uint32_t(*a.uid), &libErr) })
 	}
-	if status == C.MSB_OK && a.size != nil {
-		status = C.msb_fs_set_attrs_size(attrs, C.uint64_t(*a.size), &libErr)
+	if a.gid != nil {
+		steps = append(steps, func() C.msb_status { return C.msb_fs_set_attrs_gid(attrs, C.uint32_t(*a.gid), &libErr) })
 	}
-	if status == C.MSB_OK && a.atime != nil {
-		status = C.msb_fs_set_attrs_times(attrs, C.int64_t(*a.atime), C.int64_t(*a.mtime), &libErr)
+	if a.size != nil {
+		steps = append(steps, func() C.msb_status { return C.msb_fs_set_attrs_size(attrs, C.uint64_t(*a.size), &libErr) })
 	}
-	if status != C.MSB_OK {
-		C.msb_fs_set_attrs_free(attrs)
-		return nil, statusError(status, libErr)
+	if a.atime != nil {
+		steps = append(steps, func() C.msb_status { return C.msb_fs_set_attrs_atime(attrs, C.int64_t(*a.atime), &libErr) })
+	}
+	if a.mtime != nil {
+		steps = append(steps, func() C.msb_status { return C.msb_fs_set_attrs_mtime(attrs, C.int64_t(*a.mtime), &libErr) })
+	}
+	for _, step := range steps {
+		if status := step(); status != C.MSB_OK {
+			C.msb_fs_set_attrs_free(attrs)
+			return nil, statusError(status, libErr)
+		}
 	}
 	return attrs, nil
 }
@@ -514,20 +523,39 @@ func (c *Client) Chmod(ctx context.Context, name string, mode fs.FileMode) error
 }
 
 // Chown changes the owner and group of a guest path (following symlinks),
-// like os.Chown; unlike it, both ids are always set (-1 is not "keep").
+// like os.Chown: an id of -1 is left unchanged.
 func (c *Client) Chown(ctx context.Context, name string, uid, gid int) error {
-	if uid < 0 || gid < 0 || uint64(uid) > 0xffffffff || uint64(gid) > 0xffffffff {
-		return &fs.PathError{Op: "chown", Path: name, Err: &Error{Code: StatusInvalidArgument, Message: "uid and gid must be between 0 and 2^32-1"}}
+	var a setAttrs
+	for _, id := range []struct {
+		value int
+		field **uint32
+	}{{uid, &a.uid}, {gid, &a.gid}} {
+		switch {
+		case id.value == -1:
+		case id.value < 0 || uint64(id.value) > 0xffffffff:
+			return &fs.PathError{Op: "chown", Path: name, Err: &Error{Code: StatusInvalidArgument, Message: "ids must be -1 (unchanged) or between 0 and 2^32-1"}}
+		default:
+			v := uint32(id.value)
+			*id.field = &v
+		}
 	}
-	u, g := uint32(uid), uint32(gid)
-	return c.setStat(ctx, "chown", name, setAttrs{uid: &u, gid: &g})
+	return c.setStat(ctx, "chown", name, a)
 }
 
 // Chtimes changes the access and modification times of a guest path
-// (following symlinks), like os.Chtimes, to whole seconds.
+// (following symlinks), like os.Chtimes, to whole seconds; a zero
+// time.Time leaves that time unchanged.
 func (c *Client) Chtimes(ctx context.Context, name string, atime, mtime time.Time) error {
-	a, m := atime.Unix(), mtime.Unix()
-	return c.setStat(ctx, "chtimes", name, setAttrs{atime: &a, mtime: &m})
+	var a setAttrs
+	if !atime.IsZero() {
+		at := atime.Unix()
+		a.atime = &at
+	}
+	if !mtime.IsZero() {
+		mt := mtime.Unix()
+		a.mtime = &mt
+	}
+	return c.setStat(ctx, "chtimes", name, a)
 }
 
 // Truncate changes the size of a guest file, like os.Truncate: it is cut

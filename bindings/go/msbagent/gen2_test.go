@@ -129,8 +129,19 @@ func TestGen2Files(t *testing.T) {
 	if sys.UID != uint32(os.Getuid()) || sys.GID != uint32(os.Getgid()) {
 		t.Errorf("Sys() = %+v, want uid %d gid %d", sys, os.Getuid(), os.Getgid())
 	}
-	if err := c.Chown(ctx, "/g/f", -1, 0); !errors.Is(err, msbagent.ErrInvalidArgument) {
-		t.Errorf("Chown(-1) = %v, want ErrInvalidArgument", err)
+	if err := c.Chown(ctx, "/g/f", -2, 0); !errors.Is(err, msbagent.ErrInvalidArgument) {
+		t.Errorf("Chown(-2) = %v, want ErrInvalidArgument", err)
+	}
+	// -1 keeps an id, and a zero time keeps a time, as in the os package.
+	if err := c.Chown(ctx, "/g/f", -1, os.Getgid()); err != nil {
+		t.Errorf("Chown(-1, gid): %v", err)
+	}
+	newMtime := time.Unix(1_200_000_000, 0)
+	if err := c.Chtimes(ctx, "/g/f", time.Time{}, newMtime); err != nil {
+		t.Fatalf("Chtimes(zero, mtime): %v", err)
+	}
+	if info, err := c.Lstat(ctx, "/g/f"); err != nil || !info.ModTime().Equal(newMtime) || !info.Sys().(*msbagent.FileSys).AccessTime.Equal(atime) {
+		t.Errorf("after Chtimes(zero, %v): %v, %v; want the access time kept at %v", newMtime, info.ModTime(), err, atime)
 	}
 	if err := c.Truncate(ctx, "/g/f", 4); err != nil {
 		t.Fatalf("Truncate: %v", err)
