@@ -21,7 +21,9 @@ const Allocator = std.mem.Allocator;
 
 pub const c = @import("c");
 
-/// Every failure the library reports, one per `MSB_ERR_*` code.
+/// Every failure the library reports, one per `MSB_ERR_*` code (except
+/// `MSB_ERR_NOT_FOUND`, which is `FileNotFound` when a guest file operation
+/// reports it and `NotFound` otherwise).
 pub const Error = error{
     /// An argument is out of range or malformed (the message says which).
     InvalidArgument,
@@ -37,7 +39,7 @@ pub const Error = error{
     Io,
     /// The call's deadline passed.
     Timeout,
-    /// The relay did not complete the handshake (e.g. no free slot).
+    /// The relay did not complete the handshake.
     Handshake,
     /// The connection or handle is closed.
     Closed,
@@ -51,13 +53,56 @@ pub const Error = error{
     Panic,
     /// The handle is not in a state that allows the call.
     WrongState,
+    /// The sandbox's protocol generation lacks this operation; the message
+    /// names it, the generation it needs and the one the sandbox speaks.
+    Unsupported,
+    /// The relay closed the socket before its handshake: all its slots are
+    /// taken or the guest is stalled. Retrying later may succeed.
+    RelayBusy,
+    /// Every correlation id of this connection is used; reconnect.
+    IdsExhausted,
+    /// The guest could not start the command; `Diagnostics` has its message
+    /// and errno (the `.failed` process event has every detail).
+    ExecFailed,
+    /// The agent or relay rejected a message (`core.error`: kind and message).
+    Agent,
+    /// A guest file operation was refused (EACCES, EPERM).
+    PermissionDenied,
+    /// A guest file operation found its target already there (EEXIST).
+    PathAlreadyExists,
+    /// A guest file operation found no such file (ENOENT).
+    FileNotFound,
+    /// A stream's unread data passed its bound without flow control: that
+    /// stream failed (its process was killed); the connection lives on.
+    StreamOverflow,
     /// A status code newer than this binding.
     Unexpected,
 };
 
+/// Codes the header may not define yet (they land branch by branch); the
+/// numbers are fixed by the C ABI, so the header's own value wins as soon as
+/// it has one.
+const added_status = struct {
+    const unsupported = headerOr("MSB_ERR_UNSUPPORTED", -15);
+    const relay_busy = headerOr("MSB_ERR_RELAY_BUSY", -16);
+    const ids_exhausted = headerOr("MSB_ERR_IDS_EXHAUSTED", -17);
+    const exec_failed = headerOr("MSB_ERR_EXEC_FAILED", -18);
+    const agent = headerOr("MSB_ERR_AGENT", -19);
+    const permission = headerOr("MSB_ERR_PERMISSION", -20);
+    const exists = headerOr("MSB_ERR_EXISTS", -21);
+    const stream_overflow = headerOr("MSB_ERR_STREAM_OVERFLOW", -22);
+
+    fn headerOr(comptime name: []const u8, comptime fixed: c.msb_status) c.msb_status {
+        if (!@hasDecl(c, name)) return fixed;
+        const from_header: c.msb_status = @field(c, name);
+        if (from_header != fixed) @compileError(name ++ " differs from the number this binding knows");
+        return from_header;
+    }
+};
+
 /// The `Error` for a negative status code.
-pub fn errorFromStatus(status: c.msb_status) Error {
-    return switch (status) {
+pub fn errorFromStatus(code: c.msb_status) Error {
+    return switch (code) {
         c.MSB_ERR_INVALID_ARGUMENT => error.InvalidArgument,
         c.MSB_ERR_NULL_POINTER => error.NullPointer,
         c.MSB_ERR_INVALID_UTF8 => error.InvalidUtf8,
@@ -72,8 +117,22 @@ pub fn errorFromStatus(status: c.msb_status) Error {
         c.MSB_ERR_GUEST => error.Guest,
         c.MSB_ERR_PANIC => error.Panic,
         c.MSB_ERR_WRONG_STATE => error.WrongState,
+        added_status.unsupported => error.Unsupported,
+        added_status.relay_busy => error.RelayBusy,
+        added_status.ids_exhausted => error.IdsExhausted,
+        added_status.exec_failed => error.ExecFailed,
+        added_status.agent => error.Agent,
+        added_status.permission => error.PermissionDenied,
+        added_status.exists => error.PathAlreadyExists,
+        added_status.stream_overflow => error.StreamOverflow,
         else => error.Unexpected,
     };
+}
+
+/// The `Error` for a negative status of a guest file operation, where
+/// `MSB_ERR_NOT_FOUND` means the guest's ENOENT rather than a missing relay.
+pub fn fsErrorFromStatus(code: c.msb_status) Error {
+    return if (code == c.MSB_ERR_NOT_FOUND) error.FileNotFound else errorFromStatus(code);
 }
 
 /// Receives the details of a failed call, like `std.json.Diagnostics`:
@@ -104,6 +163,15 @@ pub const Diagnostics = struct {
         return self.status;
     }
 
+    /// The guest's errno behind the last failure (e.g. 2 for ENOENT), or
+    /// null when the failure carried none.
+    pub fn guestErrno(self: *const Diagnostics) ?i32 {
+        const err = self.err orelse return null;
+        if (!@hasDecl(c, "msb_error_errno")) return null;
+        const errno = c.msb_error_errno(err);
+        return if (errno == 0) null else errno;
+    }
+
     pub fn deinit(self: *Diagnostics) void {
         c.msb_error_free(self.err);
         self.* = .{};
@@ -119,6 +187,16 @@ pub const Diagnostics = struct {
 /// error object to `diag` or freeing it. Non-negative codes return normally
 /// so pulls can look at MSB_NOTHING_YET / MSB_ENDED themselves.
 fn check(status: c.msb_status, err: ?*c.msb_error, diag: ?*Diagnostics) Error!void {
+    return checkMapped(errorFromStatus, status, err, diag);
+}
+
+/// `check` for guest file operations: their `MSB_ERR_NOT_FOUND` is the
+/// guest's ENOENT, `error.FileNotFound`.
+fn checkFs(status: c.msb_status, err: ?*c.msb_error, diag: ?*Diagnostics) Error!void {
+    return checkMapped(fsErrorFromStatus, status, err, diag);
+}
+
+fn checkMapped(comptime toError: fn (c.msb_status) Error, status: c.msb_status, err: ?*c.msb_error, diag: ?*Diagnostics) Error!void {
     if (status >= 0) {
         // Documented never to happen (err_out is written only on failure),
         // but a leak here would be silent.
@@ -126,7 +204,7 @@ fn check(status: c.msb_status, err: ?*c.msb_error, diag: ?*Diagnostics) Error!vo
         return;
     }
     if (diag) |d| d.record(status, err) else c.msb_error_free(err);
-    return errorFromStatus(status);
+    return toError(status);
 }
 
 /// How long a call may wait. `.immediate` (0) makes pulls return at once
@@ -352,7 +430,7 @@ pub const Client = struct {
     pub fn readFileBytes(self: Client, path: [:0]const u8, timeout: Timeout, diag: ?*Diagnostics) Error!Bytes {
         var data: ?*c.msb_bytes = null;
         var err: ?*c.msb_error = null;
-        try check(c.msb_fs_read_file(self.handle, path.ptr, timeout.toMs(), &data, &err), err, diag);
+        try checkFs(c.msb_fs_read_file(self.handle, path.ptr, timeout.toMs(), &data, &err), err, diag);
         return .{ .handle = data.? };
     }
 
@@ -361,7 +439,7 @@ pub const Client = struct {
     pub fn writeFile(self: Client, path: [:0]const u8, data: []const u8, options: WriteFileOptions, diag: ?*Diagnostics) Error!void {
         const mode: i32 = if (options.mode) |m| @intCast(m) else -1;
         var err: ?*c.msb_error = null;
-        try check(c.msb_fs_write_file(self.handle, path.ptr, data.ptr, data.len, mode, options.timeout.toMs(), &err), err, diag);
+        try checkFs(c.msb_fs_write_file(self.handle, path.ptr, data.ptr, data.len, mode, options.timeout.toMs(), &err), err, diag);
     }
 
     /// Metadata of `path` (symlinks not followed); the entry's path is
@@ -369,7 +447,7 @@ pub const Client = struct {
     pub fn stat(self: Client, allocator: Allocator, path: [:0]const u8, timeout: Timeout, diag: ?*Diagnostics) (Error || Allocator.Error)!Entry {
         var entry: ?*c.msb_fs_entry = null;
         var err: ?*c.msb_error = null;
-        try check(c.msb_fs_stat(self.handle, path.ptr, timeout.toMs(), &entry, &err), err, diag);
+        try checkFs(c.msb_fs_stat(self.handle, path.ptr, timeout.toMs(), &entry, &err), err, diag);
         defer c.msb_fs_entry_free(entry);
         return Entry.copy(allocator, entry.?);
     }
@@ -379,7 +457,7 @@ pub const Client = struct {
     pub fn list(self: Client, allocator: Allocator, path: [:0]const u8, timeout: Timeout, diag: ?*Diagnostics) (Error || Allocator.Error)!Listing {
         var native: ?*c.msb_fs_entries = null;
         var err: ?*c.msb_error = null;
-        try check(c.msb_fs_list(self.handle, path.ptr, timeout.toMs(), &native, &err), err, diag);
+        try checkFs(c.msb_fs_list(self.handle, path.ptr, timeout.toMs(), &native, &err), err, diag);
         defer c.msb_fs_entries_free(native);
 
         const entries = try allocator.alloc(Entry, c.msb_fs_entries_len(native));
@@ -422,12 +500,12 @@ pub const Client = struct {
 
     fn pathCall(self: Client, comptime func: anytype, path: [:0]const u8, timeout: Timeout, diag: ?*Diagnostics) Error!void {
         var err: ?*c.msb_error = null;
-        try check(func(self.handle, path.ptr, timeout.toMs(), &err), err, diag);
+        try checkFs(func(self.handle, path.ptr, timeout.toMs(), &err), err, diag);
     }
 
     fn twoPathCall(self: Client, comptime func: anytype, src: [:0]const u8, dst: [:0]const u8, timeout: Timeout, diag: ?*Diagnostics) Error!void {
         var err: ?*c.msb_error = null;
-        try check(func(self.handle, src.ptr, dst.ptr, timeout.toMs(), &err), err, diag);
+        try checkFs(func(self.handle, src.ptr, dst.ptr, timeout.toMs(), &err), err, diag);
     }
 };
 
@@ -706,9 +784,38 @@ test "every error status maps to its own error, unknown codes to Unexpected" {
         .{ c.MSB_ERR_GUEST, error.Guest },
         .{ c.MSB_ERR_PANIC, error.Panic },
         .{ c.MSB_ERR_WRONG_STATE, error.WrongState },
+        .{ -15, error.Unsupported },
+        .{ -16, error.RelayBusy },
+        .{ -17, error.IdsExhausted },
+        .{ -18, error.ExecFailed },
+        .{ -19, error.Agent },
+        .{ -20, error.PermissionDenied },
+        .{ -21, error.PathAlreadyExists },
+        .{ -22, error.StreamOverflow },
         .{ -1000, error.Unexpected },
     };
     for (expected) |pair| try std.testing.expectEqual(pair[1], errorFromStatus(pair[0]));
+}
+
+test "a guest file operation's NOT_FOUND is FileNotFound; other codes map as everywhere" {
+    try std.testing.expectEqual(error.FileNotFound, fsErrorFromStatus(c.MSB_ERR_NOT_FOUND));
+    try std.testing.expectEqual(error.PermissionDenied, fsErrorFromStatus(-20));
+    try std.testing.expectEqual(error.Guest, fsErrorFromStatus(c.MSB_ERR_GUEST));
+    var diag: Diagnostics = .{};
+    defer diag.deinit();
+    try std.testing.expectError(error.FileNotFound, checkFs(c.MSB_ERR_NOT_FOUND, null, &diag));
+    try std.testing.expectEqual(@as(c.msb_status, c.MSB_ERR_NOT_FOUND), diag.code());
+    try std.testing.expectError(error.NotFound, check(c.MSB_ERR_NOT_FOUND, null, &diag));
+}
+
+test "every new status has the library's own description" {
+    // The library describes every code it can return; a generic text here
+    // would mean this binding knows a code the library does not.
+    const unknown = std.mem.span(c.msb_status_str(-1000));
+    var code: c.msb_status = -15;
+    while (code >= -22) : (code -= 1) {
+        try std.testing.expect(!std.mem.eql(u8, unknown, std.mem.span(c.msb_status_str(code))));
+    }
 }
 
 test "Diagnostics without a library error falls back to the status description" {
