@@ -20,6 +20,7 @@ pub fn main(init: std.process.Init) !void {
 
     const client = try msb.Client.connect(socket_path, .{}, &diag);
     defer client.deinit();
+    try out.print("sandbox agent {s}, protocol generation {d}\n", .{ client.agentVersion(), client.generation() });
 
     // Run to completion; the output is copied into `gpa` memory.
     const result = try client.run(gpa, &.{ "echo", "hello from the sandbox" }, .{}, &diag);
@@ -58,6 +59,11 @@ pub fn main(init: std.process.Init) !void {
                 try out.print("exited {d}\n", .{code});
                 break;
             },
+            .failed => |failure| {
+                try out.print("could not start ({s}): {s}\n", .{ failure.kind(), failure.message() });
+                break;
+            },
+            .stdin_error => |stdin_error| try out.print("stdin: {s}\n", .{stdin_error.message()}),
         }
     }
 }

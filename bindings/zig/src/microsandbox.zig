@@ -262,6 +262,12 @@ pub const ReadyTimings = struct {
 /// What the relay has sent this client.
 pub const Counters = c.msb_counters;
 
+/// A half-open range of correlation ids.
+pub const IdRange = struct {
+    start: u32,
+    end_exclusive: u32,
+};
+
 /// A connection to one relay, with its own background thread.
 ///
 /// Thread safety: every method may be called from any thread at once;
@@ -359,6 +365,46 @@ pub const Client = struct {
         return c.msb_client_id_offset(self.handle);
     }
 
+    // ---- what the sandbox speaks ----
+
+    /// The protocol generation this connection speaks: 1 on a legacy
+    /// (0.3/0.4) relay, else the smaller of the sandbox's and the library's.
+    /// Operations newer than it fail with `error.Unsupported`.
+    pub fn generation(self: Client) u32 {
+        return c.msb_client_generation(self.handle);
+    }
+
+    /// The sandbox's own generation (the `v` of its `core.ready`).
+    pub fn peerGeneration(self: Client) u32 {
+        return c.msb_client_peer_generation(self.handle);
+    }
+
+    /// Whether the relay used the legacy handshake of 0.3.x/0.4.x (16
+    /// clients, file operations in their 0.3.14 shapes).
+    pub fn isLegacy(self: Client) bool {
+        return c.msb_client_is_legacy(self.handle);
+    }
+
+    /// The agent's version from `core.ready` (e.g. "0.6.14"), "" when the
+    /// sandbox does not say. Borrowed until `deinit`.
+    pub fn agentVersion(self: Client) []const u8 {
+        return std.mem.span(c.msb_client_agent_version(self.handle));
+    }
+
+    /// This connection's correlation ids: `start <= id < end_exclusive`.
+    pub fn idRange(self: Client) IdRange {
+        var range: IdRange = undefined;
+        // Fails only for null arguments.
+        std.debug.assert(c.msb_client_id_range(self.handle, &range.start, &range.end_exclusive) == c.MSB_OK);
+        return range;
+    }
+
+    /// Whether this connection can carry the message type `message_type`
+    /// (a wire name such as "core.tcp.connect"); false for unknown names.
+    pub fn supports(self: Client, message_type: [:0]const u8) bool {
+        return c.msb_client_supports(self.handle, message_type.ptr);
+    }
+
     pub fn counters(self: Client) Counters {
         var result: Counters = std.mem.zeroes(Counters);
         result.struct_size = @sizeOf(Counters);
@@ -391,7 +437,9 @@ pub const Client = struct {
     /// stderr (each up to `options.capture_limit` bytes) into memory of
     /// `allocator`. The whole run must end within `options.timeout`, or the
     /// process is killed and `error.Timeout` returned. A non-zero exit code
-    /// is not an error.
+    /// is not an error. A command the guest cannot start is
+    /// `error.ExecFailed` (agents 0.4.4+; `diag` has the guest's text, kind
+    /// and stage) or, from older agents, exit code -1.
     pub fn run(
         self: Client,
         allocator: Allocator,
@@ -555,7 +603,8 @@ pub const RunOptions = struct {
 /// The outcome of `Client.run`; `stdout` and `stderr` belong to the
 /// allocator passed to `run`.
 pub const RunResult = struct {
-    /// -1 if the process was killed by a signal or could not be started.
+    /// -1 if the process was killed by a signal, or could not be started by
+    /// an agent older than 0.4.4.
     exit_code: i32,
     stdout: []u8,
     stderr: []u8,
@@ -614,39 +663,113 @@ pub const Process = struct {
         stdout: Bytes,
         /// Output on stderr.
         stderr: Bytes,
-        /// The process ended (always the last event): its exit code, -1 if
-        /// killed by a signal or never started.
+        /// The process ended (the last event, unless `failed` comes
+        /// instead): its exit code, -1 if killed by a signal, or if it could
+        /// not be started by an agent older than 0.4.4.
         exited: i32,
+        /// The guest could not start the command (agents 0.4.4+); the last
+        /// event, and no `started` came before it.
+        failed: ExecFailure,
+        /// Writing stdin into the process failed (agents 0.4.6+); the
+        /// process runs on and more events follow.
+        stdin_error: StdinError,
 
-        /// Frees the output buffer of `stdout`/`stderr` events; a no-op for
-        /// the others, so `defer event.deinit()` fits every event.
+        /// Frees what `stdout`/`stderr`/`failed`/`stdin_error` events hold;
+        /// a no-op for the others, so `defer event.deinit()` fits every event.
         pub fn deinit(self: Event) void {
             switch (self) {
                 .stdout, .stderr => |data| data.deinit(),
+                .failed => |failure| failure.deinit(),
+                .stdin_error => |stdin_error| stdin_error.deinit(),
                 .started, .exited => {},
             }
         }
     };
 
+    /// Why the guest could not start a command. The strings are borrowed
+    /// from the event until `deinit`.
+    pub const ExecFailure = struct {
+        event: *c.msb_exec_event,
+
+        /// The guest's name for the failure: "not_found",
+        /// "permission_denied", "not_executable", "bad_cwd", "bad_args",
+        /// "resource_limit", "user_setup_failed", "out_of_memory",
+        /// "pty_setup_failed", "other", or a newer name as sent.
+        pub fn kind(self: ExecFailure) []const u8 {
+            return std.mem.span(c.msb_exec_event_failure_kind(self.event));
+        }
+
+        /// The guest's errno, if it sent one.
+        pub fn errno(self: ExecFailure) ?i32 {
+            return eventErrno(self.event);
+        }
+
+        /// The guest's description.
+        pub fn message(self: ExecFailure) []const u8 {
+            return std.mem.span(c.msb_exec_event_message(self.event));
+        }
+
+        /// Where starting failed (e.g. "spawn"), if the guest said.
+        pub fn stage(self: ExecFailure) ?[]const u8 {
+            const text = c.msb_exec_event_stage(self.event) orelse return null;
+            return std.mem.span(text);
+        }
+
+        pub fn deinit(self: ExecFailure) void {
+            c.msb_exec_event_free(self.event);
+        }
+    };
+
+    /// A failed write into the process's stdin. The message is borrowed
+    /// from the event until `deinit`.
+    pub const StdinError = struct {
+        event: *c.msb_exec_event,
+
+        /// The guest's errno (e.g. 32 for EPIPE), if it sent one.
+        pub fn errno(self: StdinError) ?i32 {
+            return eventErrno(self.event);
+        }
+
+        pub fn message(self: StdinError) []const u8 {
+            return std.mem.span(c.msb_exec_event_message(self.event));
+        }
+
+        pub fn deinit(self: StdinError) void {
+            c.msb_exec_event_free(self.event);
+        }
+    };
+
+    fn eventErrno(event: *c.msb_exec_event) ?i32 {
+        const errno = c.msb_exec_event_errno(event);
+        return if (errno == 0) null else errno;
+    }
+
     /// The next event, waiting up to `timeout`: null if none arrived in time
-    /// (nothing is consumed), `error.EndOfStream` once `exited` was pulled.
-    /// Output that arrived before the connection died is delivered before
-    /// the error.
+    /// (nothing is consumed), `error.EndOfStream` once `exited` or `failed`
+    /// was pulled. Output that arrived before the connection died is
+    /// delivered before the error.
     pub fn nextEvent(self: Process, timeout: Timeout, diag: ?*Diagnostics) (Error || error{EndOfStream})!?Event {
-        var native: ?*c.msb_exec_event = null;
+        var pulled: ?*c.msb_exec_event = null;
         var err: ?*c.msb_error = null;
-        const status = c.msb_exec_next_event(self.handle, timeout.toMs(), &native, &err);
+        const status = c.msb_exec_next_event(self.handle, timeout.toMs(), &pulled, &err);
         try check(status, err, diag);
         switch (status) {
             c.MSB_NOTHING_YET => return null,
             c.MSB_ENDED => return error.EndOfStream,
             else => {},
         }
+        const native = pulled.?;
+        // Failure events keep the native event: their texts live in it.
+        switch (c.msb_exec_event_kind(native)) {
+            c.MSB_EXEC_FAILED => return .{ .failed = .{ .event = native } },
+            c.MSB_EXEC_STDIN_ERROR => return .{ .stdin_error = .{ .event = native } },
+            else => {},
+        }
         defer c.msb_exec_event_free(native);
         return switch (c.msb_exec_event_kind(native)) {
             c.MSB_EXEC_STARTED => .{ .started = c.msb_exec_event_pid(native) },
-            c.MSB_EXEC_STDOUT => .{ .stdout = try takeData(native.?, diag) },
-            c.MSB_EXEC_STDERR => .{ .stderr = try takeData(native.?, diag) },
+            c.MSB_EXEC_STDOUT => .{ .stdout = try takeData(native, diag) },
+            c.MSB_EXEC_STDERR => .{ .stderr = try takeData(native, diag) },
             c.MSB_EXEC_EXITED => .{ .exited = c.msb_exec_event_exit_code(native) },
             else => error.Unexpected,
         };

@@ -14,6 +14,33 @@ fn socketPath() ![:0]const u8 {
     };
 }
 
+/// The release the development relay imitates: scripts/with-devrelay.sh
+/// passes MSB_DEVRELAY_PROFILE to it, and the relay's default is 0.7.13.
+const Profile = enum {
+    @"0.3.14",
+    @"0.6.14",
+    @"0.7.13",
+
+    fn current() !Profile {
+        const name = testing.environ.getPosix("MSB_DEVRELAY_PROFILE") orelse return .@"0.7.13";
+        return std.meta.stringToEnum(Profile, name) orelse {
+            std.debug.print("unknown MSB_DEVRELAY_PROFILE {s}\n", .{name});
+            return error.UnknownProfile;
+        };
+    }
+
+    /// Whether the agent answers a spawn failure with `core.exec.failed`
+    /// and a failed stdin write with `core.exec.stdin.error` (0.4.6+).
+    fn reportsExecFailures(self: Profile) bool {
+        return self != .@"0.3.14";
+    }
+
+    /// Client slots of the relay (a legacy relay has 16, later ones 128).
+    fn maxClients(self: Profile) usize {
+        return if (self == .@"0.3.14") 16 else 128;
+    }
+};
+
 fn connect() !msb.Client {
     var diag: msb.Diagnostics = .{};
     defer diag.deinit();
@@ -293,4 +320,162 @@ test "calls after close are Closed" {
     client.close(); // idempotent
     try testing.expectError(error.Closed, client.readFile(testing.allocator, "/anything", timeout, null));
     try testing.expectError(error.Closed, client.spawn(&.{"true"}, .{}, null));
+}
+
+test "generation, legacy flag, agent version and id range are those of the relay's release" {
+    const client = try connect();
+    defer client.deinit();
+    const range = client.idRange();
+    try testing.expect(range.start > 0);
+    try testing.expectEqual(client.idOffset() + 1, range.start);
+    switch (try Profile.current()) {
+        .@"0.3.14" => {
+            try testing.expect(client.isLegacy());
+            try testing.expectEqual(@as(u32, 1), client.generation());
+            try testing.expectEqual(@as(u32, 1), client.peerGeneration());
+            try testing.expectEqualStrings("", client.agentVersion());
+            // 16 clients share the id space: ids offset+1 .. offset+268435454.
+            try testing.expectEqual(@as(u32, 268435454), range.end_exclusive - range.start);
+        },
+        .@"0.6.14" => {
+            try testing.expect(!client.isLegacy());
+            try testing.expectEqual(@as(u32, 7), client.generation());
+            try testing.expectEqual(@as(u32, 7), client.peerGeneration());
+            try testing.expectEqualStrings("0.6.14", client.agentVersion());
+            try testing.expectEqual(@as(u32, 33554430), range.end_exclusive - range.start);
+        },
+        .@"0.7.13" => {
+            try testing.expect(!client.isLegacy());
+            try testing.expectEqual(@as(u32, 10), client.generation());
+            try testing.expectEqual(@as(u32, 10), client.peerGeneration());
+            try testing.expectEqualStrings("0.7.13", client.agentVersion());
+            try testing.expectEqual(@as(u32, 33554430), range.end_exclusive - range.start);
+        },
+    }
+}
+
+test "supports follows the negotiated generation" {
+    const client = try connect();
+    defer client.deinit();
+    const generation = client.generation();
+    try testing.expect(client.supports("core.exec.request"));
+    // Legacy relays get the 0.3.14 file shapes, so files work everywhere.
+    try testing.expect(client.supports("core.fs.request"));
+    try testing.expectEqual(generation >= 4, client.supports("core.tcp.connect"));
+    try testing.expectEqual(generation >= 6, client.supports("core.ping"));
+    try testing.expect(!client.supports("core.no.such.type"));
+}
+
+test "a command the guest cannot start: failed event with kind, errno and stage, or exit -1 from old agents" {
+    const client = try connect();
+    defer client.deinit();
+    const process = try client.spawn(&.{"/nonexistent/zig-no-such-command"}, .{}, null);
+    defer process.deinit();
+    const event = (try process.nextEvent(timeout, null)) orelse return error.TestUnexpectedNothingYet;
+    defer event.deinit();
+    if ((try Profile.current()).reportsExecFailures()) {
+        const failure = switch (event) {
+            .failed => |failure| failure,
+            else => {
+                std.debug.print("expected a failed event, got {t}\n", .{event});
+                return error.TestUnexpectedEvent;
+            },
+        };
+        try testing.expectEqualStrings("not_found", failure.kind());
+        try testing.expectEqual(@as(?i32, 2), failure.errno()); // ENOENT
+        try testing.expect(std.mem.indexOf(u8, failure.message(), "zig-no-such-command") != null);
+        try testing.expect(failure.stage() != null);
+    } else {
+        try testing.expectEqual(msb.Process.Event{ .exited = -1 }, event);
+    }
+    // Either way that was the last event.
+    try testing.expectError(error.EndOfStream, process.nextEvent(.immediate, null));
+}
+
+test "run of a command the guest cannot start is ExecFailed with the guest's words, or exit -1 from old agents" {
+    const client = try connect();
+    defer client.deinit();
+    var diag: msb.Diagnostics = .{};
+    defer diag.deinit();
+    const argv: []const [:0]const u8 = &.{"/nonexistent/zig-no-such-command"};
+    if ((try Profile.current()).reportsExecFailures()) {
+        try testing.expectError(error.ExecFailed, client.run(testing.allocator, argv, .{}, &diag));
+        try testing.expectEqual(@as(i32, msb.c.MSB_ERR_EXEC_FAILED), diag.code());
+        try testing.expect(std.mem.indexOf(u8, diag.message(), "zig-no-such-command") != null);
+        try testing.expect(std.mem.indexOf(u8, diag.message(), "not_found") != null);
+    } else {
+        const result = try client.run(testing.allocator, argv, .{}, &diag);
+        defer result.deinit(testing.allocator);
+        try testing.expectEqual(@as(i32, -1), result.exit_code);
+    }
+}
+
+test "writing to a process that closed its stdin: a stdin_error event (EPIPE), then the process runs on" {
+    const client = try connect();
+    defer client.deinit();
+    const process = try client.spawn(&.{ "sh", "-c", "exec 0<&-; echo closed; sleep 1; echo still running" }, .{}, null);
+    defer process.deinit();
+    var stdout: std.ArrayList(u8) = .empty;
+    defer stdout.deinit(testing.allocator);
+    try testing.expect((try collectUntilNonOutput(process, &stdout)) == .started);
+    try readUntilContains(process, &stdout, "closed\n");
+    try process.writeStdin("nobody reads this\n", timeout, null);
+
+    var stdin_errors: usize = 0;
+    const exit_code = while (true) {
+        const event = (try process.nextEvent(timeout, null)) orelse return error.TestUnexpectedNothingYet;
+        defer event.deinit();
+        switch (event) {
+            .stdout => |data| try stdout.appendSlice(testing.allocator, data.slice()),
+            .stdin_error => |stdin_error| {
+                stdin_errors += 1;
+                try testing.expectEqual(@as(?i32, 32), stdin_error.errno()); // EPIPE
+                try testing.expect(stdin_error.message().len > 0);
+            },
+            .exited => |code| break code,
+            else => {
+                std.debug.print("unexpected event {t}\n", .{event});
+                return error.TestUnexpectedEvent;
+            },
+        }
+    };
+    try testing.expectEqual(@as(i32, 0), exit_code);
+    try testing.expectEqualStrings("closed\nstill running\n", stdout.items);
+    const expected_errors: usize = if ((try Profile.current()).reportsExecFailures()) 1 else 0;
+    try testing.expectEqual(expected_errors, stdin_errors);
+}
+
+test "a full relay is RelayBusy until a slot frees up" {
+    const max_clients = (try Profile.current()).maxClients();
+    var clients: std.ArrayList(msb.Client) = .empty;
+    defer {
+        for (clients.items) |client| client.deinit();
+        clients.deinit(testing.allocator);
+    }
+    // Other tests' connections are closed, but the relay may not have seen
+    // their ends yet: keep connecting until it refuses.
+    var diag: msb.Diagnostics = .{};
+    defer diag.deinit();
+    while (clients.items.len <= max_clients) {
+        const client = msb.Client.connect(try socketPath(), .{}, &diag) catch |err| {
+            try testing.expectEqual(error.RelayBusy, err);
+            break;
+        };
+        try clients.append(testing.allocator, client);
+    } else return error.TestRelayNeverFull;
+    try testing.expectEqual(@as(i32, msb.c.MSB_ERR_RELAY_BUSY), diag.code());
+    try testing.expect(diag.message().len > 0);
+    try testing.expect(clients.items.len > 0 and clients.items.len <= max_clients);
+
+    // Retrying later works once a slot is free.
+    clients.pop().?.deinit();
+    var attempts: usize = 0;
+    const again = while (true) : (attempts += 1) {
+        break msb.Client.connect(try socketPath(), .{}, null) catch |err| {
+            if (err != error.RelayBusy or attempts == 200) return err;
+            try std.Io.sleep(testing.io, .fromMilliseconds(10), .awake);
+            continue;
+        };
+    };
+    try clients.append(testing.allocator, again);
 }
