@@ -35,6 +35,14 @@
   (MSB_VERSION_NUMBER >= ((major) * 10000 + (minor) * 100 + (patch)))
 
 
+#define EPERM 1
+
+#define ENOENT 2
+
+#define EACCES 13
+
+#define EEXIST 17
+
 /**
  * `msb_message_flags` bit: the last message of its id.
  */
@@ -297,7 +305,8 @@ typedef int32_t msb_fs_kind;
 #define MSB_ERR_TOO_LARGE -4
 
 /**
- * No relay at that socket path (missing, or nobody listening).
+ * Not found: no relay at that socket path (missing, or nobody listening),
+ * or the guest has no such file (errno `ENOENT`, see `msb_error_errno`).
  */
 #define MSB_ERR_NOT_FOUND -5
 
@@ -345,6 +354,17 @@ typedef int32_t msb_fs_kind;
  * The handle is not in a state that allows the call (e.g. a finished writer).
  */
 #define MSB_ERR_WRONG_STATE -14
+
+/**
+ * The guest refused for lack of permission (errno `EACCES` or `EPERM`);
+ * `msb_error_errno` gives which.
+ */
+#define MSB_ERR_PERMISSION -20
+
+/**
+ * The guest found something already there (errno `EEXIST`).
+ */
+#define MSB_ERR_EXISTS -21
 
 /**
  * The process started; `msb_exec_event_pid` is valid.
@@ -418,6 +438,18 @@ msb_status msb_error_code(const struct msb_error *err);
 const char *msb_error_message(const struct msb_error *err);
 
 /**
+ * The guest's errno behind `err`, or 0 when there is none (the error did not
+ * come from the guest, the guest gave no errno, or `err` is NULL).
+ *
+ * Guest failures (`MSB_ERR_GUEST`, `MSB_ERR_NOT_FOUND`, `MSB_ERR_PERMISSION`,
+ * `MSB_ERR_EXISTS` from filesystem and TCP calls) carry the errno the guest
+ * reported in its message. The guest is Linux: compare with Linux's numbers
+ * (ENOENT 2, EPERM 1, EACCES 13, EEXIST 17, ...), not the host's `<errno.h>`
+ * on other systems. `MSB_ERR_NOT_FOUND` from connecting has errno 0.
+ */
+int32_t msb_error_errno(const struct msb_error *err);
+
+/**
  * Releases an error. NULL is ignored; freeing twice is forbidden.
  */
 void msb_error_free(struct msb_error *err);
@@ -487,10 +519,11 @@ msb_status msb_client_connect(const char *socket_path,
                               struct msb_error **err_out);
 
 /**
- * Connects to a sandbox by name: the socket
- * `$MSB_HOME/sandboxes/NAME/runtime/agent.sock` (`MSB_HOME` defaults to
- * `~/.microsandbox`). Same ownership and errors as `msb_client_connect`;
- * an unknown name gives `MSB_ERR_NOT_FOUND`.
+ * Connects to a sandbox by name, at the socket `msb_sandbox_socket_path`
+ * resolves for it (under `$MSB_HOME`, default `~/.microsandbox`, in the
+ * layout of whichever runtime line started the sandbox). Same ownership
+ * and errors as `msb_client_connect`; an unknown name gives
+ * `MSB_ERR_NOT_FOUND`.
  */
 msb_status msb_client_connect_sandbox(const char *name,
                                       const struct msb_connect_options *options,
@@ -1152,6 +1185,39 @@ msb_status msb_file_writer_finish(const struct msb_file_writer *writer,
  * Releases a writer. NULL is ignored; freeing twice is forbidden.
  */
 void msb_file_writer_free(struct msb_file_writer *writer);
+
+/**
+ * The relay socket path of the sandbox `name`, as
+ * `msb_client_connect_sandbox` resolves it. Sandboxes of different runtime
+ * lines keep the socket in different places under `$MSB_HOME` (default
+ * `~/.microsandbox`); they are tried newest first:
+ *
+ * 1. `run/sandboxes/<first 24 hex digits of sha256(name)>/agent.sock`
+ *    (0.6.9 and later; its `control.sock` sits beside it);
+ * 2. `run/agent/<first 32 hex digits of sha256(name)>.sock` (0.5.2 to 0.6.8);
+ * 3. `sandboxes/<name>/runtime/agent.sock` (up to 0.5.1).
+ *
+ * The first path that exists wins. If none exists, the answer is the first
+ * whose socket paths fit in a `sockaddr_un` (for the first layout, both
+ * `agent.sock` and `control.sock` must fit). For the name "worker" the
+ * first two are `run/sandboxes/87eba76e7f3164534045ba92/agent.sock` and
+ * `run/agent/87eba76e7f3164534045ba922e7770fb.sock`.
+ *
+ * Nothing is connected to. `name` must be 1 to 255 bytes of UTF-8 without
+ * '/' and not "." or ".." (else `MSB_ERR_INVALID_ARGUMENT`, also when no
+ * layout fits in a socket address or neither `MSB_HOME` nor `HOME` is set).
+ *
+ * On success the caller owns `*path_out` and must release it with
+ * `msb_bytes_free`. Its bytes are the path without a terminating NUL
+ * (`msb_bytes_len` counts only them), and a NUL byte follows them in
+ * memory, so `(const char *)msb_bytes_data(path)` is also a C string.
+ *
+ * Thread safety: callable from any thread; it reads the environment, so
+ * not while another thread changes `MSB_HOME` or `HOME`.
+ */
+msb_status msb_sandbox_socket_path(const char *name,
+                                   struct msb_bytes **path_out,
+                                   struct msb_error **err_out);
 
 #ifdef __cplusplus
 }  // extern "C"

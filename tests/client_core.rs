@@ -11,10 +11,9 @@ use std::time::{Duration, Instant};
 
 use microsandbox_agent::client::exec::{self, Exec, ExecEvent};
 use microsandbox_agent::client::{fs, Client, ClientOptions, CloseCause, Error, Pulled};
-use microsandbox_agent::protocol::payload::{
-    Data, ExecExited, ExecRequest, FsOp, FsRequest, FsResponse, Payload, Ready,
-};
-use microsandbox_agent::protocol::{encode_frame, MessageType, ID_RANGE_STEP};
+use microsandbox_agent::protocol::payload::legacy::{FsOp, FsRequest, FsResponse};
+use microsandbox_agent::protocol::payload::{Data, ExecExited, ExecRequest, Payload, Ready};
+use microsandbox_agent::protocol::{encode_frame, MessageType, LEGACY_ID_RANGE_STEP};
 
 const T: Duration = Duration::from_secs(10);
 
@@ -115,9 +114,9 @@ fn handshake_gives_range_and_timings() {
     assert_eq!(c.id_offset(), 0, "first client gets slot 0");
     let r = c.ready();
     assert!(r.ready_time_ns > 0);
-    assert_eq!(Ready::decode(c.ready_payload()).unwrap(), r);
-    let id = c.alloc_id();
-    assert!(id > 0 && id < ID_RANGE_STEP);
+    assert_eq!(&Ready::decode(c.ready_payload()).unwrap(), r);
+    let id = c.alloc_id().unwrap();
+    assert!(id > 0 && id < LEGACY_ID_RANGE_STEP);
 }
 
 #[test]
@@ -289,23 +288,25 @@ fn sixteen_clients_get_disjoint_ranges_and_the_seventeenth_is_refused() {
     let clients: Vec<Client> = (0..16).map(|_| relay.connect()).collect();
     let mut offsets: Vec<u32> = clients.iter().map(|c| c.id_offset()).collect();
     offsets.sort();
-    let expected: Vec<u32> = (0..16).map(|k| k * ID_RANGE_STEP).collect();
+    let expected: Vec<u32> = (0..16).map(|k| k * LEGACY_ID_RANGE_STEP).collect();
     assert_eq!(offsets, expected);
     for c in &clients {
-        let id = c.alloc_id();
-        assert!(id > c.id_offset() && (id as u64) < c.id_offset() as u64 + ID_RANGE_STEP as u64);
+        let id = c.alloc_id().unwrap();
+        assert!(
+            id > c.id_offset() && (id as u64) < c.id_offset() as u64 + LEGACY_ID_RANGE_STEP as u64
+        );
         assert!(fs::stat(c, "/", T).is_ok());
     }
     let err = Client::connect(&relay.socket, &ClientOptions::default())
         .err()
         .expect("17th connection must fail");
-    assert!(matches!(err, Error::Handshake(_)), "{err}");
-    assert!(err.to_string().contains("slot"), "{err}");
+    assert!(matches!(err, Error::RelayBusy), "{err}");
+    assert!(err.to_string().contains("full"), "{err}");
     // A freed slot is handed out again.
     drop(clients);
     std::thread::sleep(Duration::from_millis(200));
     let again = relay.connect();
-    assert_eq!(again.id_offset() % ID_RANGE_STEP, 0);
+    assert_eq!(again.id_offset() % LEGACY_ID_RANGE_STEP, 0);
 }
 
 #[test]
@@ -369,10 +370,10 @@ fn ids_outside_the_range_cannot_be_subscribed() {
     let c = relay.connect();
     assert!(matches!(c.subscribe(0), Err(Error::IdUnavailable(0))));
     assert!(matches!(
-        c.subscribe(ID_RANGE_STEP),
+        c.subscribe(LEGACY_ID_RANGE_STEP),
         Err(Error::IdUnavailable(_))
     ));
-    let id = c.alloc_id();
+    let id = c.alloc_id().unwrap();
     let _s = c.subscribe(id).unwrap();
     assert!(matches!(c.subscribe(id), Err(Error::IdUnavailable(_))));
 }
@@ -475,8 +476,9 @@ fn relay_handshake() -> Vec<u8> {
         boot_time_ns: 1,
         init_time_ns: 2,
         ready_time_ns: 3,
+        ..Ready::default()
     };
-    encode_frame(&mut hs, "core.ready", 0, 0, &ready.to_bytes());
+    encode_frame(&mut hs, "core.ready", 0, 0, 1, &ready.to_bytes());
     hs
 }
 
@@ -510,7 +512,7 @@ fn request_timeout_removes_the_pending_entry_and_late_replies_are_counted() {
         let reply = |s: &mut std::os::unix::net::UnixStream, id: u32| {
             let mut out = Vec::new();
             let ok = FsResponse::ok().to_bytes();
-            encode_frame(&mut out, "core.fs.response", id, 1, &ok);
+            encode_frame(&mut out, "core.fs.response", id, 1, 1, &ok);
             s.write_all(&out).unwrap();
         };
         let (late, _) = read_frame(&mut s);
@@ -579,9 +581,16 @@ fn frames_outside_our_range_are_dropped_and_counted() {
         let (id, _) = read_frame(&mut s);
         let mut out = Vec::new();
         let resp = FsResponse::ok().to_bytes();
-        encode_frame(&mut out, "core.fs.response", id + ID_RANGE_STEP, 1, &resp);
-        encode_frame(&mut out, "core.future.thing", id, 0, b"");
-        encode_frame(&mut out, "core.fs.response", id, 1, &resp);
+        encode_frame(
+            &mut out,
+            "core.fs.response",
+            id + LEGACY_ID_RANGE_STEP,
+            1,
+            1,
+            &resp,
+        );
+        encode_frame(&mut out, "core.future.thing", id, 0, 1, b"");
+        encode_frame(&mut out, "core.fs.response", id, 1, 1, &resp);
         s.write_all(&out).unwrap();
         std::thread::sleep(Duration::from_millis(300));
     });
@@ -611,9 +620,9 @@ fn frames_of_every_size_sent_in_one_burst_arrive_whole_and_in_order() {
         let (id, _) = read_frame(&mut s);
         let mut out = Vec::new();
         for (i, &len) in sizes.iter().enumerate() {
-            encode_frame(&mut out, "core.exec.stdout", id, 0, &payload(i, len));
+            encode_frame(&mut out, "core.exec.stdout", id, 0, 1, &payload(i, len));
         }
-        encode_frame(&mut out, "core.exec.exited", id, 1, b"\xa1\x64code\x00");
+        encode_frame(&mut out, "core.exec.exited", id, 1, 1, b"\xa1\x64code\x00");
         s.write_all(&out).unwrap();
         std::thread::sleep(Duration::from_millis(300));
     });

@@ -9,11 +9,11 @@ use tokio::net::unix::OwnedReadHalf;
 use tokio::net::UnixStream;
 use tokio::sync::mpsc;
 
+use microsandbox_agent::protocol::payload::legacy::{FsOp, FsRequest, FsResponse};
 use microsandbox_agent::protocol::payload::{
-    Data, ExecExited, ExecRequest, ExecResize, ExecSignal, FsOp, FsRequest, FsResponse, Payload,
-    Ready,
+    Data, ExecExited, ExecRequest, ExecResize, ExecSignal, Payload, Ready,
 };
-use microsandbox_agent::protocol::{FrameDecoder, Message, MessageType, ID_RANGE_STEP};
+use microsandbox_agent::protocol::{FrameDecoder, Message, MessageType, LEGACY_ID_RANGE_STEP};
 
 use crate::exec::{self, ExecEnv, ExecTable, ProcessRegistry};
 use crate::fault::{self, AfterFault, Fault};
@@ -54,7 +54,7 @@ enum Stop {
 }
 
 pub async fn serve(relay: Arc<Relay>, mut stream: UnixStream, slot: u32) {
-    let id_offset = slot * ID_RANGE_STEP;
+    let id_offset = slot * LEGACY_ID_RANGE_STEP;
     let mut handshake = id_offset.to_be_bytes().to_vec();
     handshake.extend(typed_frame(MessageType::Ready, 0, &relay.ready));
 

@@ -10,8 +10,9 @@ use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::UnixStream;
 
-use microsandbox_agent::protocol::payload::{ExecStarted, FsResponse};
-use microsandbox_agent::protocol::{MessageType, ID_RANGE_STEP, MAX_FRAME_SIZE};
+use microsandbox_agent::protocol::payload::legacy::FsResponse;
+use microsandbox_agent::protocol::payload::ExecStarted;
+use microsandbox_agent::protocol::{MessageType, LEGACY_ID_RANGE_STEP, MAX_FRAME_SIZE};
 
 use crate::outbox::{data_frame, raw_frame, typed_frame, Closed, Outbox};
 
@@ -220,7 +221,7 @@ pub async fn wait_for_hangup_without_reading(stream: &UnixStream) {
 
 /// Id just past the client's range, used by `out-of-range-id`.
 pub fn out_of_range_id(id_offset: u32) -> u32 {
-    id_offset.wrapping_add(ID_RANGE_STEP).wrapping_add(1)
+    id_offset.wrapping_add(LEGACY_ID_RANGE_STEP).wrapping_add(1)
 }
 
 /// Sent before serving a request under `unknown-type` / `out-of-range-id`.

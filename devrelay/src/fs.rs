@@ -15,7 +15,9 @@ use std::path::{Path, PathBuf};
 
 use bytes::Bytes;
 
-use microsandbox_agent::protocol::payload::{FsEntryInfo, FsOp, FsResponse, FsResponseData};
+use microsandbox_agent::protocol::payload::legacy::{
+    FsEntryInfo, FsOp, FsResponse, FsResponseData,
+};
 
 /// Largest `core.fs.data` the relay sends for a Read, as the real agent does;
 /// below the protocol's 3 MiB chunk limit.

@@ -22,7 +22,7 @@ use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::mpsc;
 
 use microsandbox_agent::protocol::payload::Ready;
-use microsandbox_agent::protocol::MAX_CLIENTS;
+use microsandbox_agent::protocol::LEGACY_MAX_CLIENTS;
 
 mod cli;
 mod conn;
@@ -134,6 +134,7 @@ fn run(options: cli::Options, process_start: Instant) -> Result<(), String> {
             boot_time_ns,
             init_time_ns,
             ready_time_ns,
+            ..Ready::default()
         },
         shutdown: shutdown_tx,
     });
@@ -225,7 +226,7 @@ impl Drop for SlotGuard {
 impl Slots {
     fn acquire(self: &Arc<Self>) -> Option<SlotGuard> {
         let mut taken = self.taken.lock().unwrap();
-        let slot = (0..MAX_CLIENTS).find(|k| *taken & (1 << k) == 0)?;
+        let slot = (0..LEGACY_MAX_CLIENTS).find(|k| *taken & (1 << k) == 0)?;
         *taken |= 1 << slot;
         Some(SlotGuard {
             slots: self.clone(),
@@ -256,7 +257,7 @@ async fn serve(
                         });
                     }
                     None => {
-                        log!("all {MAX_CLIENTS} client slots are taken; closing a new connection");
+                        log!("all {LEGACY_MAX_CLIENTS} client slots are taken; closing a new connection");
                         drop(stream);
                     }
                 },

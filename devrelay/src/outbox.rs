@@ -16,7 +16,9 @@ use tokio::net::unix::OwnedWriteHalf;
 use tokio::sync::{mpsc, Notify, Semaphore};
 
 use microsandbox_agent::protocol::payload::{Data, Payload};
-use microsandbox_agent::protocol::{encode_frame, encode_frame_with, MessageType};
+use microsandbox_agent::protocol::{
+    encode_frame, encode_frame_with, MessageType, LEGACY_GENERATION,
+};
 
 /// Bytes a connection may have queued but not yet written.
 const QUEUE_BUDGET: usize = 8 * 1024 * 1024;
@@ -131,7 +133,14 @@ pub fn typed_frame(message_type: MessageType, id: u32, payload: &impl Payload) -
 
 pub fn raw_frame(message_type: &str, id: u32, flags: u8, payload: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(payload.len() + 48);
-    encode_frame(&mut out, message_type, id, flags, payload);
+    encode_frame(
+        &mut out,
+        message_type,
+        id,
+        flags,
+        LEGACY_GENERATION,
+        payload,
+    );
     out
 }
 
@@ -143,6 +152,7 @@ pub fn data_frame(message_type: MessageType, id: u32, data: &[u8]) -> Vec<u8> {
         message_type.as_str(),
         id,
         message_type.flags(),
+        LEGACY_GENERATION,
         payload_len,
         |o| Data::encode_slice(data, o),
     );

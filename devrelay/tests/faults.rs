@@ -7,9 +7,11 @@ use std::os::unix::net::UnixStream;
 use std::time::Duration;
 
 use common::*;
-use microsandbox_agent::protocol::payload::{Data, ExecStarted, FsOp, FsResponse, Payload};
+use microsandbox_agent::protocol::payload::legacy::{FsOp, FsResponse};
+use microsandbox_agent::protocol::payload::{Data, ExecStarted, Payload};
 use microsandbox_agent::protocol::{
-    FrameDecoder, FrameHeader, Message, MessageType, ProtocolError, ID_RANGE_STEP, MAX_FRAME_SIZE,
+    FrameDecoder, FrameHeader, Message, MessageType, ProtocolError, LEGACY_ID_RANGE_STEP,
+    MAX_FRAME_SIZE,
 };
 
 const QUIET_WAIT: Duration = Duration::from_millis(300);
@@ -64,7 +66,7 @@ fn send_exec(stream: &mut UnixStream, id: u32, cmd: &str, args: &[&str]) {
 }
 
 fn send_stat(stream: &mut UnixStream, id: u32) {
-    let req = microsandbox_agent::protocol::payload::FsRequest {
+    let req = microsandbox_agent::protocol::payload::legacy::FsRequest {
         op: FsOp::Stat { path: "/".into() },
     };
     stream
@@ -197,8 +199,8 @@ fn out_of_range_ids_precede_every_request() {
     let _slot0 = relay.raw_connect();
     let mut s = relay.raw_connect();
     let (offset, _) = read_handshake(&mut s);
-    assert_eq!(offset, ID_RANGE_STEP);
-    let outside = offset + ID_RANGE_STEP + 1;
+    assert_eq!(offset, LEGACY_ID_RANGE_STEP);
+    let outside = offset + LEGACY_ID_RANGE_STEP + 1;
 
     send_exec(&mut s, offset + 1, "true", &[]);
     let first = recv_message(&mut s);
@@ -241,12 +243,12 @@ fn out_of_range_id_for_the_last_slot() {
     let mut streams: Vec<UnixStream> = (0..16).map(|_| relay.raw_connect()).collect();
     let mut last = streams.pop().unwrap();
     let (offset, _) = read_handshake(&mut last);
-    assert_eq!(offset, 15 * ID_RANGE_STEP);
+    assert_eq!(offset, 15 * LEGACY_ID_RANGE_STEP);
     send_stat(&mut last, offset + 1);
     let first = recv_message(&mut last);
-    let expected = offset.wrapping_add(ID_RANGE_STEP).wrapping_add(1);
+    let expected = offset.wrapping_add(LEGACY_ID_RANGE_STEP).wrapping_add(1);
     assert_eq!(first.id, expected);
-    assert!(first.id < offset || first.id >= offset + ID_RANGE_STEP);
+    assert!(first.id < offset || first.id >= offset + LEGACY_ID_RANGE_STEP);
 }
 
 #[test]
@@ -295,7 +297,7 @@ fn stall_after_id() {
     let relay = faulty("stall-after-id");
     let _first = relay.raw_connect();
     let mut s = relay.raw_connect();
-    assert_eq!(read_up_to(&mut s, 4), ID_RANGE_STEP.to_be_bytes());
+    assert_eq!(read_up_to(&mut s, 4), LEGACY_ID_RANGE_STEP.to_be_bytes());
     assert!(stays_silent(&mut s, QUIET_WAIT));
 }
 

@@ -5,7 +5,8 @@ mod common;
 use std::os::unix::fs::{symlink, PermissionsExt};
 
 use common::*;
-use microsandbox_agent::protocol::payload::{FsOp, FsResponse, FsResponseData, Payload};
+use microsandbox_agent::protocol::payload::legacy::{FsOp, FsResponse, FsResponseData};
+use microsandbox_agent::protocol::payload::Payload;
 use microsandbox_agent::protocol::{MessageType, FS_CHUNK_SIZE};
 
 fn stat(c: &mut Client, path: &str) -> FsResponse {

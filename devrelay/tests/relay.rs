@@ -7,7 +7,7 @@ use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::process::Command;
 
 use common::*;
-use microsandbox_agent::protocol::{MessageType, ID_RANGE_STEP, MAX_CLIENTS};
+use microsandbox_agent::protocol::{MessageType, LEGACY_ID_RANGE_STEP, LEGACY_MAX_CLIENTS};
 
 #[test]
 fn ready_line_socket_mode_and_handshake_for_all_slots() {
@@ -16,9 +16,9 @@ fn ready_line_socket_mode_and_handshake_for_all_slots() {
     assert!(meta.file_type().is_socket());
     assert_eq!(meta.permissions().mode() & 0o777, 0o600);
 
-    let clients: Vec<Client> = (0..MAX_CLIENTS).map(|_| relay.connect()).collect();
+    let clients: Vec<Client> = (0..LEGACY_MAX_CLIENTS).map(|_| relay.connect()).collect();
     for (k, c) in clients.iter().enumerate() {
-        assert_eq!(c.id_offset, k as u32 * ID_RANGE_STEP, "slot {k}");
+        assert_eq!(c.id_offset, k as u32 * LEGACY_ID_RANGE_STEP, "slot {k}");
         assert!(c.ready.boot_time_ns > 0);
         assert!(c.ready.boot_time_ns <= c.ready.init_time_ns);
         assert!(c.ready.init_time_ns <= c.ready.ready_time_ns);
@@ -39,7 +39,7 @@ fn freed_slot_is_reused_lowest_first() {
     let mut again = None;
     assert!(wait_until(TIMEOUT, || {
         let c = relay.connect();
-        let slot = c.id_offset / ID_RANGE_STEP;
+        let slot = c.id_offset / LEGACY_ID_RANGE_STEP;
         if slot == 1 {
             again = Some(c);
             true
@@ -50,25 +50,26 @@ fn freed_slot_is_reused_lowest_first() {
     let mut next = None;
     assert!(wait_until(TIMEOUT, || {
         let c = relay.connect();
-        let is_two = c.id_offset == 2 * ID_RANGE_STEP;
+        let is_two = c.id_offset == 2 * LEGACY_ID_RANGE_STEP;
         next = Some(c);
         is_two
     }));
     // Slots 0..=3 are all taken again: the next one is 4.
-    assert!(wait_until(TIMEOUT, || relay.connect().id_offset == 4 * ID_RANGE_STEP));
+    assert!(wait_until(TIMEOUT, || relay.connect().id_offset
+        == 4 * LEGACY_ID_RANGE_STEP));
     drop(again);
 }
 
 #[test]
 fn seventeenth_gets_a_slot_after_one_leaves() {
     let relay = Relay::start("full");
-    let mut clients: Vec<Client> = (0..MAX_CLIENTS).map(|_| relay.connect()).collect();
+    let mut clients: Vec<Client> = (0..LEGACY_MAX_CLIENTS).map(|_| relay.connect()).collect();
     let mut refused = relay.raw_connect();
     assert!(sees_eof(&mut refused, TIMEOUT));
     clients.remove(7);
     assert!(wait_until(TIMEOUT, || {
         let mut s = relay.raw_connect();
-        read_up_to(&mut s, 4) == (7 * ID_RANGE_STEP).to_be_bytes()
+        read_up_to(&mut s, 4) == (7 * LEGACY_ID_RANGE_STEP).to_be_bytes()
     }));
 }
 
@@ -86,7 +87,7 @@ fn bad_input_closes_only_that_client(tag: &str, bytes: &[u8]) {
     assert_eq!(out.stdout_text(), "still here\n");
     // Its slot is free again and the relay is alive.
     let again = relay.connect();
-    assert_eq!(again.id_offset, ID_RANGE_STEP);
+    assert_eq!(again.id_offset, LEGACY_ID_RANGE_STEP);
 }
 
 #[test]
@@ -241,8 +242,8 @@ fn many_small_requests_pipelined() {
     for _ in 0..2000 {
         let id = c.next_id();
         ids.push(id);
-        let req = microsandbox_agent::protocol::payload::FsRequest {
-            op: microsandbox_agent::protocol::payload::FsOp::Stat { path: "/f".into() },
+        let req = microsandbox_agent::protocol::payload::legacy::FsRequest {
+            op: microsandbox_agent::protocol::payload::legacy::FsOp::Stat { path: "/f".into() },
         };
         use microsandbox_agent::protocol::payload::Payload;
         batch.extend(frame(MessageType::FsRequest, id, &req.to_bytes()));

@@ -56,7 +56,7 @@ fn chunked(stream: &[u8], chunk: usize) -> Outcome {
 
 fn reencode(m: &Message) {
     let mut out = Vec::new();
-    encode_frame(&mut out, m.message_type.as_str(), m.id, m.flags, &m.payload);
+    encode_frame(&mut out, m.message_type.as_str(), m.id, m.flags, 1, &m.payload);
     let mut d = FrameDecoder::new();
     d.extend(&out);
     let raw = d.next_frame().expect("canonical frame").expect("whole frame");

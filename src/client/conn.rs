@@ -21,22 +21,24 @@
 //! or silently dropping data that arrived correctly.
 
 use std::collections::{HashMap, VecDeque};
-use std::hash::{BuildHasher, BuildHasherDefault, Hasher};
+use std::hash::{BuildHasherDefault, Hasher};
 use std::io;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
 use tokio::sync::Notify;
 
 use super::error::{CloseCause, Error, Result};
+use super::ids::IdAllocator;
+use super::peer::Peer;
 use super::pool::FramePool;
 use super::reader::ReadState;
 use super::subscription::{charge, Accept, SubShared, Subscription};
 use super::sync::{CacheAligned, Mutex, TimedLock, WakeGroup};
 use crate::protocol::{
-    encode_frame_head, encoded_len, Message, MessageType, ID_RANGE_STEP, MAX_FRAME_SIZE,
+    encode_frame_head, encoded_len, Message, MessageType, MAX_FRAME_SIZE,
 };
 
 /// What a guest did to this connection, for users to inspect.
@@ -78,22 +80,6 @@ fn new_eventfd() -> Result<OwnedFd> {
     }
     // SAFETY: `efd` is a fresh descriptor nobody else owns.
     Ok(unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(efd) })
-}
-
-/// The client's id range: `offset + 1 ..= offset + STEP - 1`.
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct IdRange {
-    pub offset: u32,
-}
-
-impl IdRange {
-    pub fn contains(&self, id: u32) -> bool {
-        id > self.offset && (id as u64) < self.offset as u64 + ID_RANGE_STEP as u64
-    }
-
-    fn nth(&self, n: u32) -> u32 {
-        self.offset + 1 + n % (ID_RANGE_STEP - 1)
-    }
 }
 
 /// Live subscriptions by correlation id.
@@ -148,8 +134,10 @@ pub(crate) struct Conn {
     /// The background task found the read state taken and waits for `handoff`.
     pub(crate) task_waiting: AtomicBool,
     pub(crate) handoff: Notify,
-    pub(crate) range: IdRange,
-    next_id: AtomicU32,
+    /// The connection's correlation ids (see `ids`).
+    pub(crate) ids: IdAllocator,
+    /// What the handshake said; gives the `v` every frame is stamped with.
+    pub(crate) peer: Arc<Peer>,
     budget: usize,
     queued: CacheAligned<AtomicUsize>,
     pub(crate) budget_freed: Notify,
@@ -171,14 +159,14 @@ pub(crate) struct Conn {
 }
 
 impl Conn {
-    pub(crate) fn new(fd: OwnedFd, range: IdRange, budget: usize) -> Result<Arc<Conn>> {
+    pub(crate) fn new(
+        fd: OwnedFd,
+        ids: IdAllocator,
+        peer: Arc<Peer>,
+        budget: usize,
+    ) -> Result<Arc<Conn>> {
         let close_event = new_eventfd()?;
         let leader_wake = new_eventfd()?;
-        // Start at a random point of the range: a recycled slot may still get
-        // late frames addressed to the previous client's first ids.
-        let start = std::collections::hash_map::RandomState::new()
-            .build_hasher()
-            .finish() as u32;
         Ok(Arc::new(Conn {
             fd,
             close_event,
@@ -191,8 +179,8 @@ impl Conn {
             read_state: CacheAligned(parking_lot::Mutex::new(ReadState::new())),
             task_waiting: AtomicBool::new(false),
             handoff: Notify::new(),
-            range,
-            next_id: AtomicU32::new(start),
+            ids,
+            peer,
             budget,
             queued: CacheAligned::default(),
             budget_freed: Notify::new(),
@@ -249,34 +237,28 @@ impl Conn {
 
     // ------------------------------------------------------------ ids
 
-    /// An id of our range that has no live subscription right now.
-    pub(crate) fn alloc_id(&self) -> u32 {
+    /// An id of our range that has no live subscription right now, for a
+    /// caller that subscribes to it later.
+    pub(crate) fn alloc_id(&self) -> Result<u32> {
         let routes = self.routes.lock();
-        self.free_id_locked(&routes)
+        self.ids.hand_out(|id| routes.contains_key(&id))
     }
 
-    fn free_id_locked(&self, routes: &Routes) -> u32 {
-        // The range holds 268 million ids; live subscriptions are bounded by
-        // memory, so a free id is found within a few probes.
-        loop {
-            let id = self.range.nth(self.next_id.fetch_add(1, Ordering::Relaxed));
-            if !routes.contains_key(&id) {
-                return id;
-            }
-        }
-    }
-
-    /// Subscribes to `id`, which must be in our range and not subscribed.
+    /// Subscribes to `id`, which must be in our range, not subscribed, and
+    /// (on current relays) never used before on this connection.
     pub(crate) fn subscribe(self: &Arc<Self>, id: u32) -> Result<Subscription> {
         self.check_open()?;
-        if !self.range.contains(id) {
-            return Err(Error::IdUnavailable(id));
-        }
         let mut routes = self.routes.lock();
         if routes.contains_key(&id) {
             return Err(Error::IdUnavailable(id));
         }
+        self.ids.claim(id)?;
         Ok(self.insert_route(&mut routes, id, None))
+    }
+
+    /// Checks the id of an outgoing frame (see `IdAllocator::check_send`).
+    pub(crate) fn check_send_id(&self, message_type: &MessageType, id: u32) -> Result<()> {
+        self.ids.check_send(message_type, id)
     }
 
     /// Allocates a fresh id and subscribes to it in one step.
@@ -285,7 +267,7 @@ impl Conn {
     pub(crate) fn subscribe_new(self: &Arc<Self>, accept: Option<Accept>) -> Result<Subscription> {
         self.check_open()?;
         let mut routes = self.routes.lock();
-        let id = self.free_id_locked(&routes);
+        let id = self.ids.next_id(|id| routes.contains_key(&id))?;
         Ok(self.insert_route(&mut routes, id, accept))
     }
 
@@ -458,13 +440,22 @@ impl Conn {
         deadline: Instant,
     ) -> Result<()> {
         let payload_len: usize = parts.iter().map(|p| p.len()).sum();
-        let len = encoded_len(message_type, payload_len);
+        // The one place a frame's `v` is chosen: one value per connection.
+        let version = self.peer.stamped_generation();
+        let len = encoded_len(message_type, version, payload_len);
         if len > MAX_FRAME_SIZE as usize {
             return Err(Error::TooLarge(len + 4));
         }
         FRAME_HEAD.with_borrow_mut(|head| {
             head.clear();
-            encode_frame_head(head, message_type, id, flags, payload_len);
+            encode_frame_head(
+                head,
+                message_type,
+                id,
+                flags,
+                version,
+                payload_len,
+            );
             let total = head.len() + payload_len;
             if payload_len <= COPY_PAYLOAD_MAX {
                 // One contiguous buffer goes out with `send`, which the
@@ -708,7 +699,7 @@ impl Conn {
                 if !m.message_type.is_known() {
                     c.unknown_type.fetch_add(1, Ordering::Relaxed);
                 }
-                if !self.range.contains(m.id) {
+                if !self.ids.range().contains(m.id) {
                     c.dropped_out_of_range.fetch_add(1, Ordering::Relaxed);
                     continue;
                 }
@@ -848,28 +839,4 @@ fn sendmsg_at(
     // SAFETY: `msg` points at `n` iovecs that borrow live slices for the
     // duration of the call; MSG_NOSIGNAL as in `write_vectored_at`.
     unsafe { libc::sendmsg(fd, &msg, flags) }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn ids_wrap_inside_the_range_and_never_hit_its_edges() {
-        for slot in [0u32, 1, 15] {
-            let r = IdRange {
-                offset: slot * ID_RANGE_STEP,
-            };
-            let first = r.nth(0);
-            assert_eq!(first, r.offset + 1);
-            let last = r.nth(ID_RANGE_STEP - 2);
-            assert_eq!(last, r.offset + ID_RANGE_STEP - 1);
-            assert!(r.contains(first) && r.contains(last));
-            assert_eq!(r.nth(ID_RANGE_STEP - 1), first, "wraps to the start");
-            assert!(!r.contains(r.offset) && !r.contains(r.offset + ID_RANGE_STEP));
-            for n in [u32::MAX, u32::MAX - 1, 12345] {
-                assert!(r.contains(r.nth(n)));
-            }
-        }
-    }
 }

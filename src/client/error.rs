@@ -62,6 +62,49 @@ pub enum Error {
     Guest(String),
     /// Something the relay sent made no sense for this conversation.
     Unexpected(String),
+    /// The relay closed the connection before sending any handshake byte:
+    /// every client slot is taken, or the guest is stalled. Retry later.
+    RelayBusy,
+    /// The sandbox's negotiated protocol generation lacks this message type.
+    Unsupported {
+        message_type: &'static str,
+        needs: u8,
+        speaks: u8,
+    },
+    /// Every correlation id of this connection's range has been used once;
+    /// current relays refuse reused ids, so only a new connection helps.
+    IdsExhausted,
+    /// The guest could not start the command (`core.exec.failed`).
+    ExecFailed(ExecFailure),
+    /// The agent or relay answered `core.error`.
+    Agent { kind: String, message: String },
+}
+
+/// Why the guest could not start a command, as `core.exec.failed` says.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExecFailure {
+    /// `not_found`, `permission_denied`, ... (unknown kinds are kept as sent).
+    pub kind: String,
+    pub errno: Option<i32>,
+    pub errno_name: Option<String>,
+    pub message: String,
+    /// Where it failed (`spawn`, `execution_admission`, ...), when said.
+    pub stage: Option<String>,
+}
+
+impl fmt::Display for ExecFailure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} ({}", self.message, self.kind)?;
+        if let Some(name) = &self.errno_name {
+            write!(f, ", {name}")?;
+        } else if let Some(errno) = self.errno {
+            write!(f, ", errno {errno}")?;
+        }
+        if let Some(stage) = &self.stage {
+            write!(f, ", stage {stage}")?;
+        }
+        f.write_str(")")
+    }
 }
 
 impl fmt::Display for Error {
@@ -85,6 +128,27 @@ impl fmt::Display for Error {
             }
             Error::Guest(s) => write!(f, "the guest reported an error: {s}"),
             Error::Unexpected(s) => write!(f, "unexpected reply: {s}"),
+            Error::RelayBusy => f.write_str(
+                "the relay closed the connection before the handshake: it is full \
+                 (16 clients on 0.3/0.4 relays, 128 on later ones) or the guest is \
+                 stalled; retry later",
+            ),
+            Error::Unsupported {
+                message_type,
+                needs,
+                speaks,
+            } => write!(
+                f,
+                "{message_type} needs protocol generation {needs}; this sandbox speaks {speaks}"
+            ),
+            Error::IdsExhausted => f.write_str(
+                "every correlation id of this connection has been used once and the relay \
+                 refuses reused ids; reconnect",
+            ),
+            Error::ExecFailed(e) => write!(f, "the guest could not start the command: {e}"),
+            Error::Agent { kind, message } => {
+                write!(f, "the agent refused the request ({kind}): {message}")
+            }
         }
     }
 }

@@ -5,11 +5,12 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
-use super::error::{Error, Result};
+use super::error::{Error, ExecFailure, Result};
 use super::subscription::{Pulled, Subscription};
 use super::Client;
 use crate::protocol::payload::{
-    Data, ExecExited, ExecRequest, ExecResize, ExecSignal, ExecStarted, Payload,
+    CoreError, Data, ExecExited, ExecFailed, ExecRequest, ExecResize, ExecSignal, ExecStarted,
+    ExecStdinError, Payload,
 };
 use crate::protocol::{Message, MessageType};
 
@@ -21,9 +22,20 @@ pub enum ExecEvent {
     },
     Stdout(Bytes),
     Stderr(Bytes),
-    /// The last event: the exit code, `-1` for a signal death or a failed spawn.
+    /// The last event: the exit code, `-1` for a signal death (or, from
+    /// agents before 0.4.4, a failed spawn).
     Exited {
         code: i32,
+    },
+    /// The last event instead of `Exited` when the guest could not start
+    /// the command (`core.exec.failed`, agents 0.4.4 and later).
+    Failed(ExecFailure),
+    /// Writing stdin into the process failed (`core.exec.stdin.error`,
+    /// agents 0.4.6 and later). The process runs on; more events follow.
+    StdinError {
+        errno: Option<i32>,
+        errno_name: Option<String>,
+        message: String,
     },
 }
 
@@ -67,9 +79,10 @@ impl Exec {
     }
 
     /// The next event within `timeout` (`None`: no limit; zero: don't block).
-    /// `Ended` after `Exited` was delivered. Frames of unknown or unrelated
-    /// types never reach the queue (see `is_exec_event`), so every queued
-    /// message is an event.
+    /// `Ended` after `Exited` or `Failed` was delivered. Frames of unknown or
+    /// unrelated types never reach the queue (see `is_exec_event`), so every
+    /// queued message is an event, or a `core.error` refusing the request,
+    /// which is returned as [`Error::Agent`] (and ends the exec).
     pub fn next_event(&self, timeout: Option<Duration>) -> Result<Pulled<ExecEvent>> {
         Ok(match self.sub.recv_timeout(timeout)? {
             Pulled::Item(m) => Pulled::Item(self.decode(&m)?),
@@ -96,6 +109,27 @@ impl Exec {
             MessageType::ExecStderr => Data::decode(&m.payload).map(|d| ExecEvent::Stderr(d.data)),
             MessageType::ExecExited => {
                 ExecExited::decode(&m.payload).map(|p| ExecEvent::Exited { code: p.code })
+            }
+            MessageType::ExecFailed => ExecFailed::decode(&m.payload).map(|p| {
+                ExecEvent::Failed(ExecFailure {
+                    kind: p.kind.as_str().to_owned(),
+                    errno: p.errno,
+                    errno_name: p.errno_name,
+                    message: p.message,
+                    stage: p.stage,
+                })
+            }),
+            MessageType::ExecStdinError => {
+                ExecStdinError::decode(&m.payload).map(|p| ExecEvent::StdinError {
+                    errno: p.errno,
+                    errno_name: p.errno_name,
+                    message: p.message,
+                })
+            }
+            MessageType::CoreError => {
+                let e = agent_error(&m.payload)
+                    .map_err(|e| self.client.fail_protocol(e.in_message(&m.message_type)))?;
+                return Err(e);
             }
             // Filtered out on arrival; kept as an error, not a panic, in case
             // the filter and this match ever disagree.
@@ -153,7 +187,20 @@ fn is_exec_event(m: &Message) -> bool {
             | MessageType::ExecStdout
             | MessageType::ExecStderr
             | MessageType::ExecExited
+            | MessageType::ExecFailed
+            | MessageType::ExecStdinError
+            | MessageType::CoreError
     )
+}
+
+/// A `core.error` payload as [`Error::Agent`]; the kind as sent, also when
+/// this library does not know it.
+pub(crate) fn agent_error(payload: &Bytes) -> std::result::Result<Error, crate::protocol::ProtocolError> {
+    let e = CoreError::decode(payload)?;
+    Ok(Error::Agent {
+        kind: e.kind.as_str().to_owned(),
+        message: e.message,
+    })
 }
 
 /// Stdin frames carry at most this much, well under the frame limit.
@@ -168,9 +215,7 @@ pub(crate) fn send_data(
     deadline: Instant,
 ) -> Result<()> {
     let mut prefix = Vec::with_capacity(16);
-    prefix.push(0xa1);
-    crate::protocol::cbor::write_text(&mut prefix, "data");
-    crate::protocol::cbor::write_bytes_head(&mut prefix, data.len());
+    Data::encode_head(data.len(), &mut prefix);
     debug_assert_eq!(prefix.len() + data.len(), Data::encoded_len(data.len()));
     client.send_parts(message_type, id, &[&prefix, data], deadline)
 }
@@ -216,6 +261,9 @@ pub fn run(
                 out.code = code;
                 return Ok(out);
             }
+            Pulled::Item(ExecEvent::Failed(f)) => return Err(Error::ExecFailed(f)),
+            // Stdin was closed at once; a failure to write it changes nothing.
+            Pulled::Item(ExecEvent::StdinError { .. }) => {}
             Pulled::Ended => {
                 return Err(Error::Unexpected("exec ended without an exit code".into()))
             }

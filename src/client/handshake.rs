@@ -8,18 +8,18 @@ use std::path::Path;
 use std::time::Instant;
 
 use super::error::{Error, Result};
+use super::ids::IdRange;
+use super::peer::Form;
 use crate::protocol::{
-    parse_handshake_offset, FrameHeader, Message, MessageType, ProtocolError, RawFrame,
-    FRAME_HEAD_SIZE, ID_RANGE_STEP,
+    FrameHeader, Message, MessageType, ProtocolError, RawFrame, FRAME_HEADER_SIZE, FRAME_HEAD_SIZE,
+    MAX_FRAME_SIZE,
 };
 
 pub(crate) struct Handshake {
-    pub id_offset: u32,
+    pub form: Form,
+    pub range: IdRange,
     pub ready: Message,
 }
-
-const NO_SLOT_HINT: &str =
-    "the relay closed the connection during the handshake; it may have no free client slot (16 max)";
 
 fn os_err(what: &'static str) -> Error {
     Error::io(io::Error::last_os_error(), what)
@@ -164,7 +164,9 @@ pub(crate) fn prepare_fd(fd: &OwnedFd) -> Result<()> {
     Ok(())
 }
 
-/// Reads until `buf` holds at least `want` bytes.
+/// Reads until `buf` holds at least `want` bytes. An end of stream before
+/// the first byte is [`Error::RelayBusy`]: relays refuse a client by
+/// accepting it and closing at once.
 fn fill(fd: &OwnedFd, buf: &mut Vec<u8>, want: usize, deadline: Instant) -> Result<()> {
     let mut chunk = [0u8; 4096];
     while buf.len() < want {
@@ -181,7 +183,14 @@ fn fill(fd: &OwnedFd, buf: &mut Vec<u8>, want: usize, deadline: Instant) -> Resu
         if n > 0 {
             buf.extend_from_slice(&chunk[..n as usize]);
         } else if n == 0 {
-            return Err(Error::Handshake(NO_SLOT_HINT.into()));
+            if buf.is_empty() {
+                return Err(Error::RelayBusy);
+            }
+            return Err(Error::Handshake(format!(
+                "the relay closed the connection during the handshake: truncated after {} \
+                 of at least {want} bytes",
+                buf.len()
+            )));
         } else {
             let e = io::Error::last_os_error();
             match e.kind() {
@@ -194,33 +203,52 @@ fn fill(fd: &OwnedFd, buf: &mut Vec<u8>, want: usize, deadline: Instant) -> Resu
     Ok(())
 }
 
-/// Reads `[id_offset u32 BE][core.ready frame]`. Reads exactly that many
-/// bytes, so whatever follows stays in the socket for the reader.
+/// Reads the handshake, in either form (see the protocol notes, §1.3):
+///
+/// - legacy (0.3/0.4 relays): `[id_offset u32][ready frame]`;
+/// - current (0.5+): `[id_start u32][id_end_exclusive u32][ready frame]`.
+///
+/// Both start with 8 bytes. In the legacy form the second word is the ready
+/// frame's length, between 5 and 4 MiB, and the first is 0 or a multiple of
+/// 268435455 (so not below that length); in the current form the second
+/// word is at least 33554431. Reads exactly the handshake's bytes, so
+/// whatever follows stays in the socket for the reader.
 pub(crate) fn read_handshake(fd: &OwnedFd, deadline: Instant) -> Result<Handshake> {
     let mut buf = Vec::with_capacity(128);
-    fill(fd, &mut buf, 4 + FRAME_HEAD_SIZE, deadline)?;
-    let id_offset = parse_handshake_offset(&buf).expect("4 bytes are present");
-    if id_offset as u64 + ID_RANGE_STEP as u64 > u32::MAX as u64 {
+    fill(fd, &mut buf, 8, deadline)?;
+    let w0 = u32::from_be_bytes(buf[0..4].try_into().expect("4 bytes"));
+    let w1 = u32::from_be_bytes(buf[4..8].try_into().expect("4 bytes"));
+    let legacy = (FRAME_HEADER_SIZE as u32..=MAX_FRAME_SIZE).contains(&w1) && (w0 == 0 || w0 >= w1);
+    let (form, range, frame_start) = if legacy {
+        (Form::Legacy, IdRange::legacy(w0)?, 4)
+    } else {
+        (Form::Current, IdRange::current(w0, w1)?, 8)
+    };
+    fill(fd, &mut buf, frame_start + FRAME_HEAD_SIZE, deadline)?;
+    let header = FrameHeader::parse(&buf[frame_start..])
+        .map_err(|e| Error::Handshake(format!("ready frame: {e}")))?
+        .expect("header bytes are present");
+    fill(fd, &mut buf, frame_start + header.frame_size(), deadline)?;
+    if header.id != 0 || header.flags != 0 {
         return Err(Error::Handshake(format!(
-            "id_offset {id_offset} leaves no room for a full id range"
+            "the ready frame has id {} and flags {:#04x}; expected 0 and 0",
+            header.id, header.flags
         )));
     }
-    let header = FrameHeader::parse(&buf[4..])
-        .map_err(Error::Protocol)?
-        .expect("header bytes are present");
-    fill(fd, &mut buf, 4 + header.frame_size(), deadline)?;
-    let body = bytes::Bytes::copy_from_slice(&buf[4 + FRAME_HEAD_SIZE..4 + header.frame_size()]);
+    let body = bytes::Bytes::copy_from_slice(
+        &buf[frame_start + FRAME_HEAD_SIZE..frame_start + header.frame_size()],
+    );
     let ready = RawFrame {
         id: header.id,
         flags: header.flags,
         body,
     }
     .decode()
-    .map_err(Error::Protocol)?;
+    .map_err(|e| Error::Handshake(format!("decoding the ready frame: {e}")))?;
     if ready.message_type != MessageType::Ready {
         return Err(Error::Protocol(ProtocolError::NotReady(
             ready.message_type.as_str().to_string(),
         )));
     }
-    Ok(Handshake { id_offset, ready })
+    Ok(Handshake { form, range, ready })
 }

@@ -12,29 +12,37 @@
 //! of ours keeps running.
 
 mod conn;
+pub mod errno;
 mod error;
 pub mod exec;
 pub mod fs;
 mod handshake;
+mod paths;
+mod ids;
+mod peer;
 mod pool;
 mod reader;
 mod subscription;
 mod sync;
 
 use std::os::fd::OwnedFd;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
 pub use conn::Counters;
-pub use error::{CloseCause, Error, Result};
+pub use error::{CloseCause, Error, ExecFailure, Result};
+pub use ids::IdRange;
+pub use peer::{Form, Peer};
+pub use paths::{path_to_nul_terminated, sandbox_socket_path};
 pub use subscription::{Pulled, Subscription};
 
 use crate::protocol::payload::Ready;
 use crate::protocol::{Message, MessageType, ProtocolError, FLAG_SHUTDOWN};
-use conn::{Conn, IdRange};
+use conn::Conn;
+use ids::IdAllocator;
 
 /// Default deadline for connect plus handshake.
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -62,35 +70,9 @@ impl Default for ClientOptions {
     }
 }
 
-/// The socket path of a sandbox by name:
-/// `$MSB_HOME/sandboxes/NAME/runtime/agent.sock`, `MSB_HOME` defaulting to
-/// `~/.microsandbox`.
-pub fn sandbox_socket_path(name: &str) -> Result<PathBuf> {
-    if name.is_empty() || name.contains('/') || name == "." || name == ".." || name.contains('\0') {
-        return Err(Error::InvalidArgument(format!(
-            "{name:?} is not a sandbox name"
-        )));
-    }
-    let home = match std::env::var_os("MSB_HOME") {
-        Some(h) if !h.is_empty() => PathBuf::from(h),
-        _ => match std::env::var_os("HOME") {
-            Some(h) if !h.is_empty() => PathBuf::from(h).join(".microsandbox"),
-            _ => {
-                return Err(Error::InvalidArgument(
-                    "neither MSB_HOME nor HOME is set".into(),
-                ))
-            }
-        },
-    };
-    Ok(home
-        .join("sandboxes")
-        .join(name)
-        .join("runtime")
-        .join("agent.sock"))
-}
-
 struct ClientInner {
     conn: Arc<Conn>,
+    peer: Arc<Peer>,
     ready: Ready,
     ready_payload: Bytes,
 }
@@ -143,25 +125,34 @@ impl Client {
         }
         let hs = handshake::read_handshake(&fd, deadline)?;
         let ready = Ready::decode_payload(&hs.ready.payload)?;
-        let conn = Conn::new(
-            fd,
-            IdRange {
-                offset: hs.id_offset,
-            },
-            options.memory_budget,
-        )?;
+        let peer = Arc::new(Peer::new(
+            hs.form,
+            hs.ready.version,
+            &ready.agent_version,
+            ready.exec_limits.clone(),
+            hs.range,
+        ));
+        let ids = IdAllocator::new(hs.range, hs.form);
+        let conn = Conn::new(fd, ids, peer.clone(), options.memory_budget)?;
         Ok(Client {
             inner: Arc::new(ClientInner {
                 conn,
+                peer,
                 ready,
                 ready_payload: hs.ready.payload,
             }),
         })
     }
 
-    /// Timings from the relay's `core.ready`.
-    pub fn ready(&self) -> Ready {
-        self.inner.ready
+    /// The relay and agent at the other end: handshake form, generations,
+    /// agent version, id range.
+    pub fn peer(&self) -> &Peer {
+        &self.inner.peer
+    }
+
+    /// The relay's `core.ready`.
+    pub fn ready(&self) -> &Ready {
+        &self.inner.ready
     }
 
     /// The raw CBOR payload of `core.ready`, as received.
@@ -169,13 +160,16 @@ impl Client {
         &self.inner.ready_payload
     }
 
-    /// The first id of this client's range minus one (the relay's `id_offset`).
+    /// The first id of this client's range minus one: the `id_offset` of a
+    /// legacy relay's handshake, `id_start - 1` on a current relay.
     pub fn id_offset(&self) -> u32 {
-        self.inner.conn.range.offset
+        self.inner.peer.id_range().start - 1
     }
 
-    /// An id of this client's range that has no live subscription now.
-    pub fn alloc_id(&self) -> u32 {
+    /// An id of this client's range that has no live subscription now. On a
+    /// current relay it was never handed out before on this connection, and
+    /// [`Error::IdsExhausted`] says the range is used up.
+    pub fn alloc_id(&self) -> Result<u32> {
         self.inner.conn.alloc_id()
     }
 
@@ -199,8 +193,12 @@ impl Client {
         self.inner.conn.subscribe_new(Some(accept))
     }
 
-    /// Sends one message. Returns once the whole frame is in the socket;
-    /// blocks only while the socket is full, never longer than `timeout`.
+    /// Sends one message whose payload the caller encoded. Returns once the
+    /// whole frame is in the socket; blocks only while the socket is full,
+    /// never longer than `timeout`. On a current relay only message types
+    /// this library knows and a client may send are accepted (an agent
+    /// fails on anything else); types above the negotiated generation give
+    /// [`Error::Unsupported`].
     pub fn send(
         &self,
         message_type: &MessageType,
@@ -208,11 +206,15 @@ impl Client {
         payload: &[u8],
         timeout: Duration,
     ) -> Result<()> {
+        self.inner.peer.check_raw_send(message_type)?;
         self.send_parts(message_type, id, &[payload], Instant::now() + timeout)
     }
 
-    /// Like [`send`](Self::send), with the payload given in pieces (written
-    /// with one write; copied only when small) and an absolute deadline.
+    /// Sends one message of a type the library encoded itself, with the
+    /// payload given in pieces (written with one write; copied only when
+    /// small) and an absolute deadline. Refuses types the sandbox's
+    /// generation lacks ([`Error::Unsupported`]) and ids outside the range
+    /// (only `core.shutdown` may use id 0).
     pub fn send_parts(
         &self,
         message_type: &MessageType,
@@ -220,6 +222,14 @@ impl Client {
         parts: &[&[u8]],
         deadline: Instant,
     ) -> Result<()> {
+        // A closed connection says so first, whatever else is wrong.
+        if let Some(cause) = self.close_cause() {
+            return Err(Error::Closed(cause));
+        }
+        if message_type.is_known() {
+            self.inner.peer.require(message_type)?;
+        }
+        self.inner.conn.check_send_id(message_type, id)?;
         self.inner.conn.send(message_type, id, parts, deadline)
     }
 
@@ -245,6 +255,7 @@ impl Client {
         payload: &[u8],
         timeout: Duration,
     ) -> Result<Message> {
+        self.inner.peer.check_raw_send(message_type)?;
         let deadline = Instant::now() + timeout;
         let sub = self.send_on_new_id(message_type, payload, deadline)?;
         match sub.recv_until(Some(deadline))? {
@@ -262,6 +273,7 @@ impl Client {
         payload: &[u8],
         timeout: Duration,
     ) -> Result<Message> {
+        self.inner.peer.check_raw_send(message_type)?;
         let deadline = Instant::now() + timeout;
         let sub = self.send_on_new_id(message_type, payload, deadline)?;
         match tokio::time::timeout_at(deadline.into(), sub.recv()).await {

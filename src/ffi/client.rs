@@ -128,10 +128,14 @@ fn connected(client: Client, client_out: *mut *mut msb_client) -> msb_status {
 /// within the options' timeout. `options` may be NULL for the defaults.
 ///
 /// On success the caller owns `*client_out` and must release it with
-/// `msb_client_free`. Errors: `MSB_ERR_NOT_FOUND` (no relay there),
-/// `MSB_ERR_TIMEOUT`, `MSB_ERR_HANDSHAKE` (e.g. all 16 slots taken),
-/// `MSB_ERR_PROTOCOL`, `MSB_ERR_INVALID_ARGUMENT` (path too long for a Unix
-/// socket), `MSB_ERR_IO`.
+/// `msb_client_free`. Speaks every relay from 0.3.14 to 0.7.13: both
+/// handshake forms are recognised (see `msb_client_is_legacy` and
+/// `msb_client_generation`). Errors: `MSB_ERR_NOT_FOUND` (no relay there),
+/// `MSB_ERR_RELAY_BUSY` (the relay closed before the handshake: full or
+/// stalled; retry later), `MSB_ERR_TIMEOUT`, `MSB_ERR_HANDSHAKE` (a
+/// truncated or invalid handshake), `MSB_ERR_PROTOCOL`,
+/// `MSB_ERR_INVALID_ARGUMENT` (path too long for a Unix socket),
+/// `MSB_ERR_IO`.
 #[no_mangle]
 pub extern "C" fn msb_client_connect(
     socket_path: *const c_char,
@@ -148,10 +152,11 @@ pub extern "C" fn msb_client_connect(
     })
 }
 
-/// Connects to a sandbox by name: the socket
-/// `$MSB_HOME/sandboxes/NAME/runtime/agent.sock` (`MSB_HOME` defaults to
-/// `~/.microsandbox`). Same ownership and errors as `msb_client_connect`;
-/// an unknown name gives `MSB_ERR_NOT_FOUND`.
+/// Connects to a sandbox by name, at the socket `msb_sandbox_socket_path`
+/// resolves for it (under `$MSB_HOME`, default `~/.microsandbox`, in the
+/// layout of whichever runtime line started the sandbox). Same ownership
+/// and errors as `msb_client_connect`; an unknown name gives
+/// `MSB_ERR_NOT_FOUND`.
 #[no_mangle]
 pub extern "C" fn msb_client_connect_sandbox(
     name: *const c_char,
@@ -280,11 +285,106 @@ pub extern "C" fn msb_client_ready_payload(
     })
 }
 
-/// The relay's `id_offset` for this client: its ids run from
-/// `id_offset + 1` to `id_offset + 268435454`. 0 if `client` is NULL.
+/// The first id of this client's range minus one. On a legacy (0.3/0.4)
+/// relay this is the handshake's `id_offset`, and ids run from
+/// `id_offset + 1` to `id_offset + 268435454`. On a current (0.5+) relay it
+/// is `id_start - 1`, and ids run up to `id_end_exclusive - 1`: use
+/// `msb_client_id_range`, which is right for both. 0 if `client` is NULL.
 #[no_mangle]
 pub extern "C" fn msb_client_id_offset(client: *const msb_client) -> u32 {
     run_value(0, || client_arg(client).map_or(0, |c| c.client.id_offset()))
+}
+
+/// This client's correlation ids: `*start_out <= id < *end_exclusive_out`.
+/// Id 0 is never in it (only `core.shutdown` uses id 0).
+///
+/// Errors: `MSB_ERR_NULL_POINTER`.
+#[no_mangle]
+pub extern "C" fn msb_client_id_range(
+    client: *const msb_client,
+    start_out: *mut u32,
+    end_exclusive_out: *mut u32,
+) -> msb_status {
+    run(std::ptr::null_mut(), || {
+        let c = client_arg(client)?;
+        need_out(start_out, "start_out")?;
+        need_out(end_exclusive_out, "end_exclusive_out")?;
+        let r = c.client.peer().id_range();
+        // SAFETY: both checked non-NULL above.
+        unsafe {
+            put(start_out, r.start);
+            put(end_exclusive_out, r.end);
+        }
+        Ok(MSB_OK)
+    })
+}
+
+/// The protocol generation this connection speaks: 1 on a legacy (0.3/0.4)
+/// relay, otherwise the smaller of the sandbox's generation and the
+/// library's (10). A 0.5.0 sandbox speaks 1 although its relay is current;
+/// it runs commands but refuses filesystem calls (`MSB_ERR_UNSUPPORTED`).
+/// 0 if `client` is NULL.
+#[no_mangle]
+pub extern "C" fn msb_client_generation(client: *const msb_client) -> u32 {
+    run_value(0, || {
+        client_arg(client).map_or(0, |c| c.client.peer().generation().into())
+    })
+}
+
+/// The sandbox's own protocol generation: the `v` of the relay's
+/// `core.ready` (1 for 0.3.x to 0.5.0, 7 for 0.6.10 to 0.6.18, 9 or 10 for
+/// 0.7.x). 0 if `client` is NULL.
+#[no_mangle]
+pub extern "C" fn msb_client_peer_generation(client: *const msb_client) -> u32 {
+    run_value(0, || {
+        client_arg(client).map_or(0, |c| c.client.peer().peer_generation().into())
+    })
+}
+
+/// True if the relay used the legacy handshake of 0.3.x and 0.4.x (16
+/// clients, filesystem calls in their 0.3.14 shapes). False for current
+/// relays and if `client` is NULL.
+#[no_mangle]
+pub extern "C" fn msb_client_is_legacy(client: *const msb_client) -> bool {
+    run_value(false, || {
+        client_arg(client).is_ok_and(|c| c.client.peer().is_legacy())
+    })
+}
+
+/// The agent's version from `core.ready` (e.g. "0.6.14"); "" when the
+/// sandbox does not say (before 0.5.5) or `client` is NULL. Borrowed: valid
+/// until `msb_client_free(client)`.
+#[no_mangle]
+pub extern "C" fn msb_client_agent_version(client: *const msb_client) -> *const c_char {
+    run_value(c"".as_ptr(), || match client_arg(client) {
+        // The string lives in the client's peer, which lives as long as any
+        // handle to the client, so it outlives this borrowed Arc.
+        Ok(c) => c.client.peer().agent_version_c().as_ptr(),
+        Err(_) => c"".as_ptr(),
+    })
+}
+
+/// True if this connection can carry `message_type` (a wire name such as
+/// "core.tcp.connect"): the type is known to the library and the negotiated
+/// generation has it. On legacy relays the filesystem types count as
+/// supported: the library speaks their 0.3.14 shapes there. False for
+/// unknown names, invalid UTF-8 and NULL arguments.
+#[no_mangle]
+pub extern "C" fn msb_client_supports(
+    client: *const msb_client,
+    message_type: *const c_char,
+) -> bool {
+    run_value(false, || {
+        let Ok(c) = client_arg(client) else {
+            return false;
+        };
+        // SAFETY: NULL or a NUL-terminated string borrowed for this call
+        // (header contract).
+        let Ok(t) = (unsafe { str_arg(message_type, "message_type") }) else {
+            return false;
+        };
+        c.client.peer().supports(&MessageType::from_wire(t))
+    })
 }
 
 /// What the relay has sent this client, to see what a guest did.
@@ -387,16 +487,31 @@ fn new_message(message: Message) -> *mut msb_message {
     box_into_raw(msb_message { message, type_name })
 }
 
-/// Returns an id of this client's range that no subscription uses now
-/// (0 if `client` is NULL). Subscribe to it before sending on it.
+/// Returns an id of this client's range that no subscription uses now.
+/// Subscribe to it before sending on it. On a current (0.5+) relay every id
+/// is handed out once per connection (0.7 relays disconnect a client that
+/// reuses one); the id stays yours to subscribe to until 4096 more have
+/// been allocated. Returns 0 if `client` is NULL or
+/// every id of the range has been used (`MSB_ERR_IDS_EXHAUSTED` on the
+/// calls that report errors): reconnect then.
 #[no_mangle]
 pub extern "C" fn msb_client_alloc_id(client: *const msb_client) -> u32 {
-    run_value(0, || client_arg(client).map_or(0, |c| c.client.alloc_id()))
+    run_value(0, || {
+        client_arg(client)
+            .ok()
+            .and_then(|c| c.client.alloc_id().ok())
+            .unwrap_or(0)
+    })
 }
 
 /// Sends one message with the flags its type calls for (0 for types this
 /// library does not know). `payload` is the CBOR payload; `(NULL, 0)` sends
-/// an empty one. Blocks only while the socket is full, at most `timeout_ms`
+/// an empty one. `id` must lie in the client's range (see
+/// `msb_client_id_range`); only "core.shutdown" may use id 0. On a current
+/// (0.5+) relay, `message_type` must be a type this library knows and that
+/// a client sends (an agent fails on anything else): otherwise
+/// `MSB_ERR_INVALID_ARGUMENT`. A type above the negotiated generation gives
+/// `MSB_ERR_UNSUPPORTED` on every relay. Blocks only while the socket is full, at most `timeout_ms`
 /// (`MSB_TIMEOUT_INFINITE`: no limit). Frames sent concurrently from
 /// several threads are never interleaved.
 ///
@@ -406,7 +521,8 @@ pub extern "C" fn msb_client_alloc_id(client: *const msb_client) -> u32 {
 /// return `MSB_ERR_CLOSED`). The same holds for every call that sends.
 ///
 /// Errors: `MSB_ERR_TOO_LARGE` (over 4 MiB), `MSB_ERR_TIMEOUT`,
-/// `MSB_ERR_CLOSED`, `MSB_ERR_INVALID_UTF8`.
+/// `MSB_ERR_CLOSED`, `MSB_ERR_INVALID_UTF8`, `MSB_ERR_INVALID_ARGUMENT`,
+/// `MSB_ERR_UNSUPPORTED`.
 #[no_mangle]
 pub extern "C" fn msb_client_send(
     client: *const msb_client,
@@ -434,7 +550,8 @@ pub extern "C" fn msb_client_send(
 
 /// Sends a message on a fresh id and waits up to `timeout_ms` for the first
 /// reply. On timeout the pending entry is removed (a late reply is dropped
-/// and counted).
+/// and counted). `message_type` is checked as by `msb_client_send`; a
+/// fresh id on a used-up range gives `MSB_ERR_IDS_EXHAUSTED`.
 ///
 /// On success the caller owns `*reply_out` and must release it with
 /// `msb_message_free`.
@@ -482,7 +599,10 @@ pub struct msb_subscription {
 /// sending.
 ///
 /// On success the caller owns `*sub_out` and must release it with
-/// `msb_subscription_free`. Errors: `MSB_ERR_ID_UNAVAILABLE`, `MSB_ERR_CLOSED`.
+/// `msb_subscription_free`. On a current (0.5+) relay an id can carry one
+/// conversation per connection: an id used before (other than one just
+/// returned by `msb_client_alloc_id`) is refused. Errors:
+/// `MSB_ERR_ID_UNAVAILABLE`, `MSB_ERR_CLOSED`.
 #[no_mangle]
 pub extern "C" fn msb_client_subscribe(
     client: *const msb_client,

@@ -1,6 +1,6 @@
 //! Running commands in the guest.
 
-use std::ffi::{c_char, c_int};
+use std::ffi::{c_char, c_int, CString};
 
 use bytes::Bytes;
 
@@ -241,14 +241,57 @@ pub const MSB_EXEC_STARTED: msb_exec_kind = 1;
 pub const MSB_EXEC_STDOUT: msb_exec_kind = 2;
 /// Output on stderr; `msb_exec_event_data` is valid.
 pub const MSB_EXEC_STDERR: msb_exec_kind = 3;
-/// The process ended; `msb_exec_event_exit_code` is valid. Always last.
+/// The process ended; `msb_exec_event_exit_code` is valid. Last, unless
+/// `MSB_EXEC_FAILED` comes instead.
 pub const MSB_EXEC_EXITED: msb_exec_kind = 4;
+/// The guest could not start the command (agents 0.4.4+): no process ran.
+/// `msb_exec_event_failure_kind`, `msb_exec_event_errno`,
+/// `msb_exec_event_message` and `msb_exec_event_stage` are valid. Last.
+pub const MSB_EXEC_FAILED: msb_exec_kind = 5;
+/// Writing stdin into the process failed (agents 0.4.6+);
+/// `msb_exec_event_errno` and `msb_exec_event_message` are valid. The
+/// process runs on and more events follow.
+pub const MSB_EXEC_STDIN_ERROR: msb_exec_kind = 6;
 
 /// One event of a process.
 ///
 /// Thread safety: immutable; may be read from any thread.
 pub struct msb_exec_event {
     event: ExecEvent,
+    /// The texts of a failure event, NUL-terminated for the accessors.
+    texts: Option<Box<FailureTexts>>,
+}
+
+struct FailureTexts {
+    kind: CString,
+    message: CString,
+    stage: Option<CString>,
+}
+
+/// A string from the guest as a C string; a NUL inside it (which no
+/// well-behaved agent sends) cuts it short.
+fn guest_c_string(s: &str) -> CString {
+    CString::new(s.split('\0').next().unwrap_or("")).unwrap_or_default()
+}
+
+fn new_event(event: ExecEvent) -> *mut msb_exec_event {
+    let texts = match &event {
+        ExecEvent::Failed(f) => Some(FailureTexts {
+            kind: guest_c_string(&f.kind),
+            message: guest_c_string(&f.message),
+            stage: f.stage.as_deref().map(guest_c_string),
+        }),
+        ExecEvent::StdinError { message, .. } => Some(FailureTexts {
+            kind: CString::default(),
+            message: guest_c_string(message),
+            stage: None,
+        }),
+        _ => None,
+    };
+    box_into_raw(msb_exec_event {
+        event,
+        texts: texts.map(Box::new),
+    })
 }
 
 /// Pulls the next event, waiting up to `timeout_ms` (0: do not block;
@@ -272,7 +315,7 @@ pub extern "C" fn msb_exec_next_event(
         pulled(
             e.exec.next_event(timeout_arg(timeout_ms))?,
             event_out,
-            |event| box_into_raw(msb_exec_event { event }),
+            new_event,
         )
     })
 }
@@ -386,8 +429,8 @@ pub extern "C" fn msb_exec_free(exec: *mut msb_exec) {
     })
 }
 
-/// The event's kind (`MSB_EXEC_STARTED`, `_STDOUT`, `_STDERR`, `_EXITED`);
-/// 0 if `event` is NULL.
+/// The event's kind (`MSB_EXEC_STARTED`, `_STDOUT`, `_STDERR`, `_EXITED`,
+/// `_FAILED`, `_STDIN_ERROR`); 0 if `event` is NULL.
 #[no_mangle]
 pub extern "C" fn msb_exec_event_kind(event: *const msb_exec_event) -> msb_exec_kind {
     box_ref(event, "event").map_or(0, |e| match e.event {
@@ -395,7 +438,65 @@ pub extern "C" fn msb_exec_event_kind(event: *const msb_exec_event) -> msb_exec_
         ExecEvent::Stdout(_) => MSB_EXEC_STDOUT,
         ExecEvent::Stderr(_) => MSB_EXEC_STDERR,
         ExecEvent::Exited { .. } => MSB_EXEC_EXITED,
+        ExecEvent::Failed(_) => MSB_EXEC_FAILED,
+        ExecEvent::StdinError { .. } => MSB_EXEC_STDIN_ERROR,
     })
+}
+
+/// Why a `MSB_EXEC_FAILED` event's command did not start, as the guest
+/// names it: "not_found", "permission_denied", "not_executable", "bad_cwd",
+/// "bad_args", "resource_limit", "user_setup_failed", "out_of_memory",
+/// "pty_setup_failed", "other", or a newer name passed through as sent.
+/// "" for other kinds; NULL if `event` is NULL. Borrowed: valid until
+/// `msb_exec_event_free(event)`.
+#[no_mangle]
+pub extern "C" fn msb_exec_event_failure_kind(event: *const msb_exec_event) -> *const c_char {
+    match box_ref(event, "event") {
+        Ok(e) => match (&e.event, &e.texts) {
+            (ExecEvent::Failed(_), Some(t)) => t.kind.as_ptr(),
+            _ => c"".as_ptr(),
+        },
+        Err(_) => std::ptr::null(),
+    }
+}
+
+/// The guest's errno for a `MSB_EXEC_FAILED` or `MSB_EXEC_STDIN_ERROR`
+/// event; 0 when the guest sent none, for other kinds, and if `event` is
+/// NULL.
+#[no_mangle]
+pub extern "C" fn msb_exec_event_errno(event: *const msb_exec_event) -> i32 {
+    box_ref(event, "event").map_or(0, |e| match &e.event {
+        ExecEvent::Failed(f) => f.errno.unwrap_or(0),
+        ExecEvent::StdinError { errno, .. } => errno.unwrap_or(0),
+        _ => 0,
+    })
+}
+
+/// The guest's message for a `MSB_EXEC_FAILED` or `MSB_EXEC_STDIN_ERROR`
+/// event; "" for other kinds; NULL if `event` is NULL. Borrowed: valid
+/// until `msb_exec_event_free(event)`.
+#[no_mangle]
+pub extern "C" fn msb_exec_event_message(event: *const msb_exec_event) -> *const c_char {
+    match box_ref(event, "event") {
+        Ok(e) => e
+            .texts
+            .as_ref()
+            .map_or(c"".as_ptr(), |t| t.message.as_ptr()),
+        Err(_) => std::ptr::null(),
+    }
+}
+
+/// Where a `MSB_EXEC_FAILED` event's start failed (e.g. "spawn",
+/// "execution_admission"); NULL when the guest did not say, for other
+/// kinds, and if `event` is NULL. Borrowed: valid until
+/// `msb_exec_event_free(event)`.
+#[no_mangle]
+pub extern "C" fn msb_exec_event_stage(event: *const msb_exec_event) -> *const c_char {
+    box_ref(event, "event")
+        .ok()
+        .and_then(|e| e.texts.as_ref())
+        .and_then(|t| t.stage.as_ref())
+        .map_or(std::ptr::null(), |s| s.as_ptr())
 }
 
 /// The guest pid of a `MSB_EXEC_STARTED` event (0 for other kinds).
@@ -478,7 +579,10 @@ pub struct msb_run_output {
 /// returned.
 ///
 /// On success the caller owns `*output_out` and must release it with
-/// `msb_run_output_free`. A non-zero exit code is still `MSB_OK`.
+/// `msb_run_output_free`. A non-zero exit code is still `MSB_OK`. A command
+/// the guest could not start gives `MSB_ERR_EXEC_FAILED` (agents 0.4.4+;
+/// the message has the guest's text, the kind and the stage) or, from older
+/// agents, exit code -1.
 #[no_mangle]
 pub extern "C" fn msb_exec_run(
     client: *const msb_client,

@@ -19,6 +19,7 @@ pub mod client;
 pub mod exec;
 pub mod fs;
 mod handle;
+pub mod paths;
 
 use std::ffi::{c_char, CStr, CString};
 use std::panic::{catch_unwind, AssertUnwindSafe};
@@ -46,7 +47,8 @@ pub const MSB_ERR_NULL_POINTER: msb_status = -2;
 pub const MSB_ERR_INVALID_UTF8: msb_status = -3;
 /// A message would exceed the protocol's 4 MiB frame limit.
 pub const MSB_ERR_TOO_LARGE: msb_status = -4;
-/// No relay at that socket path (missing, or nobody listening).
+/// Not found: no relay at that socket path (missing, or nobody listening),
+/// or the guest has no such file (errno `ENOENT`, see `msb_error_errno`).
 pub const MSB_ERR_NOT_FOUND: msb_status = -5;
 /// An operating-system error (the message has the details).
 pub const MSB_ERR_IO: msb_status = -6;
@@ -66,6 +68,28 @@ pub const MSB_ERR_GUEST: msb_status = -12;
 pub const MSB_ERR_PANIC: msb_status = -13;
 /// The handle is not in a state that allows the call (e.g. a finished writer).
 pub const MSB_ERR_WRONG_STATE: msb_status = -14;
+/// The sandbox's negotiated protocol generation lacks this operation; the
+/// message names the message type, the generation it needs and the one the
+/// sandbox speaks. Restarting the sandbox with a newer runtime helps.
+pub const MSB_ERR_UNSUPPORTED: msb_status = -15;
+/// The relay closed the connection before the first handshake byte: all of
+/// its client slots (16 on 0.3/0.4 relays, 128 on later ones) are taken, or
+/// the guest is stalled. Retry later.
+pub const MSB_ERR_RELAY_BUSY: msb_status = -16;
+/// Every correlation id of this connection's range has been used once, and
+/// current relays refuse reused ids: reconnect.
+pub const MSB_ERR_IDS_EXHAUSTED: msb_status = -17;
+/// The guest could not start the command (`core.exec.failed`); the message
+/// has the guest's text, the kind of failure and the stage.
+pub const MSB_ERR_EXEC_FAILED: msb_status = -18;
+/// The agent or relay refused a request with `core.error`; the message has
+/// its kind and text.
+pub const MSB_ERR_AGENT: msb_status = -19;
+/// The guest refused for lack of permission (errno `EACCES` or `EPERM`);
+/// `msb_error_errno` gives which.
+pub const MSB_ERR_PERMISSION: msb_status = -20;
+/// The guest found something already there (errno `EEXIST`).
+pub const MSB_ERR_EXISTS: msb_status = -21;
 
 /// `msb_message_flags` bit: the last message of its id.
 pub const MSB_FLAG_TERMINAL: u8 = 0x01;
@@ -114,7 +138,7 @@ pub extern "C" fn msb_status_str(status: msb_status) -> *const c_char {
         MSB_ERR_NULL_POINTER => c"null pointer argument",
         MSB_ERR_INVALID_UTF8 => c"string is not valid UTF-8",
         MSB_ERR_TOO_LARGE => c"message exceeds the 4 MiB frame limit",
-        MSB_ERR_NOT_FOUND => c"no relay at that socket path",
+        MSB_ERR_NOT_FOUND => c"not found (no relay at that socket path, or no such guest file)",
         MSB_ERR_IO => c"operating-system error",
         MSB_ERR_TIMEOUT => c"timed out",
         MSB_ERR_HANDSHAKE => c"relay handshake failed",
@@ -124,6 +148,13 @@ pub extern "C" fn msb_status_str(status: msb_status) -> *const c_char {
         MSB_ERR_GUEST => c"the guest reported an error",
         MSB_ERR_PANIC => c"internal panic",
         MSB_ERR_WRONG_STATE => c"handle in wrong state",
+        MSB_ERR_UNSUPPORTED => c"the sandbox's protocol generation lacks this",
+        MSB_ERR_RELAY_BUSY => c"relay full or guest stalled; retry later",
+        MSB_ERR_IDS_EXHAUSTED => c"correlation ids of this connection used up; reconnect",
+        MSB_ERR_EXEC_FAILED => c"the guest could not start the command",
+        MSB_ERR_AGENT => c"the agent refused the request",
+        MSB_ERR_PERMISSION => c"permission denied in the guest",
+        MSB_ERR_EXISTS => c"already exists in the guest",
         _ => c"unknown status code",
     };
     s.as_ptr()
@@ -138,6 +169,7 @@ pub extern "C" fn msb_status_str(status: msb_status) -> *const c_char {
 pub struct msb_error {
     code: msb_status,
     message: CString,
+    errno: i32,
 }
 
 /// The status code of `err` (`MSB_ERR_NULL_POINTER` if `err` is NULL).
@@ -161,6 +193,20 @@ pub extern "C" fn msb_error_message(err: *const msb_error) -> *const c_char {
     }
 }
 
+/// The guest's errno behind `err`, or 0 when there is none (the error did not
+/// come from the guest, the guest gave no errno, or `err` is NULL).
+///
+/// Guest failures (`MSB_ERR_GUEST`, `MSB_ERR_NOT_FOUND`, `MSB_ERR_PERMISSION`,
+/// `MSB_ERR_EXISTS` from filesystem and TCP calls) carry the errno the guest
+/// reported in its message. The guest is Linux: compare with Linux's numbers
+/// (ENOENT 2, EPERM 1, EACCES 13, EEXIST 17, ...), not the host's `<errno.h>`
+/// on other systems. `MSB_ERR_NOT_FOUND` from connecting has errno 0.
+#[no_mangle]
+pub extern "C" fn msb_error_errno(err: *const msb_error) -> i32 {
+    // SAFETY: the caller passes NULL or a live msb_error (header contract).
+    unsafe { err.as_ref() }.map_or(0, |e| e.errno)
+}
+
 /// Releases an error. NULL is ignored; freeing twice is forbidden.
 #[no_mangle]
 pub extern "C" fn msb_error_free(err: *mut msb_error) {
@@ -171,6 +217,8 @@ pub extern "C" fn msb_error_free(err: *mut msb_error) {
 pub(crate) struct Fail {
     code: msb_status,
     message: String,
+    /// The guest's errno, 0 when there is none.
+    errno: i32,
 }
 
 impl Fail {
@@ -178,6 +226,7 @@ impl Fail {
         Fail {
             code,
             message: message.into(),
+            errno: 0,
         }
     }
 
@@ -205,9 +254,31 @@ impl From<Error> for Fail {
             Error::Closed(_) => MSB_ERR_CLOSED,
             Error::Protocol(_) | Error::Unexpected(_) => MSB_ERR_PROTOCOL,
             Error::IdUnavailable(_) => MSB_ERR_ID_UNAVAILABLE,
-            Error::Guest(_) => MSB_ERR_GUEST,
+            Error::Guest(text) => return guest_fail(text, e.to_string()),
+            Error::RelayBusy => MSB_ERR_RELAY_BUSY,
+            Error::Unsupported { .. } => MSB_ERR_UNSUPPORTED,
+            Error::IdsExhausted => MSB_ERR_IDS_EXHAUSTED,
+            Error::ExecFailed(_) => MSB_ERR_EXEC_FAILED,
+            Error::Agent { .. } => MSB_ERR_AGENT,
         };
         Fail::new(code, e.to_string())
+    }
+}
+
+/// A guest failure: its code follows the errno its text carries, if any.
+fn guest_fail(text: &str, message: String) -> Fail {
+    use crate::client::errno::{guest_errno, linux};
+    let errno = guest_errno(text).unwrap_or(0);
+    let code = match errno {
+        linux::ENOENT => MSB_ERR_NOT_FOUND,
+        linux::EACCES | linux::EPERM => MSB_ERR_PERMISSION,
+        linux::EEXIST => MSB_ERR_EXISTS,
+        _ => MSB_ERR_GUEST,
+    };
+    Fail {
+        code,
+        message,
+        errno,
     }
 }
 
@@ -234,6 +305,7 @@ pub(crate) fn run(err_out: *mut *mut msb_error, body: impl FnOnce() -> FfiResult
         let e = Box::new(msb_error {
             code: fail.code,
             message,
+            errno: fail.errno,
         });
         // SAFETY: `err_out` is non-NULL and points at writable storage for a
         // pointer (header contract).
@@ -369,6 +441,41 @@ pub extern "C" fn msb_bytes_free(bytes: *mut msb_bytes) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn guest_failures_take_their_code_from_the_errno() {
+        let cases = [
+            (
+                "open: No such file or directory (os error 2)",
+                MSB_ERR_NOT_FOUND,
+                2,
+            ),
+            (
+                "stat: Permission denied (os error 13)",
+                MSB_ERR_PERMISSION,
+                13,
+            ),
+            (
+                "chown: Operation not permitted (os error 1)",
+                MSB_ERR_PERMISSION,
+                1,
+            ),
+            ("mkdir: File exists (os error 17)", MSB_ERR_EXISTS, 17),
+            (
+                "rmdir: Directory not empty (os error 39)",
+                MSB_ERR_GUEST,
+                39,
+            ),
+            ("unknown write session: 4", MSB_ERR_GUEST, 0),
+        ];
+        for (text, code, errno) in cases {
+            let f = Fail::from(Error::Guest(text.into()));
+            assert_eq!((f.code, f.errno), (code, errno), "{text}");
+            assert!(f.message.contains(text));
+        }
+        let not_guest = Fail::from(Error::Timeout("x"));
+        assert_eq!(not_guest.errno, 0);
+    }
 
     #[test]
     fn exported_constants_agree_with_the_protocol_and_cargo() {

@@ -3,11 +3,13 @@
 use std::borrow::Cow;
 
 use bytes::{Buf, Bytes, BytesMut};
+use serde::Deserialize;
 
-use super::cbor::{self, Reader};
+use super::head::{self, CanonicalReader};
+use super::payload::{cbor_error_detail, WireBytes};
 use super::{
-    Message, MessageType, ProtocolError, FRAME_HEADER_SIZE, FRAME_HEAD_SIZE, LEN_PREFIX_SIZE,
-    MAX_FRAME_SIZE, PROTOCOL_VERSION,
+    Message, MessageType, ProtocolError, FLAG_BULK, FRAME_HEADER_SIZE, FRAME_HEAD_SIZE,
+    LEN_PREFIX_SIZE, MAX_FRAME_SIZE,
 };
 
 /// The fixed part of a frame, readable from its first 9 bytes.
@@ -64,9 +66,15 @@ pub struct RawFrame {
 
 impl RawFrame {
     /// Decodes the CBOR body `{v, t, p}` into a message. `p` stays a
-    /// zero-copy slice of `body` whenever it is a definite byte string.
+    /// zero-copy slice of `body` whenever it is a definite byte string. A
+    /// raw bulk record (flags exactly [`FLAG_BULK`]) is not CBOR: it becomes
+    /// a [`MessageType::BulkRecord`] message whose payload is the whole body,
+    /// so that a client can count and drop it instead of failing the stream.
     pub fn decode(self) -> Result<Message, ProtocolError> {
-        let (message_type, payload) = decode_body(&self.body)?;
+        if self.flags == FLAG_BULK {
+            return Ok(bulk_record(self.id, self.body));
+        }
+        let (message_type, version, payload) = decode_body(&self.body)?;
         let payload = match payload {
             Cow::Borrowed(s) => self.body.slice_ref(s),
             Cow::Owned(v) => Bytes::from(v),
@@ -74,19 +82,34 @@ impl RawFrame {
         Ok(Message {
             id: self.id,
             flags: self.flags,
+            version,
             message_type,
             payload,
         })
     }
 }
 
+fn bulk_record(id: u32, body: Bytes) -> Message {
+    Message {
+        id,
+        flags: FLAG_BULK,
+        version: 0,
+        message_type: MessageType::BulkRecord,
+        payload: body,
+    }
+}
+
 /// Decodes a frame whose body is borrowed (from a read buffer that is about
 /// to be reused): only the payload is copied out, into a buffer of its own.
 pub fn decode_borrowed(header: &FrameHeader, body: &[u8]) -> Result<Message, ProtocolError> {
-    let (message_type, payload) = decode_body(body)?;
+    if header.flags == FLAG_BULK {
+        return Ok(bulk_record(header.id, Bytes::copy_from_slice(body)));
+    }
+    let (message_type, version, payload) = decode_body(body)?;
     Ok(Message {
         id: header.id,
         flags: header.flags,
+        version,
         message_type,
         payload: match payload {
             Cow::Borrowed(s) => Bytes::copy_from_slice(s),
@@ -95,12 +118,22 @@ pub fn decode_borrowed(header: &FrameHeader, body: &[u8]) -> Result<Message, Pro
     })
 }
 
-/// Decodes the CBOR body `{v, t, p}` into the message type and payload.
-fn decode_body(body: &[u8]) -> Result<(MessageType, Cow<'_, [u8]>), ProtocolError> {
+/// What a frame body carries: its type, its `v`, and its payload bytes.
+type Body<'a> = (MessageType, u8, Cow<'a, [u8]>);
+
+/// Decodes the CBOR body `{v, t, p}`.
+fn decode_body(body: &[u8]) -> Result<Body<'_>, ProtocolError> {
     match decode_canonical_body(body) {
-        Some((message_type, payload)) => Ok((message_type, Cow::Borrowed(payload))),
+        Some((message_type, version, payload)) => {
+            Ok((message_type, version, Cow::Borrowed(payload)))
+        }
         None => decode_any_body(body),
     }
+}
+
+/// `v` as the `u8` a message keeps.
+fn saturate_version(v: u64) -> u8 {
+    u8::try_from(v).unwrap_or(u8::MAX)
 }
 
 /// The body exactly as encoders write it, `{"v": uint, "t": text, "p":
@@ -108,14 +141,14 @@ fn decode_body(body: &[u8]) -> Result<(MessageType, Cow<'_, [u8]>), ProtocolErro
 /// the general decoder's bookkeeping cost more than the rest of a round
 /// trip's decoding. `None` for any other shape, which `decode_any_body`
 /// then decodes or refuses; where both apply, they agree (tested below).
-fn decode_canonical_body(body: &[u8]) -> Option<(MessageType, &[u8])> {
+fn decode_canonical_body(body: &[u8]) -> Option<(MessageType, u8, &[u8])> {
     const MAP_OF_3: u8 = 0xa3;
     const TEXT_OF_1: u8 = 0x61;
-    let mut r = Reader::new(body);
+    let mut r = CanonicalReader::new(body);
     if !r.eat(&[MAP_OF_3, TEXT_OF_1, b'v']) {
         return None;
     }
-    r.read_u64().ok()?;
+    let version = saturate_version(r.read_u64()?);
     if !r.eat(&[TEXT_OF_1, b't']) {
         return None;
     }
@@ -124,39 +157,59 @@ fn decode_canonical_body(body: &[u8]) -> Option<(MessageType, &[u8])> {
         return None;
     }
     let payload = r.read_definite_bytes()?;
-    Some((MessageType::from_wire(name), payload))
+    Some((MessageType::from_wire(name), version, payload))
 }
 
-/// Decodes a body of any shape the upstream decoder accepts, tolerant as it
-/// is: `v`'s value, unknown keys and trailing bytes are ignored, and `p` may
-/// be an array of integers (the one case where the payload is not borrowed
-/// from `body`).
-fn decode_any_body(body: &[u8]) -> Result<(MessageType, Cow<'_, [u8]>), ProtocolError> {
-    let bad = |e: cbor::CborError| ProtocolError::BadBody(e.to_string());
-    let mut r = Reader::new(body);
-    let mut map = r.read_map().map_err(bad)?;
-    let mut message_type = None;
-    let mut payload = None;
-    while r.next_item(&mut map).map_err(bad)? {
-        let key = r.read_text().map_err(bad)?;
-        match &*key {
-            "t" => message_type = Some(MessageType::from_wire(&r.read_text().map_err(bad)?)),
-            "p" => payload = Some(r.read_bytes().map_err(bad)?),
-            _ => r.skip().map_err(bad)?,
-        }
+/// The envelope as the general decoder sees it.
+#[derive(Deserialize)]
+struct Envelope {
+    #[serde(default)]
+    v: EnvelopeVersion,
+    t: String,
+    p: WireBytes,
+}
+
+/// `v`, tolerated in any form: only its value as an unsigned integer is
+/// kept (saturated to `u8`), anything else counts as 0.
+#[derive(Default)]
+struct EnvelopeVersion(u8);
+
+impl<'de> Deserialize<'de> for EnvelopeVersion {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        Ok(EnvelopeVersion(match ciborium::Value::deserialize(d)? {
+            ciborium::Value::Integer(n) => u64::try_from(n).map_or(0, saturate_version),
+            _ => 0,
+        }))
     }
-    let message_type =
-        message_type.ok_or_else(|| ProtocolError::BadBody("missing field \"t\"".into()))?;
-    let payload = payload.ok_or_else(|| ProtocolError::BadBody("missing field \"p\"".into()))?;
-    Ok((message_type, payload))
 }
 
-/// Appends one encoded frame to `out`.
+/// Decodes a body of any shape serde accepts for the envelope, as tolerant
+/// as earlier releases of this library: `v` may be absent or of any type,
+/// unknown keys and trailing bytes are ignored, and `p` may be an array of
+/// integers (where the payload is not borrowed from `body`).
+fn decode_any_body(body: &[u8]) -> Result<Body<'_>, ProtocolError> {
+    let envelope: Envelope = ciborium::de::from_reader(body)
+        .map_err(|e| ProtocolError::BadBody(cbor_error_detail(&e)))?;
+    Ok((
+        MessageType::from_wire(&envelope.t),
+        envelope.v.0,
+        Cow::Owned(envelope.p.0.into()),
+    ))
+}
+
+/// Appends one encoded frame, stamped with generation `version`.
 ///
 /// Panics only if the frame would exceed `u32` length; callers bound payloads
 /// by [`MAX_FRAME_SIZE`] first (see [`encoded_len`]).
-pub fn encode_frame(out: &mut Vec<u8>, message_type: &str, id: u32, flags: u8, payload: &[u8]) {
-    encode_frame_head(out, message_type, id, flags, payload.len());
+pub fn encode_frame(
+    out: &mut Vec<u8>,
+    message_type: &str,
+    id: u32,
+    flags: u8,
+    version: u8,
+    payload: &[u8],
+) {
+    encode_frame_head(out, message_type, id, flags, version, payload.len());
     out.extend_from_slice(payload);
 }
 
@@ -168,10 +221,11 @@ pub fn encode_frame_with(
     message_type: &str,
     id: u32,
     flags: u8,
+    version: u8,
     payload_len: usize,
     write_payload: impl FnOnce(&mut Vec<u8>),
 ) {
-    encode_frame_head(out, message_type, id, flags, payload_len);
+    encode_frame_head(out, message_type, id, flags, version, payload_len);
     let before = out.len();
     write_payload(out);
     assert_eq!(out.len() - before, payload_len, "payload length mismatch");
@@ -185,34 +239,37 @@ pub fn encode_frame_head(
     message_type: &str,
     id: u32,
     flags: u8,
+    version: u8,
     payload_len: usize,
 ) {
-    let len = u32::try_from(encoded_len(message_type, payload_len)).expect("frame over 4 GiB");
+    let len =
+        u32::try_from(encoded_len(message_type, version, payload_len)).expect("frame over 4 GiB");
     out.extend_from_slice(&len.to_be_bytes());
     out.extend_from_slice(&id.to_be_bytes());
     out.push(flags);
-    cbor::write_map_head(out, 3);
-    cbor::write_text(out, "v");
-    cbor::write_u64(out, PROTOCOL_VERSION);
-    cbor::write_text(out, "t");
-    cbor::write_text(out, message_type);
-    cbor::write_text(out, "p");
-    cbor::write_bytes_head(out, payload_len);
+    head::write_map_head(out, 3);
+    head::write_text(out, "v");
+    head::write_u64(out, version.into());
+    head::write_text(out, "t");
+    head::write_text(out, message_type);
+    head::write_text(out, "p");
+    head::write_bytes_head(out, payload_len);
 }
 
 /// `len` of the frame `encode_frame` would produce, to check the size limit
 /// before encoding anything.
-pub fn encoded_len(message_type: &str, payload_len: usize) -> usize {
-    // id + flags + map head + "v" 1 + "t" <type> + "p" <payload>
+pub fn encoded_len(message_type: &str, version: u8, payload_len: usize) -> usize {
+    // id + flags + map head + "v" <version> + "t" <type> + "p" <payload>
+    let version_len = if version < 24 { 1 } else { 2 };
     FRAME_HEADER_SIZE
         + 1
         + 2
-        + 1
+        + version_len
         + 2
-        + cbor::bytes_head_len(message_type.len())
+        + head::head_len(message_type.len())
         + message_type.len()
         + 2
-        + cbor::bytes_head_len(payload_len)
+        + head::head_len(payload_len)
         + payload_len
 }
 
@@ -290,7 +347,7 @@ mod tests {
     #[test]
     fn partial_frames_wait_for_more_bytes() {
         let mut out = Vec::new();
-        encode_frame(&mut out, "core.exec.stdout", 7, 0, b"\xa1\x64data\x41x");
+        encode_frame(&mut out, "core.exec.stdout", 7, 0, 1, b"\xa1\x64data\x41x");
         let mut d = FrameDecoder::new();
         for b in &out[..out.len() - 1] {
             d.extend(std::slice::from_ref(b));
@@ -300,7 +357,7 @@ mod tests {
         let m = d.next_frame().unwrap().unwrap().decode().unwrap();
         assert_eq!(m.id, 7);
         assert_eq!(m.message_type, MessageType::ExecStdout);
-        assert_eq!(encoded_len("core.exec.stdout", 8), out.len() - 4);
+        assert_eq!(encoded_len("core.exec.stdout", 1, 8), out.len() - 4);
     }
 
     /// Bodies near the canonical shape: every truncation and every one-byte
@@ -316,7 +373,7 @@ mod tests {
         ] {
             let mut frame = Vec::new();
             let payload: Vec<u8> = (0..payload_len).map(|i| i as u8).collect();
-            encode_frame(&mut frame, name, 1, 0, &payload);
+            encode_frame(&mut frame, name, 1, 0, 1, &payload);
             canonical.push(frame[FRAME_HEAD_SIZE..].to_vec());
         }
         let mut bodies = Vec::new();
@@ -349,11 +406,11 @@ mod tests {
         let mut shortcut_taken = 0;
         for body in bodies_near_canonical() {
             let general = decode_any_body(&body);
-            if let Some((message_type, payload)) = decode_canonical_body(&body) {
+            if let Some((message_type, version, payload)) = decode_canonical_body(&body) {
                 shortcut_taken += 1;
                 assert_eq!(
                     general,
-                    Ok((message_type, Cow::Borrowed(payload))),
+                    Ok((message_type, version, Cow::Borrowed(payload))),
                     "body {body:02x?}"
                 );
             }
@@ -368,7 +425,7 @@ mod tests {
     #[test]
     fn unknown_types_are_kept() {
         let mut out = Vec::new();
-        encode_frame(&mut out, "core.future.thing", 3, 0x40, b"");
+        encode_frame(&mut out, "core.future.thing", 3, 0x40, 1, b"");
         let mut d = FrameDecoder::new();
         d.extend(&out);
         let m = d.next_frame().unwrap().unwrap().decode().unwrap();

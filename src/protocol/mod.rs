@@ -1,9 +1,9 @@
-//! The microsandbox 0.3.14 agent-relay wire protocol: frames, message types
-//! and payloads. Pure data transformation, no I/O, so that the client core,
+//! The microsandbox agent-relay wire protocol of every relay from 0.3.14 to
+//! 0.7.13 (generations 1 to 10): frames, message types and payloads. Pure data transformation, no I/O, so that the client core,
 //! the development relay and the fuzz targets share one implementation.
 
-pub mod cbor;
 mod frame;
+mod head;
 mod message;
 pub mod payload;
 
@@ -35,12 +35,18 @@ pub const FRAME_HEAD_SIZE: usize = LEN_PREFIX_SIZE + FRAME_HEADER_SIZE;
 pub const MAX_FRAME_SIZE: u32 = 4 * 1024 * 1024;
 /// Largest file chunk carried by one `core.fs.data`.
 pub const FS_CHUNK_SIZE: usize = 3 * 1024 * 1024;
-/// Clients one relay serves at once.
-pub const MAX_CLIENTS: u32 = 16;
-/// Size of every client's correlation-id range (`u32::MAX / 16`).
-pub const ID_RANGE_STEP: u32 = u32::MAX / MAX_CLIENTS;
-/// The `v` the encoder writes into every frame body.
-pub const PROTOCOL_VERSION: u64 = 1;
+/// Clients one 0.3.x/0.4.x relay (legacy handshake) serves at once.
+pub const LEGACY_MAX_CLIENTS: u32 = 16;
+/// Size of every client's correlation-id range on a legacy relay.
+pub const LEGACY_ID_RANGE_STEP: u32 = u32::MAX / LEGACY_MAX_CLIENTS;
+/// Clients one 0.5.0+ relay (current handshake) serves at once.
+pub const CURRENT_MAX_CLIENTS: u32 = 128;
+/// Size of every client's correlation-id range on a 0.5.0+ relay.
+pub const CURRENT_ID_RANGE_STEP: u32 = u32::MAX / CURRENT_MAX_CLIENTS;
+/// The highest generation whose semantics this library implements.
+pub const MAX_GENERATION: u8 = 10;
+/// The generation of every legacy (0.3.x/0.4.x) connection.
+pub const LEGACY_GENERATION: u8 = 1;
 
 /// Last frame of a session (`core.exec.exited`, `core.fs.response`).
 pub const FLAG_TERMINAL: u8 = 0x01;
@@ -48,6 +54,9 @@ pub const FLAG_TERMINAL: u8 = 0x01;
 pub const FLAG_SESSION_START: u8 = 0x02;
 /// `core.shutdown`.
 pub const FLAG_SHUTDOWN: u8 = 0x04;
+/// A generation-8 raw bulk record. Exclusive: a frame whose flags are
+/// exactly this byte has a raw, non-CBOR body.
+pub const FLAG_BULK: u8 = 0x08;
 
 /// Why bytes from the peer could not be understood.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -110,7 +110,7 @@ static bool take_event(msb_exec *exec, int64_t timeout_ms, struct exec_result *r
         msb_error_free(err);
         return false;
     }
-    if (res->exited) res->events_after_exit++;
+    if (res->exited || res->failed) res->events_after_exit++;
     size_t len = 0;
     const uint8_t *data = msb_exec_event_data(ev, &len);
     switch (msb_exec_event_kind(ev)) {
@@ -128,6 +128,21 @@ static bool take_event(msb_exec *exec, int64_t timeout_ms, struct exec_result *r
     case MSB_EXEC_EXITED:
         res->exited = true;
         res->exit_code = msb_exec_event_exit_code(ev);
+        break;
+    case MSB_EXEC_FAILED: {
+        res->failed = true;
+        const char *stage = msb_exec_event_stage(ev);
+        free(res->failure_kind);
+        free(res->failure_message);
+        free(res->failure_stage);
+        res->failure_kind = strdup(msb_exec_event_failure_kind(ev));
+        res->failure_message = strdup(msb_exec_event_message(ev));
+        res->failure_stage = stage ? strdup(stage) : NULL;
+        res->failure_errno = msb_exec_event_errno(ev);
+        break;
+    }
+    case MSB_EXEC_STDIN_ERROR:
+        res->stdin_errors++;
         break;
     default:
         test_fail(__FILE__, __LINE__, "unknown event kind %d", msb_exec_event_kind(ev));
@@ -150,6 +165,9 @@ bool read_stdout_until(msb_exec *exec, const char *needle, struct exec_result *r
 void exec_result_free(struct exec_result *res) {
     free(res->out);
     free(res->err);
+    free(res->failure_kind);
+    free(res->failure_message);
+    free(res->failure_stage);
     memset(res, 0, sizeof *res);
 }
 

@@ -32,6 +32,7 @@ extern const struct test_case client_tests[];
 extern const struct test_case exec_tests[];
 extern const struct test_case fs_tests[];
 extern const struct test_case lifecycle_tests[];
+extern const struct test_case paths_tests[];
 
 /* ---- reporting (harness.c) */
 
@@ -131,6 +132,12 @@ struct exec_result {
     char *err;
     size_t err_len;
     int events_after_exit; /* must stay 0 */
+    bool failed;           /* MSB_EXEC_FAILED came (instead of EXITED) */
+    char *failure_kind;    /* its accessors' values, copied */
+    char *failure_message;
+    char *failure_stage;   /* NULL when the guest named no stage */
+    int32_t failure_errno;
+    int stdin_errors;      /* MSB_EXEC_STDIN_ERROR events */
 };
 void collect_exec(msb_exec *exec, int64_t timeout_ms, struct exec_result *res);
 void exec_result_free(struct exec_result *res);

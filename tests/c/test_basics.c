@@ -18,6 +18,7 @@ static const msb_status all_codes[] = {
     MSB_OK, MSB_NOTHING_YET, MSB_ENDED, MSB_ERR_INVALID_ARGUMENT, MSB_ERR_NULL_POINTER, MSB_ERR_INVALID_UTF8,
     MSB_ERR_TOO_LARGE, MSB_ERR_NOT_FOUND, MSB_ERR_IO, MSB_ERR_TIMEOUT, MSB_ERR_HANDSHAKE, MSB_ERR_CLOSED,
     MSB_ERR_PROTOCOL, MSB_ERR_ID_UNAVAILABLE, MSB_ERR_GUEST, MSB_ERR_PANIC, MSB_ERR_WRONG_STATE,
+    MSB_ERR_UNSUPPORTED, MSB_ERR_RELAY_BUSY, MSB_ERR_IDS_EXHAUSTED, MSB_ERR_EXEC_FAILED, MSB_ERR_AGENT,
 };
 #define CODE_COUNT (sizeof all_codes / sizeof all_codes[0])
 
@@ -258,10 +259,39 @@ static void test_connect_fd_errors(void) {
     int64_t took = now_ms() - t0;
     CHECK(took >= 250 && took < 10000);
 
-    /* A peer that hangs up before the handshake. */
+    /* A peer that hangs up before the first handshake byte: what a full
+     * relay does. The message says so and says to retry. */
     close(pair[1]);
-    msb_status st = msb_client_connect_fd(pair[0], opts, &c, NULL);
-    CHECK(st == MSB_ERR_HANDSHAKE || st == MSB_ERR_CLOSED || st == MSB_ERR_PROTOCOL);
+    msb_error *busy = NULL;
+    CHECK_INT(msb_client_connect_fd(pair[0], opts, &c, &busy), MSB_ERR_RELAY_BUSY);
+    CHECK_INT(msb_error_code(busy), MSB_ERR_RELAY_BUSY);
+    CHECK(strstr(msb_error_message(busy), "full") != NULL);
+    CHECK(strstr(msb_error_message(busy), "retry") != NULL);
+    msb_error_free(busy);
+    close(pair[0]);
+    CHECK(c == NULL);
+
+    /* A peer that hangs up in the middle of the 8 bytes that start every
+     * handshake: a truncated handshake, not a busy relay. */
+    REQUIRE(socketpair(AF_UNIX, SOCK_STREAM, 0, pair) == 0);
+    REQUIRE(write(pair[1], "\0\0\0\0\0", 5) == 5);
+    close(pair[1]);
+    msb_error *cut = NULL;
+    CHECK_INT(msb_client_connect_fd(pair[0], opts, &c, &cut), MSB_ERR_HANDSHAKE);
+    CHECK(strstr(msb_error_message(cut), "truncated") != NULL);
+    msb_error_free(cut);
+    close(pair[0]);
+    CHECK(c == NULL);
+
+    /* A current-form handshake whose id range is empty. */
+    REQUIRE(socketpair(AF_UNIX, SOCK_STREAM, 0, pair) == 0);
+    static const unsigned char bad_range[8] = {0x0b, 0xeb, 0xc2, 0x00, 0x05, 0xf5, 0xe1, 0x00};
+    REQUIRE(write(pair[1], bad_range, sizeof bad_range) == (ssize_t)sizeof bad_range);
+    msb_error *range = NULL;
+    CHECK_INT(msb_client_connect_fd(pair[0], opts, &c, &range), MSB_ERR_HANDSHAKE);
+    CHECK(strstr(msb_error_message(range), "start=200000000, end=100000000") != NULL);
+    msb_error_free(range);
+    close(pair[1]);
     close(pair[0]);
     CHECK(c == NULL);
     msb_connect_options_free(opts);

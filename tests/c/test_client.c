@@ -8,11 +8,28 @@
 #include <string.h>
 
 #define BAD_UTF8 "core.\xff\xfe"
-#define ID_RANGE 268435455u
+#define LEGACY_ID_STEP 268435455u
 
-/* core.fs.request {"op": {"Stat": {"path": "/"}}}, encoded by hand. */
-static const uint8_t stat_root[] = {0xa1, 0x62, 'o', 'p', 0xa1, 0x64, 'S', 't', 'a', 't',
-                                    0xa1, 0x64, 'p', 'a', 't', 'h', 0x61, '/'};
+/* core.fs.request {"op": {"Stat": {"path": "/", "follow_symlink": false}}},
+ * encoded by hand: the generation-2 shape, which 0.3.x agents read too
+ * (they ignore the extra key and never follow links anyway). */
+static const uint8_t stat_root[] = {0xa1, 0x62, 'o', 'p', 0xa1, 0x64, 'S', 't', 'a', 't', 0xa2, 0x64, 'p', 'a', 't', 'h',
+                                    0x61, '/',  0x6e, 'f', 'o', 'l', 'l', 'o', 'w', '_', 's', 'y', 'm', 'l', 'i', 'n',
+                                    'k',  0xf4};
+#define STAT_ROOT_LEN STAT_ROOT_LEN
+
+/* The client's id range, [start, end). */
+struct id_range {
+    uint32_t start, end;
+};
+
+static struct id_range id_range_of(const msb_client *c) {
+    struct id_range r = {0, 0};
+    CHECK_INT(msb_client_id_range(c, &r.start, &r.end), MSB_OK);
+    return r;
+}
+
+static bool in_range(struct id_range r, uint32_t id) { return r.start <= id && id < r.end; }
 
 /* Checks that a core.fs.response to the Stat above reports ok: true. */
 static void check_stat_response(const msb_message *m, uint32_t want_id) {
@@ -59,19 +76,38 @@ static void test_id_offset_and_alloc_range(void) {
     msb_client *a = connect_shared();
     msb_client *b = connect_shared();
     REQUIRE(a && b);
+    struct id_range ra = id_range_of(a), rb = id_range_of(b);
     uint32_t off_a = msb_client_id_offset(a), off_b = msb_client_id_offset(b);
-    CHECK_INT(off_a % ID_RANGE, 0);
-    CHECK_INT(off_b % ID_RANGE, 0);
-    CHECK(off_a / ID_RANGE < 16 && off_b / ID_RANGE < 16);
+    CHECK_INT(off_a, ra.start - 1);
+    CHECK_INT(off_b, rb.start - 1);
+    if (msb_client_is_legacy(a)) {
+        /* 16 slots of 268435455 ids; the slot's first id is not usable. */
+        CHECK_INT(off_a % LEGACY_ID_STEP, 0);
+        CHECK_INT(off_b % LEGACY_ID_STEP, 0);
+        CHECK(off_a / LEGACY_ID_STEP < 16 && off_b / LEGACY_ID_STEP < 16);
+        CHECK_INT((uint64_t)ra.end - ra.start, LEGACY_ID_STEP - 1);
+    } else {
+        /* 128 slots of 33554431 ids, from slot * step + 1 up to the next
+         * slot's start, exclusive. */
+        CHECK_INT(off_a % 33554431u, 0);
+        CHECK(off_a / 33554431u < 128 && off_b / 33554431u < 128);
+        CHECK_INT((uint64_t)ra.end - ra.start, 33554430u);
+    }
     CHECK(off_a != off_b); /* each connection holds its own slot */
+    CHECK(ra.end <= rb.start || rb.end <= ra.start);
     CHECK_INT(msb_client_id_offset(NULL), 0);
     CHECK_INT(msb_client_alloc_id(NULL), 0);
+    uint32_t s_out = 7, e_out = 7;
+    CHECK_INT(msb_client_id_range(NULL, &s_out, &e_out), MSB_ERR_NULL_POINTER);
+    CHECK_INT(msb_client_id_range(a, NULL, &e_out), MSB_ERR_NULL_POINTER);
+    CHECK_INT(msb_client_id_range(a, &s_out, NULL), MSB_ERR_NULL_POINTER);
+    CHECK(s_out == 7 && e_out == 7);
 
-    /* Allocated ids lie in (offset, offset + range) and skip subscribed ones. */
+    /* Allocated ids lie in the range and skip subscribed ones. */
     msb_subscription *subs[8];
     for (int i = 0; i < 8; i++) {
         uint32_t id = msb_client_alloc_id(a);
-        CHECK(id > off_a && (uint64_t)id < (uint64_t)off_a + ID_RANGE);
+        CHECK(in_range(ra, id));
         subs[i] = NULL;
         EXPECT(MSB_OK, msb_client_subscribe(a, id, &subs[i], ERR));
         CHECK_INT(msb_subscription_id(subs[i]), id);
@@ -89,7 +125,7 @@ static void test_counters_struct_size(void) {
     CHECK_INT(msb_client_counters(c, &before), MSB_OK);
     CHECK_INT(before.struct_size, sizeof(msb_counters));
     msb_message *m = NULL;
-    EXPECT(MSB_OK, msb_client_request(c, "core.fs.request", stat_root, sizeof stat_root, T_MS, &m, ERR));
+    EXPECT(MSB_OK, msb_client_request(c, "core.fs.request", stat_root, STAT_ROOT_LEN, T_MS, &m, ERR));
     msb_message_free(m);
     msb_counters after = {.struct_size = sizeof(msb_counters)};
     CHECK_INT(msb_client_counters(c, &after), MSB_OK);
@@ -136,18 +172,17 @@ static void test_raw_request_stat(void) {
     msb_client *c = connect_shared();
     REQUIRE(c);
     msb_message *m = NULL;
-    REQUIRE_OK(msb_client_request(c, "core.fs.request", stat_root, sizeof stat_root, T_MS, &m, ERR));
+    REQUIRE_OK(msb_client_request(c, "core.fs.request", stat_root, STAT_ROOT_LEN, T_MS, &m, ERR));
     check_stat_response(m, 0);
-    uint32_t off = msb_client_id_offset(c);
-    CHECK(msb_message_id(m) > off && (uint64_t)msb_message_id(m) < (uint64_t)off + ID_RANGE);
+    CHECK(in_range(id_range_of(c), msb_message_id(m)));
     msb_message_free(m);
 
     msb_message *untouched = (msb_message *)&untouched;
-    EXPECT(MSB_ERR_NULL_POINTER, msb_client_request(NULL, "core.fs.request", stat_root, 18, T_MS, &m, ERR));
-    EXPECT(MSB_ERR_NULL_POINTER, msb_client_request(c, NULL, stat_root, 18, T_MS, &untouched, ERR));
+    EXPECT(MSB_ERR_NULL_POINTER, msb_client_request(NULL, "core.fs.request", stat_root, STAT_ROOT_LEN, T_MS, &m, ERR));
+    EXPECT(MSB_ERR_NULL_POINTER, msb_client_request(c, NULL, stat_root, STAT_ROOT_LEN, T_MS, &untouched, ERR));
     EXPECT(MSB_ERR_NULL_POINTER, msb_client_request(c, "core.fs.request", NULL, 18, T_MS, &untouched, ERR));
-    EXPECT(MSB_ERR_NULL_POINTER, msb_client_request(c, "core.fs.request", stat_root, 18, T_MS, NULL, ERR));
-    EXPECT(MSB_ERR_INVALID_UTF8, msb_client_request(c, BAD_UTF8, stat_root, 18, T_MS, &untouched, ERR));
+    EXPECT(MSB_ERR_NULL_POINTER, msb_client_request(c, "core.fs.request", stat_root, STAT_ROOT_LEN, T_MS, NULL, ERR));
+    EXPECT(MSB_ERR_INVALID_UTF8, msb_client_request(c, BAD_UTF8, stat_root, STAT_ROOT_LEN, T_MS, &untouched, ERR));
     CHECK(untouched == (msb_message *)&untouched);
 
     /* No reply ever comes to a stray stdin frame: the request times out. */
@@ -174,7 +209,7 @@ static void test_raw_send_subscribe_and_ended(void) {
     REQUIRE_OK(msb_client_subscribe(c, id, &sub, ERR));
     msb_message *m = NULL;
     CHECK_INT(msb_subscription_next(sub, 0, &m, NULL), MSB_NOTHING_YET);
-    REQUIRE_OK(msb_client_send(c, "core.fs.request", id, stat_root, sizeof stat_root, T_MS, ERR));
+    REQUIRE_OK(msb_client_send(c, "core.fs.request", id, stat_root, STAT_ROOT_LEN, T_MS, ERR));
     REQUIRE_OK(msb_subscription_next(sub, T_MS, &m, ERR));
     check_stat_response(m, id);
     size_t len = 0;
@@ -193,10 +228,10 @@ static void test_send_errors_and_zero_length(void) {
     msb_client *c = connect_shared();
     REQUIRE(c);
     uint32_t id = msb_client_alloc_id(c);
-    EXPECT(MSB_ERR_NULL_POINTER, msb_client_send(NULL, "core.fs.request", id, stat_root, 18, T_MS, ERR));
-    EXPECT(MSB_ERR_NULL_POINTER, msb_client_send(c, NULL, id, stat_root, 18, T_MS, ERR));
+    EXPECT(MSB_ERR_NULL_POINTER, msb_client_send(NULL, "core.fs.request", id, stat_root, STAT_ROOT_LEN, T_MS, ERR));
+    EXPECT(MSB_ERR_NULL_POINTER, msb_client_send(c, NULL, id, stat_root, STAT_ROOT_LEN, T_MS, ERR));
     EXPECT(MSB_ERR_NULL_POINTER, msb_client_send(c, "core.fs.request", id, NULL, 18, T_MS, ERR));
-    EXPECT(MSB_ERR_INVALID_UTF8, msb_client_send(c, BAD_UTF8, id, stat_root, 18, T_MS, ERR));
+    EXPECT(MSB_ERR_INVALID_UTF8, msb_client_send(c, BAD_UTF8, id, stat_root, STAT_ROOT_LEN, T_MS, ERR));
 
     size_t big = (size_t)MSB_MAX_FRAME_SIZE + 1;
     uint8_t *payload = calloc(1, big);
@@ -210,34 +245,69 @@ static void test_send_errors_and_zero_length(void) {
      * and the connection lives on. */
     EXPECT(MSB_OK, msb_client_send(c, "core.exec.stdin", id, NULL, 0, T_MS, ERR));
     msb_message *m = NULL;
-    EXPECT(MSB_OK, msb_client_request(c, "core.fs.request", stat_root, sizeof stat_root, T_MS, &m, ERR));
+    EXPECT(MSB_OK, msb_client_request(c, "core.fs.request", stat_root, STAT_ROOT_LEN, T_MS, &m, ERR));
     check_stat_response(m, 0);
     msb_message_free(m);
 
-    /* A type this library does not know goes out as given (flags 0). The
-     * relay, like the real agent, cannot decode it and drops the
+    /* Ids outside the range, and id 0 for anything but core.shutdown, are
+     * refused before anything is sent: current relays disconnect on them. */
+    struct id_range r = id_range_of(c);
+    EXPECT(MSB_ERR_INVALID_ARGUMENT, msb_client_send(c, "core.exec.stdin", 0, NULL, 0, T_MS, ERR));
+    EXPECT(MSB_ERR_INVALID_ARGUMENT, msb_client_send(c, "core.exec.stdin", r.end, NULL, 0, T_MS, ERR));
+    EXPECT(MSB_ERR_INVALID_ARGUMENT, msb_client_send(c, "core.exec.stdin", r.start - 1, NULL, 0, T_MS, ERR));
+    /* Types only the guest sends are refused on current relays, whose
+     * agent would fail on them; a legacy relay passes everything on. */
+    if (!msb_client_is_legacy(c)) {
+        EXPECT(MSB_ERR_INVALID_ARGUMENT, msb_client_send(c, "core.ready", id, NULL, 0, T_MS, ERR));
+        EXPECT(MSB_ERR_INVALID_ARGUMENT, msb_client_send(c, "core.exec.exited", id, NULL, 0, T_MS, ERR));
+        msb_message *untouched = (msb_message *)&untouched;
+        EXPECT(MSB_ERR_INVALID_ARGUMENT, msb_client_request(c, "core.fs.response", NULL, 0, T_MS, &untouched, ERR));
+        CHECK(untouched == (msb_message *)&untouched);
+    }
+    /* A type above the negotiated generation: MSB_ERR_UNSUPPORTED. */
+    if (msb_client_generation(c) < 6)
+        EXPECT(MSB_ERR_UNSUPPORTED, msb_client_send(c, "core.ping", id, NULL, 0, T_MS, ERR));
+    if (msb_client_generation(c) < 4)
+        EXPECT(MSB_ERR_UNSUPPORTED, msb_client_send(c, "core.tcp.connect", id, NULL, 0, T_MS, ERR));
+
+    /* A type this library does not know: refused on a current relay, whose
+     * agent dies on it; on a legacy relay it goes out as given (flags 0)
+     * and the relay, like the real agent, cannot decode it and drops the
      * connection, so this comes last. */
-    EXPECT(MSB_OK, msb_client_send(c, "test.unknown.type", id, NULL, 0, T_MS, ERR));
+    if (msb_client_is_legacy(c))
+        EXPECT(MSB_OK, msb_client_send(c, "test.unknown.type", id, NULL, 0, T_MS, ERR));
+    else
+        EXPECT(MSB_ERR_INVALID_ARGUMENT, msb_client_send(c, "test.unknown.type", id, NULL, 0, T_MS, ERR));
     msb_client_free(c);
 }
 
 static void test_subscribe_errors(void) {
     msb_client *c = connect_shared();
     REQUIRE(c);
-    uint32_t off = msb_client_id_offset(c);
+    struct id_range r = id_range_of(c);
     uint32_t id = msb_client_alloc_id(c);
     msb_subscription *sub = NULL, *untouched = (msb_subscription *)&untouched;
     REQUIRE_OK(msb_client_subscribe(c, id, &sub, ERR));
     EXPECT(MSB_ERR_ID_UNAVAILABLE, msb_client_subscribe(c, id, &untouched, ERR));
     EXPECT(MSB_ERR_ID_UNAVAILABLE, msb_client_subscribe(c, 0, &untouched, ERR));
-    EXPECT(MSB_ERR_ID_UNAVAILABLE, msb_client_subscribe(c, off + ID_RANGE + 7, &untouched, ERR));
+    EXPECT(MSB_ERR_ID_UNAVAILABLE, msb_client_subscribe(c, r.end + 7, &untouched, ERR));
     EXPECT(MSB_ERR_NULL_POINTER, msb_client_subscribe(NULL, id + 1, &untouched, ERR));
     EXPECT(MSB_ERR_NULL_POINTER, msb_client_subscribe(c, id + 1, NULL, ERR));
     CHECK(untouched == (msb_subscription *)&untouched);
-    /* Freeing releases the id. */
     msb_subscription_free(sub);
     sub = NULL;
-    EXPECT(MSB_OK, msb_client_subscribe(c, id, &sub, ERR));
+    if (msb_client_is_legacy(c)) {
+        /* Freeing releases the id. */
+        EXPECT(MSB_OK, msb_client_subscribe(c, id, &sub, ERR));
+    } else {
+        /* Current relays take each id once per connection: a used id stays
+         * used, and an id beyond the allocator's position can be claimed
+         * once (the allocator moves past it). */
+        EXPECT(MSB_ERR_ID_UNAVAILABLE, msb_client_subscribe(c, id, &untouched, ERR));
+        uint32_t ahead = id + 1000;
+        EXPECT(MSB_OK, msb_client_subscribe(c, ahead, &sub, ERR));
+        CHECK(msb_client_alloc_id(c) > ahead);
+    }
 
     msb_message *m = NULL;
     int fd = -1;
@@ -337,7 +407,7 @@ static void test_subscription_readiness_fd(void) {
     CHECK_INT(msb_subscription_next(sub, 0, &m, NULL), MSB_NOTHING_YET);
 
     /* A message queued: readable, and stays readable until pulled (level). */
-    REQUIRE_OK(msb_client_send(c, "core.fs.request", id, stat_root, sizeof stat_root, T_MS, ERR));
+    REQUIRE_OK(msb_client_send(c, "core.fs.request", id, stat_root, STAT_ROOT_LEN, T_MS, ERR));
     CHECK(fd_readable(fd, T_MS));
     CHECK(fd_readable(fd, 0));
     EXPECT(MSB_OK, msb_subscription_next(sub, 0, &m, ERR));
@@ -351,7 +421,47 @@ static void test_subscription_readiness_fd(void) {
     msb_client_free(c);
 }
 
+static void test_peer_generation_and_supports(void) {
+    msb_client *c = connect_shared();
+    REQUIRE(c);
+    uint32_t gen = msb_client_generation(c), peer = msb_client_peer_generation(c);
+    bool legacy = msb_client_is_legacy(c);
+    const char *version = msb_client_agent_version(c);
+    REQUIRE(version != NULL);
+    CHECK(peer >= 1);
+    if (legacy) {
+        CHECK_INT(gen, 1);
+        CHECK_STR(version, ""); /* 0.3/0.4 agents do not say */
+    } else {
+        CHECK_INT(gen, peer < 10 ? peer : 10);
+        if (gen >= 4) CHECK(version[0] != '\0');
+    }
+    /* The same pointer until the client is freed. */
+    CHECK(msb_client_agent_version(c) == version);
+
+    CHECK(msb_client_supports(c, "core.exec.request"));
+    CHECK(msb_client_supports(c, "core.exec.failed"));
+    /* Legacy relays get the filesystem in its 0.3.14 shapes. */
+    CHECK_INT(msb_client_supports(c, "core.fs.request"), legacy || gen >= 2);
+    CHECK_INT(msb_client_supports(c, "core.tcp.connect"), !legacy && gen >= 4);
+    CHECK_INT(msb_client_supports(c, "core.error"), !legacy && gen >= 5);
+    CHECK_INT(msb_client_supports(c, "core.ping"), !legacy && gen >= 6);
+    CHECK_INT(msb_client_supports(c, "core.exec.output.ack"), !legacy && gen >= 10);
+    CHECK(!msb_client_supports(c, "core.no.such.type"));
+    CHECK(!msb_client_supports(c, ""));
+    CHECK(!msb_client_supports(c, BAD_UTF8));
+    CHECK(!msb_client_supports(c, NULL));
+    CHECK(!msb_client_supports(NULL, "core.exec.request"));
+
+    CHECK_INT(msb_client_generation(NULL), 0);
+    CHECK_INT(msb_client_peer_generation(NULL), 0);
+    CHECK(!msb_client_is_legacy(NULL));
+    CHECK_STR(msb_client_agent_version(NULL), "");
+    msb_client_free(c);
+}
+
 const struct test_case client_tests[] = {
+    {"generations, agent version and supported types", test_peer_generation_and_supports},
     {"ready timings match the raw core.ready payload", test_ready_timings_and_payload},
     {"id offset is a slot boundary; alloc_id stays in range", test_id_offset_and_alloc_range},
     {"counters honour struct_size (smaller, bigger, unset)", test_counters_struct_size},

@@ -1,6 +1,7 @@
 /* Exec: request building, events, stdin, tty, signals, rlimits, run+capture. */
 #include "test.h"
 
+#include <errno.h>
 #include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -91,6 +92,10 @@ static void test_exec_null_arguments(void) {
     CHECK_INT(msb_exec_event_kind(NULL), 0);
     CHECK_INT(msb_exec_event_pid(NULL), 0);
     CHECK_INT(msb_exec_event_exit_code(NULL), 0);
+    CHECK(msb_exec_event_failure_kind(NULL) == NULL);
+    CHECK_INT(msb_exec_event_errno(NULL), 0);
+    CHECK(msb_exec_event_message(NULL) == NULL);
+    CHECK(msb_exec_event_stage(NULL) == NULL);
     size_t len = 99;
     msb_exec_event_data(NULL, &len);
     CHECK_INT(len, 0);
@@ -130,14 +135,20 @@ static void test_event_order_and_accessors(void) {
     msb_exec *exec = NULL;
     REQUIRE_OK(msb_exec_start(c, req, T_MS, &exec, ERR));
     msb_exec_request_free(req);
-    uint32_t off = msb_client_id_offset(c);
-    CHECK(msb_exec_id(exec) > off && msb_exec_id(exec) - off < 268435455u);
+    uint32_t start = 0, end = 0;
+    CHECK_INT(msb_client_id_range(c, &start, &end), MSB_OK);
+    CHECK(msb_exec_id(exec) >= start && msb_exec_id(exec) < end);
 
     msb_exec_event *ev = NULL;
     REQUIRE_OK(msb_exec_next_event(exec, T_MS, &ev, ERR));
     CHECK_INT(msb_exec_event_kind(ev), MSB_EXEC_STARTED);
     CHECK(msb_exec_event_pid(ev) > 0);
     CHECK_INT(msb_exec_event_exit_code(ev), 0);
+    /* The failure accessors on an event of another kind. */
+    CHECK_STR(msb_exec_event_failure_kind(ev), "");
+    CHECK_INT(msb_exec_event_errno(ev), 0);
+    CHECK_STR(msb_exec_event_message(ev), "");
+    CHECK(msb_exec_event_stage(ev) == NULL);
     size_t len = 99;
     CHECK(msb_exec_event_data(ev, &len) != NULL);
     CHECK_INT(len, 0);
@@ -266,9 +277,14 @@ static void test_stderr_and_exit_codes(void) {
     msb_client_free(c);
 }
 
-static void test_spawn_failure_is_minus_one_without_started(void) {
+/* A command that cannot start: agents before 0.4.4 (the 0.3.14 profile)
+ * answer exit code -1; later ones answer core.exec.failed, a terminal
+ * MSB_EXEC_FAILED event with the kind, errno, message and stage, and
+ * msb_exec_run returns MSB_ERR_EXEC_FAILED. Either way nothing started. */
+static void test_spawn_failure_without_started(void) {
     msb_client *c = connect_shared();
     REQUIRE(c);
+    bool typed = !msb_client_is_legacy(c);
     msb_exec_request *req = make_request("/nonexistent/msb-no-such-program", NULL);
     msb_exec *exec = NULL;
     if (EXPECT(MSB_OK, msb_exec_start(c, req, T_MS, &exec, ERR))) {
@@ -276,13 +292,30 @@ static void test_spawn_failure_is_minus_one_without_started(void) {
         collect_exec(exec, T_MS, &res);
         CHECK_INT(res.end_status, MSB_ENDED);
         CHECK(!res.started);
-        CHECK(res.exited);
-        CHECK_INT(res.exit_code, -1);
+        CHECK_INT(res.events_after_exit, 0);
+        if (typed) {
+            CHECK(res.failed && !res.exited);
+            CHECK_STR(res.failure_kind, "not_found");
+            CHECK_INT(res.failure_errno, ENOENT);
+            CHECK(res.failure_message && res.failure_message[0] != '\0');
+        } else {
+            CHECK(res.exited && !res.failed);
+            CHECK_INT(res.exit_code, -1);
+        }
         exec_result_free(&res);
     }
     msb_exec_free(exec);
     msb_run_output *out = NULL;
-    if (EXPECT(MSB_OK, msb_exec_run(c, req, 64, T_MS, &out, ERR))) CHECK_INT(msb_run_output_exit_code(out), -1);
+    if (typed) {
+        msb_error *err = NULL;
+        CHECK_INT(msb_exec_run(c, req, 64, T_MS, &out, &err), MSB_ERR_EXEC_FAILED);
+        CHECK_INT(msb_error_code(err), MSB_ERR_EXEC_FAILED);
+        CHECK(strstr(msb_error_message(err), "not_found") != NULL);
+        msb_error_free(err);
+        CHECK(out == NULL);
+    } else if (EXPECT(MSB_OK, msb_exec_run(c, req, 64, T_MS, &out, ERR))) {
+        CHECK_INT(msb_run_output_exit_code(out), -1);
+    }
     msb_run_output_free(out);
     msb_exec_request_free(req);
     msb_client_free(c);
@@ -491,7 +524,7 @@ const struct test_case exec_tests[] = {
     {"exec_run passes args, env and cwd", test_run_args_env_cwd},
     {"exec as another user (set_user)", test_run_as_user},
     {"stderr and exit codes (incl. -1 when killed)", test_stderr_and_exit_codes},
-    {"spawn failure exits -1 without started", test_spawn_failure_is_minus_one_without_started},
+    {"spawn failure: MSB_EXEC_FAILED (or exit -1 on 0.3.x) without started", test_spawn_failure_without_started},
     {"stdin streams line by line; 3 MiB stdin arrives whole", test_stdin_streaming},
     {"tty: size, merged stderr, resize", test_tty_and_resize},
     {"signal ends the process with -1", test_signal_ends_process},

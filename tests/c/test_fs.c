@@ -190,8 +190,11 @@ static void test_copy_rename_remove(void) {
     msb_client_free(c);
 }
 
-/* A guest failure: MSB_ERR_GUEST whose message is the guest's text. */
+/* A guest failure whose text carries no errno: MSB_ERR_GUEST with the
+ * guest's text. A missing path is MSB_ERR_NOT_FOUND (ENOENT, see
+ * test_paths.c for the errno mapping). */
 #define EXPECT_GUEST(call) EXPECT(MSB_ERR_GUEST, call)
+#define EXPECT_MISSING(call) EXPECT(MSB_ERR_NOT_FOUND, call)
 
 static void test_guest_errors(void) {
     msb_client *c = connect_shared();
@@ -203,18 +206,19 @@ static void test_guest_errors(void) {
 
     /* The message is the guest's own text: it names the missing path. */
     msb_error *err = NULL;
-    CHECK_INT(msb_fs_read_file(c, "/fs4-missing", T_MS, &data, &err), MSB_ERR_GUEST);
-    CHECK_INT(msb_error_code(err), MSB_ERR_GUEST);
+    CHECK_INT(msb_fs_read_file(c, "/fs4-missing", T_MS, &data, &err), MSB_ERR_NOT_FOUND);
+    CHECK_INT(msb_error_code(err), MSB_ERR_NOT_FOUND);
+    CHECK_INT(msb_error_errno(err), 2);
     CHECK(strstr(msb_error_message(err), "fs4-missing") != NULL);
     msb_error_free(err);
 
-    EXPECT_GUEST(msb_fs_stat(c, "/fs4-missing", T_MS, &e, ERR));
-    EXPECT_GUEST(msb_fs_list(c, "/fs4-missing", T_MS, &list, ERR));
+    EXPECT_MISSING(msb_fs_stat(c, "/fs4-missing", T_MS, &e, ERR));
+    EXPECT_MISSING(msb_fs_list(c, "/fs4-missing", T_MS, &list, ERR));
     EXPECT_GUEST(msb_fs_list(c, "/fs4-file", T_MS, &list, ERR));
-    EXPECT_GUEST(msb_fs_remove(c, "/fs4-missing", T_MS, ERR));
-    EXPECT_GUEST(msb_fs_remove_dir(c, "/fs4-missing", T_MS, ERR));
-    EXPECT_GUEST(msb_fs_copy(c, "/fs4-missing", "/fs4-x", T_MS, ERR));
-    EXPECT_GUEST(msb_fs_rename(c, "/fs4-missing", "/fs4-x", T_MS, ERR));
+    EXPECT_MISSING(msb_fs_remove(c, "/fs4-missing", T_MS, ERR));
+    EXPECT_MISSING(msb_fs_remove_dir(c, "/fs4-missing", T_MS, ERR));
+    EXPECT_MISSING(msb_fs_copy(c, "/fs4-missing", "/fs4-x", T_MS, ERR));
+    EXPECT_MISSING(msb_fs_rename(c, "/fs4-missing", "/fs4-x", T_MS, ERR));
     EXPECT_GUEST(msb_fs_mkdir(c, "/fs4-file/sub", T_MS, ERR));
     EXPECT_GUEST(msb_fs_write_file(c, "/fs4-file/sub", (const uint8_t *)"x", 1, 0644, T_MS, ERR));
     /* The relay refuses paths that leave its root. */
@@ -377,7 +381,7 @@ static void test_file_reader_streams_chunks(void) {
      * as the guest's error on the first pull. */
     r = NULL;
     if (EXPECT(MSB_OK, msb_file_reader_open(c, "/fs6-missing", T_MS, &r, ERR)))
-        EXPECT(MSB_ERR_GUEST, msb_file_reader_next(r, T_MS, &chunk, ERR));
+        EXPECT(MSB_ERR_NOT_FOUND, msb_file_reader_next(r, T_MS, &chunk, ERR));
     msb_file_reader_free(r);
 
     /* Abandoning a reader half way leaves the client usable. */
@@ -440,8 +444,8 @@ static void test_file_writer_streams_and_finishes(void) {
         st = msb_file_writer_write(w, (const uint8_t *)"x", 1, T_MS, NULL);
         st = msb_file_writer_finish(w, T_MS, &err);
     }
-    CHECK_INT(st, MSB_ERR_GUEST);
-    CHECK(err && msb_error_code(err) == MSB_ERR_GUEST);
+    CHECK_INT(st, MSB_ERR_NOT_FOUND);
+    CHECK(err && msb_error_code(err) == MSB_ERR_NOT_FOUND);
     msb_error_free(err);
     msb_file_writer_free(w);
 
@@ -459,7 +463,7 @@ const struct test_case fs_tests[] = {
     {"fs write, read, stat, mkdir, empty file, overwrite", test_write_read_stat},
     {"fs list with kinds, sizes, modes; symlinks not followed", test_list_and_symlink},
     {"fs copy, rename, remove, recursive remove_dir", test_copy_rename_remove},
-    {"fs failures are MSB_ERR_GUEST with the guest's message", test_guest_errors},
+    {"fs failures carry the guest's message; missing paths are MSB_ERR_NOT_FOUND", test_guest_errors},
     {"fs calls reject NULL and invalid UTF-8", test_fs_null_and_utf8_arguments},
     {"fs whole-file write/read of 5 MiB", test_whole_file_larger_than_a_chunk},
     {"file reader streams 7 MiB via readiness fd; missing file", test_file_reader_streams_chunks},

@@ -10,8 +10,9 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use microsandbox_agent::protocol::payload::legacy::{FsOp, FsRequest, FsResponse};
 use microsandbox_agent::protocol::payload::{
-    Data, ExecExited, ExecRequest, ExecStarted, FsOp, FsRequest, FsResponse, Payload, Ready,
+    Data, ExecExited, ExecRequest, ExecStarted, Payload, Ready,
 };
 use microsandbox_agent::protocol::{encode_frame, FrameDecoder, Message, MessageType};
 
@@ -192,6 +193,7 @@ pub fn frame(message_type: MessageType, id: u32, payload: &[u8]) -> Vec<u8> {
         message_type.as_str(),
         id,
         message_type.flags(),
+        1,
         payload,
     );
     out
