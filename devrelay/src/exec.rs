@@ -2,6 +2,13 @@
 //!
 //! There is no isolation here: the command runs on the host with the relay's
 //! privileges (or the requested user's, when the relay is root).
+//!
+//! How a session reports trouble depends on the release imitated: 0.3.14
+//! answers a spawn failure with `core.exec.exited {-1}`; later releases send
+//! `core.exec.failed` and report stdin write errors as
+//! `core.exec.stdin.error`. Flow-controlled sessions (see `flow.rs`) charge
+//! their output, acknowledge stdin and hold the exit code until all output
+//! is acknowledged.
 
 use std::collections::HashMap;
 use std::ffi::CString;
@@ -22,8 +29,14 @@ use tokio::sync::{mpsc, Semaphore};
 use microsandbox_agent::protocol::payload::{ExecExited, ExecRequest, ExecStarted};
 use microsandbox_agent::protocol::MessageType;
 
+use crate::flow::{AdmissionSlot, ExecFlow};
 use crate::log;
 use crate::outbox::{Closed, Hangup, Outbox};
+use crate::profile::Profile;
+use crate::wire;
+use microsandbox_agent::protocol::payload::{
+    ExecFailed, ExecFailureKind, ExecStdinAck, ExecStdinError,
+};
 
 /// Stdin bytes one exec may have queued before the connection's reader
 /// waits for the process to take them.
@@ -117,6 +130,8 @@ pub struct ExecControl {
     pub pid: i32,
     stdin: StdinQueue,
     pty: Option<Arc<AsyncFd<OwnedFd>>>,
+    /// Present on flow-controlled sessions.
+    pub flow: Option<Arc<ExecFlow>>,
 }
 
 impl ExecControl {
@@ -155,6 +170,14 @@ pub struct ExecEnv {
     pub table: ExecTable,
     pub registry: Arc<ProcessRegistry>,
     pub chunk: usize,
+    pub profile: Profile,
+}
+
+/// Flow control of one session, with its sandbox-wide admission.
+pub struct Controlled {
+    pub flow: Arc<ExecFlow>,
+    /// Held for the session's lifetime; dropping it frees the slot.
+    pub _admission: AdmissionSlot,
 }
 
 /// Stdin data queued for one exec, in order; empty data closes stdin.
@@ -181,10 +204,20 @@ enum StdinSink {
     Pty(Arc<AsyncFd<OwnedFd>>),
 }
 
+/// Where the stdin writer reports: stdin errors (0.4.6+) and, on
+/// flow-controlled sessions, acknowledgements.
+struct StdinReports {
+    outbox: Outbox,
+    id: u32,
+    report_errors: bool,
+    flow: Option<Arc<ExecFlow>>,
+}
+
 async fn stdin_writer(
     mut sink: Option<StdinSink>,
     mut queue: mpsc::UnboundedReceiver<Bytes>,
     budget: Arc<Semaphore>,
+    reports: StdinReports,
 ) {
     while let Some(data) = queue.recv().await {
         let cost = data.len().min(STDIN_BUDGET);
@@ -198,9 +231,37 @@ async fn stdin_writer(
             (Some(StdinSink::Pipe(pipe)), false) => pipe.write_all(&data).await,
             (Some(StdinSink::Pty(pty)), false) => write_pty(pty, &data).await,
         };
-        if result.is_err() {
-            // The process closed its end (or exited): discard the rest.
-            sink = None;
+        match result {
+            Err(e) => {
+                // The process closed its end (or exited): discard the rest.
+                sink = None;
+                if reports.report_errors {
+                    let errno = e.raw_os_error();
+                    let error = ExecStdinError {
+                        errno,
+                        errno_name: errno.and_then(wire::errno_name),
+                        message: format!("I/O error: {e}"),
+                    };
+                    let _ = reports
+                        .outbox
+                        .send_typed(MessageType::ExecStdinError, reports.id, &error)
+                        .await;
+                }
+            }
+            Ok(()) if !data.is_empty() => {
+                if let Some(flow) = &reports.flow {
+                    let consumed = flow.on_stdin_written(data.len());
+                    let _ = reports
+                        .outbox
+                        .send_typed(
+                            MessageType::ExecStdinAck,
+                            reports.id,
+                            &ExecStdinAck { consumed },
+                        )
+                        .await;
+                }
+            }
+            Ok(()) => {}
         }
         budget.add_permits(cost);
     }
@@ -214,18 +275,28 @@ struct Prepared {
     user: Option<(libc::uid_t, libc::gid_t)>,
 }
 
-fn prepare(req: &ExecRequest) -> Result<Prepared, String> {
+/// Checks a request; an error carries the `core.exec.failed` kind.
+fn prepare(req: &ExecRequest) -> Result<Prepared, (ExecFailureKind, String)> {
     let mut env = Vec::with_capacity(req.env.len());
     for entry in &req.env {
         match entry.split_once('=') {
             Some((key, value)) if !key.is_empty() => env.push((key.into(), value.into())),
-            _ => return Err(format!("env entry {entry:?} is not KEY=VALUE")),
+            _ => {
+                return Err((
+                    ExecFailureKind::BadArgs,
+                    format!("env entry {entry:?} is not KEY=VALUE"),
+                ))
+            }
         }
     }
     let mut rlimits = Vec::with_capacity(req.rlimits.len());
     for limit in &req.rlimits {
-        let resource = rlimit_resource(&limit.resource)
-            .ok_or_else(|| format!("unknown rlimit resource {:?}", limit.resource))?;
+        let resource = rlimit_resource(&limit.resource).ok_or_else(|| {
+            (
+                ExecFailureKind::BadArgs,
+                format!("unknown rlimit resource {:?}", limit.resource),
+            )
+        })?;
         rlimits.push((
             resource,
             libc::rlimit {
@@ -236,7 +307,7 @@ fn prepare(req: &ExecRequest) -> Result<Prepared, String> {
     }
     let user = match &req.user {
         None => None,
-        Some(name) => Some(lookup_user(name)?),
+        Some(name) => Some(lookup_user(name).map_err(|e| (ExecFailureKind::UserSetupFailed, e))?),
     };
     Ok(Prepared { env, rlimits, user })
 }
@@ -281,19 +352,19 @@ fn unsafe_zeroed_passwd() -> libc::passwd {
 /// this returns, so that stdin, resize and signal frames the client sends
 /// right after the request find it; a task then carries the session to its
 /// end (started, output, exited).
-pub async fn start(env: ExecEnv, id: u32, req: ExecRequest) {
+pub async fn start(env: ExecEnv, id: u32, req: ExecRequest, controlled: Option<Controlled>) {
     if env.table.lock().unwrap().contains_key(&id) {
         // Replacing the entry would orphan the running session's controls.
         let message = format!("id {id} already belongs to a running exec");
         log!("exec {id} refused: {message}");
-        let _ = refuse(&env.outbox, id, &message).await;
+        let _ = refuse(&env, id, ExecFailureKind::BadArgs, &message).await;
         return;
     }
     let prepared = match prepare(&req) {
         Ok(p) => p,
-        Err(message) => {
+        Err((kind, message)) => {
             log!("exec {id} refused: {message}");
-            let _ = refuse(&env.outbox, id, &message).await;
+            let _ = refuse(&env, id, kind, &message).await;
             return;
         }
     };
@@ -306,7 +377,15 @@ pub async fn start(env: ExecEnv, id: u32, req: ExecRequest) {
         Ok(s) => s,
         Err(e) => {
             log!("exec {id}: cannot spawn {:?}: {e}", req.cmd);
-            let _ = send_exited(&env.outbox, id, -1).await;
+            if env.profile.has_exec_failed() {
+                let failed = spawn_failure(&e, &req.cmd);
+                let _ = env
+                    .outbox
+                    .send_typed(MessageType::ExecFailed, id, &failed)
+                    .await;
+            } else {
+                let _ = send_exited(&env.outbox, id, -1).await;
+            }
             return;
         }
     };
@@ -339,6 +418,7 @@ pub async fn start(env: ExecEnv, id: u32, req: ExecRequest) {
         Some(StdinSink::Pty(m)) => Some(m.clone()),
         _ => None,
     };
+    let flow = controlled.as_ref().map(|c| c.flow.clone());
     env.table.lock().unwrap().insert(
         id,
         ExecControl {
@@ -348,9 +428,16 @@ pub async fn start(env: ExecEnv, id: u32, req: ExecRequest) {
                 budget: stdin_budget.clone(),
             },
             pty,
+            flow: flow.clone(),
         },
     );
-    let stdin_task = tokio::spawn(stdin_writer(sink, stdin_rx, stdin_budget));
+    let reports = StdinReports {
+        outbox: env.outbox.clone(),
+        id,
+        report_errors: env.profile.has_exec_failed(),
+        flow,
+    };
+    let stdin_task = tokio::spawn(stdin_writer(sink, stdin_rx, stdin_budget, reports));
     tokio::spawn(run_session(
         env,
         id,
@@ -358,7 +445,33 @@ pub async fn start(env: ExecEnv, id: u32, req: ExecRequest) {
         registration,
         outputs,
         stdin_task,
+        controlled,
     ));
+}
+
+/// `core.exec.failed` for a command that could not be spawned, classified
+/// by errno as agentd does.
+fn spawn_failure(e: &io::Error, cmd: &str) -> ExecFailed {
+    let errno = e.raw_os_error();
+    let kind = match errno {
+        Some(libc::ENOENT) => ExecFailureKind::NotFound,
+        Some(libc::ENOTDIR) => ExecFailureKind::BadCwd,
+        Some(libc::EACCES | libc::EPERM) => ExecFailureKind::PermissionDenied,
+        Some(libc::ENOEXEC | libc::EISDIR | libc::ETXTBSY) => ExecFailureKind::NotExecutable,
+        Some(libc::E2BIG | libc::ELOOP | libc::ENAMETOOLONG | libc::EFAULT) => {
+            ExecFailureKind::BadArgs
+        }
+        Some(libc::EMFILE | libc::ENFILE | libc::EAGAIN) => ExecFailureKind::ResourceLimit,
+        Some(libc::ENOMEM) => ExecFailureKind::OutOfMemory,
+        _ => ExecFailureKind::Other,
+    };
+    ExecFailed {
+        kind,
+        errno,
+        errno_name: errno.and_then(wire::errno_name),
+        message: format!("spawn {cmd:?}: {e}"),
+        stage: Some("Command::spawn".into()),
+    }
 }
 
 async fn run_session(
@@ -368,16 +481,25 @@ async fn run_session(
     registration: Registration,
     outputs: Vec<(OutputReader, MessageType)>,
     stdin_task: tokio::task::JoinHandle<()>,
+    controlled: Option<Controlled>,
 ) {
     let pid = child.id().unwrap_or(0);
+    let flow = controlled.as_ref().map(|c| c.flow.clone());
     let session = async {
         env.outbox
             .send_payload(MessageType::ExecStarted, id, &ExecStarted { pid })
             .await?;
+        if let Some(flow) = &flow {
+            flow.mark_started();
+        }
+        let chunk = match &flow {
+            Some(flow) => env.chunk.min(flow.output_chunk()),
+            None => env.chunk,
+        };
         let pumps = futures_join_all(
             outputs
                 .into_iter()
-                .map(|(reader, kind)| pump(reader, &env.outbox, id, kind, env.chunk)),
+                .map(|(reader, kind)| pump(reader, &env.outbox, id, kind, chunk, flow.as_deref())),
         );
         let reap = async {
             let status = child.wait().await;
@@ -395,6 +517,10 @@ async fn run_session(
                 -1
             }
         };
+        if let Some(flow) = &flow {
+            // The exit code waits until the client has taken every byte.
+            flow.wait_all_acked().await;
+        }
         send_exited(&env.outbox, id, code).await
     };
     tokio::select! {
@@ -405,6 +531,11 @@ async fn run_session(
     }
     env.table.lock().unwrap().remove(&id);
     stdin_task.abort();
+    if let Some(flow) = &flow {
+        flow.close();
+    }
+    // The admission slot is released here, with `controlled`.
+    drop(controlled);
 }
 
 /// Runs futures concurrently and returns the first error, after all ended.
@@ -443,6 +574,7 @@ async fn pump(
     id: u32,
     kind: MessageType,
     chunk: usize,
+    flow: Option<&ExecFlow>,
 ) -> Result<(), Closed> {
     let mut buf = vec![0u8; chunk];
     loop {
@@ -455,16 +587,39 @@ async fn pump(
                 return Ok(());
             }
         };
+        if let Some(flow) = flow {
+            flow.charge_output(n).await.map_err(|()| Closed)?;
+        }
         outbox.send_data(kind.clone(), id, &buf[..n]).await?;
     }
 }
 
-async fn refuse(outbox: &Outbox, id: u32, message: &str) -> Result<(), Closed> {
+/// Refuses a request that cannot run: on 0.3.14 as a message on stderr and
+/// exit code -1, later as `core.exec.failed` of `kind`.
+async fn refuse(
+    env: &ExecEnv,
+    id: u32,
+    kind: ExecFailureKind,
+    message: &str,
+) -> Result<(), Closed> {
+    if env.profile.has_exec_failed() {
+        let failed = ExecFailed {
+            kind,
+            errno: None,
+            errno_name: None,
+            message: message.to_string(),
+            stage: Some("prepare".into()),
+        };
+        return env
+            .outbox
+            .send_typed(MessageType::ExecFailed, id, &failed)
+            .await;
+    }
     let text = format!("msb-devrelay: {message}\n");
-    outbox
+    env.outbox
         .send_data(MessageType::ExecStderr, id, text.as_bytes())
         .await?;
-    send_exited(outbox, id, -1).await
+    send_exited(&env.outbox, id, -1).await
 }
 
 async fn send_exited(outbox: &Outbox, id: u32, code: i32) -> Result<(), Closed> {

@@ -10,11 +10,12 @@ use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::UnixStream;
 
-use microsandbox_agent::protocol::payload::legacy::FsResponse;
-use microsandbox_agent::protocol::payload::ExecStarted;
-use microsandbox_agent::protocol::{MessageType, LEGACY_ID_RANGE_STEP, MAX_FRAME_SIZE};
+use microsandbox_agent::protocol::payload::{ExecStarted, FsResponse};
+use microsandbox_agent::protocol::{MessageType, MAX_FRAME_SIZE};
 
 use crate::outbox::{data_frame, raw_frame, typed_frame, Closed, Outbox};
+use crate::profile::IdRange;
+use crate::wire;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Fault {
@@ -92,14 +93,30 @@ impl Fault {
     }
 }
 
+/// A connection's handshake in the profile's form.
+pub struct Handshake {
+    /// `[id_offset]` (legacy) or `[id_start][id_end_exclusive]` (current).
+    pub prologue: Vec<u8>,
+    /// The `core.ready` frame.
+    pub ready: Vec<u8>,
+    pub range: IdRange,
+    /// The generation stamped on frames.
+    pub v: u8,
+}
+
 /// Writes the handshake (or the faulty version of it) and any fault that
-/// follows it directly. `handshake` is `[id_offset][ready frame]`.
+/// follows it directly.
 pub async fn run_connection_fault(
     stream: &mut UnixStream,
     fault: Option<Fault>,
-    handshake: &[u8],
+    shake: &Handshake,
 ) -> std::io::Result<AfterFault> {
-    let id_only = &handshake[..4];
+    let id_only = shake.prologue.as_slice();
+    let handshake = &[shake.prologue.as_slice(), shake.ready.as_slice()].concat();
+    let stamped = |mut frame: Vec<u8>| {
+        wire::stamp(&mut frame, shake.v);
+        frame
+    };
     let after = match fault {
         None
         | Some(Fault::UnknownType)
@@ -121,14 +138,18 @@ pub async fn run_connection_fault(
         }
         Some(Fault::NotReadyFirst) => {
             let mut out = id_only.to_vec();
-            out.extend(data_frame(MessageType::ExecStdout, 0, b"not ready"));
+            out.extend(stamped(data_frame(
+                MessageType::ExecStdout,
+                0,
+                b"not ready",
+            )));
             stream.write_all(&out).await?;
             AfterFault::Drain
         }
         Some(Fault::CloseInHandshake) => {
-            let ready_frame_len = handshake.len() - 4;
+            let ready_frame_len = shake.ready.len();
             stream
-                .write_all(&handshake[..4 + ready_frame_len / 2])
+                .write_all(&handshake[..id_only.len() + ready_frame_len / 2])
                 .await?;
             AfterFault::Closed
         }
@@ -140,12 +161,11 @@ pub async fn run_connection_fault(
             AfterFault::Drain
         }
         Some(Fault::TruncatedFrame) => {
-            let id_offset = u32::from_be_bytes(id_only.try_into().unwrap());
-            let frame = data_frame(
+            let frame = stamped(data_frame(
                 MessageType::ExecStdout,
-                id_offset.wrapping_add(1),
+                shake.range.start,
                 b"this frame is cut in half",
-            );
+            ));
             let mut out = handshake.to_vec();
             out.extend_from_slice(&frame[..frame.len() / 2]);
             stream.write_all(&out).await?;
@@ -220,22 +240,22 @@ pub async fn wait_for_hangup_without_reading(stream: &UnixStream) {
 }
 
 /// Id just past the client's range, used by `out-of-range-id`.
-pub fn out_of_range_id(id_offset: u32) -> u32 {
-    id_offset.wrapping_add(LEGACY_ID_RANGE_STEP).wrapping_add(1)
+pub fn out_of_range_id(range: IdRange) -> u32 {
+    range.end_exclusive.wrapping_add(1)
 }
 
 /// Sent before serving a request under `unknown-type` / `out-of-range-id`.
 pub async fn before_request(
     fault: Option<Fault>,
     outbox: &Outbox,
-    id_offset: u32,
+    range: IdRange,
     request_id: u32,
     is_exec: bool,
 ) -> Result<(), Closed> {
     match fault {
         Some(Fault::UnknownType) => outbox.send(raw_frame(BOGUS_TYPE, request_id, 0, &[])).await,
         Some(Fault::OutOfRangeId) => {
-            for id in [out_of_range_id(id_offset), 0] {
+            for id in [out_of_range_id(range), 0] {
                 let frame = if is_exec {
                     data_frame(MessageType::ExecStdout, id, b"out of range")
                 } else {

@@ -36,7 +36,7 @@ pub struct GuestFs {
 
 /// Whether the last path component is followed if it is a symlink.
 #[derive(Clone, Copy, PartialEq, Eq)]
-enum Follow {
+pub enum Follow {
     Last,
     NotLast,
 }
@@ -46,6 +46,11 @@ fn fail(guest: &str, err: impl std::fmt::Display) -> String {
 }
 
 impl GuestFs {
+    /// Canonical host path of the guest's `/`.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
     pub fn new(root: &Path) -> std::io::Result<GuestFs> {
         Ok(GuestFs {
             root: fs::canonicalize(root)?,
@@ -54,7 +59,7 @@ impl GuestFs {
 
     /// Maps a guest path to a host path under the root, refusing `..`
     /// components and symlinks that resolve outside it.
-    fn resolve(&self, guest: &str, follow: Follow) -> Result<PathBuf, String> {
+    pub fn resolve(&self, guest: &str, follow: Follow) -> Result<PathBuf, String> {
         let mut components = Vec::new();
         for c in guest.split('/') {
             match c {
@@ -103,7 +108,7 @@ impl GuestFs {
         }
     }
 
-    fn resolve_not_root(&self, guest: &str) -> Result<PathBuf, String> {
+    pub fn resolve_not_root(&self, guest: &str) -> Result<PathBuf, String> {
         let host = self.resolve(guest, Follow::NotLast)?;
         if host == self.root {
             return Err(fail(guest, "refusing to modify the root directory itself"));

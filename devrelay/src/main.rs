@@ -1,8 +1,10 @@
 //! `msb-devrelay`: a development stand-in for a microsandbox VM's agent
 //! relay and agentd.
 //!
-//! It serves the exact agent-relay protocol of microsandbox 0.3.14 on a
-//! Unix socket and carries out exec and filesystem requests itself, **on the
+//! It serves the agent-relay protocol of a chosen microsandbox release
+//! (0.3.14, 0.6.14 or 0.7.13; `profile.rs`) on a Unix socket, including what
+//! that release's relay and agentd refuse, and carries out exec, filesystem
+//! and TCP requests itself, **on the
 //! host, with no isolation whatsoever**: an exec request runs a real host
 //! process with the relay's privileges. Only fs requests are confined, to a
 //! root directory, and only by path checks. It exists so that the client
@@ -21,15 +23,22 @@ use tokio::net::UnixListener;
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::mpsc;
 
-use microsandbox_agent::protocol::payload::Ready;
-use microsandbox_agent::protocol::LEGACY_MAX_CLIENTS;
-
 mod cli;
 mod conn;
 mod exec;
 mod fault;
+mod flow;
 mod fs;
+mod fs2;
 mod outbox;
+mod profile;
+mod rules;
+mod tcp;
+mod wire;
+
+use conn::Ending;
+use microsandbox_agent::protocol::payload::ExecLimits;
+use profile::Profile;
 
 static QUIET: AtomicBool = AtomicBool::new(false);
 
@@ -124,19 +133,25 @@ fn run(options: cli::Options, process_start: Instant) -> Result<(), String> {
     let socket_file = SocketFile(options.socket.clone());
     let ready_time_ns = process_start.elapsed().as_nanos() as u64;
 
-    let (shutdown_tx, shutdown_rx) = mpsc::unbounded_channel();
+    let (ending_tx, ending_rx) = mpsc::unbounded_channel();
+    let profile = options.profile;
+    // The out-of-band exec control route 0.7.13 advertises; nothing serves
+    // it here, and clients treat it as optional.
+    let control_endpoint = options.socket.with_extension("control.sock");
     let relay = Arc::new(conn::Relay {
         fs: guest_fs,
         fault: options.fault,
         exec_chunk: options.exec_chunk,
         processes: Arc::default(),
-        ready: Ready {
-            boot_time_ns,
-            init_time_ns,
-            ready_time_ns,
-            ..Ready::default()
-        },
-        shutdown: shutdown_tx,
+        profile,
+        ready_payload: profile.ready_payload(
+            [boot_time_ns, init_time_ns, ready_time_ns],
+            &control_endpoint.to_string_lossy(),
+        ),
+        ending: ending_tx,
+        handles: Arc::default(),
+        admission: flow::Admission::new(ExecLimits::default().max_executions),
+        activity_seq: Default::default(),
     });
 
     let result = runtime.block_on(async {
@@ -150,10 +165,11 @@ fn run(options: cli::Options, process_start: Instant) -> Result<(), String> {
         )
         .and_then(|()| stdout.flush())
         .map_err(|e| format!("cannot write to stdout: {e}"))?;
+        log!("imitating microsandbox {}", profile.name());
         if let Some(fault) = options.fault {
             log!("fault mode {} is active", fault.name());
         }
-        serve(listener, relay, shutdown_rx).await
+        serve(listener, relay, ending_rx).await
     });
     drop(socket_file);
     drop(root);
@@ -205,10 +221,10 @@ fn bind_socket(path: &Path) -> Result<std::os::unix::net::UnixListener, String> 
     Ok(listener)
 }
 
-/// The 16 client slots; a connection gets the lowest free one.
-#[derive(Default)]
+/// The client slots (16 or 128); a connection gets the lowest free one.
 struct Slots {
-    taken: Mutex<u32>,
+    taken: Mutex<u128>,
+    count: u32,
 }
 
 /// Frees its slot when the connection ends.
@@ -224,9 +240,16 @@ impl Drop for SlotGuard {
 }
 
 impl Slots {
+    fn new(profile: Profile) -> Arc<Slots> {
+        Arc::new(Slots {
+            taken: Mutex::new(0),
+            count: profile.max_clients(),
+        })
+    }
+
     fn acquire(self: &Arc<Self>) -> Option<SlotGuard> {
         let mut taken = self.taken.lock().unwrap();
-        let slot = (0..LEGACY_MAX_CLIENTS).find(|k| *taken & (1 << k) == 0)?;
+        let slot = (0..self.count).find(|k| *taken & (1 << k) == 0)?;
         *taken |= 1 << slot;
         Some(SlotGuard {
             slots: self.clone(),
@@ -238,13 +261,13 @@ impl Slots {
 async fn serve(
     listener: UnixListener,
     relay: Arc<conn::Relay>,
-    mut shutdown: mpsc::UnboundedReceiver<()>,
+    mut ending: mpsc::UnboundedReceiver<Ending>,
 ) -> Result<(), String> {
     let mut sigterm =
         signal(SignalKind::terminate()).map_err(|e| format!("cannot catch SIGTERM: {e}"))?;
     let mut sigint =
         signal(SignalKind::interrupt()).map_err(|e| format!("cannot catch SIGINT: {e}"))?;
-    let slots = Arc::new(Slots::default());
+    let slots = Slots::new(relay.profile);
     loop {
         tokio::select! {
             accepted = listener.accept() => match accepted {
@@ -257,7 +280,7 @@ async fn serve(
                         });
                     }
                     None => {
-                        log!("all {LEGACY_MAX_CLIENTS} client slots are taken; closing a new connection");
+                        log!("all {} client slots are taken; closing a new connection", slots.count);
                         drop(stream);
                     }
                 },
@@ -277,7 +300,11 @@ async fn serve(
                 relay.processes.signal_all(libc::SIGKILL);
                 return Ok(());
             }
-            _ = shutdown.recv() => {
+            end = ending.recv() => {
+                if let Some(Ending::AgentDied(why)) = end {
+                    relay.processes.signal_all(libc::SIGKILL);
+                    return Err(format!("the sandbox died: {why}"));
+                }
                 relay.processes.signal_all(libc::SIGTERM);
                 let deadline = Instant::now() + SHUTDOWN_GRACE;
                 while relay.processes.running() > 0 && Instant::now() < deadline {

@@ -10,6 +10,7 @@
 use std::io::IoSlice;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 use tokio::io::AsyncWriteExt;
 use tokio::net::unix::OwnedWriteHalf;
@@ -19,6 +20,10 @@ use microsandbox_agent::protocol::payload::{Data, Payload};
 use microsandbox_agent::protocol::{
     encode_frame, encode_frame_with, MessageType, LEGACY_GENERATION,
 };
+
+use crate::log;
+use crate::rules::Correlations;
+use crate::wire;
 
 /// Bytes a connection may have queued but not yet written.
 const QUEUE_BUDGET: usize = 8 * 1024 * 1024;
@@ -66,25 +71,53 @@ impl Hangup {
     }
 }
 
+/// How a connection's frames leave.
+pub struct OutboxSettings {
+    /// The `v` stamped on every frame.
+    pub v: u8,
+    /// Told of every frame sent, to retire ids (0.7.13).
+    pub correlations: Option<Arc<Correlations>>,
+    /// Cut the client off after this long without write progress.
+    pub stall_limit: Option<Duration>,
+}
+
 #[derive(Clone)]
 pub struct Outbox {
     queue: mpsc::UnboundedSender<Item>,
     budget: Arc<Semaphore>,
+    v: u8,
+    correlations: Option<Arc<Correlations>>,
 }
 
 impl Outbox {
     /// Starts the writer task for `socket`. It ends when every `Outbox`
     /// clone is dropped, on a write error, or after [`Outbox::close`]; in
     /// the last two cases it triggers `hangup`.
-    pub fn start(socket: OwnedWriteHalf, hangup: Arc<Hangup>) -> Outbox {
+    pub fn start(socket: OwnedWriteHalf, hangup: Arc<Hangup>, settings: OutboxSettings) -> Outbox {
         let (queue, rx) = mpsc::unbounded_channel();
         let budget = Arc::new(Semaphore::new(QUEUE_BUDGET));
-        tokio::spawn(write_loop(socket, rx, budget.clone(), hangup));
-        Outbox { queue, budget }
+        tokio::spawn(write_loop(
+            socket,
+            rx,
+            budget.clone(),
+            hangup,
+            settings.stall_limit,
+        ));
+        Outbox {
+            queue,
+            budget,
+            v: settings.v,
+            correlations: settings.correlations,
+        }
     }
 
     /// Queues one encoded frame, waiting while the queue is over budget.
-    pub async fn send(&self, frame: Vec<u8>) -> Result<(), Closed> {
+    pub async fn send(&self, mut frame: Vec<u8>) -> Result<(), Closed> {
+        wire::stamp(&mut frame, self.v);
+        if let Some(correlations) = &self.correlations {
+            let id = u32::from_be_bytes(frame[4..8].try_into().unwrap());
+            correlations.on_sent(id, frame[8]);
+        }
         let cost = frame_cost(frame.len());
         let permit = self.budget.acquire_many(cost).await.map_err(|_| Closed)?;
         // The writer gives the bytes back once they are on the socket.
@@ -110,6 +143,17 @@ impl Outbox {
         data: &[u8],
     ) -> Result<(), Closed> {
         self.send(data_frame(message_type, id, data)).await
+    }
+
+    /// Encodes and queues a message with a typed payload.
+    pub async fn send_typed(
+        &self,
+        message_type: MessageType,
+        id: u32,
+        payload: &impl Payload,
+    ) -> Result<(), Closed> {
+        self.send(wire::typed(self.v, message_type, id, payload))
+            .await
     }
 
     /// Has the writer flush what is queued, then close the connection.
@@ -164,6 +208,7 @@ async fn write_loop(
     mut rx: mpsc::UnboundedReceiver<Item>,
     budget: Arc<Semaphore>,
     hangup: Arc<Hangup>,
+    stall_limit: Option<Duration>,
 ) {
     let mut batch: Vec<Vec<u8>> = Vec::with_capacity(COALESCE_FRAMES);
     let mut close_after = false;
@@ -189,7 +234,7 @@ async fn write_loop(
             }
         }
         let written = tokio::select! {
-            r = write_all_vectored(&mut socket, &batch) => r,
+            r = write_all_vectored(&mut socket, &batch, stall_limit) => r,
             _ = hangup.wait() => break 'outer,
         };
         if written.is_err() {
@@ -210,6 +255,7 @@ async fn write_loop(
 async fn write_all_vectored(
     socket: &mut OwnedWriteHalf,
     frames: &[Vec<u8>],
+    stall_limit: Option<Duration>,
 ) -> std::io::Result<()> {
     let mut index = 0;
     let mut offset = 0;
@@ -218,7 +264,17 @@ async fn write_all_vectored(
             .chain(frames[index + 1..].iter().map(Vec::as_slice))
             .map(IoSlice::new)
             .collect();
-        let mut n = socket.write_vectored(&slices).await?;
+        let write = socket.write_vectored(&slices);
+        let mut n = match stall_limit {
+            None => write.await?,
+            Some(limit) => match tokio::time::timeout(limit, write).await {
+                Ok(written) => written?,
+                Err(_) => {
+                    log!("client made no write progress for {limit:?}: disconnecting it");
+                    return Err(std::io::ErrorKind::TimedOut.into());
+                }
+            },
+        };
         if n == 0 {
             return Err(std::io::ErrorKind::WriteZero.into());
         }
