@@ -39,11 +39,12 @@ pub fn main(init: std.process.Init) !void {
     defer listing.deinit(gpa);
     for (listing.entries) |entry| try out.print("  {s} ({t}, {d} bytes)\n", .{ entry.path, entry.kind, entry.size });
 
-    // A missing file is error.Guest, with the guest's words in `diag`.
+    // A missing file is error.FileNotFound, with the guest's words and
+    // errno in `diag`.
     if (client.readFile(gpa, "/tmp/missing", timeout, &diag)) |unexpected| {
         gpa.free(unexpected);
     } else |err| {
-        try out.print("expected failure: {t}: {s}\n", .{ err, diag.message() });
+        try out.print("expected failure: {t} (errno {?d}): {s}\n", .{ err, diag.guestErrno(), diag.message() });
     }
 
     // A streaming process: pull events until it exits.

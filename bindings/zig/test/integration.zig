@@ -64,7 +64,7 @@ fn collectUntilNonOutput(process: msb.Process, stdout: *std.ArrayList(u8)) !msb.
                 std.debug.print("unexpected stderr: {s}\n", .{data.slice()});
                 return error.TestUnexpectedStderr;
             },
-            .started, .exited => return event,
+            .started, .exited, .failed, .stdin_error => return event,
         }
     }
 }
@@ -87,7 +87,7 @@ fn readUntilContains(process: msb.Process, stdout: *std.ArrayList(u8), needle: [
 /// A fresh guest directory per test so tests never see each other's files.
 fn resetDir(client: msb.Client, dir: [:0]const u8) !void {
     client.removeDir(dir, timeout, null) catch |err| switch (err) {
-        error.Guest => {}, // not there yet
+        error.FileNotFound => {}, // not there yet
         else => return err,
     };
     try client.mkdir(dir, timeout, null);
@@ -280,25 +280,26 @@ test "fs: copy, rename, remove and removeDir" {
     const b = try client.readFile(testing.allocator, dir ++ "/b", timeout, null);
     defer testing.allocator.free(b);
     try testing.expectEqualStrings("A", b);
-    try testing.expectError(error.Guest, client.stat(testing.allocator, dir ++ "/a", timeout, null));
+    try testing.expectError(error.FileNotFound, client.stat(testing.allocator, dir ++ "/a", timeout, null));
 
     try client.remove(dir ++ "/b", timeout, null);
-    try testing.expectError(error.Guest, client.stat(testing.allocator, dir ++ "/b", timeout, null));
+    try testing.expectError(error.FileNotFound, client.stat(testing.allocator, dir ++ "/b", timeout, null));
 
     try client.removeDir(dir, timeout, null);
-    try testing.expectError(error.Guest, client.list(testing.allocator, dir, timeout, null));
+    try testing.expectError(error.FileNotFound, client.list(testing.allocator, dir, timeout, null));
 }
 
-test "reading a missing file is Guest with the guest's message" {
+test "reading a missing file is FileNotFound with the guest's message and errno" {
     const client = try connect();
     defer client.deinit();
     var diag: msb.Diagnostics = .{};
     defer diag.deinit();
-    try testing.expectError(error.Guest, client.readFile(testing.allocator, "/zig-tests/no/such/file", timeout, &diag));
-    try testing.expectEqual(@as(i32, msb.c.MSB_ERR_GUEST), diag.code());
-    if (std.mem.indexOf(u8, diag.message(), "/zig-tests/no/such/file") == null) {
-        std.debug.print("message without the path: {s}\n", .{diag.message()});
-        return error.TestMessageLacksPath;
+    try testing.expectError(error.FileNotFound, client.readFile(testing.allocator, "/zig-tests/no/such/file", timeout, &diag));
+    try testing.expectEqual(@as(i32, msb.c.MSB_ERR_NOT_FOUND), diag.code());
+    try testing.expectEqual(@as(?i32, 2), diag.guestErrno()); // ENOENT
+    if (std.mem.indexOf(u8, diag.message(), "No such file or directory") == null) {
+        std.debug.print("message without the guest's words: {s}\n", .{diag.message()});
+        return error.TestMessageLacksGuestText;
     }
 }
 
@@ -307,10 +308,20 @@ test "a later failure replaces the earlier one in the same Diagnostics" {
     defer client.deinit();
     var diag: msb.Diagnostics = .{};
     defer diag.deinit();
-    try testing.expectError(error.Guest, client.readFile(testing.allocator, "/zig-tests/first-missing", timeout, &diag));
-    try testing.expectError(error.Guest, client.readFile(testing.allocator, "/zig-tests/second-missing", timeout, &diag));
-    try testing.expect(std.mem.indexOf(u8, diag.message(), "second-missing") != null);
-    try testing.expect(std.mem.indexOf(u8, diag.message(), "first-missing") == null);
+    try testing.expectError(error.FileNotFound, client.readFile(testing.allocator, "/zig-tests/first-missing", timeout, &diag));
+    const first_message = try testing.allocator.dupe(u8, diag.message());
+    defer testing.allocator.free(first_message);
+    try testing.expectError(error.InvalidArgument, client.run(testing.allocator, &.{}, .{}, &diag));
+    try testing.expectEqual(@as(i32, msb.c.MSB_ERR_INVALID_ARGUMENT), diag.code());
+    try testing.expectEqual(@as(?i32, null), diag.guestErrno());
+    try testing.expect(!std.mem.eql(u8, first_message, diag.message()));
+}
+
+test "a connect failure carries no guest errno" {
+    var diag: msb.Diagnostics = .{};
+    defer diag.deinit();
+    try testing.expectError(error.NotFound, msb.Client.connect("/nonexistent/msb-zig-test.sock", .{ .timeout_ms = 2000 }, &diag));
+    try testing.expectEqual(@as(?i32, null), diag.guestErrno());
 }
 
 test "calls after close are Closed" {
