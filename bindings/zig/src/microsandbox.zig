@@ -419,6 +419,39 @@ pub const Client = struct {
         try check(c.msb_client_shutdown(self.handle, timeout.toMs(), &err), err, diag);
     }
 
+    // ---- liveness (generation 6: 0.6.4 and later) ----
+
+    /// Checks that the sandbox's agent answers, without counting as activity
+    /// for its idle timer. `error.Unsupported` on older sandboxes.
+    pub fn ping(self: Client, timeout: Timeout, diag: ?*Diagnostics) Error!void {
+        var err: ?*c.msb_error = null;
+        try check(c.msb_client_ping(self.handle, timeout.toMs(), &err), err, diag);
+    }
+
+    /// Marks the sandbox as active (restarting its idle timer) and returns
+    /// the agent's activity sequence number, which grows with every
+    /// activity. `error.Unsupported` on older sandboxes.
+    pub fn touch(self: Client, timeout: Timeout, diag: ?*Diagnostics) Error!u64 {
+        var activity_seq: u64 = 0;
+        var err: ?*c.msb_error = null;
+        try check(c.msb_client_touch(self.handle, timeout.toMs(), &activity_seq, &err), err, diag);
+        return activity_seq;
+    }
+
+    // ---- TCP (generation 4: 0.5.5 and later) ----
+
+    /// Asks the guest to open a TCP connection to `host:port` (a name the
+    /// guest resolves, or an address), waiting up to `timeout` for the
+    /// outcome. A connection the guest could not make is `error.Guest`
+    /// (`diag.guestErrno()` is e.g. 111 for a refused one);
+    /// `error.Unsupported` on sandboxes older than 0.5.5.
+    pub fn tcpConnect(self: Client, host: [:0]const u8, port: u16, timeout: Timeout, diag: ?*Diagnostics) Error!TcpStream {
+        var stream: ?*c.msb_tcp_stream = null;
+        var err: ?*c.msb_error = null;
+        try check(c.msb_tcp_connect(self.handle, host.ptr, port, timeout.toMs(), &stream, &err), err, diag);
+        return .{ .handle = stream.? };
+    }
+
     // ---- processes ----
 
     /// Starts `argv[0]` (looked up in the guest's PATH) with `argv[1..]`.
@@ -534,6 +567,83 @@ pub const Client = struct {
     /// Removes a directory and everything in it.
     pub fn removeDir(self: Client, path: [:0]const u8, timeout: Timeout, diag: ?*Diagnostics) Error!void {
         return self.pathCall(c.msb_fs_remove_dir, path, timeout, diag);
+    }
+
+    // ---- files, generation 2 (0.5.1 and later; error.Unsupported before) ----
+
+    /// Removes a directory only if it is empty (one with entries is
+    /// `error.Guest`, errno 39 ENOTEMPTY).
+    pub fn removeEmptyDir(self: Client, path: [:0]const u8, timeout: Timeout, diag: ?*Diagnostics) Error!void {
+        var err: ?*c.msb_error = null;
+        try checkFs(c.msb_fs_remove_dir_ex(self.handle, path.ptr, false, timeout.toMs(), &err), err, diag);
+    }
+
+    /// Metadata of what `path` points at, following symlinks (`stat`
+    /// describes a link itself). A dangling link is `error.FileNotFound`.
+    pub fn statFollow(self: Client, allocator: Allocator, path: [:0]const u8, timeout: Timeout, diag: ?*Diagnostics) (Error || Allocator.Error)!Entry {
+        var entry: ?*c.msb_fs_entry = null;
+        var err: ?*c.msb_error = null;
+        try checkFs(c.msb_fs_stat_follow(self.handle, path.ptr, timeout.toMs(), &entry, &err), err, diag);
+        defer c.msb_fs_entry_free(entry);
+        return Entry.copy(allocator, entry.?);
+    }
+
+    /// The canonical absolute guest path of `path`, every symlink, `.` and
+    /// `..` resolved; the path must exist. Copied into memory of `allocator`.
+    pub fn realPath(self: Client, allocator: Allocator, path: [:0]const u8, timeout: Timeout, diag: ?*Diagnostics) (Error || Allocator.Error)![:0]u8 {
+        return self.pathResult(c.msb_fs_realpath, allocator, path, timeout, diag);
+    }
+
+    /// The target stored in the symlink `path`, unresolved. Copied into
+    /// memory of `allocator`. Not a symlink: `error.Guest` (errno 22 EINVAL).
+    pub fn readLink(self: Client, allocator: Allocator, path: [:0]const u8, timeout: Timeout, diag: ?*Diagnostics) (Error || Allocator.Error)![:0]u8 {
+        return self.pathResult(c.msb_fs_readlink, allocator, path, timeout, diag);
+    }
+
+    /// Creates the symlink `link_path` pointing at `target` (stored as
+    /// given; it need not exist). `error.PathAlreadyExists` if `link_path`
+    /// exists.
+    pub fn symLink(self: Client, target: [:0]const u8, link_path: [:0]const u8, timeout: Timeout, diag: ?*Diagnostics) Error!void {
+        return self.twoPathCall(c.msb_fs_symlink, target, link_path, timeout, diag);
+    }
+
+    /// Changes the attributes `attrs` sets on `path` (of what a final
+    /// symlink points at when `options.follow_symlink`, else of the path
+    /// itself); the others stay as they are.
+    pub fn setStat(self: Client, path: [:0]const u8, attrs: SetAttrs, options: SetStatOptions, diag: ?*Diagnostics) Error!void {
+        const native = try attrs.build(diag);
+        defer c.msb_fs_set_attrs_free(native);
+        var err: ?*c.msb_error = null;
+        try checkFs(c.msb_fs_set_stat(self.handle, path.ptr, options.follow_symlink, native, options.timeout.toMs(), &err), err, diag);
+    }
+
+    /// Opens `path` in the guest and keeps it open through a guest handle,
+    /// for reads and writes at any offset. At least one of `read`, `write`,
+    /// `append` must be set. A missing file without `create` is
+    /// `error.FileNotFound`; `create_new` on an existing one
+    /// `error.PathAlreadyExists`. Each open `File` holds one of the guest's
+    /// `file_handle_limit` handles of this connection until `close` or
+    /// `deinit`.
+    pub fn openFile(self: Client, path: [:0]const u8, options: OpenOptions, diag: ?*Diagnostics) Error!File {
+        const mode: i32 = if (options.mode) |m| @intCast(m) else -1;
+        var file: ?*c.msb_file = null;
+        var err: ?*c.msb_error = null;
+        try checkFs(c.msb_file_open(self.handle, path.ptr, options.flags(), mode, options.timeout.toMs(), &file, &err), err, diag);
+        return .{ .handle = file.? };
+    }
+
+    /// Files opened with `openFile` on this client and not yet closed.
+    pub fn openFiles(self: Client) u32 {
+        return c.msb_client_open_files(self.handle);
+    }
+
+    fn pathResult(self: Client, comptime func: anytype, allocator: Allocator, path: [:0]const u8, timeout: Timeout, diag: ?*Diagnostics) (Error || Allocator.Error)![:0]u8 {
+        var native: ?*c.msb_bytes = null;
+        var err: ?*c.msb_error = null;
+        try checkFs(func(self.handle, path.ptr, timeout.toMs(), &native, &err), err, diag);
+        const result: Bytes = .{ .handle = native.? };
+        defer result.deinit();
+        return allocator.dupeSentinel(u8, result.slice(), 0);
     }
 
     /// Copies the file `src` to `dst`.
@@ -826,6 +936,97 @@ pub const Process = struct {
     }
 };
 
+/// A TCP connection the guest made for the caller (`Client.tcpConnect`).
+///
+/// Thread safety: one thread may wait in `pull` while another writes.
+/// `deinit` aborts the connection unless it already ended, and wakes a
+/// thread blocked in `pull` with `error.Closed`; for an orderly close,
+/// `shutdownWrite` and pull to `error.EndOfStream` first.
+pub const TcpStream = struct {
+    handle: *c.msb_tcp_stream,
+
+    /// Sends `data` to the guest's peer (in the socket when this returns).
+    /// `error.WrongState` after `shutdownWrite` or once the connection ended.
+    pub fn write(self: TcpStream, data: []const u8, timeout: Timeout, diag: ?*Diagnostics) Error!void {
+        var err: ?*c.msb_error = null;
+        try check(c.msb_tcp_write(self.handle, data.ptr, data.len, timeout.toMs(), &err), err, diag);
+    }
+
+    /// Half-closes the connection: the peer reads end-of-file, and `pull`
+    /// goes on until the peer closes too. Idempotent.
+    pub fn shutdownWrite(self: TcpStream, timeout: Timeout, diag: ?*Diagnostics) Error!void {
+        var err: ?*c.msb_error = null;
+        try check(c.msb_tcp_shutdown_write(self.handle, timeout.toMs(), &err), err, diag);
+    }
+
+    /// The next chunk the peer sent (at most 64 KiB, a library buffer to
+    /// `deinit`), waiting up to `timeout`: null if none arrived in time,
+    /// `error.EndOfStream` once the peer closed its side (and on every later
+    /// call), `error.Guest` if the connection failed.
+    pub fn pull(self: TcpStream, timeout: Timeout, diag: ?*Diagnostics) (Error || error{EndOfStream})!?Bytes {
+        var chunk: ?*c.msb_bytes = null;
+        var err: ?*c.msb_error = null;
+        const status = c.msb_tcp_read(self.handle, timeout.toMs(), &chunk, &err);
+        try check(status, err, diag);
+        return switch (status) {
+            c.MSB_NOTHING_YET => null,
+            c.MSB_ENDED => error.EndOfStream,
+            else => .{ .handle = chunk.? },
+        };
+    }
+
+    /// Pulls until the peer closes its side, copying everything into memory
+    /// of `allocator`. `timeout` bounds each wait for a chunk, not the
+    /// whole read; null from a pull (nothing within `timeout`) is
+    /// `error.Timeout`.
+    pub fn readToEnd(self: TcpStream, allocator: Allocator, timeout: Timeout, diag: ?*Diagnostics) (Error || Allocator.Error)![]u8 {
+        var received: std.ArrayList(u8) = .empty;
+        errdefer received.deinit(allocator);
+        while (true) {
+            const chunk = (self.pull(timeout, diag) catch |err| switch (err) {
+                error.EndOfStream => return received.toOwnedSlice(allocator),
+                else => |other| return other,
+            }) orelse return error.Timeout;
+            defer chunk.deinit();
+            try received.appendSlice(allocator, chunk.slice());
+        }
+    }
+
+    /// A descriptor readable exactly while `pull(.immediate, ...)` would not
+    /// return null, for poll/epoll. Do not read, write or close it; valid
+    /// until `deinit`.
+    pub fn readinessFd(self: TcpStream, diag: ?*Diagnostics) Error!std.posix.fd_t {
+        var fd: c_int = -1;
+        var err: ?*c.msb_error = null;
+        try check(c.msb_tcp_readiness_fd(self.handle, &fd, &err), err, diag);
+        return fd;
+    }
+
+    /// The correlation id the connection travels on.
+    pub fn id(self: TcpStream) u32 {
+        return c.msb_tcp_stream_id(self.handle);
+    }
+
+    pub fn deinit(self: TcpStream) void {
+        c.msb_tcp_stream_free(self.handle);
+    }
+};
+
+/// The relay socket path of the sandbox `name`, as `Client.connectSandbox`
+/// resolves it: under `$MSB_HOME` (default `~/.microsandbox`), in the
+/// layout of whichever runtime line started the sandbox (the first existing
+/// one, newest first; else the newest that fits a socket address). Nothing
+/// is connected to. Copied into memory of `allocator`. An invalid name
+/// (empty, over 255 bytes, with '/', "." or "..") is `error.InvalidArgument`.
+pub fn sandboxSocketPath(allocator: Allocator, name: [:0]const u8, diag: ?*Diagnostics) (Error || Allocator.Error)![:0]u8 {
+    var native: ?*c.msb_bytes = null;
+    var err: ?*c.msb_error = null;
+    try check(c.msb_sandbox_socket_path(name.ptr, &native, &err), err, diag);
+    const path: Bytes = .{ .handle = native.? };
+    defer path.deinit();
+    return allocator.dupeSentinel(u8, path.slice(), 0);
+}
+
 pub const WriteFileOptions = struct {
     /// Permission bits, e.g. 0o644 (null: the guest's default).
     mode: ?u32 = null,
@@ -834,6 +1035,136 @@ pub const WriteFileOptions = struct {
 };
 
 pub const EntryKind = enum { file, dir, symlink, other };
+
+/// What `setStat` changes; fields left null stay as they are.
+pub const SetAttrs = struct {
+    /// Permission bits, within 0o7777.
+    mode: ?u32 = null,
+    owner: ?Owner = null,
+    /// The file is truncated, or extended with zeros, to this size.
+    size: ?u64 = null,
+    times: ?Times = null,
+
+    pub const Owner = struct { uid: u32, gid: u32 };
+    /// Unix seconds.
+    pub const Times = struct { atime: i64, mtime: i64 };
+
+    fn build(self: SetAttrs, diag: ?*Diagnostics) Error!*c.msb_fs_set_attrs {
+        var native: ?*c.msb_fs_set_attrs = null;
+        var err: ?*c.msb_error = null;
+        try check(c.msb_fs_set_attrs_new(&native, &err), err, diag);
+        errdefer c.msb_fs_set_attrs_free(native);
+        if (self.mode) |mode| try check(c.msb_fs_set_attrs_mode(native, mode, &err), err, diag);
+        if (self.owner) |owner| try check(c.msb_fs_set_attrs_owner(native, owner.uid, owner.gid, &err), err, diag);
+        if (self.size) |size| try check(c.msb_fs_set_attrs_size(native, size, &err), err, diag);
+        if (self.times) |times| try check(c.msb_fs_set_attrs_times(native, times.atime, times.mtime, &err), err, diag);
+        return native.?;
+    }
+};
+
+pub const SetStatOptions = struct {
+    /// Change what a final symlink points at instead of the link.
+    follow_symlink: bool = false,
+    timeout: Timeout = .ms(10_000),
+};
+
+/// How `Client.openFile` opens a file.
+pub const OpenOptions = struct {
+    read: bool = false,
+    write: bool = false,
+    /// Every write goes to the end of the file, whatever its offset says.
+    append: bool = false,
+    /// Create the file if missing (with `write` or `append`).
+    create: bool = false,
+    /// Truncate to 0 bytes (with `write`).
+    truncate: bool = false,
+    /// Create the file; `error.PathAlreadyExists` if it exists.
+    create_new: bool = false,
+    /// Permission bits of a created file (null: the guest's default).
+    mode: ?u32 = null,
+    timeout: Timeout = .ms(10_000),
+
+    fn flags(self: OpenOptions) u32 {
+        var bits: u32 = 0;
+        if (self.read) bits |= c.MSB_FILE_READ;
+        if (self.write) bits |= c.MSB_FILE_WRITE;
+        if (self.append) bits |= c.MSB_FILE_APPEND;
+        if (self.create) bits |= c.MSB_FILE_CREATE;
+        if (self.truncate) bits |= c.MSB_FILE_TRUNCATE;
+        if (self.create_new) bits |= c.MSB_FILE_CREATE_NEW;
+        return bits;
+    }
+};
+
+/// Open guest handles one connection may hold (`Client.openFile`).
+pub const file_handle_limit: u32 = c.MSB_FILE_HANDLE_LIMIT;
+
+/// A guest file kept open through a handle (`Client.openFile`); the handle
+/// belongs to the client connection and dies with it.
+///
+/// Thread safety: reads, writes and stats may run from several threads at
+/// once (each is its own request). `close` waits for calls in progress,
+/// then later calls fail with `error.WrongState`.
+pub const File = struct {
+    handle: *c.msb_file,
+
+    /// Reads up to `buffer.len` bytes at `offset` into `buffer`; returns how
+    /// many, fewer at the end of the file and 0 at or past it. Needs `read`.
+    pub fn readAt(self: File, buffer: []u8, offset: u64, timeout: Timeout, diag: ?*Diagnostics) Error!usize {
+        const data = try self.readAtBytes(offset, buffer.len, timeout, diag);
+        defer data.deinit();
+        const got = data.slice();
+        @memcpy(buffer[0..got.len], got);
+        return got.len;
+    }
+
+    /// Reads up to `len` bytes (at most 64 MiB) at `offset` into a library
+    /// buffer, without copying; empty at or past the end of the file.
+    pub fn readAtBytes(self: File, offset: u64, len: usize, timeout: Timeout, diag: ?*Diagnostics) Error!Bytes {
+        var data: ?*c.msb_bytes = null;
+        var err: ?*c.msb_error = null;
+        try checkFs(c.msb_file_read_at(self.handle, offset, len, timeout.toMs(), &data, &err), err, diag);
+        return .{ .handle = data.? };
+    }
+
+    /// Writes all of `data` at `offset` (at the end with `append`). Needs
+    /// `write` or `append`.
+    pub fn writeAt(self: File, data: []const u8, offset: u64, timeout: Timeout, diag: ?*Diagnostics) Error!void {
+        var err: ?*c.msb_error = null;
+        try checkFs(c.msb_file_write_at(self.handle, offset, data.ptr, data.len, timeout.toMs(), &err), err, diag);
+    }
+
+    /// Metadata of the open file, its path copied into memory of `allocator`.
+    pub fn stat(self: File, allocator: Allocator, timeout: Timeout, diag: ?*Diagnostics) (Error || Allocator.Error)!Entry {
+        var entry: ?*c.msb_fs_entry = null;
+        var err: ?*c.msb_error = null;
+        try checkFs(c.msb_file_fstat(self.handle, timeout.toMs(), &entry, &err), err, diag);
+        defer c.msb_fs_entry_free(entry);
+        return Entry.copy(allocator, entry.?);
+    }
+
+    /// Changes the attributes `attrs` sets on the open file.
+    pub fn setStat(self: File, attrs: SetAttrs, timeout: Timeout, diag: ?*Diagnostics) Error!void {
+        const native = try attrs.build(diag);
+        defer c.msb_fs_set_attrs_free(native);
+        var err: ?*c.msb_error = null;
+        try checkFs(c.msb_file_set_stat(self.handle, native, timeout.toMs(), &err), err, diag);
+    }
+
+    /// Closes the guest handle, waiting for the guest to confirm. The
+    /// handle is given back even when this fails; a second close is
+    /// `error.WrongState`. `deinit` is still required.
+    pub fn close(self: File, timeout: Timeout, diag: ?*Diagnostics) Error!void {
+        var err: ?*c.msb_error = null;
+        try checkFs(c.msb_file_close(self.handle, timeout.toMs(), &err), err, diag);
+    }
+
+    /// Releases the file; still open, its handle is closed without waiting
+    /// for the guest.
+    pub fn deinit(self: File) void {
+        c.msb_file_free(self.handle);
+    }
+};
 
 /// Metadata of one file, directory or link; `path` belongs to the
 /// allocator that produced the entry.
@@ -845,11 +1176,23 @@ pub const Entry = struct {
     mode: u32,
     /// Modification time in Unix seconds, if the guest reported one.
     mtime: ?i64,
+    /// The owner's user and group ids. Legacy (0.3/0.4) relays do not
+    /// report them: 0 there.
+    uid: u32,
+    gid: u32,
+    /// Access time in Unix seconds, if the guest reported one (legacy
+    /// relays never do).
+    atime: ?i64,
 
     fn copy(allocator: Allocator, native: *const c.msb_fs_entry) Allocator.Error!Entry {
         var mtime: i64 = 0;
         const has_mtime = c.msb_fs_entry_mtime(native, &mtime);
+        var atime: i64 = 0;
+        const has_atime = c.msb_fs_entry_atime(native, &atime);
         return .{
+            .uid = c.msb_fs_entry_uid(native),
+            .gid = c.msb_fs_entry_gid(native),
+            .atime = if (has_atime) atime else null,
             .path = try allocator.dupe(u8, std.mem.span(c.msb_fs_entry_path(native))),
             .kind = switch (c.msb_fs_entry_kind(native)) {
                 c.MSB_FS_KIND_FILE => .file,

@@ -490,3 +490,380 @@ test "a full relay is RelayBusy until a slot frees up" {
     };
     try clients.append(testing.allocator, again);
 }
+
+/// Checks an `error.Unsupported` message names the operation's message type.
+fn expectUnsupportedMessage(diag: *const msb.Diagnostics, message_type: []const u8) !void {
+    try testing.expectEqual(@as(i32, msb.c.MSB_ERR_UNSUPPORTED), diag.code());
+    if (std.mem.indexOf(u8, diag.message(), message_type) == null) {
+        std.debug.print("Unsupported message without {s}: {s}\n", .{ message_type, diag.message() });
+        return error.TestMessageLacksType;
+    }
+}
+
+test "ping and touch answer on generation 6 and later, and are Unsupported before" {
+    const client = try connect();
+    defer client.deinit();
+    var diag: msb.Diagnostics = .{};
+    defer diag.deinit();
+    if (client.generation() >= 6) {
+        try client.ping(timeout, &diag);
+        const first = try client.touch(timeout, &diag);
+        const second = try client.touch(timeout, &diag);
+        try testing.expect(second > first);
+    } else {
+        try testing.expectError(error.Unsupported, client.ping(timeout, &diag));
+        try expectUnsupportedMessage(&diag, "core.ping");
+        try testing.expectError(error.Unsupported, client.touch(timeout, &diag));
+        try expectUnsupportedMessage(&diag, "core.touch");
+    }
+}
+
+/// A TCP server in the guest: accepts one connection, reads it to its end,
+/// answers with the bytes upper-cased and closes. Its port is the first
+/// line of its stdout.
+const upper_server_script =
+    \\import socket
+    \\s = socket.socket()
+    \\s.bind(("127.0.0.1", 0))
+    \\s.listen(1)
+    \\print(s.getsockname()[1], flush=True)
+    \\c, _ = s.accept()
+    \\data = b""
+    \\while True:
+    \\    d = c.recv(65536)
+    \\    if not d:
+    \\        break
+    \\    data += d
+    \\c.sendall(data.upper())
+    \\c.close()
+;
+
+const UpperServer = struct {
+    process: msb.Process,
+    port: u16,
+
+    fn start(client: msb.Client) !UpperServer {
+        const process = try client.spawn(&.{ "python3", "-c", upper_server_script }, .{}, null);
+        errdefer process.deinit();
+        var stdout: std.ArrayList(u8) = .empty;
+        defer stdout.deinit(testing.allocator);
+        try testing.expect((try collectUntilNonOutput(process, &stdout)) == .started);
+        try readUntilContains(process, &stdout, "\n");
+        const line = std.mem.trimEnd(u8, stdout.items, "\n");
+        return .{ .process = process, .port = try std.fmt.parseInt(u16, line, 10) };
+    }
+
+    /// Waits for the server to exit 0.
+    fn finish(self: UpperServer) !void {
+        defer self.process.deinit();
+        var stdout: std.ArrayList(u8) = .empty;
+        defer stdout.deinit(testing.allocator);
+        try testing.expectEqual(msb.Process.Event{ .exited = 0 }, try collectUntilNonOutput(self.process, &stdout));
+    }
+};
+
+test "tcp: a guest connection carries bytes both ways, half-closes and ends (generation 4+), Unsupported before" {
+    const client = try connect();
+    defer client.deinit();
+    var diag: msb.Diagnostics = .{};
+    defer diag.deinit();
+    if (client.generation() < 4) {
+        try testing.expectError(error.Unsupported, client.tcpConnect("127.0.0.1", 9, timeout, &diag));
+        try expectUnsupportedMessage(&diag, "core.tcp.connect");
+        return;
+    }
+    const server = try UpperServer.start(client);
+    const stream = try client.tcpConnect("127.0.0.1", server.port, timeout, &diag);
+    defer stream.deinit();
+    try testing.expect(stream.id() != 0);
+
+    // More than one 64 KiB chunk each way.
+    var payload: [200 * 1024]u8 = undefined;
+    for (&payload, 0..) |*byte, i| byte.* = "abcdefghijklmnopqrstuvwxyz"[i % 26];
+    try stream.write(payload[0 .. payload.len / 2], timeout, &diag);
+    try stream.write(payload[payload.len / 2 ..], timeout, &diag);
+    // Nothing comes back before the server sees end-of-file.
+    try testing.expectEqual(@as(?msb.Bytes, null), try stream.pull(.immediate, &diag));
+    try stream.shutdownWrite(timeout, &diag);
+    try stream.shutdownWrite(timeout, &diag); // idempotent
+    try testing.expectError(error.WrongState, stream.write("late", timeout, &diag));
+
+    var fds = [_]std.posix.pollfd{.{ .fd = try stream.readinessFd(&diag), .events = std.posix.POLL.IN, .revents = 0 }};
+    try testing.expectEqual(@as(usize, 1), try std.posix.poll(&fds, 10_000));
+    const echoed = try stream.readToEnd(testing.allocator, timeout, &diag);
+    defer testing.allocator.free(echoed);
+    try testing.expectEqual(payload.len, echoed.len);
+    for (echoed, payload) |got, sent| try testing.expectEqual(std.ascii.toUpper(sent), got);
+    try testing.expectError(error.EndOfStream, stream.pull(.immediate, &diag));
+    try server.finish();
+}
+
+test "tcp: a refused connection is Guest with the guest's errno (generation 4+)" {
+    const client = try connect();
+    defer client.deinit();
+    var diag: msb.Diagnostics = .{};
+    defer diag.deinit();
+    if (client.generation() < 4) {
+        try testing.expectError(error.Unsupported, client.tcpConnect("127.0.0.1", 1, timeout, &diag));
+        try expectUnsupportedMessage(&diag, "core.tcp.connect");
+        return;
+    }
+    // Nothing listens on port 1 (tcpmux) here.
+    try testing.expectError(error.Guest, client.tcpConnect("127.0.0.1", 1, timeout, &diag));
+    try testing.expectEqual(@as(?i32, 111), diag.guestErrno()); // ECONNREFUSED
+}
+
+test "tcp: deinit of an open stream aborts it and the guest's peer sees the connection end" {
+    const client = try connect();
+    defer client.deinit();
+    if (client.generation() < 4) {
+        try testing.expectError(error.Unsupported, client.tcpConnect("127.0.0.1", 9, timeout, null));
+        return;
+    }
+    const server = try UpperServer.start(client);
+    const stream = try client.tcpConnect("127.0.0.1", server.port, timeout, null);
+    try stream.write("dropped", timeout, null);
+    stream.deinit();
+    // The server reads to its end and exits 0 whether or not the abort let
+    // the bytes through; what matters is that it is not left waiting.
+    try server.finish();
+}
+
+extern "c" fn setenv(name: [*:0]const u8, value: [*:0]const u8, overwrite: c_int) c_int;
+extern "c" fn unsetenv(name: [*:0]const u8) c_int;
+
+test "sandboxSocketPath follows MSB_HOME, and connectSandbox connects through the layout it finds" {
+    // Short enough for the newest layout, whose agent.sock and control.sock
+    // must both fit in a socket address.
+    var random: [6]u8 = undefined;
+    testing.io.random(&random);
+    var home_buffer: [64]u8 = undefined;
+    const home = try std.fmt.bufPrintSentinel(&home_buffer, "/tmp/msb-zig-{x}", .{random}, 0);
+    try std.Io.Dir.cwd().createDirPath(testing.io, home);
+    defer std.Io.Dir.cwd().deleteTree(testing.io, home) catch {};
+    var home_dir = try std.Io.Dir.cwd().openDir(testing.io, home, .{});
+    defer home_dir.close(testing.io);
+    try testing.expectEqual(@as(c_int, 0), setenv("MSB_HOME", home, 1));
+    defer _ = unsetenv("MSB_HOME");
+
+    // No sandbox there yet: the newest layout's path, named by a hash.
+    const fresh = try msb.sandboxSocketPath(testing.allocator, "worker", null);
+    defer testing.allocator.free(fresh);
+    const expected_fresh = try std.fmt.allocPrint(testing.allocator, "{s}/run/sandboxes/87eba76e7f3164534045ba92/agent.sock", .{home});
+    defer testing.allocator.free(expected_fresh);
+    try testing.expectEqualStrings(expected_fresh, fresh);
+
+    // A sandbox of the oldest layout, whose socket is our relay's.
+    try home_dir.createDirPath(testing.io, "sandboxes/worker/runtime");
+    try home_dir.symLink(testing.io, try socketPath(), "sandboxes/worker/runtime/agent.sock", .{});
+    const found = try msb.sandboxSocketPath(testing.allocator, "worker", null);
+    defer testing.allocator.free(found);
+    const expected_found = try std.fmt.allocPrint(testing.allocator, "{s}/sandboxes/worker/runtime/agent.sock", .{home});
+    defer testing.allocator.free(expected_found);
+    try testing.expectEqualStrings(expected_found, found);
+    const client = try msb.Client.connectSandbox("worker", .{}, null);
+    defer client.deinit();
+    try testing.expect(client.generation() >= 1);
+
+    var diag: msb.Diagnostics = .{};
+    defer diag.deinit();
+    try testing.expectError(error.InvalidArgument, msb.sandboxSocketPath(testing.allocator, "../escape", &diag));
+    try testing.expect(diag.message().len > 0);
+}
+
+/// Every generation-2 file operation, each expected to fail with
+/// `error.Unsupported` on an older sandbox, before anything is sent.
+fn expectGen2FilesUnsupported(client: msb.Client) !void {
+    var diag: msb.Diagnostics = .{};
+    defer diag.deinit();
+    const a = testing.allocator;
+    try testing.expectError(error.Unsupported, client.statFollow(a, "/zig-tests", timeout, &diag));
+    try testing.expect(diag.message().len > 0);
+    try testing.expectError(error.Unsupported, client.realPath(a, "/zig-tests", timeout, &diag));
+    try testing.expectError(error.Unsupported, client.readLink(a, "/zig-tests", timeout, &diag));
+    try testing.expectError(error.Unsupported, client.symLink("a", "/zig-tests/link", timeout, &diag));
+    try testing.expectError(error.Unsupported, client.setStat("/zig-tests", .{ .mode = 0o755 }, .{}, &diag));
+    try testing.expectError(error.Unsupported, client.removeEmptyDir("/zig-tests/none", timeout, &diag));
+    try testing.expectError(error.Unsupported, client.openFile("/zig-tests/f", .{ .read = true }, &diag));
+    try testing.expectEqual(@as(i32, msb.c.MSB_ERR_UNSUPPORTED), diag.code());
+}
+
+test "fs gen 2: symlinks are stat'ed with and without following, read and resolved (Unsupported on legacy)" {
+    const client = try connect();
+    defer client.deinit();
+    const dir = "/zig-tests/links";
+    try resetDir(client, dir);
+    if (client.generation() < 2) return expectGen2FilesUnsupported(client);
+    const a = testing.allocator;
+    var diag: msb.Diagnostics = .{};
+    defer diag.deinit();
+
+    try client.writeFile(dir ++ "/target.txt", "twelve bytes", .{}, &diag);
+    try client.symLink("target.txt", dir ++ "/link", timeout, &diag);
+
+    const link = try client.stat(a, dir ++ "/link", timeout, &diag);
+    defer link.deinit(a);
+    try testing.expectEqual(msb.EntryKind.symlink, link.kind);
+    const followed = try client.statFollow(a, dir ++ "/link", timeout, &diag);
+    defer followed.deinit(a);
+    try testing.expectEqual(msb.EntryKind.file, followed.kind);
+    try testing.expectEqual(@as(u64, 12), followed.size);
+
+    const stored = try client.readLink(a, dir ++ "/link", timeout, &diag);
+    defer a.free(stored);
+    try testing.expectEqualStrings("target.txt", stored);
+    // Through a linked directory and the link at its end.
+    try client.symLink(".", dir ++ "/here", timeout, &diag);
+    const resolved = try client.realPath(a, dir ++ "/here/link", timeout, &diag);
+    defer a.free(resolved);
+    try testing.expectEqualStrings(dir ++ "/target.txt", resolved);
+
+    try testing.expectError(error.PathAlreadyExists, client.symLink("elsewhere", dir ++ "/link", timeout, &diag));
+    try testing.expectEqual(@as(?i32, 17), diag.guestErrno()); // EEXIST
+    try testing.expectError(error.Guest, client.readLink(a, dir ++ "/target.txt", timeout, &diag));
+    try testing.expectEqual(@as(?i32, 22), diag.guestErrno()); // EINVAL
+
+    try client.symLink("missing.txt", dir ++ "/dangling", timeout, &diag);
+    try testing.expectError(error.FileNotFound, client.statFollow(a, dir ++ "/dangling", timeout, &diag));
+    const dangling = try client.stat(a, dir ++ "/dangling", timeout, &diag);
+    defer dangling.deinit(a);
+    try testing.expectEqual(msb.EntryKind.symlink, dangling.kind);
+}
+
+test "fs gen 2: setStat changes mode, size and times; entries carry owner and atime (Unsupported on legacy)" {
+    const client = try connect();
+    defer client.deinit();
+    const dir = "/zig-tests/set-stat";
+    try resetDir(client, dir);
+    const a = testing.allocator;
+    var diag: msb.Diagnostics = .{};
+    defer diag.deinit();
+    try client.writeFile(dir ++ "/f", "0123456789", .{ .mode = 0o644 }, &diag);
+    const before = try client.stat(a, dir ++ "/f", timeout, &diag);
+    defer before.deinit(a);
+    if (client.generation() < 2) {
+        // The 0.3.14 shapes carry neither owner nor access time.
+        try testing.expectEqual(@as(u32, 0), before.uid);
+        try testing.expectEqual(@as(?i64, null), before.atime);
+        return expectGen2FilesUnsupported(client);
+    }
+    // The development relay's guest is this host, as this user.
+    try testing.expectEqual(std.os.linux.getuid(), before.uid);
+    try testing.expectEqual(std.os.linux.getgid(), before.gid);
+    try testing.expect(before.atime != null);
+
+    try client.setStat(dir ++ "/f", .{
+        .mode = 0o600,
+        .size = 4,
+        .times = .{ .atime = 1_000_000_000, .mtime = 1_500_000_000 },
+    }, .{}, &diag);
+    const after = try client.stat(a, dir ++ "/f", timeout, &diag);
+    defer after.deinit(a);
+    try testing.expectEqual(@as(u32, 0o600), after.mode & 0o7777);
+    try testing.expectEqual(@as(u64, 4), after.size);
+    try testing.expectEqual(@as(?i64, 1_000_000_000), after.atime);
+    try testing.expectEqual(@as(?i64, 1_500_000_000), after.mtime);
+    const data = try client.readFile(a, dir ++ "/f", timeout, &diag);
+    defer a.free(data);
+    try testing.expectEqualStrings("0123", data);
+
+    // Through a link: following changes the target, not following the link.
+    try client.symLink("f", dir ++ "/link", timeout, &diag);
+    try client.setStat(dir ++ "/link", .{ .mode = 0o640 }, .{ .follow_symlink = true }, &diag);
+    const target = try client.stat(a, dir ++ "/f", timeout, &diag);
+    defer target.deinit(a);
+    try testing.expectEqual(@as(u32, 0o640), target.mode & 0o7777);
+
+    try testing.expectError(error.FileNotFound, client.setStat(dir ++ "/missing", .{ .mode = 0o600 }, .{}, &diag));
+    try testing.expectError(error.InvalidArgument, client.setStat(dir ++ "/f", .{ .mode = 0o10000 }, .{}, &diag));
+}
+
+test "fs gen 2: removeEmptyDir refuses a directory with entries (Unsupported on legacy)" {
+    const client = try connect();
+    defer client.deinit();
+    const dir = "/zig-tests/remove-empty";
+    try resetDir(client, dir);
+    if (client.generation() < 2) return expectGen2FilesUnsupported(client);
+    var diag: msb.Diagnostics = .{};
+    defer diag.deinit();
+    try client.mkdir(dir ++ "/full", timeout, &diag);
+    try client.writeFile(dir ++ "/full/f", "x", .{}, &diag);
+    try client.mkdir(dir ++ "/empty", timeout, &diag);
+
+    try testing.expectError(error.Guest, client.removeEmptyDir(dir ++ "/full", timeout, &diag));
+    try testing.expectEqual(@as(?i32, 39), diag.guestErrno()); // ENOTEMPTY
+    try client.removeEmptyDir(dir ++ "/empty", timeout, &diag);
+    try testing.expectError(error.FileNotFound, client.removeEmptyDir(dir ++ "/empty", timeout, &diag));
+
+    const listing = try client.list(testing.allocator, dir, timeout, &diag);
+    defer listing.deinit(testing.allocator);
+    try testing.expectEqual(@as(usize, 1), listing.entries.len);
+    try testing.expect(listing.find("full") != null);
+}
+
+test "fs gen 2: an open File reads and writes at offsets, stats, and closes once (Unsupported on legacy)" {
+    const client = try connect();
+    defer client.deinit();
+    const dir = "/zig-tests/handles";
+    try resetDir(client, dir);
+    if (client.generation() < 2) return expectGen2FilesUnsupported(client);
+    const a = testing.allocator;
+    var diag: msb.Diagnostics = .{};
+    defer diag.deinit();
+
+    const open_before = client.openFiles();
+    const file = try client.openFile(dir ++ "/data", .{ .read = true, .write = true, .create_new = true, .mode = 0o600 }, &diag);
+    defer file.deinit();
+    try testing.expectEqual(open_before + 1, client.openFiles());
+
+    try file.writeAt("hello", 0, timeout, &diag);
+    try file.writeAt("world", 10, timeout, &diag); // leaves a hole of zeros
+    var buffer: [32]u8 = undefined;
+    const got = try file.readAt(&buffer, 0, timeout, &diag);
+    try testing.expectEqualSlices(u8, "hello\x00\x00\x00\x00\x00world", buffer[0..got]);
+    try testing.expectEqual(@as(usize, 3), try file.readAt(buffer[0..3], 11, timeout, &diag));
+    try testing.expectEqualStrings("orl", buffer[0..3]);
+    try testing.expectEqual(@as(usize, 0), try file.readAt(&buffer, 15, timeout, &diag));
+
+    const entry = try file.stat(a, timeout, &diag);
+    defer entry.deinit(a);
+    try testing.expectEqual(@as(u64, 15), entry.size);
+    try testing.expectEqual(@as(u32, 0o600), entry.mode & 0o777);
+
+    try file.setStat(.{ .size = 5 }, timeout, &diag);
+    const whole = try client.readFile(a, dir ++ "/data", timeout, &diag);
+    defer a.free(whole);
+    try testing.expectEqualStrings("hello", whole);
+
+    try file.close(timeout, &diag);
+    try testing.expectEqual(open_before, client.openFiles());
+    try testing.expectError(error.WrongState, file.close(timeout, &diag));
+    try testing.expectError(error.WrongState, file.readAt(&buffer, 0, timeout, &diag));
+
+    try testing.expectError(error.PathAlreadyExists, client.openFile(dir ++ "/data", .{ .write = true, .create_new = true }, &diag));
+    try testing.expectError(error.FileNotFound, client.openFile(dir ++ "/missing", .{ .read = true }, &diag));
+    try testing.expectEqual(@as(?i32, 2), diag.guestErrno());
+    try testing.expectError(error.InvalidArgument, client.openFile(dir ++ "/data", .{ .create = true }, &diag));
+    try testing.expectEqual(open_before, client.openFiles());
+}
+
+test "fs gen 2: append goes to the end, and deinit of an open File gives its handle back (Unsupported on legacy)" {
+    const client = try connect();
+    defer client.deinit();
+    const dir = "/zig-tests/append";
+    try resetDir(client, dir);
+    if (client.generation() < 2) return expectGen2FilesUnsupported(client);
+    var diag: msb.Diagnostics = .{};
+    defer diag.deinit();
+    try client.writeFile(dir ++ "/log", "one\n", .{}, &diag);
+    const open_before = client.openFiles();
+    {
+        const file = try client.openFile(dir ++ "/log", .{ .append = true }, &diag);
+        defer file.deinit();
+        try file.writeAt("two\n", 0, timeout, &diag);
+    }
+    try testing.expectEqual(open_before, client.openFiles());
+    const data = try client.readFile(testing.allocator, dir ++ "/log", timeout, &diag);
+    defer testing.allocator.free(data);
+    try testing.expectEqualStrings("one\ntwo\n", data);
+}
