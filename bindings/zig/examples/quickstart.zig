@@ -20,7 +20,9 @@ pub fn main(init: std.process.Init) !void {
 
     const client = try msb.Client.connect(socket_path, .{}, &diag);
     defer client.deinit();
-    try out.print("sandbox agent {s}, protocol generation {d}\n", .{ client.agentVersion(), client.generation() });
+    // What the sandbox speaks decides which calls it has (README: generations).
+    const agent_version = if (client.agentVersion().len > 0) client.agentVersion() else "unknown";
+    try out.print("protocol generation {d}, agent {s}\n", .{ client.generation(), agent_version });
 
     // Run to completion; the output is copied into `gpa` memory.
     const result = try client.run(gpa, &.{ "echo", "hello from the sandbox" }, .{}, &diag);

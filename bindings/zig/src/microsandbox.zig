@@ -1,18 +1,24 @@
 //! Zig binding of libmicrosandbox_agent: drive a microsandbox guest (run
-//! processes, read and write files) through its agent relay socket.
+//! processes, read and write files, open TCP connections) through its agent
+//! relay socket, for every runtime line from 0.3.14 to 0.7.13.
 //!
 //! Conventions:
-//! - Failures are `Error` values mapped one to one from the library's status
-//!   codes. Every fallible call takes `diag: ?*Diagnostics`; pass one to keep
-//!   the library's message for the failure (no thread-local "last error").
+//! - Failures are `Error` values mapped from the library's status codes.
+//!   Every fallible call takes `diag: ?*Diagnostics`; pass one to keep the
+//!   library's message (and the guest's errno) for the failure (no
+//!   thread-local "last error").
+//! - What a sandbox can do depends on its protocol generation
+//!   (`Client.generation`); calls it lacks fail with `error.Unsupported`
+//!   before anything is sent.
 //! - Strings passed in are `[:0]const u8` (string literals coerce), handed to
 //!   the library without copying.
 //! - Results that hold memory say who frees it: functions taking an
 //!   `Allocator` copy into memory of that allocator (free it with the same
-//!   allocator, usually through a `deinit(allocator)`); `Bytes` and process
-//!   output events wrap a library buffer freed by their `deinit()`.
-//! - Every handle type (`Client`, `Process`) has a `deinit()` meant for
-//!   `defer`. `Client` may be shared between threads; see each type.
+//!   allocator, usually through a `deinit(allocator)`); `Bytes`, process
+//!   events and TCP chunks wrap a library buffer freed by their `deinit()`.
+//! - Every handle type (`Client`, `Process`, `File`, `TcpStream`) has a
+//!   `deinit()` meant for `defer`. `Client` may be shared between threads;
+//!   see each type.
 //!
 //! The raw C declarations stay reachable as `c` for the parts of the C API
 //! this binding does not wrap (raw messages and subscriptions).
@@ -167,7 +173,6 @@ pub const Diagnostics = struct {
     /// null when the failure carried none.
     pub fn guestErrno(self: *const Diagnostics) ?i32 {
         const err = self.err orelse return null;
-        if (!@hasDecl(c, "msb_error_errno")) return null;
         const errno = c.msb_error_errno(err);
         return if (errno == 0) null else errno;
     }
@@ -284,9 +289,10 @@ pub const Client = struct {
         return connectWith(c.msb_client_connect, socket_path, options, diag);
     }
 
-    /// Connects to a sandbox by name: the socket
-    /// `$MSB_HOME/sandboxes/NAME/runtime/agent.sock` (`MSB_HOME` defaults to
-    /// `~/.microsandbox`). An unknown name gives `error.NotFound`.
+    /// Connects to a sandbox by name, at the socket `sandboxSocketPath`
+    /// finds for it under `$MSB_HOME` (default `~/.microsandbox`), in the
+    /// layout of whichever runtime line started it. An unknown name gives
+    /// `error.NotFound`.
     pub fn connectSandbox(name: [:0]const u8, options: ConnectOptions, diag: ?*Diagnostics) Error!Client {
         return connectWith(c.msb_client_connect_sandbox, name, options, diag);
     }
