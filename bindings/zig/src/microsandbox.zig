@@ -67,8 +67,8 @@ pub const Error = error{
     RelayBusy,
     /// Every correlation id of this connection is used; reconnect.
     IdsExhausted,
-    /// The guest could not start the command; `Diagnostics` has its message
-    /// and errno (the `.failed` process event has every detail).
+    /// The guest could not start the command; `Diagnostics` has the guest's
+    /// text, kind and stage (the `.failed` process event has each apart).
     ExecFailed,
     /// The agent or relay rejected a message (`core.error`: kind and message).
     Agent,
