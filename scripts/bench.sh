@@ -8,6 +8,8 @@
 # command, and runs it (it starts its own msb-devrelay unless --socket is
 # given). `target/bench --help` lists the flags.
 set -euo pipefail
+# The relay imitates 0.3.14 until the client speaks the current handshake.
+export MSB_DEVRELAY_PROFILE=0.3.14
 top="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$top"
 cargo build --release --workspace >&2

@@ -11,6 +11,8 @@
 #
 #   scripts/test-c.sh
 set -euo pipefail
+# The relay imitates 0.3.14 until the client speaks the current handshake.
+export MSB_DEVRELAY_PROFILE=0.3.14
 top="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$top"
 

@@ -8,6 +8,8 @@
 # script writes a microsandbox_agent.pc that points at the build tree and
 # puts it first on PKG_CONFIG_PATH.
 set -euo pipefail
+# The relay imitates 0.3.14 until the client speaks the current handshake.
+export MSB_DEVRELAY_PROFILE=0.3.14
 top="$(cd "$(dirname "$0")/.." && pwd)"
 
 command -v go >/dev/null || { echo "error: go not found in PATH; the Go binding tests need Go >= 1.19 (and gcc for cgo)" >&2; exit 1; }

@@ -6,10 +6,12 @@
 # Starts target/release/msb-devrelay (build it first: cargo build --release
 # --workspace), waits for its ready line, exports MSB_SOCKET (the socket path)
 # and MSB_DEVRELAY_ROOT (its fs root), runs CMD, then stops the relay. Exits
-# with CMD's status.
+# with CMD's status. The relay imitates the release named by
+# MSB_DEVRELAY_PROFILE (0.3.14, 0.6.14 or 0.7.13; default 0.7.13).
 set -euo pipefail
 top="$(cd "$(dirname "$0")/.." && pwd)"
 relay="${MSB_DEVRELAY:-$top/target/release/msb-devrelay}"
+profile="${MSB_DEVRELAY_PROFILE:-0.7.13}"
 relay_args=()
 while [[ $# -gt 0 ]]; do
   case "$1" in
@@ -25,7 +27,7 @@ dir="$(mktemp -d /tmp/msb-relay.XXXXXX)"
 mkdir -p "$dir/root"
 export MSB_SOCKET="$dir/agent.sock"
 export MSB_DEVRELAY_ROOT="$dir/root"
-"$relay" --socket "$MSB_SOCKET" --root "$MSB_DEVRELAY_ROOT" --quiet "${relay_args[@]}" >"$dir/ready" 2>"$dir/relay.log" &
+"$relay" --profile "$profile" --socket "$MSB_SOCKET" --root "$MSB_DEVRELAY_ROOT" --quiet "${relay_args[@]}" >"$dir/ready" 2>"$dir/relay.log" &
 relay_pid=$!
 cleanup() {
   kill "$relay_pid" 2>/dev/null || true

@@ -49,7 +49,11 @@ impl Relay {
         ));
         std::fs::create_dir_all(dir.join("root")).unwrap();
         let socket = dir.join("agent.sock");
+        // The client speaks only the legacy handshake so far.
+        let profile =
+            std::env::var("MSB_DEVRELAY_PROFILE").unwrap_or_else(|_| "0.3.14".to_string());
         let mut child = Command::new(devrelay_bin())
+            .args(["--profile", &profile])
             .arg("--socket")
             .arg(&socket)
             .arg("--root")

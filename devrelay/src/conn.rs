@@ -24,7 +24,7 @@ use microsandbox_agent::protocol::payload::{
 };
 use microsandbox_agent::protocol::{FrameDecoder, Message, MessageType, RawFrame};
 
-use crate::exec::{self, Controlled, ExecEnv, ExecTable, ProcessRegistry};
+use crate::exec::{self, Controlled, ExecEnv, ExecTable, FlowTable, ProcessRegistry};
 use crate::fault::{self, AfterFault, Fault, Handshake};
 use crate::flow::{Admission, ExecFlow};
 use crate::fs::{self, GuestFs, PendingWrite};
@@ -85,6 +85,7 @@ struct Connection {
     outbox: Outbox,
     hangup: Arc<Hangup>,
     execs: ExecTable,
+    flows: FlowTable,
     rules: RelayRules,
     correlations: Arc<Correlations>,
     legacy_writes: HashMap<u32, PendingWrite>,
@@ -142,6 +143,7 @@ pub async fn serve(relay: Arc<Relay>, mut stream: UnixStream, slot: u32) {
         relay,
         hangup: hangup.clone(),
         execs: Arc::new(Mutex::new(HashMap::new())),
+        flows: Arc::default(),
         legacy_writes: HashMap::new(),
         tcp: TcpStreams::default(),
     };
@@ -155,9 +157,9 @@ pub async fn serve(relay: Arc<Relay>, mut stream: UnixStream, slot: u32) {
     // The client is gone or cut off: what it started must not outlive it.
     for control in conn.execs.lock().unwrap().values() {
         exec::signal_group(control.pid, libc::SIGKILL);
-        if let Some(flow) = &control.flow {
-            flow.close();
-        }
+    }
+    for flow in conn.flows.lock().unwrap().values() {
+        flow.close();
     }
     hangup.trigger();
     // Its FS handles and TCP streams go with `conn`.
@@ -254,7 +256,7 @@ impl Connection {
         };
         let _ = self
             .outbox
-            .send_typed(MessageType::CoreError, id, &error)
+            .send_payload(MessageType::CoreError, id, &error)
             .await;
         Ok(())
     }
@@ -326,12 +328,7 @@ impl Connection {
                     Ok(a) => a,
                     Err(e) => return self.bad_payload(v, id, &t, e).await,
                 };
-                let flow = self
-                    .execs
-                    .lock()
-                    .unwrap()
-                    .get(&id)
-                    .and_then(|c| c.flow.clone());
+                let flow = self.flows.lock().unwrap().get(&id).cloned();
                 if let Some(flow) = flow {
                     flow.on_output_ack(ack.consumed).map_err(Stop::Disconnect)?;
                 }
@@ -376,7 +373,7 @@ impl Connection {
             MessageType::Ping => {
                 let _ = self
                     .outbox
-                    .send_typed(MessageType::Pong, id, &Empty {})
+                    .send_payload(MessageType::Pong, id, &Empty {})
                     .await;
             }
             MessageType::Touch => {
@@ -384,7 +381,7 @@ impl Connection {
                 let touched = Touched { activity_seq };
                 let _ = self
                     .outbox
-                    .send_typed(MessageType::Touched, id, &touched)
+                    .send_payload(MessageType::Touched, id, &touched)
                     .await;
             }
             MessageType::Shutdown => {
@@ -409,7 +406,7 @@ impl Connection {
                 };
                 let _ = self
                     .outbox
-                    .send_typed(MessageType::ExecFailed, id, &failed)
+                    .send_payload(MessageType::ExecFailed, id, &failed)
                     .await;
                 return;
             };
@@ -436,6 +433,7 @@ impl Connection {
             registry: self.relay.processes.clone(),
             chunk: self.relay.exec_chunk,
             profile: self.relay.profile,
+            flows: self.flows.clone(),
         };
         exec::start(env, id, req, controlled).await;
     }
@@ -458,7 +456,7 @@ impl Connection {
             let refused = FsResponse::error("msb-devrelay does not serve raw bulk transfers");
             let _ = self
                 .outbox
-                .send_typed(MessageType::FsResponse, id, &refused)
+                .send_payload(MessageType::FsResponse, id, &refused)
                 .await;
             return;
         }
@@ -467,7 +465,7 @@ impl Connection {
             fs2::Outcome::Respond(response) => {
                 let _ = self
                     .outbox
-                    .send_typed(MessageType::FsResponse, id, &response)
+                    .send_payload(MessageType::FsResponse, id, &response)
                     .await;
             }
             fs2::Outcome::AwaitData => {}
@@ -486,7 +484,7 @@ impl Connection {
         if let Some(response) = answer {
             let _ = self
                 .outbox
-                .send_typed(MessageType::FsResponse, id, &response)
+                .send_payload(MessageType::FsResponse, id, &response)
                 .await;
         }
     }

@@ -163,6 +163,11 @@ impl ExecControl {
 
 pub type ExecTable = Arc<Mutex<HashMap<u32, ExecControl>>>;
 
+/// Flow state of a connection's controlled sessions, until `exited` is
+/// sent: acknowledgements keep coming after the process is reaped (and out
+/// of the [`ExecTable`]).
+pub type FlowTable = Arc<Mutex<HashMap<u32, Arc<ExecFlow>>>>;
+
 /// What an exec needs from its connection and the relay.
 pub struct ExecEnv {
     pub outbox: Outbox,
@@ -171,6 +176,7 @@ pub struct ExecEnv {
     pub registry: Arc<ProcessRegistry>,
     pub chunk: usize,
     pub profile: Profile,
+    pub flows: FlowTable,
 }
 
 /// Flow control of one session, with its sandbox-wide admission.
@@ -244,7 +250,7 @@ async fn stdin_writer(
                     };
                     let _ = reports
                         .outbox
-                        .send_typed(MessageType::ExecStdinError, reports.id, &error)
+                        .send_payload(MessageType::ExecStdinError, reports.id, &error)
                         .await;
                 }
             }
@@ -253,7 +259,7 @@ async fn stdin_writer(
                     let consumed = flow.on_stdin_written(data.len());
                     let _ = reports
                         .outbox
-                        .send_typed(
+                        .send_payload(
                             MessageType::ExecStdinAck,
                             reports.id,
                             &ExecStdinAck { consumed },
@@ -381,7 +387,7 @@ pub async fn start(env: ExecEnv, id: u32, req: ExecRequest, controlled: Option<C
                 let failed = spawn_failure(&e, &req.cmd);
                 let _ = env
                     .outbox
-                    .send_typed(MessageType::ExecFailed, id, &failed)
+                    .send_payload(MessageType::ExecFailed, id, &failed)
                     .await;
             } else {
                 let _ = send_exited(&env.outbox, id, -1).await;
@@ -419,6 +425,9 @@ pub async fn start(env: ExecEnv, id: u32, req: ExecRequest, controlled: Option<C
         _ => None,
     };
     let flow = controlled.as_ref().map(|c| c.flow.clone());
+    if let Some(flow) = &flow {
+        env.flows.lock().unwrap().insert(id, flow.clone());
+    }
     env.table.lock().unwrap().insert(
         id,
         ExecControl {
@@ -532,6 +541,7 @@ async fn run_session(
     env.table.lock().unwrap().remove(&id);
     stdin_task.abort();
     if let Some(flow) = &flow {
+        env.flows.lock().unwrap().remove(&id);
         flow.close();
     }
     // The admission slot is released here, with `controlled`.
@@ -612,7 +622,7 @@ async fn refuse(
         };
         return env
             .outbox
-            .send_typed(MessageType::ExecFailed, id, &failed)
+            .send_payload(MessageType::ExecFailed, id, &failed)
             .await;
     }
     let text = format!("msb-devrelay: {message}\n");

@@ -546,7 +546,7 @@ pub fn stream_read(
             break FsResponse::ok();
         }
     };
-    let _ = runtime.block_on(outbox.send_typed(MessageType::FsResponse, id, &response));
+    let _ = runtime.block_on(outbox.send_payload(MessageType::FsResponse, id, &response));
 }
 
 /// Reads as much of `buf` as the file has from `offset`.

@@ -145,17 +145,6 @@ impl Outbox {
         self.send(data_frame(message_type, id, data)).await
     }
 
-    /// Encodes and queues a message with a typed payload.
-    pub async fn send_typed(
-        &self,
-        message_type: MessageType,
-        id: u32,
-        payload: &impl Payload,
-    ) -> Result<(), Closed> {
-        self.send(wire::typed(self.v, message_type, id, payload))
-            .await
-    }
-
     /// Has the writer flush what is queued, then close the connection.
     pub fn close(&self) {
         let _ = self.queue.send(Item::Close);

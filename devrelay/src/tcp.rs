@@ -92,7 +92,9 @@ pub async fn unknown_stream(outbox: &Outbox, id: u32) {
     let failed = TcpFailed {
         error: format!("unknown tcp session: {id}"),
     };
-    let _ = outbox.send_typed(MessageType::TcpFailed, id, &failed).await;
+    let _ = outbox
+        .send_payload(MessageType::TcpFailed, id, &failed)
+        .await;
 }
 
 async fn run(
@@ -108,7 +110,7 @@ async fn run(
         Err(_) => return fail(outbox, id, "connect: timed out".into()).await,
     };
     if outbox
-        .send_typed(MessageType::TcpConnected, id, &Empty {})
+        .send_payload(MessageType::TcpConnected, id, &Empty {})
         .await
         .is_err()
     {
@@ -122,7 +124,7 @@ async fn run(
             read = remote_rx.read(&mut buf), if !remote_done => match read {
                 Ok(0) => {
                     remote_done = true;
-                    if outbox.send_typed(MessageType::TcpEof, id, &Empty {}).await.is_err() {
+                    if outbox.send_payload(MessageType::TcpEof, id, &Empty {}).await.is_err() {
                         return;
                     }
                 }
@@ -148,12 +150,12 @@ async fn run(
         }
     }
     let _ = outbox
-        .send_typed(MessageType::TcpClosed, id, &Empty {})
+        .send_payload(MessageType::TcpClosed, id, &Empty {})
         .await;
 }
 
 async fn fail(outbox: &Outbox, id: u32, error: String) {
     let _ = outbox
-        .send_typed(MessageType::TcpFailed, id, &TcpFailed { error })
+        .send_payload(MessageType::TcpFailed, id, &TcpFailed { error })
         .await;
 }

@@ -7,8 +7,7 @@ use std::io::Cursor;
 
 use ciborium::Value;
 
-use microsandbox_agent::protocol::payload::Payload;
-use microsandbox_agent::protocol::{encode_frame, MessageType};
+use microsandbox_agent::protocol::encode_frame;
 
 /// Encodes one frame whose envelope carries `v`.
 pub fn frame(v: u8, message_type: &str, id: u32, flags: u8, payload: &[u8]) -> Vec<u8> {
@@ -24,17 +23,6 @@ pub fn stamp(encoded: &mut [u8], v: u8) {
     debug_assert!(v < 24);
     debug_assert_eq!(&encoded[9..12], &[0xa3, 0x61, b'v']);
     encoded[12] = v;
-}
-
-/// A frame of a known type with its own flags and a typed payload.
-pub fn typed(v: u8, message_type: MessageType, id: u32, payload: &impl Payload) -> Vec<u8> {
-    frame(
-        v,
-        message_type.as_str(),
-        id,
-        message_type.flags(),
-        &payload.to_bytes(),
-    )
 }
 
 /// A frame body read as the generic CBOR value it is.

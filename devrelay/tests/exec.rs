@@ -6,13 +6,20 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use microsandbox_agent::protocol::payload::{
-    Data, ExecResize, ExecSignal, ExecStarted, Payload, Rlimit,
+    Data, ExecFailureKind, ExecResize, ExecSignal, ExecStarted, Payload, Rlimit,
 };
+
+/// Why an exec was refused: its stderr (0.3.14) or its failure message.
+fn refusal_text(out: &ExecOutcome) -> String {
+    match &out.failed {
+        Some(failed) => failed.message.clone(),
+        None => out.stderr_text(),
+    }
+}
 use microsandbox_agent::protocol::MessageType;
 
-#[test]
-fn echo_reports_started_stdout_and_exit_code() {
-    let relay = Relay::start("echo");
+fn echo_reports_started_stdout_and_exit_code(profile: &str) {
+    let relay = Relay::start_profile("echo", profile, &[]);
     let mut c = relay.connect();
     let out = c.exec(&exec_req("echo", &["hello", "world"]));
     assert_eq!(out.sequence.first(), Some(&MessageType::ExecStarted));
@@ -23,9 +30,8 @@ fn echo_reports_started_stdout_and_exit_code() {
     assert_eq!(out.code, 0);
 }
 
-#[test]
-fn stderr_and_nonzero_exit() {
-    let relay = Relay::start("stderr");
+fn stderr_and_nonzero_exit(profile: &str) {
+    let relay = Relay::start_profile("stderr", profile, &[]);
     let mut c = relay.connect();
     let out = c.exec(&sh("echo oops >&2; echo fine; exit 7"));
     assert_eq!(out.stderr_text(), "oops\n");
@@ -33,9 +39,8 @@ fn stderr_and_nonzero_exit() {
     assert_eq!(out.code, 7);
 }
 
-#[test]
-fn env_cwd_and_args_are_applied() {
-    let relay = Relay::start("envcwd");
+fn env_cwd_and_args_are_applied(profile: &str) {
+    let relay = Relay::start_profile("envcwd", profile, &[]);
     let mut c = relay.connect();
     let mut req = exec_req(
         "sh",
@@ -58,36 +63,44 @@ fn env_cwd_and_args_are_applied() {
     let out = c.exec(&req);
     assert_eq!(out.pid, None);
     assert_eq!(out.code, -1);
-    assert!(out.stderr_text().contains("NOEQUALS"));
+    assert!(refusal_text(&out).contains("NOEQUALS"));
 }
 
-#[test]
-fn spawn_failures_exit_minus_one_without_started() {
-    let relay = Relay::start_with("nospawn", &["--quiet"]);
+fn spawn_failures_exit_minus_one_without_started(profile: &str) {
+    let relay = Relay::start_profile("nospawn", profile, &["--quiet"]);
     let mut c = relay.connect();
-    let out = c.exec(&exec_req("/definitely/not/a/command", &[]));
-    assert_eq!(out.sequence, vec![MessageType::ExecExited]);
-    assert_eq!(out.code, -1);
     let mut req = exec_req("true", &[]);
     req.cwd = Some("/definitely/not/a/dir".into());
-    let out = c.exec(&req);
-    assert_eq!(out.sequence, vec![MessageType::ExecExited]);
-    assert_eq!(out.code, -1);
+    for req in [exec_req("/definitely/not/a/command", &[]), req] {
+        let out = c.exec(&req);
+        assert_eq!(out.code, -1);
+        if profile == "0.3.14" {
+            // 0.3.14 predates core.exec.failed.
+            assert_eq!(out.sequence, vec![MessageType::ExecExited]);
+            continue;
+        }
+        assert_eq!(out.sequence, vec![MessageType::ExecFailed]);
+        let failed = out.failed.unwrap();
+        assert_eq!(failed.kind, ExecFailureKind::NotFound);
+        assert_eq!(failed.errno, Some(libc::ENOENT));
+        assert_eq!(failed.errno_name.as_deref(), Some("ENOENT"));
+        assert_eq!(failed.stage.as_deref(), Some("Command::spawn"));
+        assert!(failed.message.starts_with("spawn \""), "{}", failed.message);
+    }
 }
 
-#[test]
-fn death_by_signal_is_minus_one() {
-    let relay = Relay::start("sigdeath");
+fn death_by_signal_is_minus_one(profile: &str) {
+    let relay = Relay::start_profile("sigdeath", profile, &[]);
     let mut c = relay.connect();
     let out = c.exec(&sh("kill -9 $$"));
     assert!(out.pid.is_some());
     assert_eq!(out.code, -1);
 }
 
-#[test]
-fn signal_request_is_delivered() {
-    let relay = Relay::start("signal");
+fn signal_request_is_delivered(profile: &str) {
+    let relay = Relay::start_profile("signal", profile, &[]);
     let mut c = relay.connect();
+    c.at_most_gen7();
     let id = c.start_exec(&sh(
         "trap 'echo got-usr1; exit 3' USR1; echo ready; while :; do sleep 0.05; done",
     ));
@@ -106,10 +119,10 @@ fn signal_request_is_delivered() {
     assert_eq!(out.code, 3);
 }
 
-#[test]
-fn stdin_streams_into_cat_and_empty_data_closes_it() {
-    let relay = Relay::start("stdin");
+fn stdin_streams_into_cat_and_empty_data_closes_it(profile: &str) {
+    let relay = Relay::start_profile("stdin", profile, &[]);
     let mut c = relay.connect();
+    c.at_most_gen7();
     let id = c.start_exec(&exec_req("cat", &[]));
     assert_eq!(c.recv().message_type, MessageType::ExecStarted);
     c.send_data(MessageType::ExecStdin, id, b"first line\n");
@@ -352,6 +365,8 @@ fn user_is_refused_when_not_root() {
     let socket = dir.path().join("s.sock");
     let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_msb-devrelay"));
     command
+        .arg("--profile")
+        .arg("0.3.14")
         .arg("--socket")
         .arg(&socket)
         .arg("--root")
@@ -374,10 +389,10 @@ fn check_user_refused(relay: &Relay) {
     assert!(out.stderr_text().contains("root"), "{}", out.stderr_text());
 }
 
-#[test]
-fn disconnect_kills_running_execs() {
-    let relay = Relay::start("disconnect");
+fn disconnect_kills_running_execs(profile: &str) {
+    let relay = Relay::start_profile("disconnect", profile, &[]);
     let mut c = relay.connect();
+    c.at_most_gen7();
     c.start_exec(&exec_req("sleep", &["30"]));
     let started = c.recv();
     let pid = ExecStarted::decode(&started.payload).unwrap().pid;
@@ -398,10 +413,10 @@ fn disconnect_kills_running_execs() {
     assert_eq!(other.exec(&exec_req("true", &[])).code, 0);
 }
 
-#[test]
-fn concurrent_execs_keep_their_own_ids() {
-    let relay = Relay::start("concurrent");
+fn concurrent_execs_keep_their_own_ids(profile: &str) {
+    let relay = Relay::start_profile("concurrent", profile, &[]);
     let mut c = relay.connect();
+    c.at_most_gen7();
     let ids: Vec<u32> = (0..8)
         .map(|i| {
             c.start_exec(&sh(&format!(
@@ -479,10 +494,10 @@ fn rss_kib(pid: u32) -> u64 {
         .unwrap()
 }
 
-#[test]
-fn stdin_and_signal_sent_right_after_the_request_are_not_lost() {
-    let relay = Relay::start("early");
+fn stdin_and_signal_sent_right_after_the_request_are_not_lost(profile: &str) {
+    let relay = Relay::start_profile("early", profile, &[]);
     let mut c = relay.connect();
+    c.at_most_gen7();
     let id = c.start_exec(&exec_req("cat", &[]));
     c.send_data(MessageType::ExecStdin, id, b"early bird");
     c.send_data(MessageType::ExecStdin, id, b"");
@@ -522,3 +537,23 @@ fn an_id_already_running_is_refused_without_disturbing_it() {
     assert_eq!(out.stdout_text(), "still mine");
     assert_eq!(out.code, 0);
 }
+
+for_profiles!(echo_reports_started_stdout_and_exit_code: echo_reports_started_stdout_and_exit_code_0_3_14 = "0.3.14", echo_reports_started_stdout_and_exit_code_0_6_14 = "0.6.14", echo_reports_started_stdout_and_exit_code_0_7_13 = "0.7.13");
+
+for_profiles!(stderr_and_nonzero_exit: stderr_and_nonzero_exit_0_3_14 = "0.3.14", stderr_and_nonzero_exit_0_6_14 = "0.6.14", stderr_and_nonzero_exit_0_7_13 = "0.7.13");
+
+for_profiles!(env_cwd_and_args_are_applied: env_cwd_and_args_are_applied_0_3_14 = "0.3.14", env_cwd_and_args_are_applied_0_6_14 = "0.6.14", env_cwd_and_args_are_applied_0_7_13 = "0.7.13");
+
+for_profiles!(death_by_signal_is_minus_one: death_by_signal_is_minus_one_0_3_14 = "0.3.14", death_by_signal_is_minus_one_0_6_14 = "0.6.14", death_by_signal_is_minus_one_0_7_13 = "0.7.13");
+
+for_profiles!(spawn_failures_exit_minus_one_without_started: spawn_failures_exit_minus_one_without_started_0_3_14 = "0.3.14", spawn_failures_exit_minus_one_without_started_0_6_14 = "0.6.14", spawn_failures_exit_minus_one_without_started_0_7_13 = "0.7.13");
+
+for_profiles!(signal_request_is_delivered: signal_request_is_delivered_0_3_14 = "0.3.14", signal_request_is_delivered_0_6_14 = "0.6.14", signal_request_is_delivered_0_7_13 = "0.7.13");
+
+for_profiles!(stdin_streams_into_cat_and_empty_data_closes_it: stdin_streams_into_cat_and_empty_data_closes_it_0_3_14 = "0.3.14", stdin_streams_into_cat_and_empty_data_closes_it_0_6_14 = "0.6.14", stdin_streams_into_cat_and_empty_data_closes_it_0_7_13 = "0.7.13");
+
+for_profiles!(disconnect_kills_running_execs: disconnect_kills_running_execs_0_3_14 = "0.3.14", disconnect_kills_running_execs_0_6_14 = "0.6.14", disconnect_kills_running_execs_0_7_13 = "0.7.13");
+
+for_profiles!(concurrent_execs_keep_their_own_ids: concurrent_execs_keep_their_own_ids_0_3_14 = "0.3.14", concurrent_execs_keep_their_own_ids_0_6_14 = "0.6.14", concurrent_execs_keep_their_own_ids_0_7_13 = "0.7.13");
+
+for_profiles!(stdin_and_signal_sent_right_after_the_request_are_not_lost: stdin_and_signal_sent_right_after_the_request_are_not_lost_0_3_14 = "0.3.14", stdin_and_signal_sent_right_after_the_request_are_not_lost_0_6_14 = "0.6.14", stdin_and_signal_sent_right_after_the_request_are_not_lost_0_7_13 = "0.7.13");

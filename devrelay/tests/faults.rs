@@ -410,3 +410,79 @@ fn stop_reading() {
         read_handshake(&mut again).0 == 0
     }));
 }
+
+/// Every fault mode on the current profiles: the handshake (or its faulty
+/// part) has the current form `[id_start][id_end_exclusive]`, and every
+/// frame the fault writes carries the profile's generation.
+#[test]
+fn faults_use_the_current_handshake_form_and_generation() {
+    use microsandbox_agent::protocol::CURRENT_ID_RANGE_STEP;
+    let prologue: Vec<u8> = [1u32, CURRENT_ID_RANGE_STEP]
+        .iter()
+        .flat_map(|w| w.to_be_bytes())
+        .collect();
+    for (profile, v) in [("0.6.14", 7u8), ("0.7.13", 10)] {
+        let start = |mode: &str| {
+            let relay = Relay::start_profile(mode, profile, &["--fault", mode, "--quiet"]);
+            let stream = relay.raw_connect();
+            (relay, stream)
+        };
+        let read_ready = |s: &mut UnixStream| {
+            assert_eq!(read_up_to(s, 8), prologue, "{profile}: prologue");
+            let ready = recv_message(s);
+            assert_eq!((ready.message_type, ready.version), (MessageType::Ready, v));
+        };
+        // The handshake faults.
+        let (_r, mut s) = start("no-handshake");
+        assert!(stays_silent(&mut s, QUIET_WAIT));
+        let (_r, mut s) = start("stall-after-id");
+        assert_eq!(read_up_to(&mut s, 8), prologue);
+        assert!(stays_silent(&mut s, QUIET_WAIT));
+        let (_r, mut s) = start("not-ready-first");
+        assert_eq!(read_up_to(&mut s, 8), prologue);
+        let m = recv_message(&mut s);
+        assert_eq!((m.message_type, m.version), (MessageType::ExecStdout, v));
+        let (_r, mut s) = start("close-in-handshake");
+        let got = read_up_to(&mut s, 4096);
+        assert!(got.len() > 12 && got.starts_with(&prologue), "{profile}");
+        // Faults right after a whole handshake.
+        for mode in [
+            "oversize-frame",
+            "short-frame",
+            "bad-cbor",
+            "bad-body-shape",
+            "stop-reading",
+        ] {
+            let (_r, mut s) = start(mode);
+            read_ready(&mut s);
+        }
+        let (_r, mut s) = start("truncated-frame");
+        read_ready(&mut s);
+        let half = read_up_to(&mut s, 4096);
+        assert_eq!(&half[4..8], &1u32.to_be_bytes(), "first id of the range");
+        assert_eq!(half[12], v);
+        // Faults in answers to requests.
+        let exec = frame_v(
+            v,
+            MessageType::ExecRequest,
+            1,
+            &exec_req("true", &[]).to_bytes(),
+        );
+        for mode in ["unknown-type", "wrong-payload", "close-mid-exec", "flood"] {
+            let (_r, mut s) = start(mode);
+            read_ready(&mut s);
+            s.write_all(&exec).unwrap();
+            let first = read_frame_bytes(&mut s);
+            assert_eq!(first[12], v, "{profile} {mode}: v of the first answer");
+        }
+        let (_r, mut s) = start("out-of-range-id");
+        read_ready(&mut s);
+        s.write_all(&exec).unwrap();
+        let outside = recv_message(&mut s);
+        assert_eq!(
+            (outside.id, outside.version),
+            (CURRENT_ID_RANGE_STEP + 1, v)
+        );
+        assert_eq!(recv_message(&mut s).id, 0);
+    }
+}

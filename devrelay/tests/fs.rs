@@ -337,7 +337,7 @@ fn default_root_is_a_fresh_temporary_directory() {
     let socket = dir.path().join("s.sock");
     let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_msb-devrelay"));
     command
-        .arg("--socket")
+        .args(["--profile", "0.3.14", "--socket"])
         .arg(&socket)
         .env("TMPDIR", dir.path());
     let relay = Relay::spawn(command, dir, socket, Default::default());

@@ -7,7 +7,9 @@ use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::process::Command;
 
 use common::*;
-use microsandbox_agent::protocol::{MessageType, LEGACY_ID_RANGE_STEP, LEGACY_MAX_CLIENTS};
+use microsandbox_agent::protocol::{
+    MessageType, CURRENT_ID_RANGE_STEP, LEGACY_ID_RANGE_STEP, LEGACY_MAX_CLIENTS,
+};
 
 #[test]
 fn ready_line_socket_mode_and_handshake_for_all_slots() {
@@ -75,7 +77,7 @@ fn seventeenth_gets_a_slot_after_one_leaves() {
 
 /// Sends raw bytes on a fresh connection and checks the relay closes only it.
 fn bad_input_closes_only_that_client(tag: &str, bytes: &[u8]) {
-    let relay = Relay::start_with(tag, &["--quiet"]);
+    let relay = Relay::start_with(tag, &["--quiet", "--profile", "0.7.13"]);
     let mut good = relay.connect();
     let mut bad = relay.connect();
     bad.stream.write_all(bytes).unwrap();
@@ -87,7 +89,7 @@ fn bad_input_closes_only_that_client(tag: &str, bytes: &[u8]) {
     assert_eq!(out.stdout_text(), "still here\n");
     // Its slot is free again and the relay is alive.
     let again = relay.connect();
-    assert_eq!(again.id_offset, LEGACY_ID_RANGE_STEP);
+    assert_eq!(again.id_start, CURRENT_ID_RANGE_STEP + 1);
 }
 
 #[test]
@@ -100,39 +102,100 @@ fn oversize_frame_from_client_closes_it() {
     bad_input_closes_only_that_client("c-big", &[0, 0x40, 0, 1, 0, 0, 0, 1, 0]);
 }
 
-#[test]
-fn bad_cbor_from_client_closes_it() {
-    bad_input_closes_only_that_client("c-cbor", &[0, 0, 0, 8, 0, 0, 0, 1, 0, 0xff, 0xff, 0xff]);
-}
-
-#[test]
-fn body_without_type_from_client_closes_it() {
-    // {"v": 1} only.
-    bad_input_closes_only_that_client("c-shape", &[0, 0, 0, 9, 0, 0, 0, 1, 0, 0xa1, 0x61, b'v', 1]);
-}
-
-#[test]
-fn unknown_type_from_client_closes_it() {
-    bad_input_closes_only_that_client(
-        "c-unknown",
-        &frame(MessageType::Unknown("core.nope".into()), 1, &[]),
+/// Sends `bytes(id)` (an id of its range) on one connection while another
+/// runs a process; the sandbox must die: the process killed, every
+/// connection closed, the relay exiting 1.
+fn bad_input_kills_the_sandbox(tag: &str, profile: &str, bytes: impl Fn(u32) -> Vec<u8>) {
+    let mut relay = Relay::start_profile(tag, profile, &["--quiet"]);
+    let mut good = relay.connect();
+    let pid = start_sleeper(&mut good);
+    let mut bad = relay.connect();
+    let id = bad.next_id();
+    bad.stream.write_all(&bytes(id)).unwrap();
+    assert_eq!(relay.wait_exit(TIMEOUT), Some(1), "{tag}: relay exits 1");
+    assert!(
+        sees_eof(&mut good.stream, TIMEOUT),
+        "{tag}: good client closed"
+    );
+    assert!(
+        wait_until(TIMEOUT, || !process_alive(pid)),
+        "{tag}: process killed"
     );
 }
 
-#[test]
-fn bad_payload_still_gets_an_answer() {
-    let relay = Relay::start_with("badpayload", &["--quiet"]);
-    let mut c = relay.connect();
-    let id = c.next_id();
-    c.send(MessageType::ExecRequest, id, &[0xa0]); // {} has no cmd
-    let out = c.finish_exec(id);
-    assert_eq!(out.pid, None);
-    assert_eq!(out.code, -1);
-    assert!(out.stderr_text().contains("cmd"), "{}", out.stderr_text());
-    let id = c.next_id();
-    c.send(MessageType::FsRequest, id, &[0xa0]);
+/// Starts `sleep 30` and returns its pid.
+fn start_sleeper(c: &mut Client) -> u32 {
+    let id = c.start_exec(&exec_req("sleep", &["30"]));
     let m = c.recv();
-    assert_eq!((m.id, m.message_type), (id, MessageType::FsResponse));
+    assert_eq!((m.id, m.message_type), (id, MessageType::ExecStarted));
+    let started: microsandbox_agent::protocol::payload::ExecStarted =
+        microsandbox_agent::protocol::payload::Payload::decode(&m.payload).unwrap();
+    started.pid
+}
+
+/// `[len][id][flags 0][body]`.
+fn raw(id: u32, body: &[u8]) -> Vec<u8> {
+    let mut out = (5 + body.len() as u32).to_be_bytes().to_vec();
+    out.extend_from_slice(&id.to_be_bytes());
+    out.push(0);
+    out.extend_from_slice(body);
+    out
+}
+
+fn bad_cbor(id: u32) -> Vec<u8> {
+    raw(id, &[0xff, 0xff, 0xff])
+}
+
+/// {"v": 1} only.
+fn body_without_type(id: u32) -> Vec<u8> {
+    raw(id, &[0xa1, 0x61, b'v', 1])
+}
+
+#[test]
+fn bad_cbor_kills_older_agents() {
+    bad_input_kills_the_sandbox("cbor-03", "0.3.14", bad_cbor);
+    bad_input_kills_the_sandbox("cbor-06", "0.6.14", bad_cbor);
+}
+
+#[test]
+fn body_without_type_kills_older_agents() {
+    bad_input_kills_the_sandbox("shape-03", "0.3.14", body_without_type);
+    bad_input_kills_the_sandbox("shape-06", "0.6.14", body_without_type);
+}
+
+#[test]
+fn the_0_7_relay_cuts_off_bad_bodies_before_agentd() {
+    bad_input_closes_only_that_client("cbor-07", &bad_cbor(CURRENT_ID_RANGE_STEP + 1));
+    bad_input_closes_only_that_client("shape-07", &body_without_type(CURRENT_ID_RANGE_STEP + 1));
+}
+
+#[test]
+fn unknown_type_kills_the_sandbox_on_every_profile() {
+    for profile in PROFILES {
+        let v = if profile == "0.3.14" { 1 } else { 10 };
+        bad_input_kills_the_sandbox(&format!("unknown-{profile}"), profile, |id| {
+            frame_v(v, MessageType::Unknown("core.nope".into()), id, &[])
+        });
+    }
+}
+
+#[test]
+fn types_newer_than_the_agent_are_unknown_to_it() {
+    // core.tcp.connect did not exist in 0.3.14, core.exec.output.ack not in 0.6.14.
+    bad_input_kills_the_sandbox("newer-03", "0.3.14", |id| {
+        frame_v(1, MessageType::TcpConnect, id, &[0xa0])
+    });
+    bad_input_kills_the_sandbox("newer-06", "0.6.14", |id| {
+        frame_v(7, MessageType::ExecOutputAck, id, &[0xa0])
+    });
+}
+
+#[test]
+fn undecodable_payload_kills_0_3_14() {
+    // {} has no cmd.
+    bad_input_kills_the_sandbox("payload-03", "0.3.14", |id| {
+        frame_v(1, MessageType::ExecRequest, id, &[0xa0])
+    });
 }
 
 #[test]

@@ -186,8 +186,12 @@ static const char *start_relay(const char *argv0) {
     if (pid < 0) die("fork: %s", strerror(errno));
     if (pid == 0) {
         dup2(ready_pipe[1], STDOUT_FILENO);
-        char *args[] = {relay,   "--socket", started_socket, "--root", root, "--exec-chunk",
-                        "65536", "--quiet",  NULL};
+        /* The release the relay imitates: $MSB_DEVRELAY_PROFILE, default 0.7.13. */
+        char *profile = getenv("MSB_DEVRELAY_PROFILE");
+        if (profile == NULL || *profile == '\0') profile = "0.7.13";
+        char *args[] = {relay,          "--profile", profile, "--socket",     started_socket,
+                        "--root",       root,        "--exec-chunk", "65536", "--quiet",
+                        NULL};
         execv(relay, args);
         _exit(127);
     }

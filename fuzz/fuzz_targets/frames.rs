@@ -8,14 +8,15 @@
 //! - feeding the stream in chunks yields exactly the frames (and the same
 //!   error, at the same point) as feeding it whole: framing does not depend
 //!   on how reads split the bytes;
-//! - every frame whose body decodes re-encodes canonically to a frame that
-//!   decodes to the same message.
+//! - every frame whose body decodes re-encodes canonically (with its own
+//!   `v`) to a frame that decodes to the same message; raw bulk records
+//!   (flags exactly 0x08) keep their whole body as payload.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
 use microsandbox_agent::protocol::{
-    encode_frame, parse_handshake_offset, FrameDecoder, FrameHeader, Message, ProtocolError,
-    RawFrame, MAX_FRAME_SIZE,
+    encode_frame, parse_handshake_offset, FrameDecoder, FrameHeader, Message, MessageType,
+    ProtocolError, RawFrame, FLAG_BULK, MAX_FRAME_SIZE,
 };
 
 /// What a decoder produced: its frames as (id, flags, body), then how it stopped.
@@ -56,7 +57,14 @@ fn chunked(stream: &[u8], chunk: usize) -> Outcome {
 
 fn reencode(m: &Message) {
     let mut out = Vec::new();
-    encode_frame(&mut out, m.message_type.as_str(), m.id, m.flags, 1, &m.payload);
+    encode_frame(
+        &mut out,
+        m.message_type.as_str(),
+        m.id,
+        m.flags,
+        m.version,
+        &m.payload,
+    );
     let mut d = FrameDecoder::new();
     d.extend(&out);
     let raw = d.next_frame().expect("canonical frame").expect("whole frame");
@@ -88,9 +96,19 @@ fuzz_target!(|data: &[u8]| {
             flags,
             body: body.into(),
         };
-        if let Ok(m) = raw.decode() {
-            assert_eq!((m.id, m.flags), (id, flags));
-            reencode(&m);
+        let bulk = flags == FLAG_BULK;
+        let body_len = raw.body.len();
+        match raw.decode() {
+            Ok(m) if bulk => {
+                assert_eq!(m.message_type, MessageType::BulkRecord);
+                assert_eq!(m.payload.len(), body_len);
+            }
+            Ok(m) => {
+                assert_eq!((m.id, m.flags), (id, flags));
+                assert_ne!(m.message_type, MessageType::BulkRecord);
+                reencode(&m);
+            }
+            Err(e) => assert!(!bulk, "a raw bulk record failed: {e}"),
         }
     }
 });

@@ -9,8 +9,9 @@
 use bytes::Bytes;
 use libfuzzer_sys::fuzz_target;
 use microsandbox_agent::protocol::payload::{
-    Data, ExecExited, ExecRequest, ExecResize, ExecSignal, ExecStarted, FsRequest, FsResponse,
-    Payload, Ready,
+    legacy, CoreError, Data, Empty, ExecExited, ExecFailed, ExecOutputAck, ExecRequest,
+    ExecResize, ExecSignal, ExecStarted, ExecStdinAck, ExecStdinError, FsRequest, FsResponse,
+    Payload, Ready, TcpConnect, TcpFailed, Touched,
 };
 
 fn round_trip<P: Payload + PartialEq + std::fmt::Debug>(input: &Bytes) {
@@ -37,4 +38,15 @@ fuzz_target!(|data: &[u8]| {
     round_trip::<Data>(&input);
     round_trip::<FsRequest>(&input);
     round_trip::<FsResponse>(&input);
+    round_trip::<legacy::FsRequest>(&input);
+    round_trip::<legacy::FsResponse>(&input);
+    round_trip::<ExecFailed>(&input);
+    round_trip::<ExecStdinError>(&input);
+    round_trip::<ExecOutputAck>(&input);
+    round_trip::<ExecStdinAck>(&input);
+    round_trip::<TcpConnect>(&input);
+    round_trip::<TcpFailed>(&input);
+    round_trip::<Empty>(&input);
+    round_trip::<Touched>(&input);
+    round_trip::<CoreError>(&input);
 });

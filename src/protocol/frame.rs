@@ -193,7 +193,7 @@ fn decode_any_body(body: &[u8]) -> Result<Body<'_>, ProtocolError> {
     Ok((
         MessageType::from_wire(&envelope.t),
         envelope.v.0,
-        Cow::Owned(envelope.p.0.into()),
+        Cow::Owned(envelope.p.0),
     ))
 }
 
@@ -393,6 +393,14 @@ mod tests {
             bodies.push(trailing);
             bodies.push(body.clone());
         }
+        // `v` above 255, negative, absent or a map; byte-string keys;
+        // indefinite map and text.
+        bodies.push(b"\xa3\x61v\x19\x01\x2c\x61t\x61x\x61p\x40".to_vec());
+        bodies.push(b"\xa3\x61v\x20\x61t\x61x\x61p\x40".to_vec());
+        bodies.push(b"\xa2\x61t\x61x\x61p\x40".to_vec());
+        bodies.push(b"\xa3\x61v\xa1\x61a\x01\x61t\x61x\x61p\x40".to_vec());
+        bodies.push(b"\xa3\x41v\x01\x41t\x61x\x41p\x40".to_vec());
+        bodies.push(b"\xbf\x61v\x01\x61t\x7f\x61x\xff\x61p\x40\xff".to_vec());
         // `v` wider than needed or tagged; `t` not UTF-8; keys reordered.
         bodies.push(b"\xa3\x61v\x18\x01\x61t\x61x\x61p\x40".to_vec());
         bodies.push(b"\xa3\x61v\xc0\x01\x61t\x61x\x61p\x40".to_vec());
@@ -420,6 +428,51 @@ mod tests {
             shortcut_taken > 50,
             "only {shortcut_taken} bodies took the shortcut"
         );
+    }
+
+    #[test]
+    fn the_envelope_keeps_v_saturated() {
+        for (v, kept) in [(0u8, 0u8), (1, 1), (10, 10), (23, 23), (24, 24), (255, 255)] {
+            let mut out = Vec::new();
+            encode_frame(&mut out, "core.ping", 5, 0, v, b"\xa0");
+            assert_eq!(encoded_len("core.ping", v, 1), out.len() - 4);
+            let m = RawFrame {
+                id: 5,
+                flags: 0,
+                body: Bytes::copy_from_slice(&out[FRAME_HEAD_SIZE..]),
+            };
+            assert_eq!(m.decode().unwrap().version, kept);
+        }
+        let body = b"\xa3\x61v\x19\x01\x2c\x61t\x61x\x61p\x40";
+        assert_eq!(decode_body(body).unwrap().1, 255);
+    }
+
+    #[test]
+    fn raw_bulk_bodies_are_not_cbor_but_are_recognised() {
+        let body = Bytes::from_static(b"\x01\x02\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00hello");
+        let header = FrameHeader {
+            len: body.len() as u32 + 5,
+            id: 30,
+            flags: FLAG_BULK,
+        };
+        let borrowed = decode_borrowed(&header, &body).unwrap();
+        let owned = RawFrame {
+            id: 30,
+            flags: FLAG_BULK,
+            body: body.clone(),
+        }
+        .decode()
+        .unwrap();
+        assert_eq!(borrowed, owned);
+        assert_eq!(owned.message_type, MessageType::BulkRecord);
+        assert_eq!(owned.payload, body);
+        // Bit 3 with others set is not a bulk record: the body must be CBOR.
+        let other = RawFrame {
+            id: 30,
+            flags: FLAG_BULK | 1,
+            body,
+        };
+        assert!(matches!(other.decode(), Err(ProtocolError::BadBody(_))));
     }
 
     #[test]

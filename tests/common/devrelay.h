@@ -73,8 +73,9 @@ static inline int relay_stop(struct relay *r, int sig) {
 }
 
 /*
- * Starts target/release/msb-devrelay (or $MSB_DEVRELAY) with --socket,
- * --root and --quiet in a new directory named after `dir_template` (a
+ * Starts target/release/msb-devrelay (or $MSB_DEVRELAY) with --profile
+ * ($MSB_DEVRELAY_PROFILE, default 0.7.13), --socket, --root and --quiet in
+ * a new directory named after `dir_template` (a
  * mkdtemp template), plus `extra_args` (NULL-terminated, at most 8; NULL for
  * none), and waits up to `wait_ms` for the line it prints once it listens.
  * Returns 0 on success. On failure, returns -1 with the reason in `why`, and
@@ -93,20 +94,24 @@ static inline int relay_spawn(struct relay *r, const char *dir_template, const c
     snprintf(r->root, sizeof r->root, "%s/root", r->dir);
     const char *relay_path = getenv("MSB_DEVRELAY");
     if (relay_path == NULL || *relay_path == '\0') relay_path = "target/release/msb-devrelay";
+    const char *profile = getenv("MSB_DEVRELAY_PROFILE");
+    if (profile == NULL || *profile == '\0') profile = "0.7.13";
 
     /* Everything the child needs is prepared before fork: between fork and
      * exec only async-signal-safe calls are allowed (the library's threads
      * may hold locks). */
-    const char *argv[16];
+    const char *argv[18];
     int n = 0;
     argv[n++] = relay_path;
+    argv[n++] = "--profile";
+    argv[n++] = profile;
     argv[n++] = "--socket";
     argv[n++] = r->socket;
     argv[n++] = "--root";
     argv[n++] = r->root;
     argv[n++] = "--quiet";
     for (int i = 0; extra_args != NULL && extra_args[i] != NULL; i++) {
-        if (n == 14) {
+        if (n == 16) {
             snprintf(why, why_len, "too many relay arguments");
             relay_stop(r, 0);
             return -1;

@@ -17,7 +17,8 @@ import (
 
 // startFaultyRelay runs its own msb-devrelay with --fault mode on a fresh
 // socket (the relay of with-devrelay.sh is a well-behaved one) and returns
-// the socket path. The relay binary is MSB_DEVRELAY or the build tree's.
+// the socket path. The relay binary is MSB_DEVRELAY or the build tree's; it
+// imitates MSB_DEVRELAY_PROFILE (default 0.7.13).
 func startFaultyRelay(t *testing.T, mode string) string {
 	t.Helper()
 	relay := os.Getenv("MSB_DEVRELAY")
@@ -26,7 +27,11 @@ func startFaultyRelay(t *testing.T, mode string) string {
 	}
 	dir := t.TempDir()
 	socket := filepath.Join(dir, "agent.sock")
-	cmd := exec.Command(relay, "--socket", socket, "--root", filepath.Join(dir, "root"), "--quiet", "--fault", mode)
+	profile := os.Getenv("MSB_DEVRELAY_PROFILE")
+	if profile == "" {
+		profile = "0.7.13"
+	}
+	cmd := exec.Command(relay, "--profile", profile, "--socket", socket, "--root", filepath.Join(dir, "root"), "--quiet", "--fault", mode)
 	stdout, err := cmd.StdoutPipe()
 	if err != nil {
 		t.Fatal(err)

@@ -14,7 +14,10 @@ use microsandbox_agent::protocol::payload::legacy::{FsOp, FsRequest, FsResponse}
 use microsandbox_agent::protocol::payload::{
     Data, ExecExited, ExecRequest, ExecStarted, Payload, Ready,
 };
-use microsandbox_agent::protocol::{encode_frame, FrameDecoder, Message, MessageType};
+use microsandbox_agent::protocol::payload::{ExecFailed, ExecOutputAck};
+use microsandbox_agent::protocol::{
+    encode_frame, FrameDecoder, Message, MessageType, LEGACY_ID_RANGE_STEP,
+};
 
 pub const TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -59,8 +62,22 @@ impl Relay {
         Relay::start_with(tag, &[])
     }
 
-    /// Starts the relay with `--root <dir>/root` plus `extra` arguments.
+    /// Starts the relay with `--root <dir>/root` plus `extra` arguments,
+    /// imitating 0.3.14 unless `extra` names a profile.
     pub fn start_with(tag: &str, extra: &[&str]) -> Relay {
+        if extra.contains(&"--profile") {
+            Relay::start_raw(tag, extra)
+        } else {
+            Relay::start_raw(tag, &[&["--profile", "0.3.14"], extra].concat())
+        }
+    }
+
+    /// Starts the relay imitating `profile`, with `extra` arguments.
+    pub fn start_profile(tag: &str, profile: &str, extra: &[&str]) -> Relay {
+        Relay::start_raw(tag, &[&["--profile", profile], extra].concat())
+    }
+
+    fn start_raw(tag: &str, extra: &[&str]) -> Relay {
         let dir = TempDir::new(tag);
         let root = dir.path().join("root");
         std::fs::create_dir_all(&root).unwrap();
@@ -185,25 +202,57 @@ pub fn stays_silent(stream: &mut UnixStream, wait: Duration) -> bool {
     silent
 }
 
-/// Encodes a frame with the flags of its type.
+/// Encodes a frame with the flags of its type, stamped `v = 1`.
 pub fn frame(message_type: MessageType, id: u32, payload: &[u8]) -> Vec<u8> {
+    frame_v(1, message_type, id, payload)
+}
+
+/// Encodes a frame with the flags of its type, stamped `v`.
+pub fn frame_v(v: u8, message_type: MessageType, id: u32, payload: &[u8]) -> Vec<u8> {
     let mut out = Vec::new();
     encode_frame(
         &mut out,
         message_type.as_str(),
         id,
         message_type.flags(),
-        1,
+        v,
         payload,
     );
     out
 }
 
+/// The three profiles the relay imitates.
+pub const PROFILES: [&str; 3] = ["0.3.14", "0.6.14", "0.7.13"];
+
+/// Generates one test per profile from `fn name(profile: &str)`.
+#[macro_export]
+macro_rules! for_profiles {
+    ($body:ident: $($test:ident = $profile:literal),+ $(,)?) => {
+        $(
+            #[test]
+            fn $test() {
+                $body($profile)
+            }
+        )+
+    };
+}
+
 pub struct Client {
     pub stream: UnixStream,
     pub decoder: FrameDecoder,
+    /// Legacy handshakes: the announced offset; current: `id_start - 1`.
     pub id_offset: u32,
+    /// The usable ids, half-open.
+    pub id_start: u32,
+    pub id_end: u32,
+    pub legacy: bool,
     pub ready: Ready,
+    /// The `v` of the ready frame.
+    pub ready_v: u8,
+    /// The `v` this client stamps (1 on legacy, else the peer's).
+    pub v: u8,
+    /// Acknowledge exec output as it is collected (generation 10).
+    pub auto_ack: bool,
     next_id: u32,
     read_buf: Vec<u8>,
 }
@@ -215,6 +264,8 @@ pub struct ExecOutcome {
     pub stdout: Vec<u8>,
     pub stderr: Vec<u8>,
     pub code: i32,
+    /// The `core.exec.failed` payload, if the exec never started.
+    pub failed: Option<ExecFailed>,
     /// Types in arrival order.
     pub sequence: Vec<MessageType>,
 }
@@ -232,23 +283,54 @@ impl Client {
     pub fn connect(socket: &Path) -> Client {
         let mut stream = UnixStream::connect(socket).expect("connect to relay");
         stream.set_read_timeout(Some(TIMEOUT)).unwrap();
-        let mut offset = [0u8; 4];
-        stream.read_exact(&mut offset).expect("handshake id_offset");
-        let id_offset = u32::from_be_bytes(offset);
+        // Upstream's classification of the first 8 bytes.
+        let mut words = [0u8; 8];
+        stream.read_exact(&mut words).expect("handshake prologue");
+        let w0 = u32::from_be_bytes(words[..4].try_into().unwrap());
+        let w1 = u32::from_be_bytes(words[4..].try_into().unwrap());
+        let legacy = (5..=4 * 1024 * 1024).contains(&w1) && (w0 == 0 || w0 >= w1);
+        let (id_start, id_end) = if legacy {
+            (w0 + 1, w0 + LEGACY_ID_RANGE_STEP)
+        } else {
+            assert!(w0 < w1, "invalid range {w0}..{w1}");
+            (w0, w1)
+        };
         let mut client = Client {
             stream,
             decoder: FrameDecoder::new(),
-            id_offset,
+            id_offset: id_start - 1,
+            id_start,
+            id_end,
+            legacy,
             ready: Ready::default(),
-            next_id: id_offset + 1,
+            ready_v: 0,
+            v: 1,
+            auto_ack: false,
+            next_id: id_start,
             read_buf: vec![0u8; 256 * 1024],
         };
+        if legacy {
+            // The second word was the ready frame's length prefix.
+            client.decoder.extend(&words[4..]);
+        }
         let ready = client.recv();
         assert_eq!(ready.message_type, MessageType::Ready);
         assert_eq!(ready.id, 0);
         assert_eq!(ready.flags, 0);
         client.ready = Ready::decode(&ready.payload).unwrap();
+        client.ready_v = ready.version;
+        if !legacy {
+            client.v = ready.version;
+        }
+        client.auto_ack = client.v >= 10 && client.ready.exec_limits.is_some();
         client
+    }
+
+    /// Stamps at most generation 7, as a 0.6.14 client does: execs take the
+    /// legacy path (no flow control) even on 0.7.13.
+    pub fn at_most_gen7(&mut self) {
+        self.v = self.v.min(7);
+        self.auto_ack = false;
     }
 
     pub fn next_id(&mut self) -> u32 {
@@ -259,7 +341,7 @@ impl Client {
 
     pub fn send(&mut self, message_type: MessageType, id: u32, payload: &[u8]) {
         self.stream
-            .write_all(&frame(message_type, id, payload))
+            .write_all(&frame_v(self.v, message_type, id, payload))
             .unwrap();
     }
 
@@ -313,6 +395,7 @@ impl Client {
     /// Collects an exec's frames until `core.exec.exited`.
     pub fn finish_exec(&mut self, id: u32) -> ExecOutcome {
         let mut outcome = ExecOutcome::default();
+        let mut charged = 0u64;
         loop {
             let m = self.recv();
             assert_eq!(m.id, id, "frame {} for another id", m.message_type);
@@ -321,19 +404,36 @@ impl Client {
                 MessageType::ExecStarted => {
                     outcome.pid = Some(ExecStarted::decode(&m.payload).unwrap().pid)
                 }
-                MessageType::ExecStdout => outcome
-                    .stdout
-                    .extend_from_slice(&Data::decode(&m.payload).unwrap().data),
-                MessageType::ExecStderr => outcome
-                    .stderr
-                    .extend_from_slice(&Data::decode(&m.payload).unwrap().data),
+                MessageType::ExecStdout | MessageType::ExecStderr => {
+                    let data = Data::decode(&m.payload).unwrap().data;
+                    if m.message_type == MessageType::ExecStdout {
+                        outcome.stdout.extend_from_slice(&data);
+                    } else {
+                        outcome.stderr.extend_from_slice(&data);
+                    }
+                    if self.auto_ack {
+                        charged += data.len() as u64 + 256;
+                        self.ack_output(id, charged);
+                    }
+                }
+                MessageType::ExecStdinAck | MessageType::ExecStdinError => {}
                 MessageType::ExecExited => {
                     outcome.code = ExecExited::decode(&m.payload).unwrap().code;
+                    return outcome;
+                }
+                MessageType::ExecFailed => {
+                    outcome.code = -1;
+                    outcome.failed = Some(ExecFailed::decode(&m.payload).unwrap());
                     return outcome;
                 }
                 other => panic!("unexpected {other} in an exec"),
             }
         }
+    }
+
+    /// `core.exec.output.ack` with a cumulative total.
+    pub fn ack_output(&mut self, id: u32, consumed: u64) {
+        self.send_payload(MessageType::ExecOutputAck, id, &ExecOutputAck { consumed });
     }
 
     pub fn exec(&mut self, req: &ExecRequest) -> ExecOutcome {

@@ -22,6 +22,7 @@ pub enum FsOp {
     },
     Write {
         path: String,
+        #[serde(default)]
         mode: Option<u32>,
     },
     Mkdir {

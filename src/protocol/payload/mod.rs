@@ -265,17 +265,31 @@ pub struct Ready {
     /// Execution flow-control policy (0.7.9+, generation 10).
     #[serde(default)]
     pub exec_limits: Option<ExecLimits>,
-    /// Out-of-band signal route (0.7.8+ relays). A malformed one is dropped
-    /// rather than failing the handshake, as upstream's `Ready` ignores it.
-    #[serde(default, deserialize_with = "lenient")]
+    /// Out-of-band signal route (0.7.8+ relays). Read in a second pass (see
+    /// `Payload::decode`), so that it never changes the verdict on a ready
+    /// payload: upstream's `Ready` does not have it and ignores it.
+    #[serde(skip_deserializing)]
     pub exec_control: Option<ExecControlReady>,
 }
 
-/// Decodes an optional value that must never fail its container: a value
-/// of the wrong shape counts as absent.
-fn lenient<'de, D: Deserializer<'de>, T: DeserializeOwned>(d: D) -> Result<Option<T>, D::Error> {
-    let value = ciborium::Value::deserialize(d)?;
-    Ok(value.deserialized().ok())
+/// The second look at a ready payload, for `exec_control` alone.
+#[derive(Deserialize)]
+struct ExecControlDiscovery {
+    #[serde(default)]
+    exec_control: Option<ExecControlReady>,
+}
+
+impl Payload for Ready {
+    const NAME: &'static str = "core.ready";
+    fn decode(payload: &Bytes) -> Result<Self, ProtocolError> {
+        let mut ready: Ready = decode_cbor(payload, Self::NAME)?;
+        // A malformed `exec_control` counts as absent: it is optional, and
+        // the handshake must not fail over it.
+        ready.exec_control = ciborium::de::from_reader::<ExecControlDiscovery, _>(&payload[..])
+            .ok()
+            .and_then(|d| d.exec_control);
+        Ok(ready)
+    }
 }
 
 impl Serialize for Ready {
@@ -883,7 +897,6 @@ pub struct TcpFailed {
 }
 
 payloads! {
-    Ready => "core.ready",
     Empty => "empty",
     Touched => "core.touched",
     CoreError => "core.error",
@@ -900,4 +913,100 @@ payloads! {
     FsResponse => "core.fs.response",
     TcpConnect => "core.tcp.connect",
     TcpFailed => "core.tcp.failed",
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Payloads near the canonical `{data}`: every truncation and every
+    /// one-byte change of canonical payloads, plus tolerated variants.
+    fn payloads_near_canonical() -> Vec<Vec<u8>> {
+        let mut canonical = Vec::new();
+        for len in [0, 1, 23, 24, 255, 256, 70_000] {
+            let data: Vec<u8> = (0..len).map(|i| i as u8).collect();
+            let mut p = Vec::new();
+            Data::encode_slice(&data, &mut p);
+            canonical.push(p);
+        }
+        let mut payloads = Vec::new();
+        for p in &canonical {
+            for len in 0..p.len().min(80) {
+                payloads.push(p[..len].to_vec());
+            }
+            for i in 0..p.len().min(40) {
+                for b in [
+                    0x00, 0x18, 0x1f, 0x40, 0x41, 0x5f, 0x61, 0x64, 0x7f, 0x80, 0xa2, 0xbf, 0xc0,
+                    0xf6, 0xff,
+                ] {
+                    let mut changed = p.clone();
+                    changed[i] = b;
+                    payloads.push(changed);
+                }
+            }
+            let mut trailing = p.clone();
+            trailing.extend_from_slice(b"\xff\x00");
+            payloads.push(trailing);
+            payloads.push(p.clone());
+        }
+        // Byte-string key, indefinite map, indefinite bytes, integer array,
+        // an unknown key before `data`, a wider head than needed.
+        payloads.push(b"\xa1\x44data\x41x".to_vec());
+        payloads.push(b"\xbf\x64data\x41x\xff".to_vec());
+        payloads.push(b"\xa1\x64data\x5f\x41x\x41y\xff".to_vec());
+        payloads.push(b"\xa1\x64data\x82\x01\x18\xff".to_vec());
+        payloads.push(b"\xa2\x61z\x61\xff\x64data\x41x".to_vec());
+        payloads.push(b"\xa1\x64data\x58\x01x".to_vec());
+        payloads
+    }
+
+    #[test]
+    fn the_data_shortcut_agrees_with_serde() {
+        let mut shortcut_taken = 0;
+        for p in payloads_near_canonical() {
+            let p = Bytes::from(p);
+            let general = decode_cbor::<Data>(&p, Data::NAME);
+            if let Some(fast) = Data::decode_canonical(&p) {
+                shortcut_taken += 1;
+                assert_eq!(Ok(&fast), general.as_ref(), "payload {p:02x?}");
+                // Zero copy: the data points into the payload.
+                let range = p.as_ptr_range();
+                assert!(fast.data.is_empty() || range.contains(&fast.data.as_ptr()));
+            }
+            assert_eq!(Data::decode(&p), general, "payload {p:02x?}");
+        }
+        assert!(
+            shortcut_taken > 100,
+            "only {shortcut_taken} payloads took the shortcut"
+        );
+    }
+
+    #[test]
+    fn data_encodes_as_serde_does() {
+        for len in [0, 1, 23, 24, 255, 256, 65_535, 65_536, 70_000] {
+            let data = Data {
+                data: Bytes::from(vec![7u8; len]),
+            };
+            let mut by_serde = Vec::new();
+            encode_cbor(&data, &mut by_serde);
+            assert_eq!(data.to_bytes(), by_serde, "{len}");
+            assert_eq!(Data::encoded_len(len), by_serde.len(), "{len}");
+        }
+    }
+
+    #[test]
+    fn unknown_kinds_are_kept_and_known_ones_in_either_enum_form() {
+        let text: ExecFailureKind = decode_cbor(b"\x69not_found", "t").unwrap();
+        assert_eq!(text, ExecFailureKind::NotFound);
+        let map: ExecFailureKind = decode_cbor(b"\xa1\x69not_found\xf6", "t").unwrap();
+        assert_eq!(map, ExecFailureKind::NotFound);
+        // A byte-string name only inside the map form, as ciborium allows.
+        let bytes: ExecFailureKind = decode_cbor(b"\xa1\x49not_found\xf6", "t").unwrap();
+        assert_eq!(bytes, ExecFailureKind::NotFound);
+        assert!(decode_cbor::<ExecFailureKind>(b"\x49not_found", "t").is_err());
+        let unknown: ExecFailureKind = decode_cbor(b"\x63new", "t").unwrap();
+        assert_eq!(unknown, ExecFailureKind::Unknown("new".into()));
+        assert!(decode_cbor::<ExecFailureKind>(b"\x01", "t").is_err());
+        assert!(decode_cbor::<ExecFailureKind>(b"\x42\xff\xfe", "t").is_err());
+    }
 }
