@@ -44,6 +44,22 @@
 #define EEXIST 17
 
 /**
+ * Open handles the guest allows one relay client (agentd's own limit).
+ */
+#define GUEST_HANDLE_LIMIT 1024
+
+/**
+ * The most one `read_at` returns: the reply is held in memory whole.
+ */
+#define MAX_READ_AT ((64 * 1024) * 1024)
+
+/**
+ * Most bytes one `core.tcp.data` carries from us: what agentd reads at a
+ * time from its side, so both directions use the same chunks.
+ */
+#define TCP_CHUNK_SIZE (64 * 1024)
+
+/**
  * `msb_message_flags` bit: the last message of its id.
  */
 #define MSB_FLAG_TERMINAL 1
@@ -83,6 +99,81 @@
  * Patch version of this library.
  */
 #define MSB_VERSION_PATCH 0
+
+/**
+ * `msb_file_open` flag: open for reading.
+ */
+#define MSB_FILE_READ 1
+
+/**
+ * `msb_file_open` flag: open for writing.
+ */
+#define MSB_FILE_WRITE 2
+
+/**
+ * `msb_file_open` flag: every write goes to the end of the file.
+ */
+#define MSB_FILE_APPEND 4
+
+/**
+ * `msb_file_open` flag: create the file if it does not exist (needs
+ * `MSB_FILE_WRITE` or `MSB_FILE_APPEND`).
+ */
+#define MSB_FILE_CREATE 8
+
+/**
+ * `msb_file_open` flag: truncate the file to 0 bytes (needs
+ * `MSB_FILE_WRITE`).
+ */
+#define MSB_FILE_TRUNCATE 16
+
+/**
+ * `msb_file_open` flag: create the file, failing with `MSB_ERR_EXISTS` if
+ * it exists.
+ */
+#define MSB_FILE_CREATE_NEW 32
+
+/**
+ * The number of open handles the guest allows one connection; opening
+ * more fails with `MSB_ERR_GUEST` and a message naming this limit.
+ */
+#define MSB_FILE_HANDLE_LIMIT 1024
+
+/**
+ * Clients one 0.3.x/0.4.x relay (legacy handshake) serves at once.
+ */
+#define LEGACY_MAX_CLIENTS 16
+
+/**
+ * Size of every client's correlation-id range on a legacy relay.
+ */
+#define LEGACY_ID_RANGE_STEP (UINT32_MAX / LEGACY_MAX_CLIENTS)
+
+/**
+ * Clients one 0.5.0+ relay (current handshake) serves at once.
+ */
+#define CURRENT_MAX_CLIENTS 128
+
+/**
+ * Size of every client's correlation-id range on a 0.5.0+ relay.
+ */
+#define CURRENT_ID_RANGE_STEP (UINT32_MAX / CURRENT_MAX_CLIENTS)
+
+/**
+ * The highest generation whose semantics this library implements.
+ */
+#define MAX_GENERATION 10
+
+/**
+ * The generation of every legacy (0.3.x/0.4.x) connection.
+ */
+#define LEGACY_GENERATION 1
+
+/**
+ * A generation-8 raw bulk record. Exclusive: a frame whose flags are
+ * exactly this byte has a raw, non-CBOR body.
+ */
+#define FLAG_BULK 8
 
 /**
  * An owned, immutable byte buffer handed to the caller. Release it with
@@ -149,6 +240,18 @@ typedef struct msb_exec_event msb_exec_event;
 typedef struct msb_exec_request msb_exec_request;
 
 /**
+ * A file in the guest kept open through a handle, for reads and writes
+ * at any offset. The handle belongs to the client connection that opened
+ * it and dies with it.
+ *
+ * Thread safety: any function may be called from any thread; reads,
+ * writes and stats may run concurrently (each is its own request).
+ * `msb_file_close` waits for calls in progress on the file, then makes
+ * later ones fail with `MSB_ERR_WRONG_STATE`.
+ */
+typedef struct msb_file msb_file;
+
+/**
  * A file being read from the guest chunk by chunk, for files too large to
  * hold at once.
  *
@@ -182,6 +285,16 @@ typedef struct msb_fs_entries msb_fs_entries;
 typedef struct msb_fs_entry msb_fs_entry;
 
 /**
+ * The attributes a set-stat changes: a builder, each field left alone
+ * unless set. Build it, pass it to `msb_fs_set_stat` or
+ * `msb_file_set_stat` (which copy it), and release it with
+ * `msb_fs_set_attrs_free`; it may be reused.
+ *
+ * Thread safety: a plain builder; one thread at a time.
+ */
+typedef struct msb_fs_set_attrs msb_fs_set_attrs;
+
+/**
  * A received message: id, flags, type and CBOR payload.
  *
  * Thread safety: immutable; may be read from any thread.
@@ -204,6 +317,19 @@ typedef struct msb_run_output msb_run_output;
  * `MSB_ERR_CLOSED`.
  */
 typedef struct msb_subscription msb_subscription;
+
+/**
+ * A TCP connection the guest made on the caller's behalf: bytes written
+ * here go to the guest's peer, bytes the peer sends are pulled with
+ * `msb_tcp_read`.
+ *
+ * Thread safety: any function may be called from any thread. Reads from
+ * several threads each get distinct chunks; writes from several threads
+ * land in an undefined order, so write from one thread at a time.
+ * `msb_tcp_stream_free` wakes a thread blocked in `msb_tcp_read` with
+ * `MSB_ERR_CLOSED`.
+ */
+typedef struct msb_tcp_stream msb_tcp_stream;
 
 /**
  * A status code. Fixed width, so it crosses every ABI unchanged; values are
@@ -356,6 +482,38 @@ typedef int32_t msb_fs_kind;
 #define MSB_ERR_WRONG_STATE -14
 
 /**
+ * The sandbox's negotiated protocol generation lacks this operation; the
+ * message names the message type, the generation it needs and the one the
+ * sandbox speaks. Restarting the sandbox with a newer runtime helps.
+ */
+#define MSB_ERR_UNSUPPORTED -15
+
+/**
+ * The relay closed the connection before the first handshake byte: all of
+ * its client slots (16 on 0.3/0.4 relays, 128 on later ones) are taken, or
+ * the guest is stalled. Retry later.
+ */
+#define MSB_ERR_RELAY_BUSY -16
+
+/**
+ * Every correlation id of this connection's range has been used once, and
+ * current relays refuse reused ids: reconnect.
+ */
+#define MSB_ERR_IDS_EXHAUSTED -17
+
+/**
+ * The guest could not start the command (`core.exec.failed`); the message
+ * has the guest's text, the kind of failure and the stage.
+ */
+#define MSB_ERR_EXEC_FAILED -18
+
+/**
+ * The agent or relay refused a request with `core.error`; the message has
+ * its kind and text.
+ */
+#define MSB_ERR_AGENT -19
+
+/**
  * The guest refused for lack of permission (errno `EACCES` or `EPERM`);
  * `msb_error_errno` gives which.
  */
@@ -382,9 +540,24 @@ typedef int32_t msb_fs_kind;
 #define MSB_EXEC_STDERR 3
 
 /**
- * The process ended; `msb_exec_event_exit_code` is valid. Always last.
+ * The process ended; `msb_exec_event_exit_code` is valid. Last, unless
+ * `MSB_EXEC_FAILED` comes instead.
  */
 #define MSB_EXEC_EXITED 4
+
+/**
+ * The guest could not start the command (agents 0.4.4+): no process ran.
+ * `msb_exec_event_failure_kind`, `msb_exec_event_errno`,
+ * `msb_exec_event_message` and `msb_exec_event_stage` are valid. Last.
+ */
+#define MSB_EXEC_FAILED 5
+
+/**
+ * Writing stdin into the process failed (agents 0.4.6+);
+ * `msb_exec_event_errno` and `msb_exec_event_message` are valid. The
+ * process runs on and more events follow.
+ */
+#define MSB_EXEC_STDIN_ERROR 6
 
 /**
  * Anything else: a device, a socket, a fifo, or a kind this library does
@@ -508,10 +681,14 @@ void msb_connect_options_free(struct msb_connect_options *options);
  * within the options' timeout. `options` may be NULL for the defaults.
  *
  * On success the caller owns `*client_out` and must release it with
- * `msb_client_free`. Errors: `MSB_ERR_NOT_FOUND` (no relay there),
- * `MSB_ERR_TIMEOUT`, `MSB_ERR_HANDSHAKE` (e.g. all 16 slots taken),
- * `MSB_ERR_PROTOCOL`, `MSB_ERR_INVALID_ARGUMENT` (path too long for a Unix
- * socket), `MSB_ERR_IO`.
+ * `msb_client_free`. Speaks every relay from 0.3.14 to 0.7.13: both
+ * handshake forms are recognised (see `msb_client_is_legacy` and
+ * `msb_client_generation`). Errors: `MSB_ERR_NOT_FOUND` (no relay there),
+ * `MSB_ERR_RELAY_BUSY` (the relay closed before the handshake: full or
+ * stalled; retry later), `MSB_ERR_TIMEOUT`, `MSB_ERR_HANDSHAKE` (a
+ * truncated or invalid handshake), `MSB_ERR_PROTOCOL`,
+ * `MSB_ERR_INVALID_ARGUMENT` (path too long for a Unix socket),
+ * `MSB_ERR_IO`.
  */
 msb_status msb_client_connect(const char *socket_path,
                               const struct msb_connect_options *options,
@@ -579,10 +756,63 @@ msb_status msb_client_ready_payload(const struct msb_client *client,
                                     struct msb_bytes **payload_out);
 
 /**
- * The relay's `id_offset` for this client: its ids run from
- * `id_offset + 1` to `id_offset + 268435454`. 0 if `client` is NULL.
+ * The first id of this client's range minus one. On a legacy (0.3/0.4)
+ * relay this is the handshake's `id_offset`, and ids run from
+ * `id_offset + 1` to `id_offset + 268435454`. On a current (0.5+) relay it
+ * is `id_start - 1`, and ids run up to `id_end_exclusive - 1`: use
+ * `msb_client_id_range`, which is right for both. 0 if `client` is NULL.
  */
 uint32_t msb_client_id_offset(const struct msb_client *client);
+
+/**
+ * This client's correlation ids: `*start_out <= id < *end_exclusive_out`.
+ * Id 0 is never in it (only `core.shutdown` uses id 0).
+ *
+ * Errors: `MSB_ERR_NULL_POINTER`.
+ */
+msb_status msb_client_id_range(const struct msb_client *client,
+                               uint32_t *start_out,
+                               uint32_t *end_exclusive_out);
+
+/**
+ * The protocol generation this connection speaks: 1 on a legacy (0.3/0.4)
+ * relay, otherwise the smaller of the sandbox's generation and the
+ * library's (10). A 0.5.0 sandbox speaks 1 although its relay is current;
+ * it runs commands but refuses filesystem calls (`MSB_ERR_UNSUPPORTED`).
+ * 0 if `client` is NULL.
+ */
+uint32_t msb_client_generation(const struct msb_client *client);
+
+/**
+ * The sandbox's own protocol generation: the `v` of the relay's
+ * `core.ready` (1 for 0.3.x to 0.5.0, 7 for 0.6.10 to 0.6.18, 9 or 10 for
+ * 0.7.x). 0 if `client` is NULL.
+ */
+uint32_t msb_client_peer_generation(const struct msb_client *client);
+
+/**
+ * True if the relay used the legacy handshake of 0.3.x and 0.4.x (16
+ * clients, filesystem calls in their 0.3.14 shapes). False for current
+ * relays and if `client` is NULL.
+ */
+bool msb_client_is_legacy(const struct msb_client *client);
+
+/**
+ * The agent's version from `core.ready` (e.g. "0.6.14"); "" when the
+ * sandbox does not say (before 0.5.5) or `client` is NULL. Borrowed: valid
+ * until `msb_client_free(client)`.
+ */
+const char *msb_client_agent_version(const struct msb_client *client);
+
+/**
+ * True if this connection can carry `message_type` (a wire name such as
+ * "core.tcp.connect"): the type is known to the library and the negotiated
+ * generation has it. On legacy relays the filesystem types count as
+ * supported: the library speaks their 0.3.14 shapes there. False for
+ * unknown names, invalid UTF-8 and NULL arguments.
+ */
+bool msb_client_supports(const struct msb_client *client,
+                         const char *message_type);
 
 /**
  * Fills `*counters` (see `msb_counters` for `struct_size`).
@@ -599,15 +829,25 @@ msb_status msb_client_shutdown(const struct msb_client *client,
                                struct msb_error **err_out);
 
 /**
- * Returns an id of this client's range that no subscription uses now
- * (0 if `client` is NULL). Subscribe to it before sending on it.
+ * Returns an id of this client's range that no subscription uses now.
+ * Subscribe to it before sending on it. On a current (0.5+) relay every id
+ * is handed out once per connection (0.7 relays disconnect a client that
+ * reuses one); the id stays yours to subscribe to until 4096 more have
+ * been allocated. Returns 0 if `client` is NULL or
+ * every id of the range has been used (`MSB_ERR_IDS_EXHAUSTED` on the
+ * calls that report errors): reconnect then.
  */
 uint32_t msb_client_alloc_id(const struct msb_client *client);
 
 /**
  * Sends one message with the flags its type calls for (0 for types this
  * library does not know). `payload` is the CBOR payload; `(NULL, 0)` sends
- * an empty one. Blocks only while the socket is full, at most `timeout_ms`
+ * an empty one. `id` must lie in the client's range (see
+ * `msb_client_id_range`); only "core.shutdown" may use id 0. On a current
+ * (0.5+) relay, `message_type` must be a type this library knows and that
+ * a client sends (an agent fails on anything else): otherwise
+ * `MSB_ERR_INVALID_ARGUMENT`. A type above the negotiated generation gives
+ * `MSB_ERR_UNSUPPORTED` on every relay. Blocks only while the socket is full, at most `timeout_ms`
  * (`MSB_TIMEOUT_INFINITE`: no limit). Frames sent concurrently from
  * several threads are never interleaved.
  *
@@ -617,7 +857,8 @@ uint32_t msb_client_alloc_id(const struct msb_client *client);
  * return `MSB_ERR_CLOSED`). The same holds for every call that sends.
  *
  * Errors: `MSB_ERR_TOO_LARGE` (over 4 MiB), `MSB_ERR_TIMEOUT`,
- * `MSB_ERR_CLOSED`, `MSB_ERR_INVALID_UTF8`.
+ * `MSB_ERR_CLOSED`, `MSB_ERR_INVALID_UTF8`, `MSB_ERR_INVALID_ARGUMENT`,
+ * `MSB_ERR_UNSUPPORTED`.
  */
 msb_status msb_client_send(const struct msb_client *client,
                            const char *message_type,
@@ -630,7 +871,8 @@ msb_status msb_client_send(const struct msb_client *client,
 /**
  * Sends a message on a fresh id and waits up to `timeout_ms` for the first
  * reply. On timeout the pending entry is removed (a late reply is dropped
- * and counted).
+ * and counted). `message_type` is checked as by `msb_client_send`; a
+ * fresh id on a used-up range gives `MSB_ERR_IDS_EXHAUSTED`.
  *
  * On success the caller owns `*reply_out` and must release it with
  * `msb_message_free`.
@@ -649,7 +891,10 @@ msb_status msb_client_request(const struct msb_client *client,
  * sending.
  *
  * On success the caller owns `*sub_out` and must release it with
- * `msb_subscription_free`. Errors: `MSB_ERR_ID_UNAVAILABLE`, `MSB_ERR_CLOSED`.
+ * `msb_subscription_free`. On a current (0.5+) relay an id can carry one
+ * conversation per connection: an id used before (other than one just
+ * returned by `msb_client_alloc_id`) is refused. Errors:
+ * `MSB_ERR_ID_UNAVAILABLE`, `MSB_ERR_CLOSED`.
  */
 msb_status msb_client_subscribe(const struct msb_client *client,
                                 uint32_t id,
@@ -879,10 +1124,42 @@ msb_status msb_exec_resize(const struct msb_exec *exec,
 void msb_exec_free(struct msb_exec *exec);
 
 /**
- * The event's kind (`MSB_EXEC_STARTED`, `_STDOUT`, `_STDERR`, `_EXITED`);
- * 0 if `event` is NULL.
+ * The event's kind (`MSB_EXEC_STARTED`, `_STDOUT`, `_STDERR`, `_EXITED`,
+ * `_FAILED`, `_STDIN_ERROR`); 0 if `event` is NULL.
  */
 msb_exec_kind msb_exec_event_kind(const struct msb_exec_event *event);
+
+/**
+ * Why a `MSB_EXEC_FAILED` event's command did not start, as the guest
+ * names it: "not_found", "permission_denied", "not_executable", "bad_cwd",
+ * "bad_args", "resource_limit", "user_setup_failed", "out_of_memory",
+ * "pty_setup_failed", "other", or a newer name passed through as sent.
+ * "" for other kinds; NULL if `event` is NULL. Borrowed: valid until
+ * `msb_exec_event_free(event)`.
+ */
+const char *msb_exec_event_failure_kind(const struct msb_exec_event *event);
+
+/**
+ * The guest's errno for a `MSB_EXEC_FAILED` or `MSB_EXEC_STDIN_ERROR`
+ * event; 0 when the guest sent none, for other kinds, and if `event` is
+ * NULL.
+ */
+int32_t msb_exec_event_errno(const struct msb_exec_event *event);
+
+/**
+ * The guest's message for a `MSB_EXEC_FAILED` or `MSB_EXEC_STDIN_ERROR`
+ * event; "" for other kinds; NULL if `event` is NULL. Borrowed: valid
+ * until `msb_exec_event_free(event)`.
+ */
+const char *msb_exec_event_message(const struct msb_exec_event *event);
+
+/**
+ * Where a `MSB_EXEC_FAILED` event's start failed (e.g. "spawn",
+ * "execution_admission"); NULL when the guest did not say, for other
+ * kinds, and if `event` is NULL. Borrowed: valid until
+ * `msb_exec_event_free(event)`.
+ */
+const char *msb_exec_event_stage(const struct msb_exec_event *event);
 
 /**
  * The guest pid of a `MSB_EXEC_STARTED` event (0 for other kinds).
@@ -925,7 +1202,10 @@ void msb_exec_event_free(struct msb_exec_event *event);
  * returned.
  *
  * On success the caller owns `*output_out` and must release it with
- * `msb_run_output_free`. A non-zero exit code is still `MSB_OK`.
+ * `msb_run_output_free`. A non-zero exit code is still `MSB_OK`. A command
+ * the guest could not start gives `MSB_ERR_EXEC_FAILED` (agents 0.4.4+;
+ * the message has the guest's text, the kind and the stage) or, from older
+ * agents, exit code -1.
  */
 msb_status msb_exec_run(const struct msb_client *client,
                         const struct msb_exec_request *request,
@@ -1187,6 +1467,239 @@ msb_status msb_file_writer_finish(const struct msb_file_writer *writer,
 void msb_file_writer_free(struct msb_file_writer *writer);
 
 /**
+ * Metadata of `path`, following symlinks (the entry describes what the
+ * link points at; `msb_fs_stat` describes the link itself).
+ *
+ * On success the caller owns `*entry_out` and must release it with
+ * `msb_fs_entry_free`. A dangling link is `MSB_ERR_NOT_FOUND`.
+ */
+msb_status msb_fs_stat_follow(const struct msb_client *client,
+                              const char *path,
+                              int64_t timeout_ms,
+                              struct msb_fs_entry **entry_out,
+                              struct msb_error **err_out);
+
+/**
+ * The canonical absolute path of `path` in the guest, with every symlink,
+ * `.` and `..` resolved (`realpath(3)`); the path must exist.
+ *
+ * On success the caller owns `*path_out` and must release it with
+ * `msb_bytes_free`. Its bytes are the path (UTF-8, no terminating NUL
+ * counted by `msb_bytes_len`), and a NUL follows them in memory, so
+ * `(const char *)msb_bytes_data(path)` is also a C string.
+ */
+msb_status msb_fs_realpath(const struct msb_client *client,
+                           const char *path,
+                           int64_t timeout_ms,
+                           struct msb_bytes **path_out,
+                           struct msb_error **err_out);
+
+/**
+ * The target stored in the symlink `path`, unresolved. Same ownership of
+ * `*path_out` as `msb_fs_realpath`. A path that is not a symlink is a
+ * guest error (`EINVAL`, errno 22).
+ */
+msb_status msb_fs_readlink(const struct msb_client *client,
+                           const char *path,
+                           int64_t timeout_ms,
+                           struct msb_bytes **path_out,
+                           struct msb_error **err_out);
+
+/**
+ * Creates the symlink `link_path` pointing at `target` (stored as given;
+ * it need not exist). `MSB_ERR_EXISTS` if `link_path` exists.
+ */
+msb_status msb_fs_symlink(const struct msb_client *client,
+                          const char *target,
+                          const char *link_path,
+                          int64_t timeout_ms,
+                          struct msb_error **err_out);
+
+/**
+ * Removes the directory `path`: with everything in it when `recursive`
+ * (as `msb_fs_remove_dir`), else only if it is empty (a directory with
+ * entries is a guest error, `ENOTEMPTY`, errno 39).
+ */
+msb_status msb_fs_remove_dir_ex(const struct msb_client *client,
+                                const char *path,
+                                bool recursive,
+                                int64_t timeout_ms,
+                                struct msb_error **err_out);
+
+/**
+ * A builder that changes nothing yet.
+ *
+ * On success the caller owns `*attrs_out` and must release it with
+ * `msb_fs_set_attrs_free`.
+ */
+msb_status msb_fs_set_attrs_new(struct msb_fs_set_attrs **attrs_out,
+                                struct msb_error **err_out);
+
+/**
+ * Sets the permission bits (within 0..=07777, else
+ * `MSB_ERR_INVALID_ARGUMENT`).
+ */
+msb_status msb_fs_set_attrs_mode(struct msb_fs_set_attrs *attrs,
+                                 uint32_t mode,
+                                 struct msb_error **err_out);
+
+/**
+ * Sets the owner's user and group ids (`chown`).
+ */
+msb_status msb_fs_set_attrs_owner(struct msb_fs_set_attrs *attrs,
+                                  uint32_t uid,
+                                  uint32_t gid,
+                                  struct msb_error **err_out);
+
+/**
+ * Sets the size: the file is truncated or extended with zeros.
+ */
+msb_status msb_fs_set_attrs_size(struct msb_fs_set_attrs *attrs,
+                                 uint64_t size,
+                                 struct msb_error **err_out);
+
+/**
+ * Sets the access and modification times, in Unix seconds.
+ */
+msb_status msb_fs_set_attrs_times(struct msb_fs_set_attrs *attrs,
+                                  int64_t atime,
+                                  int64_t mtime,
+                                  struct msb_error **err_out);
+
+/**
+ * Releases a builder. NULL is ignored; freeing twice is forbidden.
+ */
+void msb_fs_set_attrs_free(struct msb_fs_set_attrs *attrs);
+
+/**
+ * Changes the attributes `attrs` sets on `path`: of what a final symlink
+ * points at when `follow_symlink`, else of the path itself. `attrs` is
+ * borrowed for the call.
+ */
+msb_status msb_fs_set_stat(const struct msb_client *client,
+                           const char *path,
+                           bool follow_symlink,
+                           const struct msb_fs_set_attrs *attrs,
+                           int64_t timeout_ms,
+                           struct msb_error **err_out);
+
+/**
+ * The owner's user id (0 if NULL, and on legacy relays, which do not
+ * report it).
+ */
+uint32_t msb_fs_entry_uid(const struct msb_fs_entry *entry);
+
+/**
+ * The owner's group id (0 if NULL, and on legacy relays).
+ */
+uint32_t msb_fs_entry_gid(const struct msb_fs_entry *entry);
+
+/**
+ * Writes the access time (Unix seconds) to `*atime_out` and returns true,
+ * or returns false if the guest did not report one (legacy relays never
+ * do) or on NULL.
+ */
+bool msb_fs_entry_atime(const struct msb_fs_entry *entry,
+                        int64_t *atime_out);
+
+/**
+ * Opens `path` in the guest. `flags` combines `MSB_FILE_*` (at least one
+ * of READ, WRITE, APPEND; unknown bits are `MSB_ERR_INVALID_ARGUMENT`);
+ * `mode` is the permission bits of a created file (e.g. 0644), or -1 for
+ * the guest's default. A missing file without CREATE is
+ * `MSB_ERR_NOT_FOUND`.
+ *
+ * Each open file holds one of the guest's `MSB_FILE_HANDLE_LIMIT` handles
+ * per connection until `msb_file_close` or `msb_file_free`;
+ * `msb_client_open_files` counts them.
+ *
+ * On success the caller owns `*file_out` and must release it with
+ * `msb_file_free`.
+ */
+msb_status msb_file_open(const struct msb_client *client,
+                         const char *path,
+                         uint32_t flags,
+                         int32_t mode,
+                         int64_t timeout_ms,
+                         struct msb_file **file_out,
+                         struct msb_error **err_out);
+
+/**
+ * Reads up to `len` bytes at `offset` (at most 64 MiB per call; more is
+ * `MSB_ERR_INVALID_ARGUMENT`). Fewer bytes come back at the end of the
+ * file, and none at or past it: a buffer of length 0, still `MSB_OK`.
+ * The file must be open for reading.
+ *
+ * On success the caller owns `*data_out` and must release it with
+ * `msb_bytes_free`.
+ */
+msb_status msb_file_read_at(const struct msb_file *file,
+                            uint64_t offset,
+                            uint64_t len,
+                            int64_t timeout_ms,
+                            struct msb_bytes **data_out,
+                            struct msb_error **err_out);
+
+/**
+ * Writes `len` bytes at `offset` (sent in chunks of at most 3 MiB; the
+ * guest checks that all of them arrived). On a file opened with
+ * `MSB_FILE_APPEND` the bytes go to the end whatever `offset` says. The
+ * file must be open for writing or appending.
+ */
+msb_status msb_file_write_at(const struct msb_file *file,
+                             uint64_t offset,
+                             const uint8_t *data,
+                             size_t len,
+                             int64_t timeout_ms,
+                             struct msb_error **err_out);
+
+/**
+ * Metadata of the open file.
+ *
+ * On success the caller owns `*entry_out` and must release it with
+ * `msb_fs_entry_free`.
+ */
+msb_status msb_file_fstat(const struct msb_file *file,
+                          int64_t timeout_ms,
+                          struct msb_fs_entry **entry_out,
+                          struct msb_error **err_out);
+
+/**
+ * Changes the attributes `attrs` sets on the open file. `attrs` is
+ * borrowed for the call.
+ */
+msb_status msb_file_set_stat(const struct msb_file *file,
+                             const struct msb_fs_set_attrs *attrs,
+                             int64_t timeout_ms,
+                             struct msb_error **err_out);
+
+/**
+ * Closes the guest's handle and waits up to `timeout_ms` for the guest to
+ * confirm. The handle is given back even when this fails. Later calls on
+ * the file, a second close included, fail with `MSB_ERR_WRONG_STATE`; the
+ * file must still be released with `msb_file_free`.
+ */
+msb_status msb_file_close(const struct msb_file *file,
+                          int64_t timeout_ms,
+                          struct msb_error **err_out);
+
+/**
+ * Releases a file. If it is still open, its handle is closed without
+ * waiting for the guest's answer. NULL is ignored; freeing twice is
+ * forbidden.
+ */
+void msb_file_free(struct msb_file *file);
+
+/**
+ * The number of files open through `msb_file_open` on this client (opened
+ * and not yet closed or freed); 0 if `client` is NULL. Each holds one of
+ * the guest's `MSB_FILE_HANDLE_LIMIT` handles of this connection.
+ *
+ * Thread safety: callable from any thread.
+ */
+uint32_t msb_client_open_files(const struct msb_client *client);
+
+/**
  * The relay socket path of the sandbox `name`, as
  * `msb_client_connect_sandbox` resolves it. Sandboxes of different runtime
  * lines keep the socket in different places under `$MSB_HOME` (default
@@ -1218,6 +1731,117 @@ void msb_file_writer_free(struct msb_file_writer *writer);
 msb_status msb_sandbox_socket_path(const char *name,
                                    struct msb_bytes **path_out,
                                    struct msb_error **err_out);
+
+/**
+ * Asks the guest to open a TCP connection to `host:port` (a name the
+ * guest resolves, or an address) and waits up to `timeout_ms` for the
+ * outcome (`MSB_TIMEOUT_INFINITE`: as long as the guest tries, 30 s).
+ *
+ * Needs protocol generation 4 (0.5.5 and later): `MSB_ERR_UNSUPPORTED`
+ * on older sandboxes. A connection the guest could not make is
+ * `MSB_ERR_GUEST` with the guest's reason (`msb_error_errno` gives the
+ * errno when the guest named one, e.g. 111 for a refused connection). On
+ * timeout the guest's attempt is aborted.
+ *
+ * On success the caller owns `*stream_out` and must release it with
+ * `msb_tcp_stream_free`.
+ */
+msb_status msb_tcp_connect(const struct msb_client *client,
+                           const char *host,
+                           uint16_t port,
+                           int64_t timeout_ms,
+                           struct msb_tcp_stream **stream_out,
+                           struct msb_error **err_out);
+
+/**
+ * Sends `len` bytes to the guest's peer, in chunks of at most 64 KiB.
+ * The bytes are in the socket when this returns; `(NULL, 0)` sends
+ * nothing. `MSB_ERR_WRONG_STATE` after `msb_tcp_shutdown_write` or once
+ * the connection ended. A timeout after part of a frame was written
+ * closes the client's connection (see `msb_client_send`).
+ */
+msb_status msb_tcp_write(const struct msb_tcp_stream *stream,
+                         const uint8_t *data,
+                         size_t len,
+                         int64_t timeout_ms,
+                         struct msb_error **err_out);
+
+/**
+ * Half-closes the connection: the guest shuts down writing to its peer,
+ * which then reads end-of-file. Pulling with `msb_tcp_read` goes on until
+ * the peer closes too. Later writes fail with `MSB_ERR_WRONG_STATE`;
+ * calling it twice is `MSB_OK`, calling it once the connection ended
+ * (`MSB_ENDED` after the peer closed both ways, or a failure) is
+ * `MSB_ERR_WRONG_STATE`.
+ */
+msb_status msb_tcp_shutdown_write(const struct msb_tcp_stream *stream,
+                                  int64_t timeout_ms,
+                                  struct msb_error **err_out);
+
+/**
+ * Pulls the next chunk the guest's peer sent (at most 64 KiB), waiting up
+ * to `timeout_ms` (0: do not block).
+ *
+ * Returns `MSB_OK` with `*chunk_out` set (owned by the caller; release it
+ * with `msb_bytes_free`), `MSB_NOTHING_YET`, `MSB_ENDED` once the peer
+ * closed its side or the connection closed (and on every later call), or
+ * an error (`MSB_ERR_GUEST` with the guest's text if the connection
+ * failed).
+ */
+msb_status msb_tcp_read(const struct msb_tcp_stream *stream,
+                        int64_t timeout_ms,
+                        struct msb_bytes **chunk_out,
+                        struct msb_error **err_out);
+
+/**
+ * A file descriptor readable exactly while `msb_tcp_read` would not return
+ * `MSB_NOTHING_YET` (an eventfd; non-blocking, close-on-exec), until the
+ * read that returned `MSB_ENDED`. Poll it; do not read, write or close it.
+ * Borrowed: valid until `msb_tcp_stream_free(stream)`.
+ */
+msb_status msb_tcp_readiness_fd(const struct msb_tcp_stream *stream,
+                                int *fd_out,
+                                struct msb_error **err_out);
+
+/**
+ * The correlation id the connection travels on (0 if `stream` is NULL).
+ */
+uint32_t msb_tcp_stream_id(const struct msb_tcp_stream *stream);
+
+/**
+ * Aborts the connection unless it already ended (`core.tcp.close`: the
+ * guest drops it at once, without a reply) and releases the stream. A
+ * thread blocked in `msb_tcp_read` on it returns `MSB_ERR_CLOSED`. For an
+ * orderly close, `msb_tcp_shutdown_write` and read to `MSB_ENDED` first.
+ * NULL is ignored; freeing twice is forbidden.
+ */
+void msb_tcp_stream_free(struct msb_tcp_stream *stream);
+
+/**
+ * Checks that the sandbox's agent answers (`core.ping`, answered with
+ * `core.pong`), waiting up to `timeout_ms`. Does not count as activity
+ * for the sandbox's idle timer. Needs protocol generation 6 (0.6.4 and
+ * later): `MSB_ERR_UNSUPPORTED` on older sandboxes.
+ *
+ * Thread safety: callable from any thread, concurrently.
+ */
+msb_status msb_client_ping(const struct msb_client *client,
+                           int64_t timeout_ms,
+                           struct msb_error **err_out);
+
+/**
+ * Marks the sandbox as active, restarting its idle timer (`core.touch`,
+ * answered with `core.touched`), and writes the agent's activity sequence
+ * number to `*activity_seq_out` (it grows with every activity). Waits up
+ * to `timeout_ms`. Needs protocol generation 6 (0.6.4 and later):
+ * `MSB_ERR_UNSUPPORTED` on older sandboxes.
+ *
+ * Thread safety: callable from any thread, concurrently.
+ */
+msb_status msb_client_touch(const struct msb_client *client,
+                            int64_t timeout_ms,
+                            uint64_t *activity_seq_out,
+                            struct msb_error **err_out);
 
 #ifdef __cplusplus
 }  // extern "C"

@@ -12,7 +12,7 @@
 #   scripts/test-c.sh
 set -euo pipefail
 # The relay imitates 0.3.14 until the client speaks the current handshake.
-export MSB_DEVRELAY_PROFILE=0.3.14
+export MSB_DEVRELAY_PROFILE="${MSB_DEVRELAY_PROFILE:-0.3.14}"
 top="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$top"
 
@@ -44,7 +44,7 @@ done
 echo "== compiling examples and tests"
 # The examples this script runs (other programs in examples/c, such as the
 # benchmark, have their own build).
-for example in quickstart interactive bigfile poll_loop; do
+for example in quickstart interactive bigfile poll_loop tcp_forward; do
   "$CC" "${warn[@]}" -Iinclude "examples/c/$example.c" "${link[@]}" -o "$out/$example"
 done
 "$CC" "${warn[@]}" -g -Iinclude tests/c/*.c "${link[@]}" -o "$out/c-tests"
@@ -104,6 +104,24 @@ export -f run_examples
 export out
 if ! scripts/with-devrelay.sh -- bash -c run_examples; then
   echo "FAILED: examples"
+  failures=$((failures + 1))
+fi
+
+# tcp_forward needs TCP (generation 4): it forwards several concurrent
+# connections to a local echo server on the profiles that have it, and
+# refuses with exit status 1 on the legacy one.
+for profile in 0.6.14 0.7.13; do
+  echo "== example tcp_forward (profile $profile)"
+  if ! MSB_DEVRELAY_PROFILE=$profile scripts/with-devrelay.sh -- \
+      bash -c 'python3 tests/examples/tcp_forward_check.py "$0" "$MSB_SOCKET" 8' "$out/tcp_forward"; then
+    echo "FAILED: tcp_forward on $profile"
+    failures=$((failures + 1))
+  fi
+done
+echo "== example tcp_forward (profile 0.3.14: refused)"
+if ! MSB_DEVRELAY_PROFILE=0.3.14 scripts/with-devrelay.sh -- \
+    bash -c 'rc=0; "$0" "$MSB_SOCKET" 0 127.0.0.1 9 1 2>/dev/null || rc=$?; [[ $rc -eq 1 ]]' "$out/tcp_forward"; then
+  echo "FAILED: tcp_forward on 0.3.14 did not refuse"
   failures=$((failures + 1))
 fi
 

@@ -242,7 +242,10 @@ impl Connection {
         message: String,
         offending_type: &MessageType,
     ) -> Result<(), Stop> {
-        if !self.relay.profile.checks_flags() || v < 5 {
+        if !self.relay.profile.checks_flags() {
+            return Err(self.die(message));
+        }
+        if v < 5 {
             return Err(self.die(format!(
                 "{message}; cannot send core.error to protocol generation {v}"
             )));

@@ -557,3 +557,29 @@ for_profiles!(disconnect_kills_running_execs: disconnect_kills_running_execs_0_3
 for_profiles!(concurrent_execs_keep_their_own_ids: concurrent_execs_keep_their_own_ids_0_3_14 = "0.3.14", concurrent_execs_keep_their_own_ids_0_6_14 = "0.6.14", concurrent_execs_keep_their_own_ids_0_7_13 = "0.7.13");
 
 for_profiles!(stdin_and_signal_sent_right_after_the_request_are_not_lost: stdin_and_signal_sent_right_after_the_request_are_not_lost_0_3_14 = "0.3.14", stdin_and_signal_sent_right_after_the_request_are_not_lost_0_6_14 = "0.6.14", stdin_and_signal_sent_right_after_the_request_are_not_lost_0_7_13 = "0.7.13");
+
+fn stdin_write_failure_is_reported(profile: &str) {
+    let relay = Relay::start_profile("stdin-epipe", profile, &["--quiet"]);
+    let mut c = relay.connect();
+    c.at_most_gen7();
+    // The child closes its stdin at once, then lingers.
+    let id = c.start_exec(&sh("exec 0<&-; sleep 0.5; echo done"));
+    assert_eq!(c.recv().message_type, MessageType::ExecStarted);
+    std::thread::sleep(Duration::from_millis(200));
+    c.send_data(MessageType::ExecStdin, id, b"nobody reads this");
+    let out = c.finish_exec(id);
+    assert_eq!(out.stdout_text(), "done\n");
+    assert_eq!(out.code, 0);
+    if profile == "0.3.14" {
+        // 0.3.14 predates core.exec.stdin.error.
+        assert!(out.stdin_errors.is_empty());
+        return;
+    }
+    let error = &out.stdin_errors[..];
+    assert_eq!(error.len(), 1, "{:?}", out.sequence);
+    assert_eq!(error[0].errno, Some(libc::EPIPE));
+    assert_eq!(error[0].errno_name.as_deref(), Some("EPIPE"));
+}
+
+for_profiles!(stdin_write_failure_is_reported:
+    stdin_error_0_3_14 = "0.3.14", stdin_error_0_6_14 = "0.6.14", stdin_error_0_7_13 = "0.7.13");

@@ -271,6 +271,11 @@ fn cli_help_and_errors() {
         "flood",
         "stop-reading",
         "close-in-handshake",
+        "--profile",
+        "0.3.14",
+        "0.6.14",
+        "0.7.13",
+        "exec_limits",
     ] {
         assert!(text.contains(needle), "help mentions {needle}");
     }
@@ -282,6 +287,12 @@ fn cli_help_and_errors() {
         .unwrap();
     assert_eq!(bad_fault.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&bad_fault.stderr).contains("oversize-frame"));
+    let bad_profile = Command::new(bin)
+        .args(["--socket", "/nonexistent/x", "--profile", "0.5.0"])
+        .output()
+        .unwrap();
+    assert_eq!(bad_profile.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&bad_profile.stderr).contains("0.3.14, 0.6.14, 0.7.13"));
     // A regular file where the socket should go is not deleted.
     let dir = TempDir::new("notsock");
     let file = dir.path().join("file");

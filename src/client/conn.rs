@@ -37,9 +37,7 @@ use super::pool::FramePool;
 use super::reader::ReadState;
 use super::subscription::{charge, Accept, SubShared, Subscription};
 use super::sync::{CacheAligned, Mutex, TimedLock, WakeGroup};
-use crate::protocol::{
-    encode_frame_head, encoded_len, Message, MessageType, MAX_FRAME_SIZE,
-};
+use crate::protocol::{encode_frame_head, encoded_len, Message, MessageType, MAX_FRAME_SIZE};
 
 /// What a guest did to this connection, for users to inspect.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -448,14 +446,7 @@ impl Conn {
         }
         FRAME_HEAD.with_borrow_mut(|head| {
             head.clear();
-            encode_frame_head(
-                head,
-                message_type,
-                id,
-                flags,
-                version,
-                payload_len,
-            );
+            encode_frame_head(head, message_type, id, flags, version, payload_len);
             let total = head.len() + payload_len;
             if payload_len <= COPY_PAYLOAD_MAX {
                 // One contiguous buffer goes out with `send`, which the

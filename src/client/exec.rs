@@ -195,7 +195,9 @@ fn is_exec_event(m: &Message) -> bool {
 
 /// A `core.error` payload as [`Error::Agent`]; the kind as sent, also when
 /// this library does not know it.
-pub(crate) fn agent_error(payload: &Bytes) -> std::result::Result<Error, crate::protocol::ProtocolError> {
+pub(crate) fn agent_error(
+    payload: &Bytes,
+) -> std::result::Result<Error, crate::protocol::ProtocolError> {
     let e = CoreError::decode(payload)?;
     Ok(Error::Agent {
         kind: e.kind.as_str().to_owned(),

@@ -25,12 +25,11 @@ use super::peer::FsShapes;
 use super::subscription::{Pulled, Subscription};
 use super::Client;
 use crate::protocol::payload::{
-    legacy, Data, FsEntryInfo, FsOp, FsOpenOptions, FsRequest, FsResponse, FsResponseData,
-    Payload,
+    legacy, Data, FsEntryInfo, FsOp, FsOpenOptions, FsRequest, FsResponse, FsResponseData, Payload,
 };
 use crate::protocol::{Message, MessageType, FS_CHUNK_SIZE};
 
-fn left(deadline: Instant) -> Duration {
+pub(super) fn left(deadline: Instant) -> Duration {
     deadline.saturating_duration_since(Instant::now())
 }
 
@@ -46,7 +45,7 @@ fn shapes(client: &Client) -> Result<FsShapes> {
 }
 
 /// One request in the shape of either generation.
-enum Request {
+pub(super) enum Request {
     Legacy(legacy::FsOp),
     Handles(FsOp),
 }
@@ -87,7 +86,7 @@ fn is_empty_data(payload: &Bytes) -> bool {
 
 /// What every other fs session queues: its response, or the agent's
 /// refusal.
-fn is_response(m: &Message) -> bool {
+pub(super) fn is_response(m: &Message) -> bool {
     matches!(
         m.message_type,
         MessageType::FsResponse | MessageType::CoreError
@@ -95,7 +94,7 @@ fn is_response(m: &Message) -> bool {
 }
 
 /// Opens an fs session: subscribes, then sends the request.
-fn open(client: &Client, request: &Request, deadline: Instant) -> Result<Subscription> {
+pub(super) fn open(client: &Client, request: &Request, deadline: Instant) -> Result<Subscription> {
     let accept = if request.streams_data() {
         is_read_reply
     } else {
@@ -120,7 +119,7 @@ fn next(sub: &Subscription, deadline: Instant, what: &'static str) -> Result<Opt
 /// Decodes a `core.fs.response` in this connection's shape (legacy entries
 /// are widened to the generation-2 form, with uid/gid 0 and no atime);
 /// `ok: false` becomes [`Error::Guest`], a `core.error` [`Error::Agent`].
-fn response(client: &Client, m: &Message) -> Result<FsResponse> {
+pub(super) fn response(client: &Client, m: &Message) -> Result<FsResponse> {
     if m.message_type == MessageType::CoreError {
         return Err(agent_error(&m.payload).map_err(|e| client.fail_protocol(e))?);
     }
@@ -163,7 +162,7 @@ fn widen(e: legacy::FsEntryInfo) -> FsEntryInfo {
 
 /// Waits for the response of a session that queues only its response
 /// (see `is_response`).
-fn await_response(
+pub(super) fn await_response(
     client: &Client,
     sub: &Subscription,
     deadline: Instant,
@@ -178,7 +177,7 @@ fn await_response(
 }
 
 /// One request, one response.
-fn simple(client: &Client, request: Request, deadline: Instant) -> Result<FsResponse> {
+pub(super) fn simple(client: &Client, request: Request, deadline: Instant) -> Result<FsResponse> {
     let sub = open(client, &request, deadline)?;
     await_response(client, &sub, deadline, "waiting for the fs response")
 }
@@ -331,7 +330,7 @@ fn close_handle(client: &Client, handle: u64, deadline: Instant) -> Result<()> {
 /// must not block (a stream dropped or ended under a non-blocking pull).
 /// The session stays subscribed while the returned value lives, so that
 /// its response is not counted as a stray frame.
-fn start_close(client: &Client, handle: u64) -> Option<Subscription> {
+pub(super) fn start_close(client: &Client, handle: u64) -> Option<Subscription> {
     // Small frame, short deadline: a full socket must not hold up a drop.
     let deadline = Instant::now() + CLOSE_SEND_TIMEOUT;
     open(
@@ -484,9 +483,7 @@ impl FileReader {
         }
         let closing = h.closing.lock().take();
         match closing {
-            Some(sub) => {
-                await_response(&self.client, &sub, deadline, "closing the file").map(drop)
-            }
+            Some(sub) => await_response(&self.client, &sub, deadline, "closing the file").map(drop),
             None => Ok(()),
         }
     }

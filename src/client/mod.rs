@@ -16,14 +16,17 @@ pub mod errno;
 mod error;
 pub mod exec;
 pub mod fs;
+pub mod handles;
 mod handshake;
-mod paths;
 mod ids;
+pub mod liveness;
+mod paths;
 mod peer;
 mod pool;
 mod reader;
 mod subscription;
 mod sync;
+pub mod tcp;
 
 use std::os::fd::OwnedFd;
 use std::path::Path;
@@ -35,8 +38,8 @@ use bytes::Bytes;
 pub use conn::Counters;
 pub use error::{CloseCause, Error, ExecFailure, Result};
 pub use ids::IdRange;
-pub use peer::{Form, Peer};
 pub use paths::{path_to_nul_terminated, sandbox_socket_path};
+pub use peer::{Form, Peer};
 pub use subscription::{Pulled, Subscription};
 
 use crate::protocol::payload::Ready;
@@ -75,6 +78,8 @@ struct ClientInner {
     peer: Arc<Peer>,
     ready: Ready,
     ready_payload: Bytes,
+    /// Files open through [`handles::File`] on this connection.
+    open_files: handles::OpenFiles,
 }
 
 impl Drop for ClientInner {
@@ -129,7 +134,7 @@ impl Client {
             hs.form,
             hs.ready.version,
             &ready.agent_version,
-            ready.exec_limits.clone(),
+            ready.exec_limits,
             hs.range,
         ));
         let ids = IdAllocator::new(hs.range, hs.form);
@@ -140,6 +145,7 @@ impl Client {
                 peer,
                 ready,
                 ready_payload: hs.ready.payload,
+                open_files: handles::OpenFiles::default(),
             }),
         })
     }
@@ -148,6 +154,11 @@ impl Client {
     /// agent version, id range.
     pub fn peer(&self) -> &Peer {
         &self.inner.peer
+    }
+
+    /// Files open through [`handles::File`] on this connection.
+    pub fn open_files(&self) -> &handles::OpenFiles {
+        &self.inner.open_files
     }
 
     /// The relay's `core.ready`.

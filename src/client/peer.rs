@@ -120,9 +120,7 @@ impl Peer {
     pub fn stamped_generation(&self) -> u8 {
         match self.form {
             Form::Legacy => LEGACY_GENERATION,
-            Form::Current if self.flow_control.load(Ordering::Acquire) => {
-                STAMP_WITH_FLOW_CONTROL
-            }
+            Form::Current if self.flow_control.load(Ordering::Acquire) => STAMP_WITH_FLOW_CONTROL,
             Form::Current => STAMP_WITHOUT_FLOW_CONTROL,
         }
     }

@@ -191,12 +191,12 @@ pub const MSB_FS_KIND_SYMLINK: msb_fs_kind = 3;
 ///
 /// Thread safety: immutable; may be read from any thread.
 pub struct msb_fs_entry {
-    info: FsEntryInfo,
+    pub(crate) info: FsEntryInfo,
     path: CString,
 }
 
 impl msb_fs_entry {
-    fn new(info: FsEntryInfo) -> msb_fs_entry {
+    pub(crate) fn new(info: FsEntryInfo) -> msb_fs_entry {
         let path = CString::new(info.path.replace('\0', "")).unwrap_or_default();
         msb_fs_entry { info, path }
     }

@@ -19,7 +19,9 @@ pub mod client;
 pub mod exec;
 pub mod fs;
 mod handle;
+pub mod handles;
 pub mod paths;
+pub mod tcp;
 
 use std::ffi::{c_char, CStr, CString};
 use std::panic::{catch_unwind, AssertUnwindSafe};

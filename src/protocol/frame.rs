@@ -66,7 +66,8 @@ pub struct RawFrame {
 
 impl RawFrame {
     /// Decodes the CBOR body `{v, t, p}` into a message. `p` stays a
-    /// zero-copy slice of `body` whenever it is a definite byte string. A
+    /// zero-copy slice of `body` whenever the body has the canonical shape
+    /// every encoder writes (other shapes go through serde, which copies). A
     /// raw bulk record (flags exactly [`FLAG_BULK`]) is not CBOR: it becomes
     /// a [`MessageType::BulkRecord`] message whose payload is the whole body,
     /// so that a client can count and drop it instead of failing the stream.

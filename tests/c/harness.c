@@ -79,7 +79,7 @@ static void on_alarm(int sig) {
 }
 
 static const struct test_case *const groups[] = {basics_tests, client_tests, exec_tests, fs_tests,
-                                                 lifecycle_tests, paths_tests};
+                                                 lifecycle_tests, paths_tests, handles_tests, tcp_tests};
 
 int main(int argc, char **argv) {
     const char *filter = argc > 1 ? argv[1] : NULL;

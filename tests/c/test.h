@@ -33,6 +33,8 @@ extern const struct test_case exec_tests[];
 extern const struct test_case fs_tests[];
 extern const struct test_case lifecycle_tests[];
 extern const struct test_case paths_tests[];
+extern const struct test_case handles_tests[];
+extern const struct test_case tcp_tests[];
 
 /* ---- reporting (harness.c) */
 

@@ -46,8 +46,12 @@ static void *pull_thread(void *arg) {
             b->status = msb_exec_next_event(b->exec, MSB_TIMEOUT_INFINITE, &ev, &err);
         } while (b->status == MSB_OK);
     } else {
+        /* A well-formed {data: h''}: an undecodable payload may make the
+         * agent exit. No reply ever comes to a stray stdin frame. */
+        static const uint8_t empty_data[] = {0xa1, 0x64, 'd', 'a', 't', 'a', 0x40};
         msb_message *m = NULL;
-        b->status = msb_client_request(b->client, "core.exec.stdin", NULL, 0, MSB_TIMEOUT_INFINITE, &m, &err);
+        b->status = msb_client_request(b->client, "core.exec.stdin", empty_data, sizeof empty_data,
+                                       MSB_TIMEOUT_INFINITE, &m, &err);
         msb_message_free(m);
     }
     b->err_code = err ? msb_error_code(err) : 0;

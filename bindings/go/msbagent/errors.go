@@ -34,6 +34,8 @@ const (
 	StatusGuest           Status = C.MSB_ERR_GUEST
 	StatusPanic           Status = C.MSB_ERR_PANIC
 	StatusWrongState      Status = C.MSB_ERR_WRONG_STATE
+	StatusPermission      Status = C.MSB_ERR_PERMISSION
+	StatusExists          Status = C.MSB_ERR_EXISTS
 )
 
 // String is the library's static description of the code.
@@ -46,6 +48,9 @@ func (s Status) String() string {
 type Error struct {
 	Code    Status
 	Message string
+	// Errno is the guest's errno behind a guest failure (Linux numbers:
+	// ENOENT 2, EACCES 13, EEXIST 17, ...), 0 when there is none.
+	Errno int
 }
 
 func (e *Error) Error() string {
@@ -59,7 +64,9 @@ func (e *Error) Error() string {
 // a message must match the message too, so the sentinels, which have none,
 // match every error of their code). A library timeout also matches
 // context.DeadlineExceeded, so callers can test one condition for both
-// kinds of deadline.
+// kinds of deadline. Every failure the guest reported matches ErrGuest,
+// also those whose errno gave them a code of their own (ErrNotFound,
+// ErrPermission, ErrExists).
 func (e *Error) Is(target error) bool {
 	if target == context.DeadlineExceeded {
 		return e.Code == StatusTimeout
@@ -68,7 +75,19 @@ func (e *Error) Is(target error) bool {
 	if !ok {
 		return false
 	}
+	if t == ErrGuest && e.fromGuest() {
+		return true
+	}
 	return t.Code == e.Code && (t.Message == "" || t.Message == e.Message)
+}
+
+// fromGuest reports whether the guest reported this failure.
+func (e *Error) fromGuest() bool {
+	switch e.Code {
+	case StatusGuest, StatusPermission, StatusExists:
+		return true
+	}
+	return e.Errno != 0
 }
 
 // Sentinels for errors.Is: each matches every *Error of its code.
@@ -77,7 +96,8 @@ var (
 	ErrNullPointer     = &Error{Code: StatusNullPointer}
 	ErrInvalidUTF8     = &Error{Code: StatusInvalidUTF8}
 	ErrTooLarge        = &Error{Code: StatusTooLarge}
-	// ErrNotFound: no relay at the socket path, or no sandbox of that name.
+	// ErrNotFound: no relay at the socket path, no sandbox of that name, or
+	// no such path in the guest (then it also matches ErrGuest).
 	ErrNotFound  = &Error{Code: StatusNotFound}
 	ErrIO        = &Error{Code: StatusIO}
 	ErrTimeout   = &Error{Code: StatusTimeout}
@@ -90,6 +110,10 @@ var (
 	ErrGuest      = &Error{Code: StatusGuest}
 	ErrPanic      = &Error{Code: StatusPanic}
 	ErrWrongState = &Error{Code: StatusWrongState}
+	// ErrPermission: the guest refused for lack of permission (EACCES, EPERM).
+	ErrPermission = &Error{Code: StatusPermission}
+	// ErrExists: the guest found the path already there (EEXIST).
+	ErrExists = &Error{Code: StatusExists}
 )
 
 // statusError converts a library result into a Go error (nil for the
@@ -105,5 +129,6 @@ func statusError(status C.msb_status, libErr *C.msb_error) error {
 	return &Error{
 		Code:    Status(C.msb_error_code(libErr)),
 		Message: C.GoString(C.msb_error_message(libErr)),
+		Errno:   int(C.msb_error_errno(libErr)),
 	}
 }

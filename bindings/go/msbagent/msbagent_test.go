@@ -517,12 +517,24 @@ func TestErrorsCarryStatusCodes(t *testing.T) {
 	if !errors.Is(err, msbagent.ErrGuest) {
 		t.Fatalf("ReadFile(missing) = %v, want ErrGuest", err)
 	}
+	// The guest's ENOENT gives the error the code of its own, and the errno.
 	var libErr *msbagent.Error
-	if !errors.As(err, &libErr) || libErr.Code != msbagent.StatusGuest || !strings.Contains(libErr.Message, "/no/such/file") {
-		t.Fatalf("ReadFile(missing) error = %#v, want code StatusGuest with the guest's message", err)
+	if !errors.As(err, &libErr) || libErr.Code != msbagent.StatusNotFound || libErr.Errno != 2 ||
+		!strings.Contains(libErr.Message, "/no/such/file") {
+		t.Fatalf("ReadFile(missing) error = %#v, want code StatusNotFound, errno 2, the guest's message", err)
 	}
-	if errors.Is(err, msbagent.ErrTimeout) || errors.Is(err, msbagent.ErrNotFound) {
+	if !errors.Is(err, msbagent.ErrNotFound) {
+		t.Errorf("ReadFile(missing) = %v, want ErrNotFound too", err)
+	}
+	if errors.Is(err, msbagent.ErrTimeout) || errors.Is(err, msbagent.ErrPermission) || errors.Is(err, msbagent.ErrExists) {
 		t.Errorf("a guest error must not match other sentinels: %v", err)
+	}
+	if errors.Is(&msbagent.Error{Code: msbagent.StatusNotFound}, msbagent.ErrGuest) {
+		t.Errorf("a NOT_FOUND without errno (no relay there) must not match ErrGuest")
+	}
+	if !errors.Is(&msbagent.Error{Code: msbagent.StatusExists}, msbagent.ErrGuest) ||
+		!errors.Is(&msbagent.Error{Code: msbagent.StatusPermission}, msbagent.ErrGuest) {
+		t.Errorf("ErrExists and ErrPermission come from the guest and match ErrGuest")
 	}
 	if err := c.Remove(ctx, "/no/such/file"); !errors.Is(err, msbagent.ErrGuest) {
 		t.Errorf("Remove(missing) = %v, want ErrGuest", err)

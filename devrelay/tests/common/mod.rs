@@ -14,7 +14,7 @@ use microsandbox_agent::protocol::payload::legacy::{FsOp, FsRequest, FsResponse}
 use microsandbox_agent::protocol::payload::{
     Data, ExecExited, ExecRequest, ExecStarted, Payload, Ready,
 };
-use microsandbox_agent::protocol::payload::{ExecFailed, ExecOutputAck};
+use microsandbox_agent::protocol::payload::{ExecFailed, ExecOutputAck, ExecStdinError};
 use microsandbox_agent::protocol::{
     encode_frame, FrameDecoder, Message, MessageType, LEGACY_ID_RANGE_STEP,
 };
@@ -266,6 +266,8 @@ pub struct ExecOutcome {
     pub code: i32,
     /// The `core.exec.failed` payload, if the exec never started.
     pub failed: Option<ExecFailed>,
+    /// `core.exec.stdin.error` payloads.
+    pub stdin_errors: Vec<ExecStdinError>,
     /// Types in arrival order.
     pub sequence: Vec<MessageType>,
 }
@@ -416,7 +418,10 @@ impl Client {
                         self.ack_output(id, charged);
                     }
                 }
-                MessageType::ExecStdinAck | MessageType::ExecStdinError => {}
+                MessageType::ExecStdinAck => {}
+                MessageType::ExecStdinError => outcome
+                    .stdin_errors
+                    .push(ExecStdinError::decode(&m.payload).unwrap()),
                 MessageType::ExecExited => {
                     outcome.code = ExecExited::decode(&m.payload).unwrap().code;
                     return outcome;
