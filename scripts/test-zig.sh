@@ -14,8 +14,6 @@
 # "N passed, M failed", summed over the releases; the exit status is non-zero
 # on any failure.
 set -euo pipefail
-# The relay imitates 0.3.14 until the client speaks the current handshake.
-export MSB_DEVRELAY_PROFILE=0.3.14
 top="$(cd "$(dirname "$0")/.." && pwd)"
 
 if [[ -n "${ZIG:-}" ]]; then
