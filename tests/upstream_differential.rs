@@ -300,6 +300,13 @@ fn mutations(canonical: &[u8]) -> Vec<Vec<u8>> {
         ));
         out.push(encode(
             &change_entry(&value, target, &|e, i| {
+                let inner = Value::Tag(0, Box::new(e[i].1.clone()));
+                e[i].1 = Value::Tag(0, Box::new(inner));
+            }),
+            plain,
+        ));
+        out.push(encode(
+            &change_entry(&value, target, &|e, i| {
                 if let Value::Text(k) = &e[i].0 {
                     e[i].0 = Value::Bytes(k.as_bytes().to_vec());
                 }

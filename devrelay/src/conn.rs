@@ -22,7 +22,7 @@ use microsandbox_agent::protocol::payload::{
     CoreError, CoreErrorKind, Data, Empty, ExecFailed, ExecFailureKind, ExecLimits, ExecOutputAck,
     ExecRequest, ExecResize, ExecSignal, FsRequest, FsResponse, Payload, TcpConnect, Touched,
 };
-use microsandbox_agent::protocol::{FrameDecoder, Message, MessageType, RawFrame};
+use microsandbox_agent::protocol::{FrameDecoder, Message, MessageType, RawFrame, FLAG_BULK};
 
 use crate::exec::{self, Controlled, ExecEnv, ExecTable, FlowTable, ProcessRegistry};
 use crate::fault::{self, AfterFault, Fault, Handshake};
@@ -202,6 +202,14 @@ impl Connection {
     /// agentd's reading of one frame the relay let through.
     async fn agentd(&mut self, raw: RawFrame) -> Result<(), Stop> {
         let id = raw.id;
+        // agentd's envelope has a required `v`; the library reads a missing
+        // one as 0. Canonical bodies open with it, so only others are parsed.
+        let missing_v = raw.flags != FLAG_BULK
+            && !raw.body.starts_with(&[0xa3, 0x61, b'v'])
+            && wire::Envelope::read(&raw.body).is_some_and(|e| e.is_map && e.v.is_none());
+        if missing_v {
+            return Err(self.die(format!("decode message for id {id}: missing field `v`")));
+        }
         let message = match raw.decode() {
             Ok(message) => message,
             Err(e) => return Err(self.die(format!("decode message for id {id}: {e}"))),

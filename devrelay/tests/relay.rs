@@ -328,3 +328,14 @@ fn many_small_requests_pipelined() {
         assert_eq!(m.id, id, "responses in request order");
     }
 }
+
+#[test]
+fn an_envelope_without_v_kills_the_agent() {
+    // {"t": "core.ping", "p": h'a0'}
+    let mut body = vec![0xa2, 0x61, b't', 0x69];
+    body.extend(b"core.ping");
+    body.extend([0x61, b'p', 0x41, 0xa0]);
+    for profile in PROFILES {
+        bad_input_kills_the_sandbox(&format!("no-v-{profile}"), profile, |id| raw(id, &body));
+    }
+}

@@ -39,7 +39,12 @@ where
     match (ours, theirs) {
         (Ok(o), Ok(t)) => {
             let o = normalise(o);
-            assert_eq!(o.to_bytes(), cbor(&t), "{}: ours {o:?}, theirs {t:?}", O::NAME);
+            assert_eq!(
+                o.to_bytes(),
+                cbor(&t),
+                "{}: ours {o:?}, theirs {t:?}",
+                O::NAME
+            );
         }
         (Err(_), Err(_)) => {}
         (Ok(o), Err(e)) => assert!(exception(&o), "{}: upstream refuses ({e:?}) {o:?}", O::NAME),
@@ -97,7 +102,10 @@ fn envelope(body: &[u8]) {
         (Ok(o), Err(e)) => {
             let unknown = matches!(o.message_type, MessageType::Unknown(_));
             let v_not_u8 = ciborium::de::from_reader::<VersionOnly, _>(body).is_err();
-            assert!(unknown || v_not_u8, "envelope: upstream refuses ({e:?}) {o:?}");
+            assert!(
+                unknown || v_not_u8,
+                "envelope: upstream refuses ({e:?}) {o:?}"
+            );
         }
         (Err(e), Ok(t)) => panic!("envelope: we refuse ({e}) what upstream accepts: {t:?}"),
     }
@@ -138,11 +146,9 @@ fuzz_target!(|data: &[u8]| {
                 },
                 never,
             );
-            compare::<CoreError, upstream_p07::core::CoreError>(
-                input,
-                fold_unknown_names,
-                |e| matches!(e.kind, CoreErrorKind::Unknown(_)),
-            );
+            compare::<CoreError, upstream_p07::core::CoreError>(input, fold_unknown_names, |e| {
+                matches!(e.kind, CoreErrorKind::Unknown(_))
+            });
         }
     }
 });

@@ -67,7 +67,10 @@ fn reencode(m: &Message) {
     );
     let mut d = FrameDecoder::new();
     d.extend(&out);
-    let raw = d.next_frame().expect("canonical frame").expect("whole frame");
+    let raw = d
+        .next_frame()
+        .expect("canonical frame")
+        .expect("whole frame");
     assert_eq!(d.buffered(), 0);
     let again = raw.decode().expect("canonical body decodes");
     assert_eq!(&again, m);

@@ -9,9 +9,9 @@
 use bytes::Bytes;
 use libfuzzer_sys::fuzz_target;
 use microsandbox_agent::protocol::payload::{
-    legacy, CoreError, Data, Empty, ExecExited, ExecFailed, ExecOutputAck, ExecRequest,
-    ExecResize, ExecSignal, ExecStarted, ExecStdinAck, ExecStdinError, FsRequest, FsResponse,
-    Payload, Ready, TcpConnect, TcpFailed, Touched,
+    legacy, CoreError, Data, Empty, ExecExited, ExecFailed, ExecOutputAck, ExecRequest, ExecResize,
+    ExecSignal, ExecStarted, ExecStdinAck, ExecStdinError, FsRequest, FsResponse, Payload, Ready,
+    TcpConnect, TcpFailed, Touched,
 };
 
 fn round_trip<P: Payload + PartialEq + std::fmt::Debug>(input: &Bytes) {
@@ -21,10 +21,18 @@ fn round_trip<P: Payload + PartialEq + std::fmt::Debug>(input: &Bytes) {
     let encoded = Bytes::from(value.to_bytes());
     let again = match P::decode(&encoded) {
         Ok(v) => v,
-        Err(e) => panic!("{}: canonical encoding of {value:?} does not decode: {e}", P::NAME),
+        Err(e) => panic!(
+            "{}: canonical encoding of {value:?} does not decode: {e}",
+            P::NAME
+        ),
     };
     assert_eq!(again, value, "{}: round trip changed the value", P::NAME);
-    assert_eq!(again.to_bytes(), encoded, "{}: encoding is not stable", P::NAME);
+    assert_eq!(
+        again.to_bytes(),
+        encoded,
+        "{}: encoding is not stable",
+        P::NAME
+    );
 }
 
 fuzz_target!(|data: &[u8]| {

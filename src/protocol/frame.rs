@@ -161,39 +161,34 @@ fn decode_canonical_body(body: &[u8]) -> Option<(MessageType, u8, &[u8])> {
     Some((MessageType::from_wire(name), version, payload))
 }
 
-/// The envelope as the general decoder sees it.
+/// The envelope as the general decoder sees it: `v` is read apart (see
+/// `EnvelopeVersion`), so that no value of it can fail the frame.
 #[derive(Deserialize)]
 struct Envelope {
-    #[serde(default)]
-    v: EnvelopeVersion,
     t: String,
     p: WireBytes,
 }
 
-/// `v`, tolerated in any form: only its value as an unsigned integer is
-/// kept (saturated to `u8`), anything else counts as 0.
-#[derive(Default)]
-struct EnvelopeVersion(u8);
-
-impl<'de> Deserialize<'de> for EnvelopeVersion {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        Ok(EnvelopeVersion(match ciborium::Value::deserialize(d)? {
-            ciborium::Value::Integer(n) => u64::try_from(n).map_or(0, saturate_version),
-            _ => 0,
-        }))
-    }
+/// `v` read as upstream reads its `u8` (tags skipped, big-number tags
+/// allowed), but wider, so that a larger value saturates.
+#[derive(Deserialize)]
+struct EnvelopeVersion {
+    v: u128,
 }
 
 /// Decodes a body of any shape serde accepts for the envelope, as tolerant
-/// as earlier releases of this library: `v` may be absent or of any type,
-/// unknown keys and trailing bytes are ignored, and `p` may be an array of
-/// integers (where the payload is not borrowed from `body`).
+/// as earlier releases of this library: `v` may be absent or of any type
+/// (it then counts as 0), unknown keys and trailing bytes are ignored, and
+/// `p` may be an array of integers (where the payload is not borrowed from
+/// `body`).
 fn decode_any_body(body: &[u8]) -> Result<Body<'_>, ProtocolError> {
     let envelope: Envelope = ciborium::de::from_reader(body)
         .map_err(|e| ProtocolError::BadBody(cbor_error_detail(&e)))?;
+    let version = ciborium::de::from_reader::<EnvelopeVersion, _>(body)
+        .map_or(0, |v| u8::try_from(v.v).unwrap_or(u8::MAX));
     Ok((
         MessageType::from_wire(&envelope.t),
-        envelope.v.0,
+        version,
         Cow::Owned(envelope.p.0),
     ))
 }
@@ -446,6 +441,13 @@ mod tests {
         }
         let body = b"\xa3\x61v\x19\x01\x2c\x61t\x61x\x61p\x40";
         assert_eq!(decode_body(body).unwrap().1, 255);
+        // Tags are skipped and big numbers read, as upstream reads its `u8`.
+        let tagged = b"\xa3\x61v\xc0\xc0\x0a\x61t\x61x\x61p\x40";
+        assert_eq!(decode_body(tagged).unwrap().1, 10);
+        let big = b"\xa3\x61v\xc2\x41\x0a\x61t\x61x\x61p\x40";
+        assert_eq!(decode_body(big).unwrap().1, 10);
+        let text = b"\xa3\x61v\x61\x31\x61t\x61x\x61p\x40";
+        assert_eq!(decode_body(text).unwrap().1, 0);
     }
 
     #[test]
