@@ -140,42 +140,6 @@
 #define MSB_FILE_HANDLE_LIMIT 1024
 
 /**
- * Clients one 0.3.x/0.4.x relay (legacy handshake) serves at once.
- */
-#define LEGACY_MAX_CLIENTS 16
-
-/**
- * Size of every client's correlation-id range on a legacy relay.
- */
-#define LEGACY_ID_RANGE_STEP (UINT32_MAX / LEGACY_MAX_CLIENTS)
-
-/**
- * Clients one 0.5.0+ relay (current handshake) serves at once.
- */
-#define CURRENT_MAX_CLIENTS 128
-
-/**
- * Size of every client's correlation-id range on a 0.5.0+ relay.
- */
-#define CURRENT_ID_RANGE_STEP (UINT32_MAX / CURRENT_MAX_CLIENTS)
-
-/**
- * The highest generation whose semantics this library implements.
- */
-#define MAX_GENERATION 10
-
-/**
- * The generation of every legacy (0.3.x/0.4.x) connection.
- */
-#define LEGACY_GENERATION 1
-
-/**
- * A generation-8 raw bulk record. Exclusive: a frame whose flags are
- * exactly this byte has a raw, non-CBOR body.
- */
-#define FLAG_BULK 8
-
-/**
  * An owned, immutable byte buffer handed to the caller. Release it with
  * `msb_bytes_free`.
  *
@@ -616,7 +580,8 @@ const char *msb_error_message(const struct msb_error *err);
  *
  * Guest failures (`MSB_ERR_GUEST`, `MSB_ERR_NOT_FOUND`, `MSB_ERR_PERMISSION`,
  * `MSB_ERR_EXISTS` from filesystem and TCP calls) carry the errno the guest
- * reported in its message. The guest is Linux: compare with Linux's numbers
+ * reported in its message, and `MSB_ERR_EXEC_FAILED` the errno of the
+ * failed start when the guest gave one. The guest is Linux: compare with Linux's numbers
  * (ENOENT 2, EPERM 1, EACCES 13, EEXIST 17, ...), not the host's `<errno.h>`
  * on other systems. `MSB_ERR_NOT_FOUND` from connecting has errno 0.
  */

@@ -202,14 +202,11 @@ impl File {
             path: path.into(),
             options,
         };
-        // Counted before the request, so that a refusal's message includes
-        // every open already under way.
-        let counted = Counted::new(client.open_files());
         let r = request(client, op, timeout).map_err(|e| explain_limit(client, e))?;
         match r.data {
             Some(FsResponseData::Handle(handle)) => {
-                // The File now owns the count; `close`/drop give it back.
-                std::mem::forget(counted);
+                // The File owns this count; `close` or the drop give it back.
+                std::mem::forget(Counted::new(client.open_files()));
                 Ok(File {
                     client: client.clone(),
                     handle,

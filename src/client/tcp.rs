@@ -246,9 +246,20 @@ impl TcpStream {
     }
 
     /// Aborts the connection (`core.tcp.close`, which has no reply) unless
-    /// the session already ended, and ends the stream locally.
+    /// it is over already, and ends the stream locally.
     pub fn close(&self, timeout: Duration) -> Result<()> {
-        let result = if self.finished.swap(true, Ordering::AcqRel) {
+        // A terminal already queued means the guest ended the session: then
+        // there is nothing to abort, and nothing may be sent on its id.
+        if !self.finished.load(Ordering::Acquire) {
+            while let Ok(Pulled::Item(m)) = self.sub.recv_timeout(Some(Duration::ZERO)) {
+                self.note_end(&m);
+            }
+        }
+        // Both halves closed: the guest ends the session by itself (its
+        // `core.tcp.closed` may still be on the way), so no abort either.
+        let both_halves_closed =
+            self.read_done.load(Ordering::Acquire) && self.write_shut.load(Ordering::Acquire);
+        let result = if self.finished.swap(true, Ordering::AcqRel) || both_halves_closed {
             Ok(())
         } else {
             let payload = Empty {}.to_bytes();

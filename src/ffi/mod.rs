@@ -200,7 +200,8 @@ pub extern "C" fn msb_error_message(err: *const msb_error) -> *const c_char {
 ///
 /// Guest failures (`MSB_ERR_GUEST`, `MSB_ERR_NOT_FOUND`, `MSB_ERR_PERMISSION`,
 /// `MSB_ERR_EXISTS` from filesystem and TCP calls) carry the errno the guest
-/// reported in its message. The guest is Linux: compare with Linux's numbers
+/// reported in its message, and `MSB_ERR_EXEC_FAILED` the errno of the
+/// failed start when the guest gave one. The guest is Linux: compare with Linux's numbers
 /// (ENOENT 2, EPERM 1, EACCES 13, EEXIST 17, ...), not the host's `<errno.h>`
 /// on other systems. `MSB_ERR_NOT_FOUND` from connecting has errno 0.
 #[no_mangle]
@@ -260,7 +261,11 @@ impl From<Error> for Fail {
             Error::RelayBusy => MSB_ERR_RELAY_BUSY,
             Error::Unsupported { .. } => MSB_ERR_UNSUPPORTED,
             Error::IdsExhausted => MSB_ERR_IDS_EXHAUSTED,
-            Error::ExecFailed(_) => MSB_ERR_EXEC_FAILED,
+            Error::ExecFailed(f) => {
+                let mut fail = Fail::new(MSB_ERR_EXEC_FAILED, e.to_string());
+                fail.errno = f.errno.unwrap_or(0);
+                return fail;
+            }
             Error::Agent { .. } => MSB_ERR_AGENT,
         };
         Fail::new(code, e.to_string())
@@ -477,6 +482,14 @@ mod tests {
         }
         let not_guest = Fail::from(Error::Timeout("x"));
         assert_eq!(not_guest.errno, 0);
+        let exec = Fail::from(Error::ExecFailed(crate::client::ExecFailure {
+            kind: "not_found".into(),
+            errno: Some(2),
+            errno_name: Some("ENOENT".into()),
+            message: "spawn: No such file or directory".into(),
+            stage: None,
+        }));
+        assert_eq!((exec.code, exec.errno), (MSB_ERR_EXEC_FAILED, 2));
     }
 
     #[test]

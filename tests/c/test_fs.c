@@ -377,11 +377,16 @@ static void test_file_reader_streams_chunks(void) {
     CHECK(chunk == (msb_bytes *)&chunk);
     msb_file_reader_free(r);
 
-    /* A missing file: the open is only the request; the failure arrives
-     * as the guest's error on the first pull. */
+    /* A missing file: on legacy relays the open is only the request and
+     * the failure arrives as the guest's error on the first pull; from
+     * generation 2 on, opening the handle already fails. */
     r = NULL;
-    if (EXPECT(MSB_OK, msb_file_reader_open(c, "/fs6-missing", T_MS, &r, ERR)))
-        EXPECT(MSB_ERR_NOT_FOUND, msb_file_reader_next(r, T_MS, &chunk, ERR));
+    if (msb_client_generation(c) < 2) {
+        if (EXPECT(MSB_OK, msb_file_reader_open(c, "/fs6-missing", T_MS, &r, ERR)))
+            EXPECT(MSB_ERR_NOT_FOUND, msb_file_reader_next(r, T_MS, &chunk, ERR));
+    } else {
+        EXPECT(MSB_ERR_NOT_FOUND, msb_file_reader_open(c, "/fs6-missing", T_MS, &r, ERR));
+    }
     msb_file_reader_free(r);
 
     /* Abandoning a reader half way leaves the client usable. */

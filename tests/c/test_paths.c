@@ -190,6 +190,29 @@ static void test_fs_errors_carry_the_guest_errno(void) {
     msb_client_free(c);
 }
 
+/* A command the guest cannot start carries the errno of the failed spawn
+ * where the sandbox reports it (core.exec.failed, not on 0.3.14). */
+static void test_exec_failure_errno(void) {
+    msb_client *c = connect_shared();
+    REQUIRE(c);
+    msb_exec_request *req = make_request("/nonexistent/msb-errno-test", NULL);
+    msb_run_output *out = NULL;
+    msb_error *e_ = NULL;
+    msb_status st = msb_exec_run(c, req, 64, T_MS, &out, &e_);
+    if (st == MSB_ERR_EXEC_FAILED) {
+        CHECK_INT(msb_error_errno(e_), 2);
+    } else {
+        /* Legacy agents report exit code -1 instead. */
+        CHECK_INT(st, MSB_OK);
+        CHECK_INT(msb_run_output_exit_code(out), -1);
+        CHECK(msb_client_is_legacy(c));
+    }
+    msb_error_free(e_);
+    msb_run_output_free(out);
+    msb_exec_request_free(req);
+    msb_client_free(c);
+}
+
 /* A connect failure is not a guest error: errno 0. */
 static void test_connect_errors_have_no_guest_errno(void) {
     msb_client *c = NULL;
@@ -203,5 +226,6 @@ const struct test_case paths_tests[] = {
     {"errno: new status codes and msb_error_errno(NULL)", test_new_status_codes},
     {"errno: filesystem errors carry the guest errno and map it", test_fs_errors_carry_the_guest_errno},
     {"errno: connect errors carry no guest errno", test_connect_errors_have_no_guest_errno},
+    {"errno: a command the guest cannot start carries the spawn errno", test_exec_failure_errno},
     {NULL, NULL},
 };
