@@ -1509,12 +1509,18 @@ msb_status msb_fs_set_attrs_mode(struct msb_fs_set_attrs *attrs,
                                  struct msb_error **err_out);
 
 /**
- * Sets the owner's user and group ids (`chown`).
+ * Sets the owning user id (`chown`).
  */
-msb_status msb_fs_set_attrs_owner(struct msb_fs_set_attrs *attrs,
-                                  uint32_t uid,
-                                  uint32_t gid,
-                                  struct msb_error **err_out);
+msb_status msb_fs_set_attrs_uid(struct msb_fs_set_attrs *attrs,
+                                uint32_t uid,
+                                struct msb_error **err_out);
+
+/**
+ * Sets the owning group id (`chown`).
+ */
+msb_status msb_fs_set_attrs_gid(struct msb_fs_set_attrs *attrs,
+                                uint32_t gid,
+                                struct msb_error **err_out);
 
 /**
  * Sets the size: the file is truncated or extended with zeros.
@@ -1524,10 +1530,16 @@ msb_status msb_fs_set_attrs_size(struct msb_fs_set_attrs *attrs,
                                  struct msb_error **err_out);
 
 /**
- * Sets the access and modification times, in Unix seconds.
+ * Sets the access time, in Unix seconds.
  */
-msb_status msb_fs_set_attrs_times(struct msb_fs_set_attrs *attrs,
+msb_status msb_fs_set_attrs_atime(struct msb_fs_set_attrs *attrs,
                                   int64_t atime,
+                                  struct msb_error **err_out);
+
+/**
+ * Sets the modification time, in Unix seconds.
+ */
+msb_status msb_fs_set_attrs_mtime(struct msb_fs_set_attrs *attrs,
                                   int64_t mtime,
                                   struct msb_error **err_out);
 

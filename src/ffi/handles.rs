@@ -219,16 +219,27 @@ pub extern "C" fn msb_fs_set_attrs_mode(
     })
 }
 
-/// Sets the owner's user and group ids (`chown`).
+/// Sets the owning user id (`chown`).
 #[no_mangle]
-pub extern "C" fn msb_fs_set_attrs_owner(
+pub extern "C" fn msb_fs_set_attrs_uid(
     attrs: *mut msb_fs_set_attrs,
     uid: u32,
-    gid: u32,
     err_out: *mut *mut msb_error,
 ) -> msb_status {
     set_field(attrs, err_out, |a| {
         a.uid = Some(uid);
+        Ok(())
+    })
+}
+
+/// Sets the owning group id (`chown`).
+#[no_mangle]
+pub extern "C" fn msb_fs_set_attrs_gid(
+    attrs: *mut msb_fs_set_attrs,
+    gid: u32,
+    err_out: *mut *mut msb_error,
+) -> msb_status {
+    set_field(attrs, err_out, |a| {
         a.gid = Some(gid);
         Ok(())
     })
@@ -247,16 +258,27 @@ pub extern "C" fn msb_fs_set_attrs_size(
     })
 }
 
-/// Sets the access and modification times, in Unix seconds.
+/// Sets the access time, in Unix seconds.
 #[no_mangle]
-pub extern "C" fn msb_fs_set_attrs_times(
+pub extern "C" fn msb_fs_set_attrs_atime(
     attrs: *mut msb_fs_set_attrs,
     atime: i64,
-    mtime: i64,
     err_out: *mut *mut msb_error,
 ) -> msb_status {
     set_field(attrs, err_out, |a| {
         a.atime = Some(atime);
+        Ok(())
+    })
+}
+
+/// Sets the modification time, in Unix seconds.
+#[no_mangle]
+pub extern "C" fn msb_fs_set_attrs_mtime(
+    attrs: *mut msb_fs_set_attrs,
+    mtime: i64,
+    err_out: *mut *mut msb_error,
+) -> msb_status {
+    set_field(attrs, err_out, |a| {
         a.mtime = Some(mtime);
         Ok(())
     })

@@ -177,8 +177,14 @@ static void test_set_stat(void) {
     REQUIRE_OK(msb_fs_set_attrs_new(&a, ERR));
     EXPECT(MSB_OK, msb_fs_set_attrs_mode(a, 0600, ERR));
     EXPECT(MSB_OK, msb_fs_set_attrs_size(a, 4, ERR));
-    EXPECT(MSB_OK, msb_fs_set_attrs_times(a, 1000000000, 1200000000, ERR));
-    EXPECT(MSB_OK, msb_fs_set_attrs_owner(a, getuid(), getgid(), ERR));
+    EXPECT(MSB_OK, msb_fs_set_attrs_atime(a, 1000000000, ERR));
+    EXPECT(MSB_OK, msb_fs_set_attrs_mtime(a, 1200000000, ERR));
+    /* Root may give the file away, which shows the ids were sent; others
+     * can only name their own. */
+    uid_t uid = getuid() == 0 ? 1234 : getuid();
+    gid_t gid = getuid() == 0 ? 4321 : getgid();
+    EXPECT(MSB_OK, msb_fs_set_attrs_uid(a, uid, ERR));
+    EXPECT(MSB_OK, msb_fs_set_attrs_gid(a, gid, ERR));
     /* Through the link, following it: the file changes. */
     EXPECT(MSB_OK, msb_fs_set_stat(c, "/h2/l", true, a, T_MS, ERR));
     struct stat st;
@@ -187,10 +193,21 @@ static void test_set_stat(void) {
         CHECK_INT(st.st_size, 4);
         CHECK_INT(st.st_atime, 1000000000);
         CHECK_INT(st.st_mtime, 1200000000);
-        CHECK_INT(st.st_uid, getuid());
+        CHECK_INT(st.st_uid, uid);
+        CHECK_INT(st.st_gid, gid);
     } else {
         CHECK(!"host stat of /h2/f");
     }
+    /* The guest reports the new owner and times on its entries. */
+    msb_fs_entry *e = NULL;
+    if (EXPECT(MSB_OK, msb_fs_stat(c, "/h2/f", T_MS, &e, ERR))) {
+        CHECK_INT(msb_fs_entry_uid(e), uid);
+        CHECK_INT(msb_fs_entry_gid(e), gid);
+        int64_t t = 0;
+        CHECK(msb_fs_entry_atime(e, &t) && t == 1000000000);
+        CHECK(msb_fs_entry_mtime(e, &t) && t == 1200000000);
+    }
+    msb_fs_entry_free(e);
 
     /* An empty builder changes nothing; only the fields set are sent. */
     msb_fs_set_attrs *only_mode = NULL;
@@ -208,8 +225,10 @@ static void test_set_stat(void) {
     EXPECT(MSB_ERR_INVALID_ARGUMENT, msb_fs_set_attrs_mode(a, 010000, ERR));
     EXPECT(MSB_ERR_NULL_POINTER, msb_fs_set_attrs_mode(NULL, 0600, ERR));
     EXPECT(MSB_ERR_NULL_POINTER, msb_fs_set_attrs_size(NULL, 1, ERR));
-    EXPECT(MSB_ERR_NULL_POINTER, msb_fs_set_attrs_times(NULL, 1, 1, ERR));
-    EXPECT(MSB_ERR_NULL_POINTER, msb_fs_set_attrs_owner(NULL, 1, 1, ERR));
+    EXPECT(MSB_ERR_NULL_POINTER, msb_fs_set_attrs_atime(NULL, 1, ERR));
+    EXPECT(MSB_ERR_NULL_POINTER, msb_fs_set_attrs_mtime(NULL, 1, ERR));
+    EXPECT(MSB_ERR_NULL_POINTER, msb_fs_set_attrs_uid(NULL, 1, ERR));
+    EXPECT(MSB_ERR_NULL_POINTER, msb_fs_set_attrs_gid(NULL, 1, ERR));
     EXPECT(MSB_ERR_NULL_POINTER, msb_fs_set_attrs_new(NULL, ERR));
     EXPECT(MSB_ERR_NULL_POINTER, msb_fs_set_stat(c, "/h2/f", false, NULL, T_MS, ERR));
     EXPECT_ERRNO(MSB_ERR_NOT_FOUND, 2, msb_fs_set_stat(c, "/h2/missing", false, a, T_MS, &e_));
