@@ -68,7 +68,8 @@ pub const Error = error{
     /// Every correlation id of this connection is used; reconnect.
     IdsExhausted,
     /// The guest could not start the command; `Diagnostics` has the guest's
-    /// text, kind and stage (the `.failed` process event has each apart).
+    /// text, kind and stage, and its errno (the `.failed` process event has
+    /// each apart).
     ExecFailed,
     /// The agent or relay rejected a message (`core.error`: kind and message).
     Agent,
@@ -1033,14 +1034,14 @@ pub const EntryKind = enum { file, dir, symlink, other };
 pub const SetAttrs = struct {
     /// Permission bits, within 0o7777.
     mode: ?u32 = null,
-    owner: ?Owner = null,
+    /// The owner's user and group ids (`chown`), each on its own.
+    uid: ?u32 = null,
+    gid: ?u32 = null,
     /// The file is truncated, or extended with zeros, to this size.
     size: ?u64 = null,
-    times: ?Times = null,
-
-    pub const Owner = struct { uid: u32, gid: u32 };
-    /// Unix seconds.
-    pub const Times = struct { atime: i64, mtime: i64 };
+    /// Access and modification times in Unix seconds, each on its own.
+    atime: ?i64 = null,
+    mtime: ?i64 = null,
 
     fn build(self: SetAttrs, diag: ?*Diagnostics) Error!*c.msb_fs_set_attrs {
         var native: ?*c.msb_fs_set_attrs = null;
@@ -1048,9 +1049,11 @@ pub const SetAttrs = struct {
         try check(c.msb_fs_set_attrs_new(&native, &err), err, diag);
         errdefer c.msb_fs_set_attrs_free(native);
         if (self.mode) |mode| try check(c.msb_fs_set_attrs_mode(native, mode, &err), err, diag);
-        if (self.owner) |owner| try check(c.msb_fs_set_attrs_owner(native, owner.uid, owner.gid, &err), err, diag);
+        if (self.uid) |uid| try check(c.msb_fs_set_attrs_uid(native, uid, &err), err, diag);
+        if (self.gid) |gid| try check(c.msb_fs_set_attrs_gid(native, gid, &err), err, diag);
         if (self.size) |size| try check(c.msb_fs_set_attrs_size(native, size, &err), err, diag);
-        if (self.times) |times| try check(c.msb_fs_set_attrs_times(native, times.atime, times.mtime, &err), err, diag);
+        if (self.atime) |atime| try check(c.msb_fs_set_attrs_atime(native, atime, &err), err, diag);
+        if (self.mtime) |mtime| try check(c.msb_fs_set_attrs_mtime(native, mtime, &err), err, diag);
         return native.?;
     }
 };

@@ -414,6 +414,7 @@ test "run of a command the guest cannot start is ExecFailed with the guest's wor
         try testing.expectEqual(@as(i32, msb.c.MSB_ERR_EXEC_FAILED), diag.code());
         try testing.expect(std.mem.indexOf(u8, diag.message(), "zig-no-such-command") != null);
         try testing.expect(std.mem.indexOf(u8, diag.message(), "not_found") != null);
+        try testing.expectEqual(@as(?i32, 2), diag.guestErrno()); // ENOENT
     } else {
         const result = try client.run(testing.allocator, argv, .{}, &diag);
         defer result.deinit(testing.allocator);
@@ -770,7 +771,8 @@ test "fs gen 2: setStat changes mode, size and times; entries carry owner and at
     try client.setStat(dir ++ "/f", .{
         .mode = 0o600,
         .size = 4,
-        .times = .{ .atime = 1_000_000_000, .mtime = 1_500_000_000 },
+        .atime = 1_000_000_000,
+        .mtime = 1_500_000_000,
     }, .{}, &diag);
     const after = try client.stat(a, dir ++ "/f", timeout, &diag);
     defer after.deinit(a);
@@ -778,6 +780,22 @@ test "fs gen 2: setStat changes mode, size and times; entries carry owner and at
     try testing.expectEqual(@as(u64, 4), after.size);
     try testing.expectEqual(@as(?i64, 1_000_000_000), after.atime);
     try testing.expectEqual(@as(?i64, 1_500_000_000), after.mtime);
+
+    // One time alone leaves the other as it was.
+    try client.setStat(dir ++ "/f", .{ .mtime = 1_600_000_000 }, .{}, &diag);
+    const one_time = try client.stat(a, dir ++ "/f", timeout, &diag);
+    defer one_time.deinit(a);
+    try testing.expectEqual(@as(?i64, 1_000_000_000), one_time.atime);
+    try testing.expectEqual(@as(?i64, 1_600_000_000), one_time.mtime);
+
+    // Only root may give a file away; anyone may "change" it to their own ids.
+    const new_uid: u32 = if (before.uid == 0) 4321 else before.uid;
+    try client.setStat(dir ++ "/f", .{ .uid = new_uid }, .{}, &diag);
+    try client.setStat(dir ++ "/f", .{ .gid = before.gid }, .{}, &diag);
+    const owned = try client.stat(a, dir ++ "/f", timeout, &diag);
+    defer owned.deinit(a);
+    try testing.expectEqual(new_uid, owned.uid);
+    try testing.expectEqual(before.gid, owned.gid);
     const data = try client.readFile(a, dir ++ "/f", timeout, &diag);
     defer a.free(data);
     try testing.expectEqualStrings("0123", data);
