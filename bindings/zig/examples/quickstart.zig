@@ -41,6 +41,17 @@ pub fn main(init: std.process.Init) !void {
     defer listing.deinit(gpa);
     for (listing.entries) |entry| try out.print("  {s} ({t}, {d} bytes)\n", .{ entry.path, entry.kind, entry.size });
 
+    // Newer sandboxes can do more: check the generation (or `supports`)
+    // first, else such calls fail with error.Unsupported.
+    if (client.generation() >= 2) {
+        const file = try client.openFile("/tmp/hello.txt", .{ .read = true }, &diag);
+        defer file.deinit();
+        var first_word: [7]u8 = undefined;
+        const len = try file.readAt(&first_word, 0, timeout, &diag);
+        try out.print("read through a handle: {s}\n", .{first_word[0..len]});
+    }
+    if (client.supports("core.ping")) try client.ping(timeout, &diag);
+
     // A missing file is error.FileNotFound, with the guest's words and
     // errno in `diag`.
     if (client.readFile(gpa, "/tmp/missing", timeout, &diag)) |unexpected| {
