@@ -1,15 +1,19 @@
 #!/usr/bin/env bash
 # Builds the library and runs the Zig binding's tests (unit tests plus
-# integration tests against a development relay).
+# integration tests against a development relay), once per relay release the
+# development relay imitates.
 #
 #   scripts/test-zig.sh [zig build flags...]     e.g. scripts/test-zig.sh -Doptimize=ReleaseSafe
+#   MSB_DEVRELAY_PROFILE=0.6.14 scripts/test-zig.sh   (one release only)
 #
 # Zig 0.17.x comes from the `ziglang` Python package and runs as
-# `python3 -m ziglang` (set ZIG to use another zig executable). The last line
-# printed is "N passed, M failed"; the exit status is non-zero on any failure.
+# `python3 -m ziglang` (set ZIG to use another zig executable). Without
+# MSB_DEVRELAY_PROFILE the tests run against each of 0.3.14, 0.6.14 and
+# 0.7.13 (scripts/with-devrelay.sh hands the variable to the relay, and the
+# tests read it to know what to expect). The last line printed is
+# "N passed, M failed", summed over the releases; the exit status is non-zero
+# on any failure.
 set -euo pipefail
-# The relay imitates 0.3.14 until the client speaks the current handshake.
-export MSB_DEVRELAY_PROFILE=0.3.14
 top="$(cd "$(dirname "$0")/.." && pwd)"
 
 if [[ -n "${ZIG:-}" ]]; then
@@ -36,29 +40,47 @@ source "$top/scripts/built-env.sh"
 
 log="$(mktemp /tmp/msb-zig-test.XXXXXX)"
 trap 'rm -f "$log"' EXIT
-set +e
-(cd "$top/bindings/zig" && "$top/scripts/with-devrelay.sh" -- "${zig[@]}" build test --summary all "$@") 2>&1 | tee "$log"
-status=${PIPESTATUS[0]}
-set -e
+if [[ -n "${MSB_DEVRELAY_PROFILE:-}" ]]; then
+  profiles=("$MSB_DEVRELAY_PROFILE")
+else
+  profiles=(0.3.14 0.6.14 0.7.13)
+fi
 
-# The build runner's summary reads "Build Summary: ...; P/T tests passed" with
-# "(F failed)" / "S skipped" after it when some did not pass. Tests must not
-# skip, so everything short of a pass counts as a failure here.
-summary="$(grep -o '[0-9]*/[0-9]* tests passed' "$log" | tail -n 1 || true)"
-if [[ -z "$summary" ]]; then
-  echo "no test summary: the build failed before any test ran"
-  echo "0 passed, 1 failed"
-  exit 1
-fi
-passed="${summary%%/*}"
-total="${summary#*/}"; total="${total%% *}"
-failed=$((total - passed))
-if [[ $status -ne 0 && $failed -eq 0 ]]; then
-  # E.g. one test binary failed to compile: its tests never ran or counted.
-  echo "zig build failed outside the counted tests (see above)"
-  failed=1
-fi
-echo "$passed passed, $failed failed"
-if [[ $status -ne 0 || $failed -ne 0 ]]; then
+total_passed=0
+total_failed=0
+any_status=0
+for profile in "${profiles[@]}"; do
+  echo "=== Zig binding against a relay imitating $profile"
+  set +e
+  (cd "$top/bindings/zig" && MSB_DEVRELAY_PROFILE="$profile" "$top/scripts/with-devrelay.sh" -- "${zig[@]}" build test --summary all "$@") 2>&1 | tee "$log"
+  status=${PIPESTATUS[0]}
+  set -e
+
+  # The build runner's summary reads "Build Summary: ...; P/T tests passed"
+  # with "(F failed)" / "S skipped" after it when some did not pass. Tests
+  # must not skip, so everything short of a pass counts as a failure here.
+  summary="$(grep -o '[0-9]*/[0-9]* tests passed' "$log" | tail -n 1 || true)"
+  if [[ -z "$summary" ]]; then
+    echo "$profile: no test summary: the build failed before any test ran"
+    passed=0
+    failed=1
+  else
+    passed="${summary%%/*}"
+    total="${summary#*/}"; total="${total%% *}"
+    failed=$((total - passed))
+    if [[ $status -ne 0 && $failed -eq 0 ]]; then
+      # E.g. one test binary failed to compile: its tests never ran or counted.
+      echo "$profile: zig build failed outside the counted tests (see above)"
+      failed=1
+    fi
+  fi
+  [[ $status -eq 0 ]] || any_status=$status
+  echo "$profile: $passed passed, $failed failed"
+  total_passed=$((total_passed + passed))
+  total_failed=$((total_failed + failed))
+done
+
+echo "$total_passed passed, $total_failed failed"
+if [[ $any_status -ne 0 || $total_failed -ne 0 ]]; then
   exit 1
 fi

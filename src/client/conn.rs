@@ -190,9 +190,14 @@ impl Conn {
         }
         let mut rest = data;
         while !rest.is_empty() {
-            let n = self
+            let Some(n) = self
                 .reader
-                .reserve_stdin(stream, rest.len(), deadline, self)?;
+                .reserve_stdin(stream, rest.len(), deadline, self)?
+            else {
+                // The process has ended: its stdin goes nowhere, as on a
+                // relay without flow control.
+                return Ok(());
+            };
             if let Err(e) = self.send_stdin(stream.id(), &rest[..n], deadline) {
                 self.reader.unreserve_stdin(stream, n);
                 return Err(e);
@@ -205,8 +210,14 @@ impl Conn {
     /// Ends the exec's stdin with the empty chunk; with flow control, only
     /// once it has started, and never twice.
     pub(crate) fn close_stdin(&self, stream: &Arc<Stream>, deadline: Instant) -> Result<()> {
-        if self.reader.exec_flow_control() {
-            self.reader.reserve_stdin(stream, 0, deadline, self)?;
+        // Ended (or never started): nothing to close.
+        if self.reader.exec_flow_control()
+            && self
+                .reader
+                .reserve_stdin(stream, 0, deadline, self)?
+                .is_none()
+        {
+            return Ok(());
         }
         self.send_stdin(stream.id(), &[], deadline)
     }

@@ -888,41 +888,39 @@ impl Reader {
     /// its window has room), then reserves up to `wanted` bytes of it (at
     /// most one chunk) and returns how many; `wanted == 0` waits to send
     /// the end of input and marks it sent. The caller sends what was
-    /// reserved, or gives it back with [`unreserve_stdin`].
+    /// reserved, or gives it back with [`unreserve_stdin`]. `None`: the
+    /// exec has ended (or failed to start), so there is nothing to send it;
+    /// the relay would drop such stdin anyway.
     pub(crate) fn reserve_stdin(
         &self,
         stream: &Arc<Stream>,
         wanted: usize,
         deadline: Instant,
         out: &dyn Outbox,
-    ) -> Result<usize> {
+    ) -> Result<Option<usize>> {
         loop {
             let seen = self.stdin_generation();
             {
                 let mut st = stream.state.lock();
-                let state = if st.terminal {
-                    Err(Error::InvalidArgument(
-                        "the process has ended; its stdin is closed".into(),
-                    ))
-                } else if let Some(c) = &st.closed {
-                    Err(Error::Closed(c.clone()))
-                } else {
-                    Ok(())
-                };
-                state?;
+                if st.terminal {
+                    return Ok(None);
+                }
+                if let Some(c) = &st.closed {
+                    return Err(Error::Closed(c.clone()));
+                }
                 let blocked = match &mut st.flow {
                     None => StdinBlocked::NotStarted,
                     Some(flow) if wanted == 0 => match flow.input.may_end() {
                         Ok(()) => {
                             flow.input.ended();
-                            return Ok(0);
+                            return Ok(Some(0));
                         }
                         Err(b) => b,
                     },
                     Some(flow) => match flow.input.allowance(wanted) {
                         Ok(n) => {
                             flow.input.sent(n);
-                            return Ok(n);
+                            return Ok(Some(n));
                         }
                         Err(b) => b,
                     },

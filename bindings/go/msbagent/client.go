@@ -22,6 +22,17 @@ type Client struct {
 	mu     sync.RWMutex
 	handle *C.msb_client
 	ready  Timings
+	peer   peerInfo
+}
+
+// peerInfo is what the handshake said about the sandbox; it is fixed for
+// the connection's life, so it is copied once at connect.
+type peerInfo struct {
+	generation     int
+	peerGeneration int
+	legacy         bool
+	agentVersion   string
+	idStart, idEnd uint32
 }
 
 // Timings are the sandbox start-up timings the relay announced when the
@@ -36,27 +47,57 @@ var errClientClosed = &Error{Code: StatusClosed, Message: "the client is closed"
 
 // Connect connects to the relay socket at socketPath and completes the
 // handshake. ctx's deadline, if any, bounds connecting and the handshake
-// (otherwise the library's default of 10 s applies).
+// (10 s without one); a cancellation is seen within a short slice.
 func Connect(ctx context.Context, socketPath string) (*Client, error) {
 	return connect(ctx, "socket path", socketPath, func(target *C.char, opts *C.msb_connect_options, out **C.msb_client, errOut **C.msb_error) C.msb_status {
 		return C.msb_client_connect(target, opts, out, errOut)
 	})
 }
 
-// ConnectSandbox connects to a sandbox by name: the socket
-// $MSB_HOME/sandboxes/NAME/runtime/agent.sock (MSB_HOME defaults to
-// ~/.microsandbox). An unknown name gives an error matching ErrNotFound.
+// ConnectSandbox connects to a sandbox by name, at the socket
+// SandboxSocketPath finds for it. An unknown name gives an error matching
+// ErrNotFound.
 func ConnectSandbox(ctx context.Context, name string) (*Client, error) {
 	return connect(ctx, "sandbox name", name, func(target *C.char, opts *C.msb_connect_options, out **C.msb_client, errOut **C.msb_error) C.msb_status {
 		return C.msb_client_connect_sandbox(target, opts, out, errOut)
 	})
 }
 
+// SandboxSocketPath is where the relay socket of the sandbox called name
+// is, under $MSB_HOME (default ~/.microsandbox), in the layout of whichever
+// runtime line started it; they are tried newest first:
+//
+//  1. run/sandboxes/<first 24 hex digits of sha256(name)>/agent.sock (0.6.9+)
+//  2. run/agent/<first 32 hex digits of sha256(name)>.sock (0.5.2 to 0.6.8)
+//  3. sandboxes/<name>/runtime/agent.sock (up to 0.5.1)
+//
+// The first that exists wins; when none does, the answer is the newest
+// layout whose socket paths fit in a Unix socket address. Nothing is
+// connected to. A name that is empty, contains '/', or is "." or ".."
+// gives ErrInvalidArgument.
+func SandboxSocketPath(name string) (string, error) {
+	if err := checkString("sandbox name", name); err != nil {
+		return "", err
+	}
+	cName := C.CString(name)
+	defer C.free(unsafe.Pointer(cName))
+	var path *C.msb_bytes
+	var libErr *C.msb_error
+	if status := C.msb_sandbox_socket_path(cName, &path, &libErr); status != C.MSB_OK {
+		return "", statusError(status, libErr)
+	}
+	defer C.msb_bytes_free(path)
+	return string(C.GoBytes(unsafe.Pointer(C.msb_bytes_data(path)), C.int(C.msb_bytes_len(path)))), nil
+}
+
 type connectFunc func(target *C.char, opts *C.msb_connect_options, out **C.msb_client, errOut **C.msb_error) C.msb_status
 
+// connect dials in slices (see callSliced): an abandoned attempt only
+// costs the relay a connection that closes, and each attempt's handshake
+// gets longer than the one before. Without a deadline in ctx, connecting
+// ends after defaultConnectTimeout.
 func connect(ctx context.Context, what, target string, connectC connectFunc) (*Client, error) {
 	var handle *C.msb_client
-	_, hasDeadline := ctx.Deadline()
 	if err := checkString(what, target); err != nil {
 		return nil, err
 	}
@@ -68,21 +109,23 @@ func connect(ctx context.Context, what, target string, connectC connectFunc) (*C
 			return statusError(status, nil)
 		}
 		defer C.msb_connect_options_free(opts)
-		if hasDeadline {
-			if status := C.msb_connect_options_set_timeout_ms(opts, timeout); status != C.MSB_OK {
-				return statusError(status, nil)
-			}
+		if status := C.msb_connect_options_set_timeout_ms(opts, timeout); status != C.MSB_OK {
+			return statusError(status, nil)
+		}
+		// This package pulls a stream only when its reader reads (a file
+		// reader, a process's output): a reader slower than the guest must
+		// slow the guest down, not lose its stream, so a full memory budget
+		// pauses the socket rather than failing the largest stream.
+		if status := C.msb_connect_options_set_backpressure(opts, C.MSB_BACKPRESSURE_PAUSE_SOCKET); status != C.MSB_OK {
+			return statusError(status, nil)
 		}
 		var libErr *C.msb_error
 		return statusError(connectC(cTarget, opts, &handle, &libErr), libErr)
 	}
-	// A connect abandoned by cancellation may still succeed: close that
-	// client rather than leak it.
-	discard := func() { C.msb_client_free(handle) }
-	if err := callBlocking(ctx, op, discard); err != nil {
+	if err := callSlicedFor(ctx, defaultConnectTimeout, op); err != nil {
 		return nil, err
 	}
-	c := &Client{handle: handle}
+	c := &Client{handle: handle, peer: readPeerInfo(handle)}
 	var t C.msb_ready_timings
 	if status := C.msb_client_ready_timings(handle, &t); status == C.MSB_OK {
 		c.ready = Timings{
@@ -94,9 +137,61 @@ func connect(ctx context.Context, what, target string, connectC connectFunc) (*C
 	return c, nil
 }
 
+func readPeerInfo(handle *C.msb_client) peerInfo {
+	info := peerInfo{
+		generation:     int(C.msb_client_generation(handle)),
+		peerGeneration: int(C.msb_client_peer_generation(handle)),
+		legacy:         bool(C.msb_client_is_legacy(handle)),
+		agentVersion:   C.GoString(C.msb_client_agent_version(handle)),
+	}
+	var start, end C.uint32_t
+	if C.msb_client_id_range(handle, &start, &end) == C.MSB_OK {
+		info.idStart, info.idEnd = uint32(start), uint32(end)
+	}
+	return info
+}
+
 // Ready returns the start-up timings the relay sent during the handshake.
 func (c *Client) Ready() Timings {
 	return c.ready
+}
+
+// Generation is the protocol generation this connection speaks: 1 on a
+// legacy (0.3/0.4) relay, otherwise the smaller of the sandbox's and the
+// library's. Calls the generation lacks fail with ErrUnsupported.
+func (c *Client) Generation() int { return c.peer.generation }
+
+// PeerGeneration is the sandbox's own protocol generation (1 for 0.3.x to
+// 0.5.0, 7 for 0.6.x, 9 or 10 for 0.7.x).
+func (c *Client) PeerGeneration() int { return c.peer.peerGeneration }
+
+// IsLegacy reports whether the relay used the legacy handshake of 0.3.x
+// and 0.4.x (16 clients, filesystem calls in their 0.3.14 shapes).
+func (c *Client) IsLegacy() bool { return c.peer.legacy }
+
+// AgentVersion is the agent's version as the sandbox announced it, such as
+// "0.7.13"; "" when it did not say (before 0.5.5).
+func (c *Client) AgentVersion() string { return c.peer.agentVersion }
+
+// IDRange is this connection's range of correlation ids: start <= id <
+// endExclusive.
+func (c *Client) IDRange() (start, endExclusive uint32) { return c.peer.idStart, c.peer.idEnd }
+
+// Supports reports whether this connection can carry the message type (a
+// wire name such as "core.tcp.connect"): the library knows it and the
+// negotiated generation has it. False after Close.
+func (c *Client) Supports(msgType string) bool {
+	if checkString("message type", msgType) != nil {
+		return false
+	}
+	c.mu.RLock()
+	defer c.mu.RUnlock()
+	if c.handle == nil {
+		return false
+	}
+	cType := C.CString(msgType)
+	defer C.free(unsafe.Pointer(cType))
+	return bool(C.msb_client_supports(c.handle, cType))
 }
 
 // Close closes the connection: calls blocked on the client return an error
@@ -120,23 +215,33 @@ func (c *Client) Close() error {
 	return nil
 }
 
-// call runs one blocking library call on the client's handle (see
-// callBlocking for how cancellation and discard work).
-func (c *Client) call(ctx context.Context, op func(h *C.msb_client, timeout C.int64_t, errOut **C.msb_error) C.msb_status, discard func()) error {
-	return c.callErr(ctx, func(h *C.msb_client, timeout C.int64_t) error {
+// callMode is how a request is made to honour its context: callOnce or
+// callSliced (see msbagent.go).
+type callMode func(ctx context.Context, op func(timeout C.int64_t) error) error
+
+// call runs one library call on the client's handle, in the given mode.
+func (c *Client) call(ctx context.Context, mode callMode, op func(h *C.msb_client, timeout C.int64_t, errOut **C.msb_error) C.msb_status) error {
+	return c.callErr(ctx, mode, func(h *C.msb_client, timeout C.int64_t) error {
 		var libErr *C.msb_error
 		status := op(h, timeout, &libErr)
 		return statusError(status, libErr)
-	}, discard)
+	})
 }
 
-// openBound runs op, which opens a handle that outlives the call (a
-// process, a file stream) and stores the value owning it, and ties that
-// handle to ctx: abandon gives it up when an open abandoned by cancellation
-// still succeeds, and again once ctx is done, unless the channel released
-// returns (asked for only after op succeeded) is closed first.
+// openBound runs op (once: it sends), which opens a handle that outlives
+// the call (a process, a file stream) and stores the value owning it, and
+// ties that handle to ctx: once ctx is done, abandon gives it up, unless
+// the channel released returns (asked for only after op succeeded) is
+// closed first. abandon runs on the one goroutine that watches ctx; it
+// must be bounded (it makes at most a short, bounded library call) and
+// that goroutine ends with it.
 func (c *Client) openBound(ctx context.Context, op func(h *C.msb_client, timeout C.int64_t) error, abandon func(), released func() <-chan struct{}) error {
-	if err := c.callErr(ctx, op, abandon); err != nil {
+	if err := c.callErr(ctx, callOnce, op); err != nil {
+		return err
+	}
+	if err := ctx.Err(); err != nil {
+		// Opened while ctx ended: nobody will use the handle.
+		abandon()
 		return err
 	}
 	if ctx.Done() == nil {
@@ -154,13 +259,13 @@ func (c *Client) openBound(ctx context.Context, op func(h *C.msb_client, timeout
 }
 
 // callErr is call for operations that may also fail on the Go side.
-func (c *Client) callErr(ctx context.Context, op func(h *C.msb_client, timeout C.int64_t) error, discard func()) error {
-	return callBlocking(ctx, func(timeout C.int64_t) error {
+func (c *Client) callErr(ctx context.Context, mode callMode, op func(h *C.msb_client, timeout C.int64_t) error) error {
+	return mode(ctx, func(timeout C.int64_t) error {
 		c.mu.RLock()
 		defer c.mu.RUnlock()
 		if c.handle == nil {
 			return errClientClosed
 		}
 		return op(c.handle, timeout)
-	}, discard)
+	})
 }

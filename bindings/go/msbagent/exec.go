@@ -9,6 +9,7 @@ import "C"
 import (
 	"bytes"
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"strings"
@@ -180,7 +181,10 @@ type Process struct {
 	exitCode int
 	finished bool  // the stream is over: exited, failed or closed
 	endErr   error // why it is over if not by exiting
-	pulling  bool  // a goroutine is pulling; the others wait on progress
+	// stdinErr is the guest's first report that writing stdin into the
+	// process failed; later stdin writes return it.
+	stdinErr *StdinError
+	pulling  bool // a goroutine is pulling; the others wait on progress
 	progress chan struct{}
 	freed    bool // release has started
 }
@@ -215,8 +219,7 @@ func (c *Client) Exec(ctx context.Context, cmd string, opts *ExecOptions) (*Proc
 		}
 		return err
 	}
-	// A start abandoned by cancellation may still succeed: nobody will
-	// ever see that process, so kill it.
+	// Once ctx ends the process is killed.
 	abort := func() { p.abort() }
 	if err := c.openBound(ctx, op, abort, func() <-chan struct{} { return p.released }); err != nil {
 		return nil, err
@@ -298,6 +301,17 @@ type event struct {
 	data     []byte
 	pid      int
 	exitCode int
+	// failure is set for MSB_EXEC_FAILED, stdinErr for MSB_EXEC_STDIN_ERROR.
+	failure  *ExecFailedError
+	stdinErr *StdinError
+}
+
+// optionalString copies a borrowed C string that may be NULL.
+func optionalString(s *C.char) string {
+	if s == nil {
+		return ""
+	}
+	return C.GoString(s)
 }
 
 // pullOne waits on the poller until an event can be pulled, and pulls it
@@ -326,6 +340,18 @@ func (p *Process) pullOne() (event, error) {
 				var n C.size_t
 				data := C.msb_exec_event_data(cEvent, &n)
 				ev.data = C.GoBytes(unsafe.Pointer(data), C.int(n))
+			case C.MSB_EXEC_FAILED:
+				ev.failure = &ExecFailedError{
+					Kind:    optionalString(C.msb_exec_event_failure_kind(cEvent)),
+					Errno:   int(C.msb_exec_event_errno(cEvent)),
+					Message: optionalString(C.msb_exec_event_message(cEvent)),
+					Stage:   optionalString(C.msb_exec_event_stage(cEvent)),
+				}
+			case C.MSB_EXEC_STDIN_ERROR:
+				ev.stdinErr = &StdinError{
+					Errno:   int(C.msb_exec_event_errno(cEvent)),
+					Message: optionalString(C.msb_exec_event_message(cEvent)),
+				}
 			}
 			C.msb_exec_event_free(cEvent)
 		case C.MSB_ENDED:
@@ -379,6 +405,12 @@ func (p *Process) advanceLocked() {
 	case ev.kind == C.MSB_EXEC_EXITED:
 		p.exitCode = ev.exitCode
 		p.finishLocked(nil)
+	case ev.kind == C.MSB_EXEC_FAILED:
+		p.finishLocked(ev.failure)
+	case ev.kind == C.MSB_EXEC_STDIN_ERROR:
+		if p.stdinErr == nil {
+			p.stdinErr = ev.stdinErr
+		}
 	}
 	if p.finished {
 		p.releaseIfIdleLocked()
@@ -427,11 +459,30 @@ func (p *Process) Stdout() io.Reader { return streamReader{p, &p.stdout} }
 func (p *Process) Stderr() io.Reader { return streamReader{p, &p.stderr} }
 
 // Stdin writes to the process's standard input; Close sends end of input.
+// Once the guest has reported that it could not write the input into the
+// process (agents 0.4.6+; the report arrives with the process's events, so
+// it is seen once output or Wait has been read past it), Write and Close
+// return that *StdinError.
 func (p *Process) Stdin() io.WriteCloser { return stdinWriter{p} }
 
 type stdinWriter struct{ p *Process }
 
+// guestStdinErr is the guest's report that stdin could not be written, if
+// one was pulled: once the process stopped taking input, writing more
+// would only be lost.
+func (p *Process) guestStdinErr() error {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.stdinErr != nil {
+		return p.stdinErr
+	}
+	return nil
+}
+
 func (w stdinWriter) Write(b []byte) (int, error) {
+	if err := w.p.guestStdinErr(); err != nil {
+		return 0, err
+	}
 	if len(b) == 0 {
 		return 0, nil
 	}
@@ -447,6 +498,9 @@ func (w stdinWriter) Write(b []byte) (int, error) {
 }
 
 func (w stdinWriter) Close() error {
+	if err := w.p.guestStdinErr(); err != nil {
+		return err
+	}
 	return w.p.withHandle(func(h *C.msb_exec, timeout C.int64_t, errOut **C.msb_error) C.msb_status {
 		return C.msb_exec_close_stdin(h, timeout, errOut)
 	})
@@ -458,7 +512,7 @@ var errProcessReleased = &Error{Code: StatusClosed, Message: "the process has ex
 
 // withHandle runs a short library call on the live handle. Its blocking
 // (only while the connection's socket is full) is bounded by ctx's
-// deadline, and by the client's Close.
+// deadline (defaultCallTimeout without one), and by the client's Close.
 func (p *Process) withHandle(op func(h *C.msb_exec, timeout C.int64_t, errOut **C.msb_error) C.msb_status) error {
 	if err := p.ctx.Err(); err != nil {
 		return err
@@ -469,7 +523,7 @@ func (p *Process) withHandle(op func(h *C.msb_exec, timeout C.int64_t, errOut **
 		return errProcessReleased
 	}
 	var libErr *C.msb_error
-	status := op(p.handle, timeoutMs(p.ctx), &libErr)
+	status := op(p.handle, boundedTimeoutMs(p.ctx), &libErr)
 	return statusError(status, libErr)
 }
 
@@ -496,9 +550,10 @@ func (p *Process) Pid() int {
 }
 
 // Wait waits for the process to exit and returns its exit code (-1 if it
-// was killed by a signal or could not be started), then releases the
-// process's resources. Output not yet read is kept: Stdout and Stderr
-// still return it after Wait.
+// was killed by a signal), then releases the process's resources. A
+// command the guest could not start gives -1 and an *ExecFailedError
+// (agents 0.4.4+; older ones report exit code -1 and no error). Output not
+// yet read is kept: Stdout and Stderr still return it after Wait.
 func (p *Process) Wait() (int, error) {
 	p.mu.Lock()
 	for {
@@ -547,10 +602,12 @@ func (c *Client) Run(ctx context.Context, cmd string, opts *ExecOptions) (*RunRe
 	if err != nil {
 		return nil, err
 	}
-	if err := p.Stdin().Close(); err != nil {
+	if err := p.Stdin().Close(); err != nil && !errors.Is(err, ErrInvalidArgument) && !errors.Is(err, ErrWrongState) {
 		p.Close()
 		return nil, err
 	}
+	// A process that already ended (or never started) refuses the end of
+	// its input; Wait says how it ended.
 	code, err := p.Wait()
 	if err != nil {
 		return nil, err

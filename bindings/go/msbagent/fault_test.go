@@ -15,23 +15,29 @@ import (
 	"github.com/microsandbox/libmicrosandbox_agent/bindings/go/msbagent"
 )
 
-// startFaultyRelay runs its own msb-devrelay with --fault mode on a fresh
-// socket (the relay of with-devrelay.sh is a well-behaved one) and returns
-// the socket path. The relay binary is MSB_DEVRELAY or the build tree's; it
-// imitates MSB_DEVRELAY_PROFILE (default 0.7.13).
+// startFaultyRelay runs its own msb-devrelay with --fault mode (see
+// startOwnRelay); the relay of with-devrelay.sh is a well-behaved one.
 func startFaultyRelay(t *testing.T, mode string) string {
 	t.Helper()
+	return startOwnRelay(t, "--fault", mode)
+}
+
+// startOwnRelay runs an msb-devrelay of this test's own with extra
+// arguments, imitating the profile under test (MSB_DEVRELAY_PROFILE,
+// default 0.7.13), on a fresh socket, and returns the socket path. The
+// relay binary is MSB_DEVRELAY or the build tree's.
+func startOwnRelay(t *testing.T, extra ...string) string {
+	t.Helper()
+	mode := strings.Join(extra, " ")
 	relay := os.Getenv("MSB_DEVRELAY")
 	if relay == "" {
 		relay = filepath.Join("..", "..", "..", "target", "release", "msb-devrelay")
 	}
 	dir := t.TempDir()
 	socket := filepath.Join(dir, "agent.sock")
-	profile := os.Getenv("MSB_DEVRELAY_PROFILE")
-	if profile == "" {
-		profile = "0.7.13"
-	}
-	cmd := exec.Command(relay, "--profile", profile, "--socket", socket, "--root", filepath.Join(dir, "root"), "--quiet", "--fault", mode)
+	args := append([]string{"--socket", socket, "--root", filepath.Join(dir, "root"), "--quiet",
+		"--profile", relayProfile().name}, extra...)
+	cmd := exec.Command(relay, args...)
 	stdout, err := cmd.StdoutPipe()
 	if err != nil {
 		t.Fatal(err)
@@ -51,10 +57,10 @@ func startFaultyRelay(t *testing.T, mode string) string {
 	select {
 	case ok := <-ready:
 		if !ok {
-			t.Fatalf("relay with --fault %s did not report listening", mode)
+			t.Fatalf("relay with %q did not report listening", mode)
 		}
 	case <-time.After(10 * time.Second):
-		t.Fatalf("relay with --fault %s did not start", mode)
+		t.Fatalf("relay with %q did not start", mode)
 	}
 	return socket
 }
@@ -136,4 +142,43 @@ func TestFaultNoHandshakeTimesOut(t *testing.T) {
 	if waited := time.Since(start); waited > 2*time.Second {
 		t.Fatalf("Connect took %v with a 300ms deadline", waited)
 	}
+}
+
+// A full relay closes new connections before the handshake: Connect says
+// ErrRelayBusy, and a freed slot lets the next one in.
+func TestFullRelayIsBusy(t *testing.T) {
+	socket := startOwnRelay(t)
+	slots := 128
+	if relayProfile().legacy {
+		slots = 16
+	}
+	var clients []*msbagent.Client
+	defer func() {
+		for _, c := range clients {
+			c.Close()
+		}
+	}()
+	for i := 0; i < slots; i++ {
+		c, err := msbagent.Connect(testCtx(t), socket)
+		if err != nil {
+			t.Fatalf("client %d of %d: %v", i+1, slots, err)
+		}
+		clients = append(clients, c)
+	}
+	_, err := msbagent.Connect(testCtx(t), socket)
+	if !errors.Is(err, msbagent.ErrRelayBusy) {
+		t.Fatalf("client %d on a relay with %d slots = %v, want ErrRelayBusy", slots+1, slots, err)
+	}
+	clients[0].Close()
+	clients = clients[1:]
+	var again *msbagent.Client
+	for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(20 * time.Millisecond) {
+		if again, err = msbagent.Connect(testCtx(t), socket); err == nil || time.Now().After(deadline) {
+			break
+		}
+	}
+	if err != nil {
+		t.Fatalf("after a client left, connecting = %v", err)
+	}
+	clients = append(clients, again)
 }

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -30,6 +31,12 @@ func TestMain(m *testing.M) {
 	if relaySocket == "" || relayRoot == "" {
 		fmt.Fprintln(os.Stderr, "FAIL: MSB_SOCKET and MSB_DEVRELAY_ROOT are not set; run the tests through scripts/test-go.sh (or scripts/with-devrelay.sh)")
 		os.Exit(1)
+	}
+	if name := os.Getenv("MSB_DEVRELAY_PROFILE"); name != "" {
+		if _, known := profiles[name]; !known {
+			fmt.Fprintf(os.Stderr, "FAIL: MSB_DEVRELAY_PROFILE=%q is not a profile these tests know\n", name)
+			os.Exit(1)
+		}
 	}
 	os.Exit(m.Run())
 }
@@ -62,6 +69,18 @@ func cancelAndExpectReadCancelled(t *testing.T, cancel context.CancelFunc, readD
 	}
 }
 
+// removeFromRelayAfter removes guest paths (relative to the relay's root)
+// when the test ends, so that it can run again on the same relay
+// (go test -count=N).
+func removeFromRelayAfter(t *testing.T, paths ...string) {
+	t.Helper()
+	t.Cleanup(func() {
+		for _, p := range paths {
+			os.RemoveAll(filepath.Join(relayRoot, p))
+		}
+	})
+}
+
 func connect(t *testing.T) *msbagent.Client {
 	t.Helper()
 	c, err := msbagent.Connect(testCtx(t), relaySocket)
@@ -86,33 +105,6 @@ func TestVersionAndConnect(t *testing.T) {
 	}
 	if err := c.Close(); err != nil {
 		t.Errorf("second Close: %v", err)
-	}
-}
-
-func TestConnectSandboxByName(t *testing.T) {
-	home := t.TempDir()
-	runtimeDir := filepath.Join(home, "sandboxes", "dev", "runtime")
-	if err := os.MkdirAll(runtimeDir, 0o755); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.Symlink(relaySocket, filepath.Join(runtimeDir, "agent.sock")); err != nil {
-		t.Fatal(err)
-	}
-	t.Setenv("MSB_HOME", home)
-
-	c, err := msbagent.ConnectSandbox(testCtx(t), "dev")
-	if err != nil {
-		t.Fatalf("ConnectSandbox(dev): %v", err)
-	}
-	defer c.Close()
-	res, err := c.Run(testCtx(t), "echo", &msbagent.ExecOptions{Args: []string{"by name"}})
-	if err != nil || string(res.Stdout) != "by name\n" {
-		t.Fatalf("Run through the named sandbox = %+v, %v", res, err)
-	}
-
-	_, err = msbagent.ConnectSandbox(testCtx(t), "no-such-sandbox")
-	if !errors.Is(err, msbagent.ErrNotFound) {
-		t.Fatalf("ConnectSandbox(unknown) error = %v, want ErrNotFound", err)
 	}
 }
 
@@ -425,8 +417,9 @@ func TestResizeTTY(t *testing.T) {
 func TestFilesystem(t *testing.T) {
 	c := connect(t)
 	ctx := testCtx(t)
-	if err := c.Mkdir(ctx, "/fs/a/b"); err != nil {
-		t.Fatalf("Mkdir: %v", err)
+	removeFromRelayAfter(t, "fs")
+	if err := c.MkdirAll(ctx, "/fs/a/b"); err != nil {
+		t.Fatalf("MkdirAll: %v", err)
 	}
 	if fi, err := os.Stat(filepath.Join(relayRoot, "fs/a/b")); err != nil || !fi.IsDir() {
 		t.Fatalf("Mkdir did not create the nested directory: %v", err)
@@ -445,9 +438,9 @@ func TestFilesystem(t *testing.T) {
 		t.Fatalf("ReadFile returned %d bytes (%v), want %d", len(back), err, len(big))
 	}
 
-	fi, err := c.Stat(ctx, "/fs/a/big.bin")
+	fi, err := c.Lstat(ctx, "/fs/a/big.bin")
 	if err != nil {
-		t.Fatalf("Stat: %v", err)
+		t.Fatalf("Lstat: %v", err)
 	}
 	if fi.Name() != "big.bin" || fi.Path() != "/fs/a/big.bin" || fi.Size() != int64(len(big)) ||
 		fi.Mode() != 0o640 || fi.IsDir() {
@@ -456,8 +449,8 @@ func TestFilesystem(t *testing.T) {
 	if !fi.HasModTime() || time.Since(fi.ModTime()) > time.Minute {
 		t.Errorf("Stat ModTime = %v (reported: %v), want about now", fi.ModTime(), fi.HasModTime())
 	}
-	if dir, err := c.Stat(ctx, "/fs/a/b"); err != nil || !dir.IsDir() || !dir.Mode().IsDir() {
-		t.Errorf("Stat(dir) = %v, %v; want a directory", dir, err)
+	if dir, err := c.Lstat(ctx, "/fs/a/b"); err != nil || !dir.IsDir() || !dir.Mode().IsDir() {
+		t.Errorf("Lstat(dir) = %v, %v; want a directory", dir, err)
 	}
 
 	if err := c.WriteFile(ctx, "/fs/a/empty", nil, 0); err != nil {
@@ -491,8 +484,13 @@ func TestFilesystem(t *testing.T) {
 	if got := strings.Join(names, ","); got != "b,big.bin,empty" {
 		t.Fatalf("ReadDir names = %s, want b,big.bin,empty (sorted)", got)
 	}
-	if !entries[0].IsDir() || entries[1].Size() != int64(len(big)) {
-		t.Errorf("ReadDir entries: b dir=%v, big.bin size=%d", entries[0].IsDir(), entries[1].Size())
+	bigInfo, err := entries[1].Info()
+	if err != nil || !entries[0].IsDir() || !entries[0].Type().IsDir() || entries[1].Type() != 0 || bigInfo.Size() != int64(len(big)) {
+		t.Errorf("ReadDir entries: b dir=%v type=%v, big.bin type=%v info=%v, %v", entries[0].IsDir(), entries[0].Type(), entries[1].Type(), bigInfo, err)
+	}
+	infos, err := c.ListDir(ctx, "/fs/a")
+	if err != nil || len(infos) != 3 || infos[1].Path() != "/fs/a/big.bin" || infos[1].Size() != int64(len(big)) {
+		t.Fatalf("ListDir = %v, %v; want 3 sorted entries with big.bin second", infos, err)
 	}
 
 	if err := c.Remove(ctx, "/fs/a/empty"); err != nil {
@@ -501,11 +499,20 @@ func TestFilesystem(t *testing.T) {
 	if _, err := os.Stat(filepath.Join(relayRoot, "fs/a/empty")); !os.IsNotExist(err) {
 		t.Fatalf("Remove left the file: %v", err)
 	}
+	if err := c.RemoveAll(ctx, "/fs/a/big.bin"); err != nil {
+		t.Fatalf("RemoveAll(file): %v", err)
+	}
+	if _, err := os.Stat(filepath.Join(relayRoot, "fs/a/big.bin")); !os.IsNotExist(err) {
+		t.Fatalf("RemoveAll left the file: %v", err)
+	}
 	if err := c.RemoveAll(ctx, "/fs"); err != nil {
 		t.Fatalf("RemoveAll: %v", err)
 	}
 	if _, err := os.Stat(filepath.Join(relayRoot, "fs")); !os.IsNotExist(err) {
 		t.Fatalf("RemoveAll left the tree: %v", err)
+	}
+	if err := c.RemoveAll(ctx, "/fs"); err != nil {
+		t.Fatalf("RemoveAll of a missing path = %v, want nil as os.RemoveAll", err)
 	}
 }
 
@@ -514,30 +521,35 @@ func TestErrorsCarryStatusCodes(t *testing.T) {
 	ctx := testCtx(t)
 
 	_, err := c.ReadFile(ctx, "/no/such/file")
-	if !errors.Is(err, msbagent.ErrGuest) {
-		t.Fatalf("ReadFile(missing) = %v, want ErrGuest", err)
+	if !errors.Is(err, msbagent.ErrGuest) || !errors.Is(err, fs.ErrNotExist) {
+		t.Fatalf("ReadFile(missing) = %v, want ErrGuest and fs.ErrNotExist", err)
 	}
-	// The guest's ENOENT gives the error the code of its own, and the errno.
 	var libErr *msbagent.Error
-	if !errors.As(err, &libErr) || libErr.Code != msbagent.StatusNotFound || libErr.Errno != 2 ||
-		!strings.Contains(libErr.Message, "/no/such/file") {
-		t.Fatalf("ReadFile(missing) error = %#v, want code StatusNotFound, errno 2, the guest's message", err)
+	var pathErr *fs.PathError
+	if !errors.As(err, &libErr) || libErr.Code != msbagent.StatusNotFound || libErr.Errno() != int(syscall.ENOENT) || libErr.Message == "" {
+		t.Fatalf("ReadFile(missing) error = %#v, want code StatusNotFound, errno ENOENT and the guest's message", err)
 	}
-	if !errors.Is(err, msbagent.ErrNotFound) {
-		t.Errorf("ReadFile(missing) = %v, want ErrNotFound too", err)
+	if !errors.As(err, &pathErr) || pathErr.Path != "/no/such/file" || (pathErr.Op != "open" && pathErr.Op != "read") {
+		t.Fatalf("ReadFile(missing) error = %#v, want an *fs.PathError naming the path", err)
 	}
-	if errors.Is(err, msbagent.ErrTimeout) || errors.Is(err, msbagent.ErrPermission) || errors.Is(err, msbagent.ErrExists) {
-		t.Errorf("a guest error must not match other sentinels: %v", err)
+	if !strings.Contains(err.Error(), "/no/such/file") {
+		t.Errorf("the error text %q does not name the path", err)
 	}
-	if errors.Is(&msbagent.Error{Code: msbagent.StatusNotFound}, msbagent.ErrGuest) {
-		t.Errorf("a NOT_FOUND without errno (no relay there) must not match ErrGuest")
+	if errors.Is(err, msbagent.ErrTimeout) || errors.Is(err, fs.ErrPermission) || errors.Is(err, fs.ErrExist) {
+		t.Errorf("a missing file must not match other sentinels: %v", err)
 	}
-	if !errors.Is(&msbagent.Error{Code: msbagent.StatusExists}, msbagent.ErrGuest) ||
-		!errors.Is(&msbagent.Error{Code: msbagent.StatusPermission}, msbagent.ErrGuest) {
-		t.Errorf("ErrExists and ErrPermission come from the guest and match ErrGuest")
+	if _, err := c.Lstat(ctx, "/no/such/file"); !errors.Is(err, fs.ErrNotExist) || !errors.Is(err, msbagent.ErrGuest) || !errors.As(err, &pathErr) || pathErr.Op != "lstat" {
+		t.Errorf("Lstat(missing) = %v, want an *fs.PathError (lstat) matching fs.ErrNotExist and ErrGuest", err)
 	}
-	if err := c.Remove(ctx, "/no/such/file"); !errors.Is(err, msbagent.ErrGuest) {
-		t.Errorf("Remove(missing) = %v, want ErrGuest", err)
+	if err := c.Remove(ctx, "/no/such/file"); !errors.Is(err, fs.ErrNotExist) || !errors.Is(err, msbagent.ErrGuest) || !errors.As(err, &pathErr) || pathErr.Op != "remove" {
+		t.Errorf("Remove(missing) = %v, want an *fs.PathError (remove) matching fs.ErrNotExist and ErrGuest", err)
+	}
+	var linkErr *os.LinkError
+	if err := c.Rename(ctx, "/no/such/file", "/elsewhere"); !errors.Is(err, fs.ErrNotExist) || !errors.As(err, &linkErr) || linkErr.Old != "/no/such/file" || linkErr.New != "/elsewhere" {
+		t.Errorf("Rename(missing) = %v, want an *os.LinkError matching fs.ErrNotExist", err)
+	}
+	if _, err := msbagent.Connect(ctx, filepath.Join(t.TempDir(), "nobody.sock")); errors.Is(err, msbagent.ErrGuest) || errors.As(err, &pathErr) {
+		t.Errorf("a missing relay is not the guest's failure: %#v", err)
 	}
 
 	if _, err := c.Exec(ctx, "", nil); !errors.Is(err, msbagent.ErrInvalidArgument) {
@@ -599,6 +611,9 @@ func TestClosedClient(t *testing.T) {
 	}
 	if _, err := c.ReadFile(ctx, "/x"); !errors.Is(err, msbagent.ErrClosed) {
 		t.Errorf("ReadFile on a closed client = %v, want ErrClosed", err)
+	}
+	if err := c.MkdirAll(ctx, "/x"); !errors.Is(err, msbagent.ErrClosed) {
+		t.Errorf("MkdirAll on a closed client = %v, want ErrClosed", err)
 	}
 	if err := c.Mkdir(ctx, "/x"); !errors.Is(err, msbagent.ErrClosed) {
 		t.Errorf("Mkdir on a closed client = %v, want ErrClosed", err)

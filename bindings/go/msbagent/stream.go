@@ -12,29 +12,12 @@ import (
 	"io/fs"
 	"sync"
 	"sync/atomic"
-	"time"
 	"unsafe"
 )
-
-// defaultStreamTimeout bounds one library write, and the wait for the
-// guest to confirm a written file, when ctx has no deadline. A write blocks
-// only while the connection's socket is full, so this much time without
-// progress means the peer has stopped reading.
-const defaultStreamTimeout = 60 * time.Second
 
 // writePiece is the most one library write is handed: it bounds the C copy
 // each write makes and the data a single timeout has to cover.
 const writePiece = 1 << 20
-
-// streamTimeoutMs is ctx's deadline as a library timeout, or
-// defaultStreamTimeout: a stream call must never wait without limit, as
-// the call cannot be interrupted.
-func streamTimeoutMs(ctx context.Context) C.int64_t {
-	if _, ok := ctx.Deadline(); ok {
-		return timeoutMs(ctx)
-	}
-	return C.int64_t(defaultStreamTimeout / time.Millisecond)
-}
 
 var errReaderClosed = &Error{Code: StatusClosed, Message: "the file reader is closed"}
 
@@ -48,7 +31,8 @@ var errWriterClosed = &Error{Code: StatusClosed, Message: "the file writer is cl
 // Waiting for data is done on Go's network poller, as for processes. Read
 // may be called from one goroutine at a time; Close from any.
 type FileReader struct {
-	ctx context.Context
+	ctx  context.Context
+	path string
 
 	// handleMu is held shared for every library call on handle and
 	// exclusively to free it; handle is nil once released.
@@ -68,8 +52,15 @@ type FileReader struct {
 
 // Open starts reading a guest file. ctx governs the reader's whole life:
 // once ctx is done, Read returns ctx.Err() and the rest of the file is
-// abandoned. A missing or unreadable file is reported by the first Read,
-// as an error matching ErrGuest. Close the reader to release it.
+// abandoned. A missing or unreadable file is reported as an *fs.PathError
+// matching ErrGuest (and fs.ErrNotExist, ...): by Open on sandboxes with
+// handle-based files (generation 2+), which open the file first, and by
+// the first Read on older ones. Close the reader to release it.
+//
+// On generation 2+ opening is a request the guest answers with a handle:
+// it is sent once and waited for until ctx's deadline (60 s without one),
+// since a repeat would leave handles open in the guest; a cancellation is
+// seen before it is sent and once it is answered.
 func (c *Client) Open(ctx context.Context, name string) (*FileReader, error) {
 	if err := checkString("path", name); err != nil {
 		return nil, err
@@ -84,22 +75,21 @@ func (c *Client) Open(ctx context.Context, name string) (*FileReader, error) {
 			return statusError(status, libErr)
 		}
 		var err error
-		r, err = newFileReader(ctx, reader)
+		r, err = newFileReader(ctx, name, reader)
 		if err != nil {
 			C.msb_file_reader_free(reader)
 		}
 		return err
 	}
-	// An open abandoned by cancellation may still succeed: nobody will
-	// read that file, so let it go.
+	// Once ctx ends nobody will read the rest of the file.
 	release := func() { r.release() }
 	if err := c.openBound(ctx, op, release, func() <-chan struct{} { return r.released }); err != nil {
-		return nil, err
+		return nil, pathError("open", name, err)
 	}
 	return r, nil
 }
 
-func newFileReader(ctx context.Context, reader *C.msb_file_reader) (*FileReader, error) {
+func newFileReader(ctx context.Context, name string, reader *C.msb_file_reader) (*FileReader, error) {
 	var fd C.int
 	var libErr *C.msb_error
 	if status := C.msb_file_reader_readiness_fd(reader, &fd, &libErr); status != C.MSB_OK {
@@ -111,6 +101,7 @@ func newFileReader(ctx context.Context, reader *C.msb_file_reader) (*FileReader,
 	}
 	return &FileReader{
 		ctx:       ctx,
+		path:      name,
 		handle:    reader,
 		readiness: readiness,
 		released:  make(chan struct{}),
@@ -159,7 +150,7 @@ func (r *FileReader) Read(p []byte) (int, error) {
 		case r.closed.Load() || r.ctx.Err() != nil:
 			// Interrupted: the checks above say why.
 		default:
-			r.endErr = err
+			r.endErr = pathError("read", r.path, err)
 			// Nothing more will come: free the handle now, not at Close.
 			r.release()
 		}
@@ -215,7 +206,8 @@ func (r *FileReader) Close() error {
 //
 // Write and Close may be called from any goroutine; they take turns.
 type FileWriter struct {
-	ctx context.Context
+	ctx  context.Context
+	path string
 
 	// handleMu is held shared for every library call on handle and
 	// exclusively to free it; handle is nil once released.
@@ -249,14 +241,13 @@ func (c *Client) Create(ctx context.Context, name string, perm fs.FileMode) (*Fi
 		if status := C.msb_file_writer_open(h, cPath, mode, timeout, &writer, &libErr); status != C.MSB_OK {
 			return statusError(status, libErr)
 		}
-		w = &FileWriter{ctx: ctx, handle: writer, released: make(chan struct{})}
+		w = &FileWriter{ctx: ctx, path: name, handle: writer, released: make(chan struct{})}
 		return nil
 	}
-	// An open abandoned by cancellation may still succeed: free that
-	// writer, which abandons the file.
+	// Once ctx ends the file is abandoned: freeing the writer does that.
 	release := func() { w.release() }
 	if err := c.openBound(ctx, op, release, func() <-chan struct{} { return w.released }); err != nil {
-		return nil, err
+		return nil, pathError("open", name, err)
 	}
 	return w, nil
 }
@@ -289,46 +280,29 @@ func (w *FileWriter) Write(b []byte) (int, error) {
 			piece = piece[:writePiece]
 		}
 		if err := w.send(piece); err != nil {
-			return written, err
+			return written, pathError("write", w.path, err)
 		}
 		written += len(piece)
 	}
 	return written, nil
 }
 
-// send writes one piece. On cancellation it returns at once and leaves the
-// library call to finish on its own goroutine (it is bounded by its
-// timeout); the handle is freed only after that.
+// send writes one piece, on the caller's goroutine (see callOnce): a write
+// blocks only while the connection's socket is full, at most until ctx's
+// deadline (defaultCallTimeout without one).
 func (w *FileWriter) send(piece []byte) error {
-	if err := w.ctx.Err(); err != nil {
-		return err
-	}
-	// The call may outlive this Write, whose caller may then reuse b: hand
-	// the library a private C copy, made before the caller can get away.
-	cData := C.CBytes(piece)
-	size := C.size_t(len(piece))
-	op := func() error {
-		defer C.free(cData)
+	return callOnce(w.ctx, func(timeout C.int64_t) error {
 		w.handleMu.RLock()
 		defer w.handleMu.RUnlock()
 		if w.handle == nil {
 			return errWriterClosed
 		}
 		var libErr *C.msb_error
-		status := C.msb_file_writer_write(w.handle, (*C.uint8_t)(cData), size, streamTimeoutMs(w.ctx), &libErr)
+		// The library copies the bytes into the socket before returning
+		// and keeps no pointer to them.
+		status := C.msb_file_writer_write(w.handle, (*C.uint8_t)(unsafe.Pointer(&piece[0])), C.size_t(len(piece)), timeout, &libErr)
 		return statusError(status, libErr)
-	}
-	if w.ctx.Done() == nil {
-		return op()
-	}
-	result := make(chan error, 1)
-	go func() { result <- op() }()
-	select {
-	case err := <-result:
-		return err
-	case <-w.ctx.Done():
-		return w.ctx.Err()
-	}
+	})
 }
 
 // Close ends the file, waits for the guest to confirm it was stored, and
@@ -341,22 +315,16 @@ func (w *FileWriter) Close() error {
 		return nil
 	}
 	w.closed = true
-	err := callBlocking(w.ctx, func(C.int64_t) error {
+	err := callOnce(w.ctx, func(timeout C.int64_t) error {
 		w.handleMu.RLock()
 		defer w.handleMu.RUnlock()
 		if w.handle == nil {
 			return errWriterClosed
 		}
 		var libErr *C.msb_error
-		status := C.msb_file_writer_finish(w.handle, streamTimeoutMs(w.ctx), &libErr)
+		status := C.msb_file_writer_finish(w.handle, timeout, &libErr)
 		return statusError(status, libErr)
-	}, nil)
-	if w.ctx.Err() != nil {
-		// A library call abandoned by cancellation may still hold the
-		// handle: free it when that returns, without waiting here.
-		go w.release()
-	} else {
-		w.release()
-	}
-	return err
+	})
+	w.release()
+	return pathError("close", w.path, err)
 }

@@ -20,6 +20,9 @@ pub fn main(init: std.process.Init) !void {
 
     const client = try msb.Client.connect(socket_path, .{}, &diag);
     defer client.deinit();
+    // What the sandbox speaks decides which calls it has (README: generations).
+    const agent_version = if (client.agentVersion().len > 0) client.agentVersion() else "unknown";
+    try out.print("protocol generation {d}, agent {s}\n", .{ client.generation(), agent_version });
 
     // Run to completion; the output is copied into `gpa` memory.
     const result = try client.run(gpa, &.{ "echo", "hello from the sandbox" }, .{}, &diag);
@@ -38,11 +41,23 @@ pub fn main(init: std.process.Init) !void {
     defer listing.deinit(gpa);
     for (listing.entries) |entry| try out.print("  {s} ({t}, {d} bytes)\n", .{ entry.path, entry.kind, entry.size });
 
-    // A missing file is error.NotFound, with the guest's words in `diag`.
+    // Newer sandboxes can do more: check the generation (or `supports`)
+    // first, else such calls fail with error.Unsupported.
+    if (client.generation() >= 2) {
+        const file = try client.openFile("/tmp/hello.txt", .{ .read = true }, &diag);
+        defer file.deinit();
+        var first_word: [7]u8 = undefined;
+        const len = try file.readAt(&first_word, 0, timeout, &diag);
+        try out.print("read through a handle: {s}\n", .{first_word[0..len]});
+    }
+    if (client.supports("core.ping")) try client.ping(timeout, &diag);
+
+    // A missing file is error.FileNotFound, with the guest's words and
+    // errno in `diag`.
     if (client.readFile(gpa, "/tmp/missing", timeout, &diag)) |unexpected| {
         gpa.free(unexpected);
     } else |err| {
-        try out.print("expected failure: {t}: {s}\n", .{ err, diag.message() });
+        try out.print("expected failure: {t} (errno {?d}): {s}\n", .{ err, diag.guestErrno(), diag.message() });
     }
 
     // A streaming process: pull events until it exits.
@@ -58,6 +73,11 @@ pub fn main(init: std.process.Init) !void {
                 try out.print("exited {d}\n", .{code});
                 break;
             },
+            .failed => |failure| {
+                try out.print("could not start ({s}): {s}\n", .{ failure.kind(), failure.message() });
+                break;
+            },
+            .stdin_error => |stdin_error| try out.print("stdin: {s}\n", .{stdin_error.message()}),
         }
     }
 }

@@ -51,8 +51,8 @@ func main() {
 		log.Fatalf("tr: exit %d, %v", code, err)
 	}
 
-	// Files. Mkdir creates missing parents and accepts existing directories.
-	if err := client.Mkdir(ctx, "/tmp"); err != nil {
+	// Files. MkdirAll creates missing parents and accepts existing directories.
+	if err := client.MkdirAll(ctx, "/tmp"); err != nil {
 		log.Fatal(err)
 	}
 	if err := client.WriteFile(ctx, "/tmp/hello.txt", []byte("hi\n"), 0o644); err != nil {
