@@ -28,10 +28,10 @@ mod pool;
 mod reader;
 mod subscription;
 mod sync;
+pub mod tcp;
 #[cfg(any(test, feature = "test-hooks"))]
 #[doc(hidden)]
 pub mod testing;
-pub mod tcp;
 
 use std::os::fd::OwnedFd;
 use std::path::Path;
