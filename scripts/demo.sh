@@ -2,8 +2,6 @@
 # The demo: builds the library and the development relay, starts the relay,
 # and runs the C quickstart against it.
 set -euo pipefail
-# The relay imitates 0.3.14 until the client speaks the current handshake.
-export MSB_DEVRELAY_PROFILE=0.3.14
 cd "$(dirname "$0")/.."
 cargo build --release --workspace
 cc -Iinclude examples/c/quickstart.c -Ltarget/release -lmicrosandbox_agent -o target/quickstart

@@ -2,8 +2,9 @@
 # Runs every test: Rust unit and integration tests, the header freshness
 # check, the C suites (functional, hostile-guest, sanitizers, valgrind), the
 # packaging checks, a smoke run of the benchmark, and the Go and Zig
-# bindings, each against a development relay. Missing tools are installed
-# first (scripts/install-test-deps.sh).
+# bindings, each against a development relay. The suites that talk to a
+# relay run against every release it imitates (0.3.14, 0.6.14, 0.7.13).
+# Missing tools are installed first (scripts/install-test-deps.sh).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 
@@ -19,6 +20,8 @@ set +e
 
 suites=(
   "rust:cargo test --workspace"
+  "rust-0.3.14:MSB_DEVRELAY_PROFILE=0.3.14 cargo test --test client_core"
+  "rust-0.6.14:MSB_DEVRELAY_PROFILE=0.6.14 cargo test --test client_core"
   "rust-portable:cargo test --features portable-primitives --lib client:: && cargo test --features portable-primitives --test client_core"
   "header:scripts/gen-header.sh --check"
   "c:scripts/test-c.sh"
@@ -36,12 +39,14 @@ for entry in "${suites[@]}"; do
   cmd="${entry#*:}"
   echo
   echo "=== $name: $cmd"
+  started=$SECONDS
   if bash -c "$cmd"; then
     passed=$((passed + 1))
   else
     failed=$((failed + 1))
     failed_names+=("$name")
   fi
+  echo "=== $name took $((SECONDS - started)) s"
 done
 echo
 if [[ $failed -gt 0 ]]; then

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Builds the library, the C examples and the C tests, and runs them against
-# a development relay three ways:
+# a development relay imitating each release (0.3.14, 0.6.14, 0.7.13; or
+# only MSB_DEVRELAY_PROFILE), three ways each:
 #   1. plain build: every test, then every example;
 #   2. tests rebuilt with AddressSanitizer + UBSan (LeakSanitizer included:
 #      the Rust library allocates through malloc, so an msb_* object a test
@@ -11,9 +12,13 @@
 #
 #   scripts/test-c.sh
 set -euo pipefail
-# The release the relay imitates: MSB_DEVRELAY_PROFILE=0.3.14|0.6.14|0.7.13
-# (default 0.7.13); run once per profile to cover every relay form.
-export MSB_DEVRELAY_PROFILE="${MSB_DEVRELAY_PROFILE:-0.7.13}"
+# The releases the relay imitates: every one (0.3.14, 0.6.14, 0.7.13), or
+# only MSB_DEVRELAY_PROFILE when it is set.
+if [[ -n "${MSB_DEVRELAY_PROFILE:-}" ]]; then
+  profiles=("$MSB_DEVRELAY_PROFILE")
+else
+  profiles=(0.3.14 0.6.14 0.7.13)
+fi
 top="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$top"
 
@@ -103,8 +108,6 @@ run_tests() {
   fi
 }
 
-run_tests "tests" "$out/c-tests"
-
 echo "== examples"
 # Each example with its own success criteria, all against one relay.
 run_examples() {
@@ -143,10 +146,27 @@ run_examples() {
 }
 export -f run_examples
 export out
-if ! scripts/with-devrelay.sh -- bash -c run_examples; then
-  echo "FAILED: examples"
-  failures=$((failures + 1))
-fi
+
+for profile in "${profiles[@]}"; do
+  export MSB_DEVRELAY_PROFILE=$profile
+  run_tests "tests (relay $profile)" "$out/c-tests"
+  echo "== examples (relay $profile)"
+  if ! scripts/with-devrelay.sh -- bash -c run_examples; then
+    echo "FAILED: examples on $profile"
+    failures=$((failures + 1))
+  fi
+  # LeakSanitizer reports what a test forgot to free; UBSan aborts on the
+  # first undefined behaviour. Timing checks stay meaningful: ASan costs ~2x.
+  ASAN_OPTIONS="detect_leaks=1:abort_on_error=0:halt_on_error=1" \
+  UBSAN_OPTIONS="print_stacktrace=1:halt_on_error=1" \
+    run_tests "tests under AddressSanitizer + UBSan (relay $profile)" "$out/c-tests-asan"
+  # valgrind runs ~20x slower: give each test more time before the harness
+  # declares it hung.
+  MSB_TEST_TIMEOUT_S=300 run_tests "tests under valgrind (relay $profile)" \
+    valgrind --quiet --leak-check=full --errors-for-leak-kinds=definite --error-exitcode=1 \
+    --suppressions=tests/c/valgrind.supp "$out/c-tests"
+done
+unset MSB_DEVRELAY_PROFILE
 
 # tcp_forward needs TCP (generation 4): it forwards several concurrent
 # connections to a local echo server on the profiles that have it, and
@@ -166,17 +186,6 @@ if ! MSB_DEVRELAY_PROFILE=0.3.14 scripts/with-devrelay.sh -- \
   failures=$((failures + 1))
 fi
 
-# LeakSanitizer reports what a test forgot to free; UBSan aborts on the first
-# undefined behaviour. Timing checks stay meaningful: ASan costs ~2x.
-ASAN_OPTIONS="detect_leaks=1:abort_on_error=0:halt_on_error=1" \
-UBSAN_OPTIONS="print_stacktrace=1:halt_on_error=1" \
-  run_tests "tests under AddressSanitizer + UBSan" "$out/c-tests-asan"
-
-# valgrind runs ~20x slower: give each test more time before the harness
-# declares it hung.
-MSB_TEST_TIMEOUT_S=300 run_tests "tests under valgrind" \
-  valgrind --quiet --leak-check=full --errors-for-leak-kinds=definite --error-exitcode=1 \
-  --suppressions=tests/c/valgrind.supp "$out/c-tests"
 
 if [[ $failures -ne 0 ]]; then
   echo "test-c.sh: $failures run(s) failed"

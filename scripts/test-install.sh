@@ -12,8 +12,6 @@
 # Consumers run against a development relay. Prints one "N passed, M failed"
 # line and exits non-zero if anything failed.
 set -uo pipefail
-# The relay imitates 0.3.14 until the client speaks the current handshake.
-export MSB_DEVRELAY_PROFILE=0.3.14
 top="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$top"
 

@@ -11,9 +11,13 @@ use std::time::{Duration, Instant};
 
 use microsandbox_agent::client::exec::{self, Exec, ExecEvent};
 use microsandbox_agent::client::{fs, Client, ClientOptions, CloseCause, Error, Pulled};
+use microsandbox_agent::protocol::payload as current;
 use microsandbox_agent::protocol::payload::legacy::{FsOp, FsRequest, FsResponse};
 use microsandbox_agent::protocol::payload::{Data, ExecExited, ExecRequest, Payload, Ready};
-use microsandbox_agent::protocol::{encode_frame, MessageType, LEGACY_ID_RANGE_STEP};
+use microsandbox_agent::protocol::{
+    encode_frame, MessageType, CURRENT_ID_RANGE_STEP, CURRENT_MAX_CLIENTS, LEGACY_ID_RANGE_STEP,
+    LEGACY_MAX_CLIENTS,
+};
 
 const T: Duration = Duration::from_secs(10);
 
@@ -49,9 +53,9 @@ impl Relay {
         ));
         std::fs::create_dir_all(dir.join("root")).unwrap();
         let socket = dir.join("agent.sock");
-        // The client speaks only the legacy handshake so far.
+        // The release the relay imitates (every suite runs each of them).
         let profile =
-            std::env::var("MSB_DEVRELAY_PROFILE").unwrap_or_else(|_| "0.3.14".to_string());
+            std::env::var("MSB_DEVRELAY_PROFILE").unwrap_or_else(|_| "0.7.13".to_string());
         let mut child = Command::new(devrelay_bin())
             .args(["--profile", &profile])
             .arg("--socket")
@@ -97,7 +101,33 @@ fn rand_suffix() -> u64 {
         .finish()
 }
 
-/// `core.fs.request {Stat "/"}`.
+/// `core.fs.request {Stat path}` in the shape of the client's generation:
+/// 0.3.14's on a legacy relay, generation 2's (not following links) after.
+fn stat_request(c: &Client, path: &str) -> Vec<u8> {
+    if c.peer().generation() < 2 {
+        FsRequest {
+            op: FsOp::Stat { path: path.into() },
+        }
+        .to_bytes()
+    } else {
+        current::FsRequest::new(current::FsOp::Stat {
+            path: path.into(),
+            follow_symlink: false,
+        })
+        .to_bytes()
+    }
+}
+
+/// The id range step and client slots of the relay `c` is connected to.
+fn slots_of(c: &Client) -> (u32, u32) {
+    if c.peer().is_legacy() {
+        (LEGACY_ID_RANGE_STEP, LEGACY_MAX_CLIENTS)
+    } else {
+        (CURRENT_ID_RANGE_STEP, CURRENT_MAX_CLIENTS)
+    }
+}
+
+/// `core.fs.request {Stat "/"}` in 0.3.14's shape, for the scripted peer.
 fn stat_root() -> Vec<u8> {
     FsRequest {
         op: FsOp::Stat { path: "/".into() },
@@ -120,14 +150,16 @@ fn handshake_gives_range_and_timings() {
     assert!(r.ready_time_ns > 0);
     assert_eq!(&Ready::decode(c.ready_payload()).unwrap(), r);
     let id = c.alloc_id().unwrap();
-    assert!(id > 0 && id < LEGACY_ID_RANGE_STEP);
+    assert!(id > 0 && id < slots_of(&c).0);
 }
 
 #[test]
 fn request_response_round_trip() {
     let relay = Relay::start(&[]);
     let c = relay.connect();
-    let reply = c.request(&MessageType::FsRequest, &stat_root(), T).unwrap();
+    let reply = c
+        .request(&MessageType::FsRequest, &stat_request(&c, "/"), T)
+        .unwrap();
     assert_eq!(reply.message_type, MessageType::FsResponse);
     assert!(reply.is_terminal());
     let resp = FsResponse::decode(&reply.payload).unwrap();
@@ -144,7 +176,7 @@ fn a_payload_sent_in_many_parts_arrives_whole() {
     // head, a large one is sent by reference with vectored writes. Each is
     // split into more parts than one sendmsg takes (8 iovecs with the head),
     // with an empty one among them.
-    let small = stat_root();
+    let small = stat_request(&c, "/");
     let mut exec = sh("printf %s \"$V\" | wc -c");
     exec.env = vec![format!("V={}", "v".repeat(20_000))];
     let large = exec.to_bytes();
@@ -233,12 +265,7 @@ async fn concurrent_requests_from_eight_tasks() {
     let relay = Relay::start(&[]);
     let c = relay.connect();
     std::fs::write(relay.root().join("f"), b"x").unwrap();
-    let payload = Arc::new(
-        FsRequest {
-            op: FsOp::Stat { path: "/f".into() },
-        }
-        .to_bytes(),
-    );
+    let payload = Arc::new(stat_request(&c, "/f"));
     let mut tasks = Vec::new();
     for _ in 0..8 {
         let (c, payload) = (c.clone(), payload.clone());
@@ -287,30 +314,32 @@ fn eight_blocking_threads_share_the_socket_reader() {
 }
 
 #[test]
-fn sixteen_clients_get_disjoint_ranges_and_the_seventeenth_is_refused() {
+fn every_slot_gets_a_disjoint_range_and_one_more_client_is_refused() {
+    // 16 slots on a legacy relay, 128 on a current one.
     let relay = Relay::start(&[]);
-    let clients: Vec<Client> = (0..16).map(|_| relay.connect()).collect();
+    let first = relay.connect();
+    let (step, slots) = slots_of(&first);
+    let mut clients = vec![first];
+    clients.extend((1..slots).map(|_| relay.connect()));
     let mut offsets: Vec<u32> = clients.iter().map(|c| c.id_offset()).collect();
     offsets.sort();
-    let expected: Vec<u32> = (0..16).map(|k| k * LEGACY_ID_RANGE_STEP).collect();
+    let expected: Vec<u32> = (0..slots).map(|k| k * step).collect();
     assert_eq!(offsets, expected);
     for c in &clients {
         let id = c.alloc_id().unwrap();
-        assert!(
-            id > c.id_offset() && (id as u64) < c.id_offset() as u64 + LEGACY_ID_RANGE_STEP as u64
-        );
+        assert!(id > c.id_offset() && (id as u64) < c.id_offset() as u64 + step as u64);
         assert!(fs::stat(c, "/", T).is_ok());
     }
     let err = Client::connect(&relay.socket, &ClientOptions::default())
         .err()
-        .expect("17th connection must fail");
+        .expect("a connection past the last slot must fail");
     assert!(matches!(err, Error::RelayBusy), "{err}");
     assert!(err.to_string().contains("full"), "{err}");
     // A freed slot is handed out again.
     drop(clients);
     std::thread::sleep(Duration::from_millis(200));
     let again = relay.connect();
-    assert_eq!(again.id_offset() % LEGACY_ID_RANGE_STEP, 0);
+    assert_eq!(again.id_offset() % step, 0);
 }
 
 #[test]

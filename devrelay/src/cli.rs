@@ -82,7 +82,8 @@ EXEC:
     (setgid/setuid via getpwnam) only when the relay runs as root; otherwise
     the exec is refused (0.3.14: a core.exec.stderr message and exit code
     -1; later: core.exec.failed {kind: user_setup_failed}). An unknown rlimit
-    name or an env entry without '=' is refused the same way (kind bad_args);
+    name, one this host lacks (the Linux-only ones on macOS and FreeBSD), or
+    an env entry without '=' is refused the same way (kind bad_args);
     a command that cannot be spawned gets core.exec.exited {code: -1} alone
     (0.3.14) or core.exec.failed with the errno (later). With tty: true, empty stdin data types ^D (a pty cannot be
     half-closed). Stdin for one exec is queued up to 16 MiB; beyond that the

@@ -32,6 +32,7 @@ use microsandbox_agent::protocol::MessageType;
 use crate::flow::{AdmissionSlot, ExecFlow};
 use crate::log;
 use crate::outbox::{Closed, Hangup, Outbox};
+use crate::platform::{self, Resource};
 use crate::profile::Profile;
 use crate::wire;
 use microsandbox_agent::protocol::payload::{
@@ -45,13 +46,10 @@ const STDIN_BUDGET: usize = 16 * 1024 * 1024;
 /// What a pty user types for end-of-file; a pty cannot be half-closed.
 const PTY_EOF: u8 = 0x04;
 
-#[cfg(all(target_os = "linux", target_env = "gnu"))]
-type Resource = libc::__rlimit_resource_t;
-#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
-type Resource = libc::c_int;
-
-fn rlimit_resource(name: &str) -> Option<Resource> {
-    Some(match name {
+/// Maps a protocol rlimit name to this host's resource; the error is the
+/// refusal message.
+fn rlimit_resource(name: &str) -> Result<Resource, String> {
+    Ok(match name {
         "cpu" => libc::RLIMIT_CPU,
         "fsize" => libc::RLIMIT_FSIZE,
         "data" => libc::RLIMIT_DATA,
@@ -62,13 +60,10 @@ fn rlimit_resource(name: &str) -> Option<Resource> {
         "nofile" => libc::RLIMIT_NOFILE,
         "memlock" => libc::RLIMIT_MEMLOCK,
         "as" => libc::RLIMIT_AS,
-        "locks" => libc::RLIMIT_LOCKS,
-        "sigpending" => libc::RLIMIT_SIGPENDING,
-        "msgqueue" => libc::RLIMIT_MSGQUEUE,
-        "nice" => libc::RLIMIT_NICE,
-        "rtprio" => libc::RLIMIT_RTPRIO,
-        "rttime" => libc::RLIMIT_RTTIME,
-        _ => return None,
+        other => match platform::linux_only_rlimit(other)? {
+            Some(resource) => resource,
+            None => return Err(format!("unknown rlimit resource {other:?}")),
+        },
     })
 }
 
@@ -303,12 +298,8 @@ fn prepare(req: &ExecRequest) -> Result<Prepared, (ExecFailureKind, String)> {
     }
     let mut rlimits = Vec::with_capacity(req.rlimits.len());
     for limit in &req.rlimits {
-        let resource = rlimit_resource(&limit.resource).ok_or_else(|| {
-            (
-                ExecFailureKind::BadArgs,
-                format!("unknown rlimit resource {:?}", limit.resource),
-            )
-        })?;
+        let resource = rlimit_resource(&limit.resource)
+            .map_err(|message| (ExecFailureKind::BadArgs, message))?;
         rlimits.push((
             resource,
             libc::rlimit {
@@ -689,7 +680,7 @@ fn install_pre_exec(command: &mut Command, prepared: Prepared, tty: bool) {
                 }
                 // stdin is the pty's slave end by now: make it our
                 // controlling terminal.
-                if libc::ioctl(0, libc::TIOCSCTTY, 0) < 0 {
+                if libc::ioctl(0, platform::SET_CONTROLLING_TTY, 0) < 0 {
                     return Err(io::Error::last_os_error());
                 }
             } else if libc::setpgid(0, 0) < 0 {
@@ -762,20 +753,15 @@ fn open_pty(rows: u16, cols: u16) -> io::Result<(OwnedFd, OwnedFd)> {
         }
         OwnedFd::from_raw_fd(fd)
     };
-    let mut name = [0 as libc::c_char; 128];
-    // SAFETY: `master` is an open pty master; `name` has the length we pass
-    // and ptsname_r NUL-terminates what it writes into it.
+    // SAFETY: `master` is an open pty master.
     unsafe {
         if libc::grantpt(master.as_raw_fd()) != 0 || libc::unlockpt(master.as_raw_fd()) != 0 {
             return Err(io::Error::last_os_error());
         }
-        let rc = libc::ptsname_r(master.as_raw_fd(), name.as_mut_ptr(), name.len());
-        if rc != 0 {
-            return Err(io::Error::from_raw_os_error(rc));
-        }
     }
-    // SAFETY: ptsname_r succeeded, so `name` holds a NUL-terminated path; on
-    // success the fd is new and ours.
+    let name = platform::pty_slave_path(&master)?;
+    // SAFETY: `name` is a NUL-terminated path; on success the fd is new and
+    // ours.
     let slave = unsafe {
         let fd = libc::open(name.as_ptr(), flags);
         if fd < 0 {

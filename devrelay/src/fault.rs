@@ -223,7 +223,7 @@ pub async fn wait_for_hangup_without_reading(stream: &UnixStream) {
     loop {
         let mut pfd = libc::pollfd {
             fd,
-            events: libc::POLLRDHUP,
+            events: crate::platform::PEER_HANGUP_EVENTS,
             revents: 0,
         };
         // SAFETY: `pfd` is a valid pollfd for the duration of the call and
@@ -231,7 +231,12 @@ pub async fn wait_for_hangup_without_reading(stream: &UnixStream) {
         // blocks the runtime thread.
         let ready = unsafe { libc::poll(&mut pfd, 1, 0) };
         if ready < 0
-            || pfd.revents & (libc::POLLRDHUP | libc::POLLHUP | libc::POLLERR | libc::POLLNVAL) != 0
+            || pfd.revents
+                & (crate::platform::PEER_HANGUP_EVENTS
+                    | libc::POLLHUP
+                    | libc::POLLERR
+                    | libc::POLLNVAL)
+                != 0
         {
             return;
         }

@@ -31,6 +31,7 @@ mod flow;
 mod fs;
 mod fs2;
 mod outbox;
+mod platform;
 mod profile;
 mod rules;
 mod tcp;

@@ -198,9 +198,8 @@ impl Profile {
 /// 16 random bytes for the connection tokens the 0.7 ready payload carries.
 fn random_token() -> [u8; 16] {
     let mut token = [0u8; 16];
-    // SAFETY: getrandom writes at most `token.len()` bytes into the live
-    // local buffer; a short or failed read only leaves zeros, which is a
-    // valid (if predictable) token for a development relay.
-    unsafe { libc::getrandom(token.as_mut_ptr().cast(), token.len(), 0) };
+    // A failed read only leaves zeros, which is a valid (if predictable)
+    // token for a development relay.
+    crate::platform::fill_random(&mut token);
     token
 }
