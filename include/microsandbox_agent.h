@@ -61,7 +61,8 @@
 
 /**
  * `msb_connect_options_set_backpressure`: when unread messages fill the
- * memory budget, fail the stream holding the most (default).
+ * memory budget, pause the socket for at most 1 s, then fail the stream
+ * holding the most (default).
  */
 #define MSB_BACKPRESSURE_FAIL_STREAM 0
 
@@ -513,8 +514,9 @@ typedef int32_t msb_fs_kind;
 #define MSB_ERR_AGENT -19
 
 /**
- * A stream's unread data passed the connection's memory budget without
- * flow control: that stream failed (an exec's process was killed); the
+ * A stream's unread data kept the connection's memory budget full for the
+ * whole overflow grace (1 s) without flow control: nobody pulled it, so
+ * that stream failed (an exec's process was killed); the
  * connection and its other streams live. Messages queued before it are
  * still delivered. See the README's "Memory" section for the bound.
  */
@@ -685,9 +687,10 @@ msb_status msb_connect_options_set_memory_budget(struct msb_connect_options *opt
 
 /**
  * Chooses what happens when unread messages fill the memory budget:
- * `MSB_BACKPRESSURE_FAIL_STREAM` (default): the socket is always read, and
- * the stream holding the most unread data fails with
- * `MSB_ERR_STREAM_OVERFLOW`. `MSB_BACKPRESSURE_PAUSE_SOCKET`: the library
+ * `MSB_BACKPRESSURE_FAIL_STREAM` (default): the socket stops being read
+ * until the caller pulls, for at most 1 s; if the budget is still full
+ * then, reading resumes and the stream holding the most unread data fails
+ * with `MSB_ERR_STREAM_OVERFLOW` (see the README's "Memory" section). `MSB_BACKPRESSURE_PAUSE_SOCKET`: the library
  * stops reading the socket until the caller pulls; nothing fails, but one
  * unread stream pauses the whole connection, and the relay sees a client
  * that does not read: 0.7 relays disconnect it after 5 s (killing its

@@ -473,7 +473,7 @@ mod tests {
     use std::io::{Read, Write};
     use std::os::unix::net::UnixStream;
 
-    use super::super::reader::{Pulled, TAKEOVER_GRACE};
+    use super::super::reader::{Pulled, OVERFLOW_GRACE, TAKEOVER_GRACE};
     use super::super::subscription::Subscription;
     use super::super::testing::test_conn;
     use crate::protocol::payload::ExecLimits;
@@ -524,7 +524,8 @@ mod tests {
             p => panic!("{p:?}"),
         }
         let k = conn.counters();
-        assert!(k.bytes_queued <= BUDGET as u64, "{k:?}");
+        // The read that filled the budget is queued whole: one read buffer.
+        assert!(k.bytes_queued <= (BUDGET + 320 * 1024) as u64, "{k:?}");
         assert!(k.dropped_overflow > 0, "{k:?}");
         // What was queued before the overflow comes first, then the error.
         let mut delivered = 0;
@@ -583,19 +584,25 @@ mod tests {
         let (conn, mut peer) = pair(Backpressure::FailStream);
         let big = conn.subscribe_new(None).unwrap();
         let small = conn.subscribe_new(None).unwrap();
-        for _ in 0..7 {
+        for _ in 0..8 {
             peer.write_all(&frame("core.fs.data", big.id(), 0, &[1u8; 32 * 1024]))
                 .unwrap();
         }
-        // `small` then needs more room than is left: `big` holds the most,
-        // so it fails and what it held is released.
+        let started = Instant::now();
+        while conn.counters().frames_received < 8 {
+            assert!(started.elapsed() < Duration::from_secs(5), "not read");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        // The budget is full: once the grace has run out, `small` needs
+        // room, `big` holds the most, so it fails and what it held is
+        // released.
         for _ in 0..3 {
             peer.write_all(&frame("core.fs.data", small.id(), 0, &[2u8; 20 * 1024]))
                 .unwrap();
         }
-        // Nobody pulls until the background thread has routed all ten.
-        let started = Instant::now();
-        while conn.counters().frames_received < 10 {
+        // Nobody pulls until the background thread has routed all eleven
+        // (a pulled stream may pass the budget by one read).
+        while conn.counters().frames_received < 11 {
             assert!(started.elapsed() < Duration::from_secs(5), "not read");
             std::thread::sleep(Duration::from_millis(5));
         }
@@ -611,7 +618,93 @@ mod tests {
             }
             other => panic!("{:?}", other.map(|p| matches!(p, Pulled::Item(_)))),
         }
-        assert!(conn.counters().dropped_overflow >= 7);
+        assert!(conn.counters().dropped_overflow >= 8);
+    }
+
+    #[test]
+    fn a_stream_pulled_slower_than_it_arrives_never_overflows() {
+        const FRAME: usize = 32 * 1024;
+        const FRAMES: usize = 40;
+        let (ours, mut peer) = UnixStream::pair().unwrap();
+        // Two frames fill the budget; twenty budgets are streamed.
+        let conn = test_conn(
+            OwnedFd::from(ours),
+            64 * 1024,
+            Backpressure::FailStream,
+            None,
+        );
+        let sub = conn.subscribe_new(None).unwrap();
+        let id = sub.id();
+        let writer = std::thread::spawn(move || {
+            for i in 0..FRAMES {
+                peer.write_all(&frame("core.fs.data", id, 0, &[i as u8; FRAME]))
+                    .unwrap();
+            }
+            peer
+        });
+        let mut received = 0;
+        for i in 0..FRAMES {
+            // Slower than the peer writes, but never idle for the grace.
+            std::thread::sleep(Duration::from_millis(50));
+            match pull(&sub, 5000) {
+                Ok(Pulled::Item(m)) => {
+                    assert_eq!(m.payload.len(), FRAME);
+                    assert!(m.payload.iter().all(|&b| b == i as u8), "frame {i}");
+                    received += m.payload.len();
+                }
+                other => panic!("frame {i}: {:?}", other.map(|_| ())),
+            }
+        }
+        // Kept open: its end would close the connection.
+        let _peer = writer.join().unwrap();
+        assert_eq!(received, FRAME * FRAMES);
+        let k = conn.counters();
+        assert_eq!(k.dropped_overflow, 0, "{k:?}");
+        assert!(conn.close_cause().is_none());
+    }
+
+    #[test]
+    fn a_stream_nobody_pulls_fails_after_the_grace_and_the_connection_lives() {
+        let (conn, mut peer) = pair(Backpressure::FailStream);
+        let flood = conn.subscribe_new(None).unwrap();
+        let other = conn.subscribe_new(None).unwrap();
+        let chunk = frame("core.fs.data", flood.id(), 0, &[9u8; 32 * 1024]);
+        let started = Instant::now();
+        let writer = {
+            let mut peer = peer.try_clone().unwrap();
+            std::thread::spawn(move || {
+                // Eight budgets: more than the socket buffers hold.
+                for _ in 0..64 {
+                    peer.write_all(&chunk).unwrap();
+                }
+            })
+        };
+        while conn.counters().dropped_overflow == 0 {
+            assert!(started.elapsed() < Duration::from_secs(5), "never failed");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let failed_after = started.elapsed();
+        assert!(failed_after >= OVERFLOW_GRACE, "{failed_after:?}");
+        assert!(failed_after < Duration::from_secs(3), "{failed_after:?}");
+        writer.join().unwrap();
+        let err = loop {
+            match pull(&flood, 1000) {
+                Ok(Pulled::Item(_)) => {}
+                Ok(p) => panic!("{p:?}"),
+                Err(e) => break e,
+            }
+        };
+        assert!(
+            matches!(&err, Error::Closed(CloseCause::StreamOverflow(_))),
+            "{err}"
+        );
+        peer.write_all(&frame("core.fs.data", other.id(), 1, b"still here"))
+            .unwrap();
+        match pull(&other, 5000).unwrap() {
+            Pulled::Item(m) => assert_eq!(&m.payload[..], b"still here"),
+            p => panic!("{p:?}"),
+        }
+        assert!(conn.close_cause().is_none(), "the connection lives");
     }
 
     #[test]

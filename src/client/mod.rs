@@ -44,7 +44,7 @@ pub use error::{CloseCause, Error, ExecFailure, Result};
 pub use ids::IdRange;
 pub use paths::{path_to_nul_terminated, sandbox_socket_path};
 pub use peer::{Form, Peer};
-pub use reader::{Backpressure, Counters};
+pub use reader::{Backpressure, Counters, OVERFLOW_GRACE};
 pub use subscription::{Pulled, Subscription};
 
 use crate::protocol::payload::Ready;

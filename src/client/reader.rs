@@ -36,12 +36,19 @@
 //! guest can do"); this is how it is kept. Every queued message is charged
 //! the memory it holds: the capacity of its buffer (a large frame's own
 //! buffer may be larger than the frame) plus [`PER_MESSAGE_OVERHEAD`]. With
-//! [`Backpressure::FailStream`] (the default) a message that would take the
+//! [`Backpressure::FailStream`] (the default) a full budget first pauses
+//! the socket for at most [`OVERFLOW_GRACE`]: a caller that pulls, only
+//! slower than the guest produces (file reads and exec output before
+//! generation 10 have no flow control), frees memory within it, and reading
+//! resumes at once. Only once the budget has stayed full for the whole grace
+//! does reading resume with overflow enforced: a message that would take the
 //! connection past its budget (beyond [`PULLED_STREAM_SLACK`] for a stream a
 //! thread is blocked pulling, which one read may fill) fails a stream with
 //! [`CloseCause::StreamOverflow`] instead of being queued: the stream of
 //! that message if it holds the most, else the stream that holds the most,
-//! whose unread messages are then released to make room. A failed stream
+//! whose unread messages are then released to make room. A read started
+//! while the budget had room queues all it brings, so unread messages may
+//! pass the budget by one read, as with [`Backpressure::PauseSocket`]. A failed stream
 //! still delivers what it had queued (unless released), then the error; an
 //! exec is killed (signal 9) and its later frames are dropped and counted.
 //! With [`Backpressure::PauseSocket`] the reader instead stops reading while
@@ -104,10 +111,19 @@ const PULLED_STREAM_SLACK: usize = READ_BUFFER + crate::protocol::MAX_FRAME_SIZE
 /// and allocation overhead, so that a flood of tiny frames is bounded too.
 pub(crate) const PER_MESSAGE_OVERHEAD: usize = 64;
 
+/// How long a full budget pauses the socket before streams fail (with
+/// [`Backpressure::FailStream`]): well under the 5 s after which a 0.7
+/// relay drops a client that makes no read progress, short enough that a
+/// 0.6 relay's other clients stall only briefly, and long against the gap
+/// between two pulls of a caller that is reading.
+pub const OVERFLOW_GRACE: Duration = Duration::from_secs(1);
+
 /// What to do when unread messages fill the connection's memory budget.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Backpressure {
-    /// Keep reading; fail the stream that holds the most unread data with
+    /// Stop reading the socket for at most [`OVERFLOW_GRACE`], resuming as
+    /// soon as the caller pulls; if the budget is still full then, keep
+    /// reading and fail the stream that holds the most unread data with
     /// `StreamOverflow` (see the module documentation). The connection lives.
     #[default]
     FailStream,
@@ -189,6 +205,10 @@ impl MessageQueue {
 
     fn pop_front(&mut self) -> Option<(Message, usize)> {
         self.head.take().or_else(|| self.rest.pop_front())
+    }
+
+    fn pop_back(&mut self) -> Option<(Message, usize)> {
+        self.rest.pop_back().or_else(|| self.head.take())
     }
 
     fn clear(&mut self) -> usize {
@@ -409,6 +429,10 @@ pub(crate) struct Reader {
     budget: usize,
     backpressure: Backpressure,
     held: CacheAligned<AtomicUsize>,
+    /// When the budget was first found full (nanoseconds since `created`,
+    /// plus one; 0: it was not), for the overflow grace.
+    full_since: AtomicU64,
+    created: Instant,
     counters: AtomicCounters,
     /// Callers blocked in a pull that could not take the read lock; one of
     /// them is asked to lead when the current reader lets go.
@@ -465,6 +489,8 @@ impl Reader {
             budget,
             backpressure,
             held: CacheAligned::default(),
+            full_since: AtomicU64::new(0),
+            created: Instant::now(),
             counters: AtomicCounters::default(),
             followers: CacheAligned::default(),
             blocked: CacheAligned::default(),
@@ -699,10 +725,48 @@ impl Reader {
         self.held.load(Ordering::Acquire) < self.budget
     }
 
-    /// Whether a reader may read now: always, unless the caller chose to
-    /// pause the socket while the budget is spent.
+    /// Whether a reader may read now: while the budget has room, or (with
+    /// `FailStream`) once it has been full for the whole overflow grace.
+    #[inline]
     fn may_read(&self) -> bool {
-        self.backpressure == Backpressure::FailStream || self.budget_available()
+        if self.budget_available() {
+            if self.full_since.load(Ordering::Relaxed) != 0 {
+                self.full_since.store(0, Ordering::Relaxed);
+            }
+            return true;
+        }
+        self.pause_ends().is_some_and(|end| Instant::now() >= end)
+    }
+
+    /// When a pause for a full budget ends by itself: the end of the
+    /// overflow grace (started now if it was not running), or never with
+    /// `PauseSocket`.
+    fn pause_ends(&self) -> Option<Instant> {
+        if self.backpressure == Backpressure::PauseSocket {
+            return None;
+        }
+        let now = self.nanos_since_created(Instant::now());
+        let since =
+            match self
+                .full_since
+                .compare_exchange(0, now, Ordering::Relaxed, Ordering::Relaxed)
+            {
+                Ok(_) => now,
+                Err(since) => since,
+            };
+        Some(self.created + Duration::from_nanos(since - 1) + OVERFLOW_GRACE)
+    }
+
+    /// Never 0, which marks "not full".
+    fn nanos_since_created(&self, t: Instant) -> u64 {
+        (t.saturating_duration_since(self.created).as_nanos() as u64).saturating_add(1)
+    }
+
+    /// Whether overflow is enforced on what a read brings: only when the
+    /// read began with the budget full, which a reader does only once the
+    /// grace has run out (the budget fills only by reading).
+    fn overflow_enforced(&self) -> bool {
+        self.backpressure == Backpressure::FailStream && !self.budget_available()
     }
 
     fn release_memory(&self, n: usize) {
@@ -710,13 +774,17 @@ impl Reader {
             return;
         }
         let before = self.held.fetch_sub(n, Ordering::AcqRel);
-        if self.backpressure == Backpressure::PauseSocket
-            && before >= self.budget
-            && before - n < self.budget
-        {
-            self.background_wake.signal();
-            self.blocked.wake(self.pick_next_reader());
+        if before >= self.budget && before - n < self.budget {
+            self.budget_freed();
         }
+    }
+
+    /// The budget has room again: a reader paused for it reads now, and a
+    /// later full budget starts a new grace.
+    fn budget_freed(&self) {
+        self.full_since.store(0, Ordering::Relaxed);
+        self.background_wake.signal();
+        self.blocked.wake(self.pick_next_reader());
     }
 
     // ------------------------------------------------------------ pulling
@@ -1168,8 +1236,10 @@ impl Reader {
                 return closed();
             }
             if !self.may_read() {
-                // Paused by choice: wait for the budget to be freed.
-                if let Woken::Closed = self.wait_for(Some(&self.background_wake), false, None) {
+                // Paused: wait for the budget to be freed, or for the
+                // overflow grace to run out.
+                let until = self.pause_ends();
+                if let Woken::Closed = self.wait_for(Some(&self.background_wake), false, until) {
                     return closed();
                 }
                 continue;
@@ -1242,6 +1312,8 @@ impl Reader {
         }
         // Nobody served may wait behind a read that blocks.
         self.blocked.wake(std::mem::take(&mut rs.served));
+        // Decided before reading: see `overflow_enforced`.
+        let enforce = self.overflow_enforced();
         if rs.buf.is_empty() {
             rs.buf = vec![0u8; READ_BUFFER].into_boxed_slice();
         }
@@ -1298,7 +1370,7 @@ impl Reader {
                 .push((raw.decode().map_err(CloseCause::Protocol)?, held));
             rs.filled = n - into_body;
             // Routes the completed frame together with whatever the tail held.
-            self.split_frames(rs, true)?;
+            self.split_frames(rs, true, enforce)?;
             return Ok(Step::Progress);
         }
 
@@ -1329,17 +1401,18 @@ impl Reader {
             Err(e) => return Err(e),
         };
         rs.filled += n;
-        self.split_frames(rs, false)?;
+        self.split_frames(rs, false, enforce)?;
         Ok(Step::Progress)
     }
 
     /// Takes every complete frame out of the buffer and routes them as one
     /// batch (with a large frame just completed, if `large_before`); moves a
-    /// large incomplete frame to a buffer of its own.
+    /// large incomplete frame to a buffer of its own. `enforce`: see `route`.
     fn split_frames(
         &self,
         rs: &mut ReadState,
         large_before: bool,
+        enforce: bool,
     ) -> std::result::Result<(), CloseCause> {
         let mut start = 0;
         let mut large_frames = large_before;
@@ -1374,7 +1447,7 @@ impl Reader {
         };
         rs.large_frames = large_frames;
         // Frames that arrived intact before a bad one are still delivered.
-        rs.served |= self.route(&mut rs.batch, &mut rs.wakers);
+        rs.served |= self.route(&mut rs.batch, &mut rs.wakers, enforce);
         rs.buf.copy_within(start..rs.filled, 0);
         rs.filled -= start;
         result
@@ -1387,8 +1460,14 @@ impl Reader {
     /// bits of the blocked pullers it delivered to, for the reader to wake
     /// before it reads again or lets go. `wakers` is scratch space the
     /// reader keeps, so routing allocates nothing; it is left empty.
+    /// `enforce`: streams fail rather than pass the budget (see `make_room`).
     #[must_use]
-    fn route(&self, batch: &mut Vec<(Message, usize)>, wakers: &mut Vec<Waker>) -> u32 {
+    fn route(
+        &self,
+        batch: &mut Vec<(Message, usize)>,
+        wakers: &mut Vec<Waker>,
+        enforce: bool,
+    ) -> u32 {
         if batch.is_empty() {
             return 0;
         }
@@ -1432,7 +1511,7 @@ impl Reader {
                 let cost = held + PER_MESSAGE_OVERHEAD;
                 let accepted = stream.accept.is_none_or(|accept| accept(&m));
                 if accepted
-                    && self.backpressure == Backpressure::FailStream
+                    && enforce
                     && !self.make_room(&routes, stream, cost, &m, &mut bits, wakers)
                 {
                     c.dropped_overflow.fetch_add(1, Ordering::Relaxed);
@@ -1552,7 +1631,7 @@ impl Reader {
                 Some((s, h)) if h > own => s,
                 _ => {
                     let exec = is_exec_output(m);
-                    self.overflow(stream, own, false, exec, bits, wakers);
+                    self.overflow(stream, own, Some(cost), exec, bits, wakers);
                     return false;
                 }
             };
@@ -1560,17 +1639,20 @@ impl Reader {
             // released so that this message fits.
             let exec = is_exec_stream(&victim.state.lock());
             let h = victim.state.lock().held;
-            self.overflow(victim, h, true, exec, bits, wakers);
+            self.overflow(victim, h, None, exec, bits, wakers);
         }
     }
 
-    /// Fails `stream` with `StreamOverflow`; with `discard`, its queued
-    /// messages are released too. An exec is queued to be killed.
+    /// Fails `stream` with `StreamOverflow`. With `keep_room_for`, its
+    /// queued messages stay to be delivered, but for those at its back that
+    /// keep the connection from having that much room in its budget (a read
+    /// begun while the budget had room may have passed it); without, all
+    /// are released. An exec is queued to be killed.
     fn overflow(
         &self,
         stream: &Arc<Stream>,
         held: usize,
-        discard: bool,
+        keep_room_for: Option<usize>,
         exec: bool,
         bits: &mut u32,
         wakers: &mut Vec<Waker>,
@@ -1578,7 +1660,21 @@ impl Reader {
         let mut st = stream.state.lock();
         st.overflowed = true;
         let mut released = 0;
-        if discard {
+        let discard = keep_room_for.is_none();
+        if let Some(room) = keep_room_for {
+            let mut n = 0u64;
+            while self.held.load(Ordering::Acquire).saturating_sub(released) + room > self.budget {
+                let Some((_, cost)) = st.queue.pop_back() else {
+                    break;
+                };
+                released += cost;
+                n += 1;
+            }
+            st.held -= released;
+            self.counters
+                .dropped_overflow
+                .fetch_add(n, Ordering::Relaxed);
+        } else {
             let n = st.queue.clear();
             self.counters
                 .dropped_overflow
@@ -1608,7 +1704,11 @@ impl Reader {
         }
         drop(st);
         if released > 0 {
-            self.held.fetch_sub(released, Ordering::AcqRel);
+            let before = self.held.fetch_sub(released, Ordering::AcqRel);
+            // The reader is reading already: only the grace starts anew.
+            if before - released < self.budget {
+                self.full_since.store(0, Ordering::Relaxed);
+            }
         }
         if exec {
             self.kills.lock().push(stream.id);

@@ -92,9 +92,10 @@ pub extern "C" fn msb_connect_options_set_memory_budget(
 }
 
 /// Chooses what happens when unread messages fill the memory budget:
-/// `MSB_BACKPRESSURE_FAIL_STREAM` (default): the socket is always read, and
-/// the stream holding the most unread data fails with
-/// `MSB_ERR_STREAM_OVERFLOW`. `MSB_BACKPRESSURE_PAUSE_SOCKET`: the library
+/// `MSB_BACKPRESSURE_FAIL_STREAM` (default): the socket stops being read
+/// until the caller pulls, for at most 1 s; if the budget is still full
+/// then, reading resumes and the stream holding the most unread data fails
+/// with `MSB_ERR_STREAM_OVERFLOW` (see the README's "Memory" section). `MSB_BACKPRESSURE_PAUSE_SOCKET`: the library
 /// stops reading the socket until the caller pulls; nothing fails, but one
 /// unread stream pauses the whole connection, and the relay sees a client
 /// that does not read: 0.7 relays disconnect it after 5 s (killing its

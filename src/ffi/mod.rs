@@ -87,14 +87,16 @@ pub const MSB_ERR_EXEC_FAILED: msb_status = -18;
 /// The agent or relay refused a request with `core.error`; the message has
 /// its kind and text.
 pub const MSB_ERR_AGENT: msb_status = -19;
-/// A stream's unread data passed the connection's memory budget without
-/// flow control: that stream failed (an exec's process was killed); the
+/// A stream's unread data kept the connection's memory budget full for the
+/// whole overflow grace (1 s) without flow control: nobody pulled it, so
+/// that stream failed (an exec's process was killed); the
 /// connection and its other streams live. Messages queued before it are
 /// still delivered. See the README's "Memory" section for the bound.
 pub const MSB_ERR_STREAM_OVERFLOW: msb_status = -22;
 
 /// `msb_connect_options_set_backpressure`: when unread messages fill the
-/// memory budget, fail the stream holding the most (default).
+/// memory budget, pause the socket for at most 1 s, then fail the stream
+/// holding the most (default).
 pub const MSB_BACKPRESSURE_FAIL_STREAM: i32 = 0;
 /// `msb_connect_options_set_backpressure`: when unread messages fill the
 /// memory budget, stop reading the socket until the caller pulls.

@@ -31,12 +31,12 @@
 /* The devrelay's id for out-of-range-id: one past the client's range. */
 #define ID_RANGE_STEP 268435455u
 
-/* The most the client may hold unread with the default budget and
- * MSB_BACKPRESSURE_PAUSE_SOCKET: the reader stops reading once the budget is
- * spent, but the read that crossed it may have brought up to its 256 KiB
- * buffer of frames plus one large frame read directly (the library's
- * READ_BUFFER). With the default (fail the stream) the budget itself is the
- * limit (README, "Memory, and what a hostile guest can do"). */
+/* The most the client may hold unread with the default budget: the reader
+ * stops reading once the budget is spent (for good with
+ * MSB_BACKPRESSURE_PAUSE_SOCKET, for the overflow grace by default), but the
+ * read that crossed it may have brought up to its 256 KiB buffer of frames
+ * plus one large frame read directly (the library's READ_BUFFER; README,
+ * "Memory, and what a hostile guest can do"). */
 #define QUEUED_LIMIT ((uint64_t)DEFAULT_BUDGET + 256 * 1024 + FLOOD_CHUNK + 1024)
 
 /* Pull timeout for scenarios where something is expected to arrive. */
@@ -469,7 +469,8 @@ static void close_mid_exec(enum wait_mode mode) {
  */
 static void flood_not_reading(enum wait_mode mode) {
     const int64_t seconds = h_env_int("MSB_FLOOD_SECONDS", 10);
-    const int64_t stat_timeout = 1000;
+    /* Past the 1 s overflow grace, during which nothing is read. */
+    const int64_t stat_timeout = 2500;
     struct relay r;
     if (!h_relay_up(&r, "flood")) return;
     long rss_before = h_rss_kib();
@@ -512,7 +513,8 @@ static void flood_not_reading(enum wait_mode mode) {
                wait_mode_name(mode), (long long)seconds, rss_max, rss_before,
                (unsigned long long)queued_max, (unsigned long long)k.dropped_overflow, stats_ok,
                stats_failed);
-        CHECK_MSG(queued_max <= DEFAULT_BUDGET, "queued %llu > budget",
+        /* The read that filled the budget is queued whole (README). */
+        CHECK_MSG(queued_max <= QUEUED_LIMIT, "queued %llu > budget and one read",
                   (unsigned long long)queued_max);
         /* The flood really filled the budget (the bound was exercised). */
         CHECK_MSG(queued_max >= DEFAULT_BUDGET - 2 * FLOOD_CHUNK - 1024, "queued only %llu",
@@ -681,8 +683,9 @@ static void unread_commands_on(const char *profile, enum wait_mode mode) {
         if (q > queued_max) queued_max = q;
     }
     CHECK(stats_ok > 0);
-    CHECK_MSG(queued_max <= DEFAULT_BUDGET, "queued %llu > budget", (unsigned long long)queued_max);
-    /* README: budget + 12.25 MiB; a little more for this test's own heap.
+    CHECK_MSG(queued_max <= QUEUED_LIMIT, "queued %llu > budget and one read",
+              (unsigned long long)queued_max);
+    /* README: budget + 16.25 MiB; a little more for this test's own heap.
      * (Sanitizers keep freed memory in quarantine: no RSS bound there.) */
     if (!h_instrumented())
         CHECK_MSG(rss_max - rss_before < 32 * 1024, "RSS grew by %ld KiB", rss_max - rss_before);

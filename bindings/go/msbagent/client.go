@@ -112,13 +112,6 @@ func connect(ctx context.Context, what, target string, connectC connectFunc) (*C
 		if status := C.msb_connect_options_set_timeout_ms(opts, timeout); status != C.MSB_OK {
 			return statusError(status, nil)
 		}
-		// This package pulls a stream only when its reader reads (a file
-		// reader, a process's output): a reader slower than the guest must
-		// slow the guest down, not lose its stream, so a full memory budget
-		// pauses the socket rather than failing the largest stream.
-		if status := C.msb_connect_options_set_backpressure(opts, C.MSB_BACKPRESSURE_PAUSE_SOCKET); status != C.MSB_OK {
-			return statusError(status, nil)
-		}
 		var libErr *C.msb_error
 		return statusError(connectC(cTarget, opts, &handle, &libErr), libErr)
 	}
