@@ -128,7 +128,7 @@ static void check_fs_round_trip(const msb_client *c, enum wait_mode mode) {
     s = msb_fs_stat(c, "/probe.txt", PULL_TIMEOUT, &entry, &err);
     CHECK_STATUS(s, MSB_OK);
     if (s == MSB_OK) {
-        CHECK(msb_fs_entry_size(entry) == sizeof body - 1);
+        CHECK(msb_fs_entry_size(msb_fs_entry_as_view(entry)) == sizeof body - 1);
         msb_fs_entry_free(entry);
     } else {
         msb_error_free(err);

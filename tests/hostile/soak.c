@@ -122,7 +122,7 @@ static void one_fs(struct worker *w, int64_t i) {
         if (msb_fs_stat(client, path, TIMEOUT, &entry, &err) != MSB_OK) {
             note_failure(w, "msb_fs_stat", err);
         } else {
-            if (msb_fs_entry_size(entry) != (uint64_t)len || msb_fs_entry_kind(entry) != MSB_FS_KIND_FILE)
+            if (msb_fs_entry_size(msb_fs_entry_as_view(entry)) != (uint64_t)len || msb_fs_entry_kind(msb_fs_entry_as_view(entry)) != MSB_FS_KIND_FILE)
                 note_failure(w, "stat differs", NULL);
             msb_fs_entry_free(entry);
         }
