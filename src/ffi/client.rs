@@ -712,6 +712,16 @@ pub(crate) fn pulled<T, C>(
     })
 }
 
+/// The body of every `*_readiness_fd` export: writes the readiness fd of
+/// `sub` to `fd_out`.
+pub(crate) fn readiness_fd_out(sub: &Subscription, fd_out: *mut c_int) -> Result<msb_status, Fail> {
+    need_out(fd_out, "fd_out")?;
+    let fd = sub.readiness_fd()?;
+    // SAFETY: checked non-NULL above.
+    unsafe { put(fd_out, fd) };
+    Ok(MSB_OK)
+}
+
 /// A file descriptor that is readable exactly while
 /// `msb_subscription_next` would not return `MSB_NOTHING_YET` (an eventfd;
 /// non-blocking, close-on-exec). Poll it for reading; do not read, write or
@@ -723,12 +733,7 @@ pub extern "C" fn msb_subscription_readiness_fd(
     err_out: *mut *mut msb_error,
 ) -> msb_status {
     run(err_out, || {
-        let s = arc_borrow(sub, "sub")?;
-        need_out(fd_out, "fd_out")?;
-        let fd = s.sub.readiness_fd()?;
-        // SAFETY: checked non-NULL above.
-        unsafe { put(fd_out, fd) };
-        Ok(MSB_OK)
+        readiness_fd_out(&arc_borrow(sub, "sub")?.sub, fd_out)
     })
 }
 

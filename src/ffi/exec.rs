@@ -4,7 +4,7 @@ use std::ffi::{c_char, c_int, CString};
 
 use bytes::Bytes;
 
-use super::client::{client_arg, msb_client, pulled};
+use super::client::{client_arg, msb_client, pulled, readiness_fd_out};
 use super::handle::{arc_borrow, arc_into_raw, arc_release, box_into_raw, box_ref, free_box};
 use super::{
     borrowed_slice, bytes_arg, deadline_arg, msb_error, msb_status, need_out, put, run, run_value,
@@ -334,12 +334,7 @@ pub extern "C" fn msb_exec_readiness_fd(
     err_out: *mut *mut msb_error,
 ) -> msb_status {
     run(err_out, || {
-        let e = exec_arg(exec)?;
-        need_out(fd_out, "fd_out")?;
-        let fd = e.exec.subscription().readiness_fd()?;
-        // SAFETY: checked non-NULL above.
-        unsafe { put(fd_out, fd) };
-        Ok(MSB_OK)
+        readiness_fd_out(exec_arg(exec)?.exec.subscription(), fd_out)
     })
 }
 

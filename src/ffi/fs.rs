@@ -4,7 +4,7 @@
 
 use std::ffi::{c_char, c_int, CString};
 
-use super::client::{client_arg, msb_client, pulled};
+use super::client::{client_arg, msb_client, pulled, readiness_fd_out};
 use super::handle::{arc_borrow, arc_into_raw, arc_release, box_into_raw, box_ref, free_box};
 use super::{
     bytes_arg, deadline_arg, msb_bytes, msb_error, msb_status, need_out, new_bytes, put, run,
@@ -448,12 +448,7 @@ pub extern "C" fn msb_file_reader_readiness_fd(
     err_out: *mut *mut msb_error,
 ) -> msb_status {
     run(err_out, || {
-        let r = arc_borrow(reader, "reader")?;
-        need_out(fd_out, "fd_out")?;
-        let fd = r.reader.subscription().readiness_fd()?;
-        // SAFETY: checked non-NULL above.
-        unsafe { put(fd_out, fd) };
-        Ok(MSB_OK)
+        readiness_fd_out(arc_borrow(reader, "reader")?.reader.subscription(), fd_out)
     })
 }
 

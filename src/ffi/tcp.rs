@@ -3,7 +3,7 @@
 
 use std::ffi::{c_char, c_int};
 
-use super::client::{client_arg, msb_client, pulled};
+use super::client::{client_arg, msb_client, pulled, readiness_fd_out};
 use super::handle::{arc_borrow, arc_into_raw, arc_release};
 use super::{
     bytes_arg, deadline_arg, msb_bytes, msb_error, msb_status, need_out, new_bytes, put, run,
@@ -149,12 +149,7 @@ pub extern "C" fn msb_tcp_readiness_fd(
     err_out: *mut *mut msb_error,
 ) -> msb_status {
     run(err_out, || {
-        let s = arc_borrow(stream, "stream")?;
-        need_out(fd_out, "fd_out")?;
-        let fd = s.stream.subscription().readiness_fd()?;
-        // SAFETY: checked non-NULL above.
-        unsafe { put(fd_out, fd) };
-        Ok(MSB_OK)
+        readiness_fd_out(arc_borrow(stream, "stream")?.stream.subscription(), fd_out)
     })
 }
 
