@@ -84,10 +84,11 @@ const READ_BUFFER: usize = 256 * 1024;
 /// large payloads are copied at most once (from the part already buffered).
 /// Smaller frames are read many to a system call and copied out of the
 /// shared buffer: below this size the copy costs less than the extra reads
-/// (and acknowledgements) of one read per frame. Streaming 1 GiB of exec
-/// output in pipe-sized frames of up to 64 KiB, an 8 KiB threshold took
-/// 71 000 reads and as many acknowledgements, this one 9 800 of each, and
-/// the throughput rose by a fifth (`scripts/bench.sh --bench stream`).
+/// (and acknowledgements) of one read per frame. Streaming 1 GiB of
+/// flow-controlled exec output (frames of up to 16 KiB, as a 0.7 agent
+/// sends), an 8 KiB threshold took 71 000 reads and as many
+/// acknowledgements, this one 9 800 of each, and the throughput rose by a
+/// fifth (`scripts/bench.sh --bench stream`).
 const DIRECT_READ_THRESHOLD: usize = 64 * 1024;
 
 /// Bytes read into the shared buffer along with the rest of a large frame,
