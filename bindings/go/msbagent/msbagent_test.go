@@ -108,6 +108,49 @@ func TestVersionAndConnect(t *testing.T) {
 	}
 }
 
+// Options the library would refuse are refused before anything is dialled,
+// with a message saying which; valid ones reach the connection.
+func TestConnectOptions(t *testing.T) {
+	ctx := testCtx(t)
+	for _, opts := range []*msbagent.ConnectOptions{
+		{MemoryBudget: msbagent.MinMemoryBudget - 1},
+		{MemoryBudget: -1},
+		{Backpressure: msbagent.BackpressurePauseSocket + 1},
+		{Backpressure: -1},
+	} {
+		_, err := msbagent.ConnectWithOptions(ctx, relaySocket, opts)
+		var e *msbagent.Error
+		if !errors.Is(err, msbagent.ErrInvalidArgument) || !errors.As(err, &e) || e.Message == "" {
+			t.Errorf("ConnectWithOptions(%+v) = %v, want ErrInvalidArgument with a message", *opts, err)
+		}
+		if _, err := msbagent.ConnectSandboxWithOptions(ctx, "no-such-sandbox", opts); !errors.Is(err, msbagent.ErrInvalidArgument) {
+			t.Errorf("ConnectSandboxWithOptions(%+v) = %v, want ErrInvalidArgument", *opts, err)
+		}
+	}
+	// Checked before the socket path: the options are valid here.
+	if _, err := msbagent.ConnectWithOptions(ctx, "/nonexistent/agent.sock", &msbagent.ConnectOptions{MemoryBudget: msbagent.MinMemoryBudget}); !errors.Is(err, msbagent.ErrNotFound) {
+		t.Errorf("valid options, no relay: %v, want ErrNotFound", err)
+	}
+	for _, opts := range []*msbagent.ConnectOptions{
+		nil,
+		{},
+		{MemoryBudget: msbagent.DefaultMemoryBudget, Backpressure: msbagent.BackpressurePauseSocket},
+	} {
+		c, err := msbagent.ConnectWithOptions(ctx, relaySocket, opts)
+		if err != nil {
+			t.Fatalf("ConnectWithOptions(%v): %v", opts, err)
+		}
+		res, err := c.Run(ctx, "echo", &msbagent.ExecOptions{Args: []string{"with options"}})
+		if err != nil || string(res.Stdout) != "with options\n" {
+			t.Errorf("Run over a connection with options %v: %v, %v", opts, res, err)
+		}
+		c.Close()
+	}
+	if got := msbagent.BackpressurePauseSocket.String(); got != "pause-socket" {
+		t.Errorf("BackpressurePauseSocket.String() = %q", got)
+	}
+}
+
 func TestExecStdinToStdout(t *testing.T) {
 	c := connect(t)
 	p, err := c.Exec(testCtx(t), "cat", nil)
