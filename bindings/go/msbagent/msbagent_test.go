@@ -12,6 +12,7 @@ import (
 	"path/filepath"
 	"regexp"
 	"runtime/pprof"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -148,6 +149,55 @@ func TestConnectOptions(t *testing.T) {
 	}
 	if got := msbagent.BackpressurePauseSocket.String(); got != "pause-socket" {
 		t.Errorf("BackpressurePauseSocket.String() = %q", got)
+	}
+}
+
+// A real command writing without end that nobody reads, with the smallest
+// budget (below the 1 MiB that exec flow control lets a 0.7 guest send
+// ahead, so every profile overflows): other calls are answered meanwhile,
+// the stream fails with ErrStreamOverflow, and the command is killed.
+func TestUnreadCommandOverflowsTheSmallestBudget(t *testing.T) {
+	ctx := testCtx(t)
+	c, err := msbagent.ConnectWithOptions(ctx, relaySocket, &msbagent.ConnectOptions{MemoryBudget: msbagent.MinMemoryBudget})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	pidFile := filepath.Join(t.TempDir(), "pid")
+	p, err := c.Exec(ctx, "sh", &msbagent.ExecOptions{Args: []string{"-c",
+		`echo $$ > "$0"; while :; do head -c 65536 /dev/zero; done`, pidFile}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer p.Close()
+	// Past the 1 s grace, without reading.
+	time.Sleep(1500 * time.Millisecond)
+	if _, err := c.Lstat(ctx, "/"); err != nil {
+		t.Fatalf("Lstat beside the unread command: %v", err)
+	}
+	n, err := io.Copy(io.Discard, p.Stdout())
+	if !errors.Is(err, msbagent.ErrStreamOverflow) {
+		t.Fatalf("reading the unread command: %v after %d bytes, want ErrStreamOverflow", err, n)
+	}
+	// The development relay runs commands on this host: the command must
+	// be gone (or a zombie its relay has yet to reap).
+	text, err := os.ReadFile(pidFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pid, err := strconv.Atoi(strings.TrimSpace(string(text)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for deadline := time.Now().Add(3 * time.Second); ; time.Sleep(20 * time.Millisecond) {
+		stat, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+		if err != nil || strings.Contains(string(stat), ") Z ") {
+			break
+		}
+		if time.Now().After(deadline) {
+			syscall.Kill(pid, syscall.SIGKILL)
+			t.Fatalf("the overflowed command (pid %d) still runs", pid)
+		}
 	}
 }
 

@@ -1041,6 +1041,24 @@ test "memory budget: pause_socket holds the whole connection until the stream is
     try statRoot(client, timeout, null);
 }
 
+test "memory budget: a real command nobody reads overflows the smallest budget on every release, and the connection answers meanwhile" {
+    // Below the 1 MiB exec flow control lets a 0.7 guest send ahead, so
+    // generation 10 overflows too.
+    const client = try msb.Client.connect(try socketPath(), .{ .memory_budget = smallest_budget }, null);
+    defer client.deinit();
+    const process = try client.spawn(&.{ "sh", "-c", "while :; do head -c 65536 /dev/zero; done" }, .{}, null);
+    defer process.deinit();
+    // Past the 1 s grace, without pulling.
+    try std.Io.sleep(testing.io, .fromMilliseconds(1500), .awake);
+    try statRoot(client, timeout, null);
+    const failure = while (true) {
+        const event = process.nextEvent(timeout, null) catch |err| break err;
+        const got = event orelse return error.TestUnexpectedNothingYet;
+        got.deinit();
+    };
+    try testing.expectEqual(error.StreamOverflow, failure);
+}
+
 test "connect options the library refuses are InvalidArgument" {
     var diag: msb.Diagnostics = .{};
     defer diag.deinit();
