@@ -8,6 +8,8 @@ import "C"
 
 import (
 	"context"
+	"fmt"
+	"strconv"
 	"sync"
 	"time"
 	"unsafe"
@@ -46,21 +48,130 @@ type Timings struct {
 var errClientClosed = &Error{Code: StatusClosed, Message: "the client is closed"}
 
 // Connect connects to the relay socket at socketPath and completes the
-// handshake. ctx's deadline, if any, bounds connecting and the handshake
-// (10 s without one); a cancellation is seen within a short slice.
+// handshake, with the library's default connection options. ctx's
+// deadline, if any, bounds connecting and the handshake (10 s without
+// one); a cancellation is seen within a short slice.
 func Connect(ctx context.Context, socketPath string) (*Client, error) {
-	return connect(ctx, "socket path", socketPath, func(target *C.char, opts *C.msb_connect_options, out **C.msb_client, errOut **C.msb_error) C.msb_status {
+	return ConnectWithOptions(ctx, socketPath, nil)
+}
+
+// ConnectWithOptions is Connect with connection options; nil means the
+// defaults. Options the library refuses give an error matching
+// ErrInvalidArgument before anything is dialled.
+func ConnectWithOptions(ctx context.Context, socketPath string, opts *ConnectOptions) (*Client, error) {
+	return connect(ctx, "socket path", socketPath, opts, func(target *C.char, opts *C.msb_connect_options, out **C.msb_client, errOut **C.msb_error) C.msb_status {
 		return C.msb_client_connect(target, opts, out, errOut)
 	})
 }
 
 // ConnectSandbox connects to a sandbox by name, at the socket
-// SandboxSocketPath finds for it. An unknown name gives an error matching
-// ErrNotFound.
+// SandboxSocketPath finds for it, with the default connection options. An
+// unknown name gives an error matching ErrNotFound.
 func ConnectSandbox(ctx context.Context, name string) (*Client, error) {
-	return connect(ctx, "sandbox name", name, func(target *C.char, opts *C.msb_connect_options, out **C.msb_client, errOut **C.msb_error) C.msb_status {
+	return ConnectSandboxWithOptions(ctx, name, nil)
+}
+
+// ConnectSandboxWithOptions is ConnectSandbox with connection options; nil
+// means the defaults.
+func ConnectSandboxWithOptions(ctx context.Context, name string, opts *ConnectOptions) (*Client, error) {
+	return connect(ctx, "sandbox name", name, opts, func(target *C.char, opts *C.msb_connect_options, out **C.msb_client, errOut **C.msb_error) C.msb_status {
 		return C.msb_client_connect_sandbox(target, opts, out, errOut)
 	})
+}
+
+// MinMemoryBudget is the smallest memory budget the library accepts, in
+// bytes; DefaultMemoryBudget is the one it uses when none is set.
+const (
+	MinMemoryBudget     = 64 << 10
+	DefaultMemoryBudget = 16 << 20
+)
+
+// ConnectOptions tune a connection. The zero value is the library's
+// defaults, as is a nil *ConnectOptions.
+type ConnectOptions struct {
+	// MemoryBudget bounds, in bytes, the memory that received messages
+	// nobody has read yet may hold (process output, file chunks, TCP
+	// data). 0 means DefaultMemoryBudget; otherwise it must be at least
+	// MinMemoryBudget. What happens when it is full is Backpressure's
+	// choice.
+	MemoryBudget int
+	// Backpressure is what happens when unread messages fill the memory
+	// budget; the zero value is BackpressureFailStream.
+	Backpressure Backpressure
+}
+
+// Backpressure chooses what a connection does when unread messages fill
+// its memory budget.
+type Backpressure int
+
+const (
+	// BackpressureFailStream (the default): the library stops reading the
+	// socket until a read frees memory, for at most 1 s; if the budget is
+	// still full then, the stream holding the most unread data fails with
+	// ErrStreamOverflow (its process is killed) and the connection and
+	// every other stream carry on. A reader slower than the guest loses
+	// nothing: the guest is held back meanwhile.
+	BackpressureFailStream Backpressure = C.MSB_BACKPRESSURE_FAIL_STREAM
+	// BackpressurePauseSocket: the library stops reading the socket until
+	// a read frees memory, however long that takes. Nothing fails, but one
+	// stream nobody reads pauses every stream of the connection, and the
+	// relay sees a client that does not read: a 0.7 relay disconnects it
+	// after 5 s (killing its processes), a 0.6 relay stalls every client
+	// of the sandbox meanwhile. Use it only when every process, file and
+	// connection is read as it arrives.
+	BackpressurePauseSocket Backpressure = C.MSB_BACKPRESSURE_PAUSE_SOCKET
+)
+
+func (b Backpressure) String() string {
+	switch b {
+	case BackpressureFailStream:
+		return "fail-stream"
+	case BackpressurePauseSocket:
+		return "pause-socket"
+	}
+	return "Backpressure(" + strconv.Itoa(int(b)) + ")"
+}
+
+// check refuses what the library would, with a message saying why: the
+// library's setters report only a status.
+func (o *ConnectOptions) check() error {
+	if o.MemoryBudget != 0 && o.MemoryBudget < MinMemoryBudget {
+		return &Error{Code: StatusInvalidArgument, Message: fmt.Sprintf(
+			"memory budget of %d bytes: it must be 0 (the default) or at least %d", o.MemoryBudget, MinMemoryBudget)}
+	}
+	switch o.Backpressure {
+	case BackpressureFailStream, BackpressurePauseSocket:
+	default:
+		return &Error{Code: StatusInvalidArgument, Message: "unknown backpressure mode " + o.Backpressure.String()}
+	}
+	return nil
+}
+
+// newNativeOptions makes the library's connection options from opts (nil:
+// the defaults); the caller frees them.
+func newNativeOptions(opts *ConnectOptions) (*C.msb_connect_options, error) {
+	if opts == nil {
+		opts = &ConnectOptions{}
+	}
+	if err := opts.check(); err != nil {
+		return nil, err
+	}
+	var native *C.msb_connect_options
+	if status := C.msb_connect_options_new(&native); status != C.MSB_OK {
+		return nil, statusError(status, nil)
+	}
+	var status C.msb_status = C.MSB_OK
+	if opts.MemoryBudget != 0 {
+		status = C.msb_connect_options_set_memory_budget(native, C.size_t(opts.MemoryBudget))
+	}
+	if status == C.MSB_OK {
+		status = C.msb_connect_options_set_backpressure(native, C.int32_t(opts.Backpressure))
+	}
+	if status != C.MSB_OK {
+		C.msb_connect_options_free(native)
+		return nil, statusError(status, nil)
+	}
+	return native, nil
 }
 
 // SandboxSocketPath is where the relay socket of the sandbox called name
@@ -96,24 +207,25 @@ type connectFunc func(target *C.char, opts *C.msb_connect_options, out **C.msb_c
 // costs the relay a connection that closes, and each attempt's handshake
 // gets longer than the one before. Without a deadline in ctx, connecting
 // ends after defaultConnectTimeout.
-func connect(ctx context.Context, what, target string, connectC connectFunc) (*Client, error) {
+func connect(ctx context.Context, what, target string, options *ConnectOptions, connectC connectFunc) (*Client, error) {
 	var handle *C.msb_client
 	if err := checkString(what, target); err != nil {
 		return nil, err
 	}
+	native, err := newNativeOptions(options)
+	if err != nil {
+		return nil, err
+	}
+	defer C.msb_connect_options_free(native)
+	cTarget := C.CString(target)
+	defer C.free(unsafe.Pointer(cTarget))
 	op := func(timeout C.int64_t) error {
-		cTarget := C.CString(target)
-		defer C.free(unsafe.Pointer(cTarget))
-		var opts *C.msb_connect_options
-		if status := C.msb_connect_options_new(&opts); status != C.MSB_OK {
-			return statusError(status, nil)
-		}
-		defer C.msb_connect_options_free(opts)
-		if status := C.msb_connect_options_set_timeout_ms(opts, timeout); status != C.MSB_OK {
+		// Each attempt gets its own slice: only the timeout changes.
+		if status := C.msb_connect_options_set_timeout_ms(native, timeout); status != C.MSB_OK {
 			return statusError(status, nil)
 		}
 		var libErr *C.msb_error
-		return statusError(connectC(cTarget, opts, &handle, &libErr), libErr)
+		return statusError(connectC(cTarget, native, &handle, &libErr), libErr)
 	}
 	if err := callSlicedFor(ctx, defaultConnectTimeout, op); err != nil {
 		return nil, err

@@ -230,12 +230,9 @@ func (c *Client) Exec(ctx context.Context, cmd string, opts *ExecOptions) (*Proc
 // newProcess wraps a started exec, setting up its readiness descriptor
 // with Go's poller.
 func newProcess(ctx context.Context, exec *C.msb_exec) (*Process, error) {
-	var fd C.int
-	var libErr *C.msb_error
-	if status := C.msb_exec_readiness_fd(exec, &fd, &libErr); status != C.MSB_OK {
-		return nil, statusError(status, libErr)
-	}
-	readiness, err := newReadinessWaiter(fd, "msb-exec-readiness")
+	readiness, err := readinessOf("msb-exec-readiness", func(fd *C.int, errOut **C.msb_error) C.msb_status {
+		return C.msb_exec_readiness_fd(exec, fd, errOut)
+	})
 	if err != nil {
 		return nil, err
 	}
@@ -319,47 +316,15 @@ func optionalString(s *C.char) string {
 // up the wait loses no event.
 func (p *Process) pullOne() (event, error) {
 	var ev event
-	var pullErr error
-	waitErr := p.readiness.wait(func() bool {
+	pullErr, waitErr := p.readiness.pull(func(errOut **C.msb_error) (C.msb_status, error) {
 		var cEvent *C.msb_exec_event
-		var libErr *C.msb_error
 		p.handleMu.RLock()
-		status := C.msb_exec_next_event(p.handle, 0, &cEvent, &libErr)
+		status := C.msb_exec_next_event(p.handle, 0, &cEvent, errOut)
 		p.handleMu.RUnlock()
-		switch status {
-		case C.MSB_NOTHING_YET:
-			return false
-		case C.MSB_OK:
-			ev.kind = C.msb_exec_event_kind(cEvent)
-			switch ev.kind {
-			case C.MSB_EXEC_STARTED:
-				ev.pid = int(C.msb_exec_event_pid(cEvent))
-			case C.MSB_EXEC_EXITED:
-				ev.exitCode = int(C.msb_exec_event_exit_code(cEvent))
-			case C.MSB_EXEC_STDOUT, C.MSB_EXEC_STDERR:
-				var n C.size_t
-				data := C.msb_exec_event_data(cEvent, &n)
-				ev.data = C.GoBytes(unsafe.Pointer(data), C.int(n))
-			case C.MSB_EXEC_FAILED:
-				ev.failure = &ExecFailedError{
-					Kind:    optionalString(C.msb_exec_event_failure_kind(cEvent)),
-					Errno:   int(C.msb_exec_event_errno(cEvent)),
-					Message: optionalString(C.msb_exec_event_message(cEvent)),
-					Stage:   optionalString(C.msb_exec_event_stage(cEvent)),
-				}
-			case C.MSB_EXEC_STDIN_ERROR:
-				ev.stdinErr = &StdinError{
-					Errno:   int(C.msb_exec_event_errno(cEvent)),
-					Message: optionalString(C.msb_exec_event_message(cEvent)),
-				}
-			}
-			C.msb_exec_event_free(cEvent)
-		case C.MSB_ENDED:
-			pullErr = io.EOF
-		default:
-			pullErr = statusError(status, libErr)
+		if status == C.MSB_OK {
+			ev = takeEvent(cEvent)
 		}
-		return true
+		return status, nil
 	})
 	if waitErr != nil {
 		if err := p.ctx.Err(); err != nil {
@@ -368,6 +333,36 @@ func (p *Process) pullOne() (event, error) {
 		return ev, &Error{Code: StatusIO, Message: "waiting for process events: " + waitErr.Error()}
 	}
 	return ev, pullErr
+}
+
+// takeEvent copies an event the library handed over into Go memory and
+// frees it.
+func takeEvent(cEvent *C.msb_exec_event) event {
+	defer C.msb_exec_event_free(cEvent)
+	ev := event{kind: C.msb_exec_event_kind(cEvent)}
+	switch ev.kind {
+	case C.MSB_EXEC_STARTED:
+		ev.pid = int(C.msb_exec_event_pid(cEvent))
+	case C.MSB_EXEC_EXITED:
+		ev.exitCode = int(C.msb_exec_event_exit_code(cEvent))
+	case C.MSB_EXEC_STDOUT, C.MSB_EXEC_STDERR:
+		var n C.size_t
+		data := C.msb_exec_event_data(cEvent, &n)
+		ev.data = C.GoBytes(unsafe.Pointer(data), C.int(n))
+	case C.MSB_EXEC_FAILED:
+		ev.failure = &ExecFailedError{
+			Kind:    optionalString(C.msb_exec_event_failure_kind(cEvent)),
+			Errno:   int(C.msb_exec_event_errno(cEvent)),
+			Message: optionalString(C.msb_exec_event_message(cEvent)),
+			Stage:   optionalString(C.msb_exec_event_stage(cEvent)),
+		}
+	case C.MSB_EXEC_STDIN_ERROR:
+		ev.stdinErr = &StdinError{
+			Errno:   int(C.msb_exec_event_errno(cEvent)),
+			Message: optionalString(C.msb_exec_event_message(cEvent)),
+		}
+	}
+	return ev
 }
 
 // advanceLocked makes progress on the event stream: it pulls one event, or

@@ -182,3 +182,92 @@ func TestFullRelayIsBusy(t *testing.T) {
 	}
 	clients = append(clients, again)
 }
+
+// floodClient connects with the smallest memory budget, and backpressure,
+// to a relay that answers an exec with 64 KiB output frames without end
+// (whatever the profile, even one with exec flow control), and starts
+// such an exec that nobody reads yet.
+func floodClient(t *testing.T, backpressure msbagent.Backpressure) (*msbagent.Client, *msbagent.Process, time.Time) {
+	t.Helper()
+	ctx := testCtx(t)
+	c, err := msbagent.ConnectWithOptions(ctx, startFaultyRelay(t, "flood"), &msbagent.ConnectOptions{
+		MemoryBudget: msbagent.MinMemoryBudget,
+		Backpressure: backpressure,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	started := time.Now()
+	p, err := c.Exec(ctx, "endless-output", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { p.Close() })
+	return c, p, started
+}
+
+// By default a stream nobody reads fails once the budget has stayed full
+// for the 1 s grace; the connection and its other requests carry on.
+func TestUnreadStreamOverflowsAfterTheGrace(t *testing.T) {
+	c, p, started := floodClient(t, msbagent.BackpressureFailStream)
+	// Long enough for the flood to fill the budget and the socket's
+	// buffers: the stat's answer is behind them, and the socket is not
+	// read again before the grace has run out.
+	time.Sleep(300 * time.Millisecond)
+	if _, err := c.Lstat(testCtx(t), "/"); err != nil {
+		t.Fatalf("Lstat while the stream is unread: %v", err)
+	}
+	answeredAfter := time.Since(started)
+	if answeredAfter < 900*time.Millisecond || answeredAfter > 4*time.Second {
+		t.Errorf("Lstat answered %v after the flood began, want after the 1 s grace and soon after it", answeredAfter)
+	}
+	// What was queued before the failure comes first (unless it was
+	// released to make room), then the failure: an endless stream that
+	// ends proves that it failed.
+	n, err := io.Copy(io.Discard, p.Stdout())
+	if !errors.Is(err, msbagent.ErrStreamOverflow) {
+		t.Fatalf("reading the unread stream: %v after %d bytes, want ErrStreamOverflow", err, n)
+	}
+	if !strings.Contains(err.Error(), "memory budget") {
+		t.Errorf("overflow error %q does not name the memory budget", err)
+	}
+	if n > 1<<20 {
+		t.Errorf("%d bytes delivered before the overflow, want at most the budget and one read", n)
+	}
+	if code, err := p.Wait(); !errors.Is(err, msbagent.ErrStreamOverflow) || code != -1 {
+		t.Errorf("Wait = %d, %v; want -1, ErrStreamOverflow", code, err)
+	}
+	if _, err := c.Lstat(testCtx(t), "/"); err != nil {
+		t.Errorf("Lstat after the overflow: %v", err)
+	}
+}
+
+// With BackpressurePauseSocket nothing fails: the whole connection waits
+// (a request is not answered meanwhile) until the stream is read, and then
+// its data flows again.
+func TestPauseSocketHoldsTheConnectionUntilTheStreamIsRead(t *testing.T) {
+	c, p, _ := floodClient(t, msbagent.BackpressurePauseSocket)
+	// Once the flood has filled the budget (a request sent before may be
+	// answered at once), nothing is read: past the grace the default would
+	// give, and short of the 5 s after which a 0.7 relay drops a client
+	// that does not read.
+	time.Sleep(300 * time.Millisecond)
+	ctx, cancel := context.WithTimeout(testCtx(t), 1700*time.Millisecond)
+	defer cancel()
+	if _, err := c.Lstat(ctx, "/"); !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("Lstat on a paused connection: %v, want the deadline to pass", err)
+	}
+	// Sixteen budgets: nothing was dropped or failed.
+	const want = 16 * msbagent.MinMemoryBudget
+	n, err := io.CopyN(io.Discard, p.Stdout(), want)
+	if err != nil {
+		t.Fatalf("reading after the pause: %v after %d bytes", err, n)
+	}
+	// A closed process's later frames are dropped, not queued: the socket
+	// is read again and the connection answers.
+	p.Close()
+	if _, err := c.Lstat(testCtx(t), "/"); err != nil {
+		t.Errorf("Lstat after closing the unread process: %v", err)
+	}
+}

@@ -10,6 +10,12 @@
 // takes a context.Context, and no library call outlives the Go call that
 // made it.
 //
+// ConnectWithOptions and ConnectSandboxWithOptions take ConnectOptions: the
+// memory budget for data received but not read yet, and the Backpressure
+// applied when it is full. By default a stream nobody reads for more than
+// a second once the budget is full fails with ErrStreamOverflow, and the
+// connection carries on.
+//
 // What a sandbox can do depends on its protocol generation (see
 // Client.Generation and Client.Supports): a call it lacks fails with an
 // error matching ErrUnsupported.

@@ -12,6 +12,7 @@ import (
 	"path/filepath"
 	"regexp"
 	"runtime/pprof"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -105,6 +106,98 @@ func TestVersionAndConnect(t *testing.T) {
 	}
 	if err := c.Close(); err != nil {
 		t.Errorf("second Close: %v", err)
+	}
+}
+
+// Options the library would refuse are refused before anything is dialled,
+// with a message saying which; valid ones reach the connection.
+func TestConnectOptions(t *testing.T) {
+	ctx := testCtx(t)
+	for _, opts := range []*msbagent.ConnectOptions{
+		{MemoryBudget: msbagent.MinMemoryBudget - 1},
+		{MemoryBudget: -1},
+		{Backpressure: msbagent.BackpressurePauseSocket + 1},
+		{Backpressure: -1},
+	} {
+		_, err := msbagent.ConnectWithOptions(ctx, relaySocket, opts)
+		var e *msbagent.Error
+		if !errors.Is(err, msbagent.ErrInvalidArgument) || !errors.As(err, &e) || e.Message == "" {
+			t.Errorf("ConnectWithOptions(%+v) = %v, want ErrInvalidArgument with a message", *opts, err)
+		}
+		if _, err := msbagent.ConnectSandboxWithOptions(ctx, "no-such-sandbox", opts); !errors.Is(err, msbagent.ErrInvalidArgument) {
+			t.Errorf("ConnectSandboxWithOptions(%+v) = %v, want ErrInvalidArgument", *opts, err)
+		}
+	}
+	// Checked before the socket path: the options are valid here.
+	if _, err := msbagent.ConnectWithOptions(ctx, "/nonexistent/agent.sock", &msbagent.ConnectOptions{MemoryBudget: msbagent.MinMemoryBudget}); !errors.Is(err, msbagent.ErrNotFound) {
+		t.Errorf("valid options, no relay: %v, want ErrNotFound", err)
+	}
+	for _, opts := range []*msbagent.ConnectOptions{
+		nil,
+		{},
+		{MemoryBudget: msbagent.DefaultMemoryBudget, Backpressure: msbagent.BackpressurePauseSocket},
+	} {
+		c, err := msbagent.ConnectWithOptions(ctx, relaySocket, opts)
+		if err != nil {
+			t.Fatalf("ConnectWithOptions(%v): %v", opts, err)
+		}
+		res, err := c.Run(ctx, "echo", &msbagent.ExecOptions{Args: []string{"with options"}})
+		if err != nil || string(res.Stdout) != "with options\n" {
+			t.Errorf("Run over a connection with options %v: %v, %v", opts, res, err)
+		}
+		c.Close()
+	}
+	if got := msbagent.BackpressurePauseSocket.String(); got != "pause-socket" {
+		t.Errorf("BackpressurePauseSocket.String() = %q", got)
+	}
+}
+
+// A real command writing without end that nobody reads, with the smallest
+// budget (below the 1 MiB that exec flow control lets a 0.7 guest send
+// ahead, so every profile overflows): other calls are answered meanwhile,
+// the stream fails with ErrStreamOverflow, and the command is killed.
+func TestUnreadCommandOverflowsTheSmallestBudget(t *testing.T) {
+	ctx := testCtx(t)
+	c, err := msbagent.ConnectWithOptions(ctx, relaySocket, &msbagent.ConnectOptions{MemoryBudget: msbagent.MinMemoryBudget})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	pidFile := filepath.Join(t.TempDir(), "pid")
+	p, err := c.Exec(ctx, "sh", &msbagent.ExecOptions{Args: []string{"-c",
+		`echo $$ > "$0"; while :; do head -c 65536 /dev/zero; done`, pidFile}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer p.Close()
+	// Past the 1 s grace, without reading.
+	time.Sleep(1500 * time.Millisecond)
+	if _, err := c.Lstat(ctx, "/"); err != nil {
+		t.Fatalf("Lstat beside the unread command: %v", err)
+	}
+	n, err := io.Copy(io.Discard, p.Stdout())
+	if !errors.Is(err, msbagent.ErrStreamOverflow) {
+		t.Fatalf("reading the unread command: %v after %d bytes, want ErrStreamOverflow", err, n)
+	}
+	// The development relay runs commands on this host: the command must
+	// be gone (or a zombie its relay has yet to reap).
+	text, err := os.ReadFile(pidFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pid, err := strconv.Atoi(strings.TrimSpace(string(text)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for deadline := time.Now().Add(3 * time.Second); ; time.Sleep(20 * time.Millisecond) {
+		stat, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+		if err != nil || strings.Contains(string(stat), ") Z ") {
+			break
+		}
+		if time.Now().After(deadline) {
+			syscall.Kill(pid, syscall.SIGKILL)
+			t.Fatalf("the overflowed command (pid %d) still runs", pid)
+		}
 	}
 }
 

@@ -6,9 +6,11 @@ package msbagent
 import "C"
 
 import (
+	"io"
 	"os"
 	"syscall"
 	"time"
+	"unsafe"
 )
 
 // readinessWaiter waits for one of the library's readiness eventfds
@@ -46,6 +48,51 @@ func newReadinessWaiter(fd C.int, name string) (*readinessWaiter, error) {
 		return nil, &Error{Code: StatusIO, Message: "the readiness descriptor cannot be polled: " + err.Error()}
 	}
 	return &readinessWaiter{file: file, conn: conn}, nil
+}
+
+// readinessOf asks a library handle for its readiness descriptor, through
+// getFd, and prepares a waiter on it; name labels the *os.File.
+func readinessOf(name string, getFd func(fd *C.int, errOut **C.msb_error) C.msb_status) (*readinessWaiter, error) {
+	var fd C.int
+	var libErr *C.msb_error
+	if status := getFd(&fd, &libErr); status != C.MSB_OK {
+		return nil, statusError(status, libErr)
+	}
+	return newReadinessWaiter(fd, name)
+}
+
+// pull waits until take, a pull with a zero timeout that keeps what it
+// got, finds something. take returns the library's status, or a Go error
+// when it could not pull at all (the handle is gone), which ends the wait.
+// pullErr is what the pull came to: nil when take got an item, io.EOF at
+// the stream's end, else the library's error or take's. waitErr is
+// non-nil only if waiting itself failed (see wait); then nothing was
+// taken.
+func (w *readinessWaiter) pull(take func(errOut **C.msb_error) (C.msb_status, error)) (pullErr, waitErr error) {
+	waitErr = w.wait(func() bool {
+		var libErr *C.msb_error
+		status, err := take(&libErr)
+		switch {
+		case err != nil:
+			pullErr = err
+		case status == C.MSB_NOTHING_YET:
+			return false
+		case status == C.MSB_OK:
+		case status == C.MSB_ENDED:
+			pullErr = io.EOF
+		default:
+			pullErr = statusError(status, libErr)
+		}
+		return true
+	})
+	return pullErr, waitErr
+}
+
+// takeBytes copies a chunk the library handed over into Go memory and
+// frees it.
+func takeBytes(buf *C.msb_bytes) []byte {
+	defer C.msb_bytes_free(buf)
+	return C.GoBytes(unsafe.Pointer(C.msb_bytes_data(buf)), C.int(C.msb_bytes_len(buf)))
 }
 
 // wait calls tryPull, which must pull with a zero timeout, first at once

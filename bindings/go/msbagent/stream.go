@@ -8,7 +8,6 @@ import "C"
 
 import (
 	"context"
-	"io"
 	"io/fs"
 	"sync"
 	"sync/atomic"
@@ -90,12 +89,9 @@ func (c *Client) Open(ctx context.Context, name string) (*FileReader, error) {
 }
 
 func newFileReader(ctx context.Context, name string, reader *C.msb_file_reader) (*FileReader, error) {
-	var fd C.int
-	var libErr *C.msb_error
-	if status := C.msb_file_reader_readiness_fd(reader, &fd, &libErr); status != C.MSB_OK {
-		return nil, statusError(status, libErr)
-	}
-	readiness, err := newReadinessWaiter(fd, "msb-file-reader-readiness")
+	readiness, err := readinessOf("msb-file-reader-readiness", func(fd *C.int, errOut **C.msb_error) C.msb_status {
+		return C.msb_file_reader_readiness_fd(reader, fd, errOut)
+	})
 	if err != nil {
 		return nil, err
 	}
@@ -161,29 +157,18 @@ func (r *FileReader) Read(p []byte) (int, error) {
 // the file, and takes it without blocking.
 func (r *FileReader) pull() ([]byte, error) {
 	var chunk []byte
-	var pullErr error
-	waitErr := r.readiness.wait(func() bool {
+	pullErr, waitErr := r.readiness.pull(func(errOut **C.msb_error) (C.msb_status, error) {
 		r.handleMu.RLock()
 		defer r.handleMu.RUnlock()
 		if r.handle == nil {
-			pullErr = errReaderClosed
-			return true
+			return 0, errReaderClosed
 		}
 		var buf *C.msb_bytes
-		var libErr *C.msb_error
-		status := C.msb_file_reader_next(r.handle, 0, &buf, &libErr)
-		switch status {
-		case C.MSB_NOTHING_YET:
-			return false
-		case C.MSB_OK:
-			chunk = C.GoBytes(unsafe.Pointer(C.msb_bytes_data(buf)), C.int(C.msb_bytes_len(buf)))
-			C.msb_bytes_free(buf)
-		case C.MSB_ENDED:
-			pullErr = io.EOF
-		default:
-			pullErr = statusError(status, libErr)
+		status := C.msb_file_reader_next(r.handle, 0, &buf, errOut)
+		if status == C.MSB_OK {
+			chunk = takeBytes(buf)
 		}
-		return true
+		return status, nil
 	})
 	if waitErr != nil {
 		return nil, &Error{Code: StatusIO, Message: "waiting for file data: " + waitErr.Error()}

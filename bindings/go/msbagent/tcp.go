@@ -109,12 +109,9 @@ type tcpConn struct {
 }
 
 func newTCPConn(stream *C.msb_tcp_stream, remote tcpAddr) (*tcpConn, error) {
-	var fd C.int
-	var libErr *C.msb_error
-	if status := C.msb_tcp_readiness_fd(stream, &fd, &libErr); status != C.MSB_OK {
-		return nil, statusError(status, libErr)
-	}
-	readiness, err := newReadinessWaiter(fd, "msb-tcp-readiness")
+	readiness, err := readinessOf("msb-tcp-readiness", func(fd *C.int, errOut **C.msb_error) C.msb_status {
+		return C.msb_tcp_readiness_fd(stream, fd, errOut)
+	})
 	if err != nil {
 		return nil, err
 	}
@@ -176,29 +173,18 @@ func (c *tcpConn) Read(b []byte) (int, error) {
 // os.ErrDeadlineExceeded.
 func (c *tcpConn) pull() ([]byte, error) {
 	var chunk []byte
-	var pullErr error
-	waitErr := c.readiness.wait(func() bool {
+	pullErr, waitErr := c.readiness.pull(func(errOut **C.msb_error) (C.msb_status, error) {
 		c.handleMu.RLock()
 		defer c.handleMu.RUnlock()
 		if c.handle == nil {
-			pullErr = net.ErrClosed
-			return true
+			return 0, net.ErrClosed
 		}
 		var buf *C.msb_bytes
-		var libErr *C.msb_error
-		status := C.msb_tcp_read(c.handle, 0, &buf, &libErr)
-		switch status {
-		case C.MSB_NOTHING_YET:
-			return false
-		case C.MSB_OK:
-			chunk = C.GoBytes(unsafe.Pointer(C.msb_bytes_data(buf)), C.int(C.msb_bytes_len(buf)))
-			C.msb_bytes_free(buf)
-		case C.MSB_ENDED:
-			pullErr = io.EOF
-		default:
-			pullErr = statusError(status, libErr)
+		status := C.msb_tcp_read(c.handle, 0, &buf, errOut)
+		if status == C.MSB_OK {
+			chunk = takeBytes(buf)
 		}
-		return true
+		return status, nil
 	})
 	if waitErr != nil {
 		if os.IsTimeout(waitErr) {

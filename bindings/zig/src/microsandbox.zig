@@ -240,9 +240,34 @@ pub const Bytes = struct {
 pub const ConnectOptions = struct {
     /// Deadline for connecting plus the handshake (library default: 10 s).
     timeout_ms: ?u64 = null,
-    /// Bytes of received, not yet pulled messages held before the client
-    /// stops reading the socket (library default: 16 MiB; at least 64 KiB).
+    /// Bytes that received, not yet pulled messages may hold (library
+    /// default: 16 MiB; at least 64 KiB, else `error.InvalidArgument`).
+    /// When they fill it, `backpressure` decides: by default the socket is
+    /// left unread until a pull frees memory, for at most 1 s, then the
+    /// stream holding the most unread data fails with
+    /// `error.StreamOverflow` (its process is killed) and the connection
+    /// carries on.
     memory_budget: ?usize = null,
+    /// What happens when unread messages fill `memory_budget` (library
+    /// default: `.fail_stream`).
+    backpressure: ?Backpressure = null,
+};
+
+/// What a connection does when unread messages fill its memory budget.
+pub const Backpressure = enum(i32) {
+    /// Stop reading the socket until a pull frees memory, for at most 1 s;
+    /// then the stream holding the most unread data fails with
+    /// `error.StreamOverflow` (a process's is killed) and every other
+    /// stream carries on. A slow reader loses nothing: the guest is held
+    /// back meanwhile. The library's default.
+    fail_stream = c.MSB_BACKPRESSURE_FAIL_STREAM,
+    /// Stop reading the socket until a pull frees memory, however long.
+    /// Nothing fails, but one stream nobody pulls holds up the whole
+    /// connection, and the relay sees a client that does not read: a 0.7
+    /// relay disconnects it after 5 s (killing its processes), a 0.6 relay
+    /// stalls every client of the sandbox meanwhile. Only for callers that
+    /// always drain what they start.
+    pause_socket = c.MSB_BACKPRESSURE_PAUSE_SOCKET,
 };
 
 /// Sandbox start-up timings from the relay's `core.ready`, in nanoseconds.
@@ -312,7 +337,7 @@ pub const Client = struct {
 
     /// Null (the library's defaults) when no option is set.
     fn makeConnectOptions(options: ConnectOptions, diag: ?*Diagnostics) Error!?*c.msb_connect_options {
-        if (options.timeout_ms == null and options.memory_budget == null) return null;
+        if (options.timeout_ms == null and options.memory_budget == null and options.backpressure == null) return null;
         var native: ?*c.msb_connect_options = null;
         try check(c.msb_connect_options_new(&native), null, diag);
         errdefer c.msb_connect_options_free(native);
@@ -320,6 +345,7 @@ pub const Client = struct {
         // same (millions of years), so clamp rather than fail.
         if (options.timeout_ms) |ms| try check(c.msb_connect_options_set_timeout_ms(native, @intCast(@min(ms, std.math.maxInt(i64)))), null, diag);
         if (options.memory_budget) |bytes| try check(c.msb_connect_options_set_memory_budget(native, bytes), null, diag);
+        if (options.backpressure) |mode| try check(c.msb_connect_options_set_backpressure(native, @backingInt(mode)), null, diag);
         return native;
     }
 

@@ -900,3 +900,176 @@ test "fs gen 2: append goes to the end, and deinit of an open File gives its han
     defer testing.allocator.free(data);
     try testing.expectEqualStrings("one\ntwo\n", data);
 }
+
+/// A relay of this test's own (msb-devrelay --fault flood, imitating the
+/// profile under test) that answers every exec with 64 KiB output frames
+/// without end, whatever the profile's flow control: a stream that fills
+/// any memory budget. The relay binary is MSB_DEVRELAY, which
+/// scripts/test-zig.sh sets.
+const FloodRelay = struct {
+    child: std.process.Child,
+    dir: [:0]const u8,
+    socket: [:0]const u8,
+
+    fn start() !FloodRelay {
+        const relay = testing.environ.getPosix("MSB_DEVRELAY") orelse {
+            std.debug.print("MSB_DEVRELAY is not set: run the tests through scripts/test-zig.sh\n", .{});
+            return error.MsbDevrelayUnset;
+        };
+        var random: [6]u8 = undefined;
+        testing.io.random(&random);
+        const dir = try std.fmt.allocPrintSentinel(testing.allocator, "/tmp/msb-zig-flood-{x}", .{random}, 0);
+        errdefer testing.allocator.free(dir);
+        const socket = try std.fmt.allocPrintSentinel(testing.allocator, "{s}/agent.sock", .{dir}, 0);
+        errdefer testing.allocator.free(socket);
+        const root = try std.fmt.allocPrint(testing.allocator, "{s}/root", .{dir});
+        defer testing.allocator.free(root);
+        try std.Io.Dir.cwd().createDirPath(testing.io, root);
+        errdefer std.Io.Dir.cwd().deleteTree(testing.io, dir) catch {};
+        const child = try std.process.spawn(testing.io, .{
+            .argv = &.{ relay, "--socket", socket, "--root", root, "--quiet", "--profile", @tagName(try Profile.current()), "--fault", "flood" },
+            .stdout = .ignore,
+        });
+        return .{ .child = child, .dir = dir, .socket = socket };
+    }
+
+    /// Connects once the relay listens (it was just started).
+    fn connect(self: *const FloodRelay, options: msb.ConnectOptions) !msb.Client {
+        var diag: msb.Diagnostics = .{};
+        defer diag.deinit();
+        var attempts: usize = 0;
+        while (true) : (attempts += 1) {
+            return msb.Client.connect(self.socket, options, &diag) catch |err| {
+                if (err != error.NotFound or attempts == 500) {
+                    std.debug.print("connect to the flood relay: {t}: {s}\n", .{ err, diag.message() });
+                    return err;
+                }
+                try std.Io.sleep(testing.io, .fromMilliseconds(10), .awake);
+                continue;
+            };
+        }
+    }
+
+    fn stop(self: *FloodRelay) void {
+        self.child.kill(testing.io);
+        std.Io.Dir.cwd().deleteTree(testing.io, self.dir) catch {};
+        testing.allocator.free(self.socket);
+        testing.allocator.free(self.dir);
+    }
+};
+
+const smallest_budget = 64 * 1024;
+
+fn millisecondsSince(start: std.Io.Timestamp) i64 {
+    return start.durationTo(std.Io.Timestamp.now(testing.io, .awake)).toMilliseconds();
+}
+
+fn statRoot(client: msb.Client, wait: msb.Timeout, diag: ?*msb.Diagnostics) !void {
+    const entry = try client.stat(testing.allocator, "/", wait, diag);
+    entry.deinit(testing.allocator);
+}
+
+test "memory budget: by default a stream nobody pulls fails with StreamOverflow after the 1 s grace, and the connection carries on" {
+    var relay = try FloodRelay.start();
+    defer relay.stop();
+    const client = try relay.connect(.{ .memory_budget = smallest_budget });
+    defer client.deinit();
+    const started = std.Io.Timestamp.now(testing.io, .awake);
+    const process = try client.spawn(&.{"endless-output"}, .{}, null);
+    defer process.deinit();
+    // Long enough for the flood to fill the budget and the socket's
+    // buffers: the stat's answer is behind them, and the socket is not read
+    // again before the grace has run out.
+    try std.Io.sleep(testing.io, .fromMilliseconds(300), .awake);
+    try statRoot(client, timeout, null);
+    const answered_after = millisecondsSince(started);
+    if (answered_after < 900 or answered_after > 4000) {
+        std.debug.print("stat answered {d} ms after the flood began\n", .{answered_after});
+        return error.TestStatNotAfterTheGrace;
+    }
+    // What was queued comes first (unless it was released to make room),
+    // then the failure: an endless stream that ends proves it failed.
+    var diag: msb.Diagnostics = .{};
+    defer diag.deinit();
+    var delivered: usize = 0;
+    const failure = while (true) {
+        const event = process.nextEvent(timeout, &diag) catch |err| break err;
+        const got = event orelse return error.TestUnexpectedNothingYet;
+        defer got.deinit();
+        switch (got) {
+            .started => {},
+            .stdout => |data| delivered += data.slice().len,
+            else => return error.TestUnexpectedEvent,
+        }
+    };
+    try testing.expectEqual(error.StreamOverflow, failure);
+    try testing.expect(std.mem.indexOf(u8, diag.message(), "memory budget") != null);
+    try testing.expect(delivered <= 1 << 20);
+    try statRoot(client, timeout, null);
+}
+
+test "memory budget: pause_socket holds the whole connection until the stream is pulled, then its data flows" {
+    var relay = try FloodRelay.start();
+    defer relay.stop();
+    const client = try relay.connect(.{ .memory_budget = smallest_budget, .backpressure = .pause_socket });
+    defer client.deinit();
+    const process = try client.spawn(&.{"endless-output"}, .{}, null);
+    var process_live = true;
+    defer if (process_live) process.deinit();
+    // Once the flood has filled the budget (a request sent before may be
+    // answered at once), nothing is read: past the grace the default would
+    // give, and short of the 5 s after which a 0.7 relay drops a client
+    // that does not read.
+    try std.Io.sleep(testing.io, .fromMilliseconds(300), .awake);
+    try testing.expectError(error.Timeout, statRoot(client, .ms(1700), null));
+    // Sixteen budgets: nothing was dropped or failed.
+    var delivered: usize = 0;
+    while (delivered < 16 * smallest_budget) {
+        const event = (try process.nextEvent(timeout, null)) orelse return error.TestUnexpectedNothingYet;
+        defer event.deinit();
+        switch (event) {
+            .started => {},
+            .stdout => |data| delivered += data.slice().len,
+            else => return error.TestUnexpectedEvent,
+        }
+    }
+    // A killed process's later frames are dropped, not queued: the socket
+    // is read again and the connection answers.
+    try process.signal(9, timeout, null);
+    process.deinit();
+    process_live = false;
+    try statRoot(client, timeout, null);
+}
+
+test "memory budget: a real command nobody reads overflows the smallest budget on every release, and the connection answers meanwhile" {
+    // Below the 1 MiB exec flow control lets a 0.7 guest send ahead, so
+    // generation 10 overflows too.
+    const client = try msb.Client.connect(try socketPath(), .{ .memory_budget = smallest_budget }, null);
+    defer client.deinit();
+    const process = try client.spawn(&.{ "sh", "-c", "while :; do head -c 65536 /dev/zero; done" }, .{}, null);
+    defer process.deinit();
+    // Past the 1 s grace, without pulling.
+    try std.Io.sleep(testing.io, .fromMilliseconds(1500), .awake);
+    try statRoot(client, timeout, null);
+    const failure = while (true) {
+        const event = process.nextEvent(timeout, null) catch |err| break err;
+        const got = event orelse return error.TestUnexpectedNothingYet;
+        got.deinit();
+    };
+    try testing.expectEqual(error.StreamOverflow, failure);
+}
+
+test "connect options the library refuses are InvalidArgument" {
+    var diag: msb.Diagnostics = .{};
+    defer diag.deinit();
+    try testing.expectError(error.InvalidArgument, msb.Client.connect(try socketPath(), .{ .memory_budget = smallest_budget - 1 }, &diag));
+    try testing.expectEqual(@as(i32, msb.c.MSB_ERR_INVALID_ARGUMENT), diag.code());
+    // The smallest budget and either backpressure are accepted.
+    inline for (.{ msb.Backpressure.fail_stream, msb.Backpressure.pause_socket }) |mode| {
+        const client = try msb.Client.connect(try socketPath(), .{ .memory_budget = smallest_budget, .backpressure = mode }, &diag);
+        defer client.deinit();
+        const result = try client.run(testing.allocator, &.{ "echo", "with options" }, .{}, &diag);
+        defer result.deinit(testing.allocator);
+        try testing.expectEqualStrings("with options\n", result.stdout);
+    }
+}
