@@ -77,7 +77,7 @@ use crate::protocol::{
 
 /// Size of the read buffer: large enough to take many small frames, or
 /// most of a 64 KiB frame, in one read.
-const READ_BUFFER: usize = 256 * 1024;
+pub(crate) const READ_BUFFER: usize = 256 * 1024;
 
 /// Frames at least this large that are only partly in the read buffer are
 /// completed in a buffer of their own, read straight from the socket, so
