@@ -110,12 +110,18 @@ pub(crate) fn connect_unix(path: &Path, deadline: Instant) -> Result<OwnedFd> {
             _ => return Err(Error::io(e, "connect")),
         }
     }
-    prepare_fd(&fd)?;
+    // Our own stream socket, already close-on-exec: only the connect's
+    // O_NONBLOCK goes (see `prepare_fd`). F_SETFL with 0 clears it and sets
+    // nothing else a fresh socket could have had.
+    // SAFETY: fcntl on a descriptor we own, with integer arguments only.
+    if unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_SETFL, 0) } < 0 {
+        return Err(os_err("fcntl"));
+    }
     Ok(fd)
 }
 
-/// Makes a connected descriptor blocking and close-on-exec, and checks that
-/// it is a stream socket. Blocking, because sends that find the socket full
+/// Makes a connected descriptor handed to us blocking and close-on-exec,
+/// and checks that it is a stream socket. Blocking, because sends that find the socket full
 /// wait in the kernel (bounded by SO_SNDTIMEO), and a leading reader's short
 /// wait happens in the read itself (bounded by SO_RCVTIMEO); every other
 /// read passes MSG_DONTWAIT.
