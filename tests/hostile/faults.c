@@ -1096,6 +1096,39 @@ static msb_client *scripted_connect(int *peer) {
     return c;
 }
 
+static uint32_t get_u32(const uint8_t *in) {
+    return (uint32_t)in[0] << 24 | (uint32_t)in[1] << 16 | (uint32_t)in[2] << 8 | in[3];
+}
+
+/*
+ * Reads the client's core.exec.request off the scripted peer's end and
+ * checks its `v`: the client took the handshake for what the peer meant,
+ * 1 on the legacy form, the ready frame's generation on the current one
+ * (10 only with the exec limits that turn flow control on, which 0.7.13's
+ * ready carries).
+ */
+static void check_request_generation(int peer, uint32_t id) {
+    static const char type[] = "core.exec.request";
+    uint8_t frame[1024];
+    size_t have = 0, want = 4;
+    while (have < want && h_poll_readable(peer, PULL_TIMEOUT)) {
+        ssize_t n = read(peer, frame + have, want - have);
+        if (n <= 0) break;
+        have += (size_t)n;
+        if (have == 4) want = 4 + get_u32(frame) < sizeof frame ? 4 + get_u32(frame) : sizeof frame;
+    }
+    /* [len][id][flags] {"v": v, "t": "core.exec.request", ...}: the
+     * library writes the envelope's keys in that order. */
+    CHECK_MSG(have == want && have >= 13 + 2 + sizeof type, "read %zu of %zu bytes", have, want);
+    if (have != want || have < 13 + 2 + sizeof type) return;
+    CHECK(get_u32(frame + 4) == id);
+    CHECK(frame[9] == 0xa3 && frame[10] == 0x61 && frame[11] == 'v');
+    CHECK_MSG(frame[12] == scripted_generation(), "request v = %u, want %u", frame[12],
+              scripted_generation());
+    CHECK(frame[13] == 0x61 && frame[14] == 't' && frame[15] == (0x60 | (sizeof type - 1)));
+    CHECK(memcmp(frame + 16, type, sizeof type - 1) == 0);
+}
+
 struct waiter {
     msb_subscription *sub;
     enum wait_mode mode;
@@ -1208,6 +1241,7 @@ static void scripted_unknown_type(enum wait_mode mode) {
     msb_exec *exec = NULL;
     CHECK_STATUS(msb_exec_start(c, req, PULL_TIMEOUT, &exec, NULL), MSB_OK);
     msb_exec_request_free(req);
+    if (exec != NULL) check_request_generation(peer, msb_exec_id(exec));
     if (exec != NULL) {
         uint8_t buf[128];
         memset(buf, 0, sizeof buf);
