@@ -272,12 +272,12 @@ static void unknown_type(enum wait_mode mode) {
         static const uint8_t stat_root_handles[] = {
             0xa1, 0x62, 'o', 'p', 0xa1, 0x64, 'S', 't', 'a', 't', 0xa2, 0x64, 'p', 'a', 't', 'h', 0x61, '/',
             0x6e, 'f', 'o', 'l', 'l', 'o', 'w', '_', 's', 'y', 'm', 'l', 'i', 'n', 'k', 0xf4};
-        int legacy = h_relay_legacy();
+        const uint8_t *stat_root = h_relay_legacy() ? stat_root_legacy : stat_root_handles;
+        size_t stat_root_len = h_relay_legacy() ? sizeof stat_root_legacy : sizeof stat_root_handles;
         msb_message *reply = NULL;
         msb_error *err = NULL;
-        msb_status s = msb_client_request(c, "core.fs.request", legacy ? stat_root_legacy : stat_root_handles,
-                                          legacy ? sizeof stat_root_legacy : sizeof stat_root_handles,
-                                          PULL_TIMEOUT, &reply, &err);
+        msb_status s = msb_client_request(c, "core.fs.request", stat_root, stat_root_len, PULL_TIMEOUT,
+                                          &reply, &err);
         CHECK_STATUS(s, MSB_OK);
         if (s == MSB_OK) {
             CHECK(strcmp(msb_message_type(reply), "core.bogus.type") == 0);
@@ -831,7 +831,6 @@ static void unread_commands(enum wait_mode mode) {
     msb_client_free(c);
     relay_stop(&r, SIGTERM);
 }
-
 
 /* ------------------------------------------------------------ the relay stops reading */
 
