@@ -72,6 +72,13 @@ static inline int relay_stop(struct relay *r, int sig) {
     return status;
 }
 
+/* The release the relay imitates: $MSB_DEVRELAY_PROFILE, default 0.7.13
+ * (the devrelay's own default). */
+static inline const char *relay_profile(void) {
+    const char *profile = getenv("MSB_DEVRELAY_PROFILE");
+    return (profile == NULL || *profile == '\0') ? "0.7.13" : profile;
+}
+
 /*
  * Starts target/release/msb-devrelay (or $MSB_DEVRELAY) with --profile
  * ($MSB_DEVRELAY_PROFILE, default 0.7.13), --socket, --root and --quiet in
@@ -94,8 +101,7 @@ static inline int relay_spawn(struct relay *r, const char *dir_template, const c
     snprintf(r->root, sizeof r->root, "%s/root", r->dir);
     const char *relay_path = getenv("MSB_DEVRELAY");
     if (relay_path == NULL || *relay_path == '\0') relay_path = "target/release/msb-devrelay";
-    const char *profile = getenv("MSB_DEVRELAY_PROFILE");
-    if (profile == NULL || *profile == '\0') profile = "0.7.13";
+    const char *profile = relay_profile();
 
     /* Everything the child needs is prepared before fork: between fork and
      * exec only async-signal-safe calls are allowed (the library's threads

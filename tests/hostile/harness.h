@@ -136,10 +136,15 @@ static inline void h_on_alarm(int sig) {
 
 typedef void (*h_test_fn)(void);
 
+/* Each program runs once per relay release (scripts/test-hostile.sh), so
+ * every test is named with the release it ran against, e.g.
+ * "oversize-frame/poll (relay 0.6.14)"; MSB_TEST_ONLY matches that name. */
 static inline void h_run(const char *name, h_test_fn fn) {
+    static char label[256];
+    snprintf(label, sizeof label, "%s (relay %s)", name, relay_profile());
     const char *only = getenv("MSB_TEST_ONLY");
-    if (only != NULL && *only != '\0' && strstr(name, only) == NULL) return;
-    h_test_name = name;
+    if (only != NULL && *only != '\0' && strstr(label, only) == NULL) return;
+    h_test_name = label;
     h_test_failures = 0;
     signal(SIGALRM, h_on_alarm);
     alarm((unsigned)h_watchdog_s());
@@ -148,10 +153,10 @@ static inline void h_run(const char *name, h_test_fn fn) {
     alarm(0);
     if (h_test_failures == 0) {
         h_passed++;
-        printf("ok   %s (%lld ms)\n", name, (long long)(h_now_ms() - start));
+        printf("ok   %s (%lld ms)\n", label, (long long)(h_now_ms() - start));
     } else {
         h_failed++;
-        printf("FAIL %s (%lld ms)\n", name, (long long)(h_now_ms() - start));
+        printf("FAIL %s (%lld ms)\n", label, (long long)(h_now_ms() - start));
     }
     fflush(stdout);
 }
@@ -295,6 +300,12 @@ static inline int relay_start_with(struct relay *r, const char *fault, const cha
 static inline int relay_start(struct relay *r, const char *fault) {
     return relay_start_with(r, fault, NULL, NULL);
 }
+
+/* Whether this run's relay imitates `release` (relay_profile). */
+static inline int h_relay_is(const char *release) { return strcmp(relay_profile(), release) == 0; }
+
+/* 0.3.14 is the one release imitated with the legacy handshake. */
+static inline int h_relay_legacy(void) { return h_relay_is("0.3.14"); }
 
 /* relay_start for a test body: a relay that does not start fails the test.
  * Returns 1 when it is up. */
