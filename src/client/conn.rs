@@ -666,6 +666,70 @@ mod tests {
     }
 
     #[test]
+    fn a_quiet_stream_that_filled_the_budget_holds_a_pulled_stream_back_one_grace_at_most() {
+        const QUIET_FRAME: usize = 30 * 1024;
+        const QUIET_FRAMES: usize = 9; // a little over the budget, then silence
+        const LIVE: usize = 20;
+        let (conn, peer) = pair(Backpressure::FailStream);
+        let quiet = conn.subscribe_new(None).unwrap();
+        let live = conn.subscribe_new(None).unwrap();
+        let (pulled_tx, pulled_rx) = std::sync::mpsc::channel::<()>();
+        let (quiet_id, live_id) = (quiet.id(), live.id());
+        let writer = std::thread::spawn(move || {
+            let mut peer = peer;
+            for i in 0..QUIET_FRAMES {
+                let f = frame("core.fs.data", quiet_id, 0, &[i as u8; QUIET_FRAME]);
+                peer.write_all(&f).unwrap();
+            }
+            // One message at a time, each a little after the last was
+            // pulled, when the caller is blocked pulling the next: the live
+            // stream never has a backlog of its own.
+            for i in 0..LIVE {
+                peer.write_all(&frame("core.fs.data", live_id, 0, &[i as u8; 1024]))
+                    .unwrap();
+                if pulled_rx.recv().is_err() {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(30));
+            }
+            peer
+        });
+        let started = Instant::now();
+        for i in 0..LIVE {
+            match pull(&live, 5000) {
+                Ok(Pulled::Item(m)) => assert!(m.payload.iter().all(|&b| b == i as u8)),
+                other => panic!("live message {i}: {:?}", other.map(|_| ())),
+            }
+            pulled_tx.send(()).unwrap();
+        }
+        let took = started.elapsed();
+        let _peer = writer.join().unwrap();
+        // The budget filled once, so the live stream waited for one grace
+        // at most (plus the writer's 20 pauses of 30 ms); were every
+        // message to wait for a grace of its own, this would take twenty.
+        assert!(
+            took < OVERFLOW_GRACE * 2 + Duration::from_millis(1000),
+            "took {took:?}"
+        );
+        // Every live message found its caller blocked pulling it, which
+        // takes it past a full budget; the quiet stream sent nothing more,
+        // so nothing had to make room and it keeps all it received. (Had a
+        // live message come while its caller was busy, the quiet stream,
+        // holding the most, would have been failed to make room.)
+        for i in 0..QUIET_FRAMES {
+            match pull(&quiet, 0) {
+                Ok(Pulled::Item(m)) => {
+                    assert_eq!(m.payload.len(), QUIET_FRAME);
+                    assert!(m.payload.iter().all(|&b| b == i as u8), "quiet frame {i}");
+                }
+                other => panic!("quiet frame {i}: {:?}", other.map(|_| ())),
+            }
+        }
+        assert_eq!(conn.counters().dropped_overflow, 0);
+        assert!(conn.close_cause().is_none());
+    }
+
+    #[test]
     fn a_stream_nobody_pulls_fails_after_the_grace_and_the_connection_lives() {
         let (conn, mut peer) = pair(Backpressure::FailStream);
         let flood = conn.subscribe_new(None).unwrap();
