@@ -238,9 +238,10 @@ check_go_binding_from_install() {
 # The Zig package from the prefix: build.zig's pkg-config mode links what
 # microsandbox_agent.pc names, and -Dinclude-dir makes it translate the
 # installed header (its default is the repository's). `zig build` alone
-# compiles nothing here, so run the tests, which need a relay; the test
-# binaries find the installed library through LD_LIBRARY_PATH (pkg-config
-# gives no rpath).
+# compiles nothing here, so run the tests, which need a relay (and the
+# devrelay binary itself, for the tests that start one with a fault mode);
+# the test binaries find the installed library through LD_LIBRARY_PATH
+# (pkg-config gives no rpath).
 check_zig_binding_from_install() {
   use_installed_prefix
   python3 -m ziglang version >/dev/null || { echo "zig (python3 -m ziglang) is not installed"; return 1; }
@@ -248,7 +249,8 @@ check_zig_binding_from_install() {
   includedir="$(pkg-config --variable=includedir microsandbox_agent)"
   libdir="$(pkg-config --variable=libdir microsandbox_agent)"
   cd bindings/zig
-  LD_LIBRARY_PATH="$libdir" "$top/scripts/with-devrelay.sh" -- \
+  LD_LIBRARY_PATH="$libdir" MSB_DEVRELAY="$top/target/release/msb-devrelay" \
+    "$top/scripts/with-devrelay.sh" -- \
     python3 -m ziglang build test -Dpkg-config=true -Dinclude-dir="$includedir" --summary all
 }
 
