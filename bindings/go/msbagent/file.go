@@ -273,8 +273,7 @@ func (f *File) Stat() (*FileInfo, error) {
 		var entry *C.msb_fs_entry
 		status := C.msb_file_fstat(h, timeout, &entry, errOut)
 		if status == C.MSB_OK {
-			fi = newFileInfo(C.msb_fs_entry_as_view(entry))
-			C.msb_fs_entry_free(entry)
+			fi = takeFileInfo(entry)
 		}
 		return status
 	})

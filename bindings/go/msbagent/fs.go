@@ -65,6 +65,13 @@ func (fi *FileInfo) IsDir() bool { return fi.mode.IsDir() }
 // Sys returns a *FileSys with the owner and the access time.
 func (fi *FileInfo) Sys() any { return fi.sys }
 
+// takeFileInfo copies an owned entry (from a stat call) into Go memory and
+// frees it.
+func takeFileInfo(entry *C.msb_fs_entry) *FileInfo {
+	defer C.msb_fs_entry_free(entry)
+	return newFileInfo(C.msb_fs_entry_as_view(entry))
+}
+
 // newFileInfo copies a library entry (a view: owned by a listing or by an
 // msb_fs_entry) into Go memory.
 func newFileInfo(entry *C.msb_fs_entry_view) *FileInfo {
@@ -232,8 +239,7 @@ func (c *Client) statCall(ctx context.Context, opName, name string, op func(h *C
 		var entry *C.msb_fs_entry
 		status := op(h, cPath, timeout, &entry, errOut)
 		if status == C.MSB_OK {
-			fi = newFileInfo(C.msb_fs_entry_as_view(entry))
-			C.msb_fs_entry_free(entry)
+			fi = takeFileInfo(entry)
 		}
 		return status
 	})

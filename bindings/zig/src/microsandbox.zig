@@ -551,8 +551,7 @@ pub const Client = struct {
         var entry: ?*c.msb_fs_entry = null;
         var err: ?*c.msb_error = null;
         try checkFs(c.msb_fs_stat(self.handle, path.ptr, timeout.toMs(), &entry, &err), err, diag);
-        defer c.msb_fs_entry_free(entry);
-        return Entry.copy(allocator, c.msb_fs_entry_as_view(entry).?);
+        return Entry.take(allocator, entry);
     }
 
     /// The immediate children of `path`, unsorted, copied into memory of
@@ -606,8 +605,7 @@ pub const Client = struct {
         var entry: ?*c.msb_fs_entry = null;
         var err: ?*c.msb_error = null;
         try checkFs(c.msb_fs_stat_follow(self.handle, path.ptr, timeout.toMs(), &entry, &err), err, diag);
-        defer c.msb_fs_entry_free(entry);
-        return Entry.copy(allocator, c.msb_fs_entry_as_view(entry).?);
+        return Entry.take(allocator, entry);
     }
 
     /// The canonical absolute guest path of `path`, every symlink, `.` and
@@ -1163,8 +1161,7 @@ pub const File = struct {
         var entry: ?*c.msb_fs_entry = null;
         var err: ?*c.msb_error = null;
         try checkFs(c.msb_file_fstat(self.handle, timeout.toMs(), &entry, &err), err, diag);
-        defer c.msb_fs_entry_free(entry);
-        return Entry.copy(allocator, c.msb_fs_entry_as_view(entry).?);
+        return Entry.take(allocator, entry);
     }
 
     /// Changes the attributes `attrs` sets on the open file.
@@ -1207,6 +1204,12 @@ pub const Entry = struct {
     /// Access time in Unix seconds, if the guest reported one (legacy
     /// relays never do).
     atime: ?i64,
+
+    /// Copies an owned entry (from a stat call) and frees it.
+    fn take(allocator: Allocator, owned: ?*c.msb_fs_entry) Allocator.Error!Entry {
+        defer c.msb_fs_entry_free(owned);
+        return copy(allocator, c.msb_fs_entry_as_view(owned).?);
+    }
 
     /// `native` is a view: borrowed from a listing or from an owned entry.
     fn copy(allocator: Allocator, native: *const c.msb_fs_entry_view) Allocator.Error!Entry {
